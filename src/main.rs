@@ -1,1 +1,174 @@
-fn main() {}
+//! The `quic-ingress` command line: parses arguments, sets up logging, and maps errors to
+//! the exit codes of SPEC.md (0 ok, 1 runtime failure, 2 bad usage or configuration).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quic_ingress::client::{self, H3Client, RequestBody, TrustOptions};
+use quic_ingress::demo_backend::{self, DemoProtocol};
+use quic_ingress::telemetry::{LogFormat, init_logging};
+
+#[derive(Parser)]
+#[command(name = "quic-ingress", version, about = "HTTP/3 ingress for Kubernetes, and a standalone HTTP/3 reverse proxy")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, env = "QUIC_INGRESS_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Standalone mode: serve the routes of a YAML file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a standalone configuration file and exit.
+    CheckConfig { file: PathBuf },
+    /// A small echo backend for demos and tests.
+    DemoBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum, default_value = "http1")]
+        protocol: DemoProtocol,
+    },
+    /// Send one request and print status, protocol and body (HTTP/3 unless told otherwise).
+    Get {
+        url: String,
+        /// Accept any server certificate.
+        #[arg(short = 'k', long)]
+        insecure: bool,
+        /// Trust this CA bundle (PEM).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        #[arg(long, conflicts_with_all = ["http2", "http1"])]
+        http3: bool,
+        #[arg(long, conflicts_with = "http1")]
+        http2: bool,
+        #[arg(long)]
+        http1: bool,
+        /// Request method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// Extra request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request body.
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// Print response headers too.
+        #[arg(short = 'i', long)]
+        include: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Get { .. } | Command::CheckConfig { .. });
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config } => match quic_ingress::serve::run(&config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "quic-ingress stopped");
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::CheckConfig { file } => match quic_ingress::serve::check(&file, false) {
+            Ok(checked) => {
+                println!(
+                    "{}: ok ({} routes, {} backend groups)",
+                    file.display(),
+                    checked.config.routes.len(),
+                    checked.config.backend_groups.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::DemoBackend { listen, name, protocol } => match demo_backend::run(listen, name, protocol).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: demo backend on {listen}: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Get { url, insecure, cacert, http3: _, http2, http1, method, headers, data, include } => {
+            let trust = TrustOptions { insecure, ca_file: cacert };
+            let version = if http2 {
+                http::Version::HTTP_2
+            } else if http1 {
+                http::Version::HTTP_11
+            } else {
+                http::Version::HTTP_3
+            };
+            match get(&url, &trust, version, &method, &headers, data, include).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn get(
+    url: &str,
+    trust: &TrustOptions,
+    version: http::Version,
+    method: &str,
+    headers: &[String],
+    data: Option<String>,
+    include: bool,
+) -> anyhow::Result<()> {
+    let (addr, host, uri) = client::target(url).await?;
+    let mut req = http::Request::builder().method(method).uri(uri.clone());
+    for h in headers {
+        let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    let req = req.body(()).context("building the request")?;
+    let body = data.map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
+    let mut resp = if version == http::Version::HTTP_3 {
+        H3Client::connect(addr, &host, trust).await?.request(req, body).await?
+    } else {
+        client::request_tcp(addr, &host, trust, version, req, body).await?
+    };
+    println!("{:?} {}", resp.version, resp.status);
+    if include {
+        for (k, v) in &resp.headers {
+            println!("{k}: {}", String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    println!();
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = resp.chunk().await? {
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,1 +1,38 @@
 //! Test helpers for cluster tests: a real control plane, namespaces and object builders.
+//!
+//! A test binary gets one control plane, shared by its tests ([`TestEnv::shared`]): either
+//! a local kube-apiserver with etcd started from the `testenv` binary (see
+//! `e2e/README.md`), or a cluster named by `QUIC_INGRESS_TEST_KUBECONFIG`. Each test works
+//! in its own [`TestNamespace`] and builds objects with the builders in [`objects`].
+//!
+//! ```no_run
+//! use quic_ingress_e2e::{objects::service, TestEnv, TestNamespace};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let env = TestEnv::shared().await?;
+//! let ns = TestNamespace::new(env, "demo").await?;
+//! ns.create(&service("web").port("http", 8080).build()).await?;
+//! ns.cleanup().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod env;
+pub mod namespace;
+pub mod objects;
+pub mod wait;
+
+pub use env::TestEnv;
+pub use namespace::TestNamespace;
+pub use wait::eventually;
+
+/// The identities a local control plane knows, by user name. Against any other cluster
+/// they are reached by impersonation from the admin kubeconfig.
+pub mod identity {
+    /// In group `system:masters`: may do anything.
+    pub const ADMIN: &str = "admin";
+    /// No groups and no bindings: RBAC forbids everything but discovery.
+    pub const NOBODY: &str = "nobody";
+    /// No groups and no bindings until a test binds a role to it; the identity the
+    /// controller under test runs as.
+    pub const CONTROLLER: &str = "controller";
+}

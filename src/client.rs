@@ -1,0 +1,236 @@
+//! A small HTTP client for `quic-ingress get` and for tests: HTTP/3 over QUIC, or
+//! HTTP/2 / HTTP/1.1 over TLS. Bodies stream both ways.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
+use http::{Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+
+/// Why a request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad URL {0:?}: expected https://HOST[:PORT]/PATH")]
+    Url(String),
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+fn http_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Http(e.to_string())
+}
+
+/// Trust settings.
+#[derive(Debug, Clone, Default)]
+pub struct TrustOptions {
+    /// Accept any server certificate (`-k`).
+    pub insecure: bool,
+    /// Trust this PEM bundle instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TrustOptions {
+    fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, ClientError> {
+        let tls_err = |e: crate::tls::TlsError| ClientError::Tls(e.to_string());
+        let mut config = if self.insecure {
+            crate::tls::insecure_client_config().map_err(tls_err)?
+        } else {
+            let roots = match &self.ca_file {
+                Some(path) => crate::tls::load_roots(path).map_err(tls_err)?,
+                None => crate::tls::system_roots(),
+            };
+            crate::tls::client_config(roots).map_err(tls_err)?
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+/// A request body: nothing, some bytes, or a stream of chunks (sent as they come).
+pub enum RequestBody {
+    Empty,
+    Bytes(Bytes),
+    Stream(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
+}
+
+/// A response whose body is read chunk by chunk.
+pub struct ClientResponse {
+    pub status: http::StatusCode,
+    pub version: Version,
+    pub headers: http::HeaderMap,
+    body: ResponseBody,
+}
+
+enum ResponseBody {
+    H3(h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>),
+    Hyper(hyper::body::Incoming),
+}
+
+impl ClientResponse {
+    /// The next chunk of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        match &mut self.body {
+            ResponseBody::H3(stream) => match stream.recv_data().await.map_err(http_err)? {
+                Some(mut buf) => Ok(Some(buf.copy_to_bytes(buf.remaining()))),
+                None => Ok(None),
+            },
+            ResponseBody::Hyper(body) => loop {
+                match body.frame().await {
+                    None => return Ok(None),
+                    Some(frame) => {
+                        if let Ok(data) = frame.map_err(http_err)?.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// The whole body.
+    pub async fn bytes(mut self) -> Result<Bytes, ClientError> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = self.chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// One HTTP/3 connection; `request` may be called concurrently from clones.
+#[derive(Clone)]
+pub struct H3Client {
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    authority: String,
+    _endpoint: quinn::Endpoint,
+}
+
+impl H3Client {
+    /// Connects to `addr`, presenting `server_name` as SNI.
+    pub async fn connect(addr: SocketAddr, server_name: &str, trust: &TrustOptions) -> Result<Self, ClientError> {
+        let tls = trust.tls_config(&[b"h3"])?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(http_err)?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(http_err)?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        let authority = if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
+        Ok(Self { send, authority, _endpoint: endpoint })
+    }
+
+    /// Sends a request; a relative URI gets this connection's authority.
+    pub async fn request(&self, req: Request<()>, body: RequestBody) -> Result<ClientResponse, ClientError> {
+        let (mut parts, ()) = req.into_parts();
+        if parts.uri.authority().is_none() {
+            let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            parts.uri = format!("https://{}{pq}", self.authority).parse().map_err(http_err)?;
+        }
+        let mut send = self.send.clone();
+        let mut stream = send.send_request(Request::from_parts(parts, ())).await.map_err(http_err)?;
+        match body {
+            RequestBody::Empty => {}
+            RequestBody::Bytes(b) => stream.send_data(b).await.map_err(http_err)?,
+            RequestBody::Stream(mut chunks) => {
+                while let Some(chunk) = chunks.next().await {
+                    stream.send_data(chunk).await.map_err(http_err)?;
+                }
+            }
+        }
+        stream.finish().await.map_err(http_err)?;
+        let resp = stream.recv_response().await.map_err(http_err)?;
+        let (parts, ()) = resp.into_parts();
+        Ok(ClientResponse { status: parts.status, version: Version::HTTP_3, headers: parts.headers, body: ResponseBody::H3(stream) })
+    }
+}
+
+/// Sends one request over TLS+TCP with HTTP/2 or HTTP/1.1.
+pub async fn request_tcp(
+    addr: SocketAddr,
+    server_name: &str,
+    trust: &TrustOptions,
+    version: Version,
+    req: Request<()>,
+    body: RequestBody,
+) -> Result<ClientResponse, ClientError> {
+    let alpn: &[&[u8]] = if version == Version::HTTP_2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(trust.tls_config(alpn)?));
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| ClientError::Tls(e.to_string()))?;
+    let io = TokioIo::new(tls);
+    let body = match body {
+        RequestBody::Empty => crate::body::empty(),
+        RequestBody::Bytes(b) => crate::body::full(b),
+        RequestBody::Stream(s) => {
+            let frames = s.map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
+            http_body_util::StreamBody::new(frames).boxed_unsync()
+        }
+    };
+    let (mut parts, ()) = req.into_parts();
+    let authority = if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let resp = if version == Version::HTTP_2 {
+        parts.uri = format!("https://{authority}{pq}").parse().map_err(http_err)?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(http_err)?;
+        tokio::spawn(conn);
+        send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
+    } else {
+        parts.uri = pq.parse().map_err(http_err)?;
+        if let Ok(h) = http::HeaderValue::from_str(&authority) {
+            parts.headers.insert(http::header::HOST, h);
+        }
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(http_err)?;
+        tokio::spawn(conn);
+        send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
+    };
+    let (parts, incoming): (http::response::Parts, _) = resp.into_parts();
+    Ok(ClientResponse { status: parts.status, version: parts.version, headers: parts.headers, body: ResponseBody::Hyper(incoming) })
+}
+
+/// Splits `https://host[:port]/path` into the address to dial, the SNI name and the request.
+pub async fn target(url: &str) -> Result<(SocketAddr, String, http::Uri), ClientError> {
+    let uri: http::Uri = url.parse().map_err(|_| ClientError::Url(url.to_string()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(ClientError::Url(url.to_string()));
+    }
+    let authority = uri.authority().ok_or_else(|| ClientError::Url(url.to_string()))?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = authority.port_u16().unwrap_or(443);
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| ClientError::Resolve(format!("{host}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(host.clone()))?;
+    Ok((addr, host, uri))
+}
+
+/// Convenience for response type used by callers that want a plain `http::Response`.
+pub async fn into_response(resp: ClientResponse) -> Result<Response<Bytes>, ClientError> {
+    let (status, version, headers) = (resp.status, resp.version, resp.headers.clone());
+    let body = resp.bytes().await?;
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.version_mut() = version;
+    *out.headers_mut() = headers;
+    Ok(out)
+}

@@ -1,0 +1,480 @@
+//! Standalone mode's YAML configuration: the file format of SPEC.md, its validation (every
+//! problem reported with the field path), and its compilation into a `RouteTable`.
+
+mod duration;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{HumanDuration, parse_duration};
+
+use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
+use crate::tls::CertSet;
+use crate::upstream::{
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, PoolSettings, Strategy, Timeouts, UpstreamTls,
+};
+
+/// A problem with one field of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, like `backend_groups[0].backends[1].url`.
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: invalid configuration:\n{}", .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, errors: Vec<FieldError> },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub backend_groups: Vec<BackendGroupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_address")]
+    pub address: String,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub alt_svc_port: Option<u16>,
+    #[serde(default)]
+    pub congestion_control: CongestionControl,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CongestionControl {
+    #[default]
+    Cubic,
+    Bbr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "default_admin_address")]
+    pub admin_address: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { admin_address: default_admin_address() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub id: String,
+    pub host: Option<String>,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub path_type: PathType,
+    pub backend_group: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendGroupConfig {
+    pub id: String,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub backends: Vec<BackendConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub passive: Option<PassiveConfig>,
+    #[serde(default)]
+    pub connection_pool: PoolConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub tls: UpstreamTlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_observation_window")]
+    pub observation_window: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_max_idle")]
+    pub max_idle_connections: usize,
+    #[serde(default = "default_max_per_host")]
+    pub max_connections_per_host: usize,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_connections: default_max_idle(),
+            max_connections_per_host: default_max_per_host(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// Not in SPEC.md's example: bounds on waiting for a backend (see Timeouts).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_response_headers_timeout")]
+    pub response_headers: HumanDuration,
+    #[serde(default = "default_pool_wait")]
+    pub pool_wait: HumanDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: default_connect_timeout(),
+            response_headers: default_response_headers_timeout(),
+            pool_wait: default_pool_wait(),
+        }
+    }
+}
+
+/// Not in SPEC.md's example: TLS to `https://` backends.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_address() -> String {
+    "0.0.0.0:443".into()
+}
+fn default_admin_address() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_hc_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_observation_window() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_max_idle() -> usize {
+    PoolSettings::default().max_idle_connections
+}
+fn default_max_per_host() -> usize {
+    PoolSettings::default().max_connections_per_host
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(PoolSettings::default().idle_timeout)
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Timeouts::default().connect)
+}
+fn default_response_headers_timeout() -> HumanDuration {
+    HumanDuration(Timeouts::default().response_headers)
+}
+fn default_pool_wait() -> HumanDuration {
+    HumanDuration(Timeouts::default().pool_wait)
+}
+
+/// Reads and parses a configuration file (syntax and field types only).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
+    parse(&file, &text)
+}
+
+/// Parses configuration text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_string(), message: e.to_string() })
+}
+
+/// The addresses a configuration listens on, validated.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub alt_svc_port: u16,
+}
+
+impl Config {
+    /// Checks everything that does not touch the network and returns the listen addresses.
+    pub fn validate(&self) -> Result<Listen, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut err = |field: String, message: String| errors.push(FieldError { field, message });
+        let address = self.server.address.parse::<SocketAddr>();
+        if let Err(e) = &address {
+            err("server.address".into(), format!("{:?} is not an address with a port: {e}", self.server.address));
+        }
+        let admin = self.telemetry.admin_address.parse::<SocketAddr>();
+        if let Err(e) = &admin {
+            err("telemetry.admin_address".into(), format!("{:?} is not an address with a port: {e}", self.telemetry.admin_address));
+        }
+        match (&self.server.cert_file, &self.server.key_file) {
+            (Some(_), None) => err("server.key_file".into(), "required when server.cert_file is set".into()),
+            (None, Some(_)) => err("server.cert_file".into(), "required when server.key_file is set".into()),
+            _ => {}
+        }
+        if self.server.alt_svc_port == Some(0) {
+            err("server.alt_svc_port".into(), "must be a port between 1 and 65535".into());
+        }
+
+        let mut group_ids = HashSet::new();
+        for (i, g) in self.backend_groups.iter().enumerate() {
+            let at = format!("backend_groups[{i}]");
+            if g.id.trim().is_empty() {
+                err(format!("{at}.id"), "must not be empty".into());
+            } else if !group_ids.insert(g.id.as_str()) {
+                err(format!("{at}.id"), format!("duplicate backend group id {:?}", g.id));
+            }
+            if g.backends.is_empty() {
+                err(format!("{at}.backends"), "at least one backend is required".into());
+            }
+            for (j, b) in g.backends.iter().enumerate() {
+                if let Err(e) = BackendUrl::parse(&b.url) {
+                    err(format!("{at}.backends[{j}].url"), e.to_string());
+                }
+            }
+            if let Some(hc) = &g.health_check {
+                if hc.interval.0.is_zero() {
+                    err(format!("{at}.health_check.interval"), "must be greater than 0".into());
+                }
+                if hc.timeout.0.is_zero() {
+                    err(format!("{at}.health_check.timeout"), "must be greater than 0".into());
+                }
+                if hc.healthy_threshold == 0 {
+                    err(format!("{at}.health_check.healthy_threshold"), "must be at least 1".into());
+                }
+                if hc.unhealthy_threshold == 0 {
+                    err(format!("{at}.health_check.unhealthy_threshold"), "must be at least 1".into());
+                }
+                if !hc.path.starts_with('/') {
+                    err(format!("{at}.health_check.path"), format!("{:?} must start with '/'", hc.path));
+                }
+            }
+            if let Some(p) = &g.passive
+                && p.max_failures == 0
+            {
+                err(format!("{at}.passive.max_failures"), "must be at least 1".into());
+            }
+            if g.connection_pool.max_connections_per_host == 0 {
+                err(format!("{at}.connection_pool.max_connections_per_host"), "must be at least 1".into());
+            }
+            for (name, d) in [
+                ("connect", g.timeouts.connect),
+                ("response_headers", g.timeouts.response_headers),
+                ("pool_wait", g.timeouts.pool_wait),
+            ] {
+                if d.0.is_zero() {
+                    err(format!("{at}.timeouts.{name}"), "must be greater than 0".into());
+                }
+            }
+        }
+
+        let mut route_ids = HashSet::new();
+        let mut claimed = std::collections::HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if r.id.trim().is_empty() {
+                err(format!("{at}.id"), "must not be empty".into());
+            } else if !route_ids.insert(r.id.as_str()) {
+                err(format!("{at}.id"), format!("duplicate route id {:?}", r.id));
+            }
+            let host = match r.host.as_deref().map(HostRule::parse).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    err(format!("{at}.host"), e.to_string());
+                    None
+                }
+            };
+            match PathRule::new(&r.path, r.path_type) {
+                Ok(path) => {
+                    if let Some(first) = claimed.insert((host.clone(), path.clone()), r.id.clone()) {
+                        err(format!("{at}.path"), format!("host and path are already routed by route {first:?}"));
+                    }
+                }
+                Err(e) => err(format!("{at}.path"), e.to_string()),
+            }
+            if !group_ids.contains(r.backend_group.as_str()) {
+                err(format!("{at}.backend_group"), format!("unknown backend group {:?}", r.backend_group));
+            }
+        }
+
+        match (address, admin) {
+            (Ok(address), Ok(admin_address)) if errors.is_empty() => Ok(Listen {
+                address,
+                admin_address,
+                alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Builds the route table. Call `validate` first; what it checks is not repeated here,
+    /// but anything that can still fail (reading CA bundles) is reported by field.
+    pub fn compile(&self, registry: &EndpointRegistry, certs: CertSet, generation: u64) -> Result<RouteTable, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut builder = RouteTableBuilder::new(certs);
+        for (i, g) in self.backend_groups.iter().enumerate() {
+            let mut members = Vec::new();
+            for (j, b) in g.backends.iter().enumerate() {
+                let spec = match BackendUrl::parse(&b.url) {
+                    Ok(url) => group_endpoint_spec(g, url),
+                    Err(e) => {
+                        errors.push(FieldError { field: format!("backend_groups[{i}].backends[{j}].url"), message: e.to_string() });
+                        continue;
+                    }
+                };
+                match registry.endpoint(&spec) {
+                    Ok(ep) => members.push((ep, b.weight)),
+                    Err(e) => errors.push(FieldError { field: format!("backend_groups[{i}].tls"), message: e.to_string() }),
+                }
+            }
+            let timeouts = Timeouts {
+                connect: g.timeouts.connect.0,
+                response_headers: g.timeouts.response_headers.0,
+                pool_wait: g.timeouts.pool_wait.0,
+            };
+            builder.add_group(BackendGroup::new(g.id.clone(), g.strategy, timeouts, members));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = |f: &str| format!("routes[{i}].{f}");
+            let host = match r.host.as_deref().map(HostRule::parse).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(FieldError { field: field("host"), message: e.to_string() });
+                    continue;
+                }
+            };
+            let path = match PathRule::new(&r.path, r.path_type) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(FieldError { field: field("path"), message: e.to_string() });
+                    continue;
+                }
+            };
+            let Some(group) = builder.group(&r.backend_group) else {
+                errors.push(FieldError { field: field("backend_group"), message: format!("unknown backend group {:?}", r.backend_group) });
+                continue;
+            };
+            if let Err(conflict) = builder.add_route(&r.id, host.as_ref(), path, group) {
+                errors.push(FieldError { field: field("path"), message: conflict.to_string() });
+            }
+        }
+        if errors.is_empty() { Ok(builder.build(generation)) } else { Err(errors) }
+    }
+
+    /// Host names routed by this configuration (for the development certificate).
+    pub fn hosts(&self) -> Vec<String> {
+        self.routes.iter().filter_map(|r| r.host.clone()).collect()
+    }
+}
+
+fn group_endpoint_spec(g: &BackendGroupConfig, url: BackendUrl) -> EndpointSpec {
+    EndpointSpec {
+        url,
+        pool: PoolSettings {
+            max_idle_connections: g.connection_pool.max_idle_connections,
+            max_connections_per_host: g.connection_pool.max_connections_per_host,
+            idle_timeout: g.connection_pool.idle_timeout.0,
+        },
+        connect_timeout: g.timeouts.connect.0,
+        tls: UpstreamTls {
+            ca_file: g.tls.ca_file.clone(),
+            server_name: g.tls.server_name.clone(),
+            insecure_skip_verify: g.tls.insecure_skip_verify,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+//! Config parsing and validation, with the error naming the field.
+
+use super::*;
+
+const GOOD: &str = r#"
+server:
+  address: "127.0.0.1:8443"
+telemetry:
+  admin_address: "127.0.0.1:9090"
+routes:
+  - id: api
+    host: api.example.com
+    path: "/api/*"
+    backend_group: api-servers
+  - id: web
+    path: /
+    backend_group: web
+backend_groups:
+  - id: api-servers
+    strategy: least_connections
+    backends:
+      - url: "http://127.0.0.1:8001"
+        weight: 100
+      - url: "h2c://127.0.0.1:8002"
+    health_check: {interval: 10s, timeout: 5s, path: /health}
+    passive: {max_failures: 5, observation_window: 60s}
+    connection_pool: {max_idle_connections: 10, max_connections_per_host: 5, idle_timeout: 90s}
+  - id: web
+    backends: [{url: "http://127.0.0.1:8003"}]
+"#;
+
+fn errors_of(yaml: &str) -> Vec<FieldError> {
+    parse("test.yaml", yaml).unwrap().validate().unwrap_err()
+}
+
+fn fields(errors: &[FieldError]) -> Vec<&str> {
+    errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+#[test]
+fn the_spec_example_parses_and_compiles() {
+    let config = parse("test.yaml", GOOD).unwrap();
+    let listen = config.validate().unwrap();
+    assert_eq!(listen.address.port(), 8443);
+    assert_eq!(listen.alt_svc_port, 8443);
+    let g = &config.backend_groups[0];
+    assert_eq!(g.strategy, Strategy::LeastConnections);
+    assert_eq!(g.backends[1].weight, 1, "weight defaults to 1");
+    assert_eq!(g.connection_pool.max_connections_per_host, 5);
+    let table = config.compile(&EndpointRegistry::default(), CertSet::default(), 1).unwrap();
+    assert_eq!(table.route_count(), 2);
+    assert_eq!(table.lookup(Some("api.example.com"), "/api/v1").unwrap().id, "api");
+    assert_eq!(table.lookup(Some("api.example.com"), "/apix").unwrap().id, "web");
+    assert_eq!(table.lookup(Some("other"), "/api").unwrap().id, "web");
+}
+
+#[test]
+fn unknown_fields_are_rejected_by_name() {
+    let err = parse("test.yaml", &GOOD.replace("strategy: least_connections", "stratgy: least_connections")).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("test.yaml") && msg.contains("stratgy"), "{msg}");
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let yaml = GOOD
+        .replace("\"http://127.0.0.1:8001\"", "\"ftp://x\"")
+        .replace("backend_group: web", "backend_group: nope")
+        .replace("host: api.example.com", "host: \"bad host\"")
+        .replace("\"127.0.0.1:8443\"", "\"nowhere\"");
+    let errors = errors_of(&yaml);
+    assert_eq!(
+        fields(&errors),
+        vec!["server.address", "backend_groups[0].backends[0].url", "routes[0].host", "routes[1].backend_group"],
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn bad_durations_are_parse_errors_with_the_value() {
+    let err = parse("test.yaml", &GOOD.replace("interval: 10s", "interval: 10 parsecs")).unwrap_err();
+    assert!(err.to_string().contains("10 parsecs"), "{err}");
+}
+
+#[test]
+fn duplicates_and_conflicts_are_reported() {
+    let yaml = GOOD.replace("id: web\n    path: /", "id: api\n    path: /").replace("- id: web\n    backends", "- id: api-servers\n    backends");
+    let errors = errors_of(&yaml);
+    let f = fields(&errors);
+    assert!(f.contains(&"backend_groups[1].id"), "{errors:?}");
+    assert!(f.contains(&"routes[1].id"), "{errors:?}");
+
+    let yaml = GOOD.replace("path: /\n", "path: /api/*\n    host: api.example.com\n");
+    let errors = errors_of(&yaml);
+    assert_eq!(fields(&errors), vec!["routes[1].path"], "{errors:?}");
+    assert!(errors[0].message.contains("\"api\""));
+}
+
+#[test]
+fn cert_and_key_go_together() {
+    let yaml = GOOD.replace("address: \"127.0.0.1:8443\"", "address: \"127.0.0.1:8443\"\n  cert_file: a.pem");
+    assert_eq!(fields(&errors_of(&yaml)), vec!["server.key_file"]);
+}
+
+#[test]
+fn empty_groups_and_zero_limits_are_refused() {
+    let yaml = GOOD.replace("backends: [{url: \"http://127.0.0.1:8003\"}]", "backends: []");
+    assert_eq!(fields(&errors_of(&yaml)), vec!["backend_groups[1].backends"]);
+    let yaml = GOOD.replace("max_connections_per_host: 5", "max_connections_per_host: 0");
+    assert_eq!(fields(&errors_of(&yaml)), vec!["backend_groups[0].connection_pool.max_connections_per_host"]);
+}
+
+#[test]
+fn a_missing_ca_bundle_is_a_compile_error_on_the_tls_field() {
+    let yaml = GOOD.replace(
+        "backends: [{url: \"http://127.0.0.1:8003\"}]",
+        "backends: [{url: \"https://127.0.0.1:8003\"}]\n    tls: {ca_file: /nonexistent/ca.pem}",
+    );
+    let config = parse("test.yaml", &yaml).unwrap();
+    config.validate().unwrap();
+    let errors = config.compile(&EndpointRegistry::default(), CertSet::default(), 1).unwrap_err();
+    assert_eq!(fields(&errors), vec!["backend_groups[1].tls"]);
+}

@@ -1,0 +1,207 @@
+//! The HTTP/3 listener: one task per QUIC connection and one per request, so a slow
+//! request never holds up the others on its connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use h3::server::{RequestResolver, RequestStream};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::pipeline::{self, ConnInfo, Downstream, Tables};
+use crate::body::{BoxError, ProxyBody};
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+
+/// Accepts QUIC connections until `shutdown`; then each connection is sent GOAWAY and
+/// finishes the requests it has.
+pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let remote = incoming.remote_address();
+        let span = tracing::debug_span!("quic_connection", %remote);
+        let (tables, shutdown, t) = (tables.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(
+            async move {
+                if let Err(e) = connection(incoming, tables, shutdown, t).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    // New handshakes are refused from here on; existing connections keep going.
+    endpoint.set_server_config(None);
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    tables: Tables,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), BoxError> {
+    let conn = incoming.await?;
+    let client = conn.remote_address();
+    let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
+    let mut closing = false;
+    loop {
+        let accepted = tokio::select! {
+            accepted = h3.accept() => accepted,
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                // GOAWAY: the client opens no new requests here; accept() returns None once
+                // the requests already accepted are done.
+                h3.shutdown(0).await?;
+                continue;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                let tables = tables.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = request(resolver, tables, client).await {
+                        tracing::debug!(error = %e, "request stream failed");
+                    }
+                });
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_h3_no_error() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    tables: Tables,
+    client: std::net::SocketAddr,
+) -> Result<(), BoxError> {
+    let (req, stream) = resolver.resolve_request().await?;
+    let (mut send, recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let mut body = H3RequestBody::new(recv, content_length(&parts.headers));
+    if body.remaining.is_none() {
+        body.peek_end(Duration::from_millis(100)).await;
+    }
+    let req = Request::from_parts(parts, crate::body::boxed(body));
+    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3 }).await;
+    send_response(&mut send, resp).await
+}
+
+/// Streams a response to the client frame by frame.
+async fn send_response(
+    send: &mut RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    resp: Response<ProxyBody>,
+) -> Result<(), BoxError> {
+    let (parts, mut body) = resp.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // The upstream broke mid-body: reset the stream so the client sees a
+                // truncated response, never a clean end.
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return Err(e);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// An HTTP/3 request body as a streaming `http_body::Body`.
+struct H3RequestBody {
+    recv: RequestStream<h3_quinn::RecvStream, Bytes>,
+    /// Bytes still expected when the client sent `content-length`.
+    remaining: Option<u64>,
+    /// A chunk read early by `peek_end`.
+    peeked: Option<Bytes>,
+    done: bool,
+}
+
+impl H3RequestBody {
+    fn new(recv: RequestStream<h3_quinn::RecvStream, Bytes>, remaining: Option<u64>) -> Self {
+        Self { recv, remaining, peeked: None, done: remaining == Some(0) }
+    }
+
+    /// Without `content-length`, finds out whether a body follows at all, so a GET is not
+    /// sent upstream with a chunked (empty) body. Clients end a body-less request's stream
+    /// with its headers; a client still silent after `wait` is treated as streaming.
+    async fn peek_end(&mut self, wait: Duration) {
+        let first = tokio::time::timeout(wait, std::future::poll_fn(|cx| self.recv.poll_recv_data(cx))).await;
+        match first {
+            Ok(Ok(Some(mut buf))) => self.peeked = Some(buf.copy_to_bytes(buf.remaining())),
+            Ok(Ok(None)) => self.done = true,
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+}
+
+impl Body for H3RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.peeked.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.recv.poll_recv_data(cx) {
+            Poll::Ready(Ok(Some(mut buf))) => {
+                let data = buf.copy_to_bytes(buf.remaining());
+                if let Some(r) = this.remaining.as_mut() {
+                    *r = r.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.peeked.is_none() && (self.done || self.remaining == Some(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.remaining, self.done, &self.peeked) {
+            (_, true, None) => SizeHint::with_exact(0),
+            (Some(r), _, None) => SizeHint::with_exact(r),
+            _ => SizeHint::default(),
+        }
+    }
+}

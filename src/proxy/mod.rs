@@ -1,0 +1,134 @@
+//! The data plane: HTTP/3 (QUIC) and HTTPS-over-TCP listeners on one port, feeding the
+//! shared request pipeline from the current route table.
+
+mod h3;
+mod headers;
+mod pipeline;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use pipeline::{ConnInfo, Downstream, Tables, handle};
+
+use crate::config::CongestionControl;
+use crate::routes::RouteTable;
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot bind {proto} {addr}: {source}")]
+    Bind { proto: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// How the listeners are set up.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub address: SocketAddr,
+    /// Port advertised in `Alt-Svc` (the listen port unless behind a load balancer).
+    pub alt_svc_port: Option<u16>,
+    pub congestion: CongestionControl,
+}
+
+/// Picks certificates by SNI from the route table currently published, so certificates
+/// change atomically with the routes that need them.
+#[derive(Debug)]
+struct TableCerts(Tables);
+
+impl ResolvesServerCert for TableCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load().certs.resolve(hello.server_name())
+    }
+}
+
+/// Running listeners; `shutdown` drains them.
+pub struct DataPlane {
+    pub local_addr: SocketAddr,
+    tables: Tables,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    endpoint: quinn::Endpoint,
+}
+
+impl DataPlane {
+    /// Binds UDP and TCP on the same address (with port 0, TCP takes UDP's port) and
+    /// starts serving `tables`.
+    pub async fn start(options: &ListenOptions, tables: Tables) -> Result<Self, ListenError> {
+        let resolver: Arc<dyn ResolvesServerCert> = Arc::new(TableCerts(tables.clone()));
+        let tls_err = |e: &dyn std::fmt::Display| ListenError::Tls(e.to_string());
+
+        let quic_tls = crate::tls::server_config(resolver.clone(), &[b"h3"], true).map_err(|e| tls_err(&e))?;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        server_config.transport_config(Arc::new(transport_config(options.congestion)));
+        let endpoint = quinn::Endpoint::server(server_config, options.address)
+            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
+        let tcp = TcpListener::bind(local_addr)
+            .await
+            .map_err(|source| ListenError::Bind { proto: "TCP", addr: local_addr, source })?;
+
+        let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false).map_err(|e| tls_err(&e))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
+        let alt_svc = tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port()));
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(h3::serve(endpoint.clone(), tables.clone(), shutdown.clone(), tracker.clone()));
+        tracker.spawn(tcp::serve(tcp, acceptor, tables.clone(), alt_svc, shutdown.clone(), tracker.clone()));
+        tracing::info!(address = %local_addr, "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)");
+        Ok(Self { local_addr, tables, shutdown, tracker, endpoint })
+    }
+
+    /// Publishes a new route table; requests already routed finish on the old one.
+    pub fn publish(&self, table: RouteTable) {
+        self.tables.store(Arc::new(table));
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Stops accepting, sends GOAWAY, and waits up to `drain` for in-flight requests.
+    /// Returns whether everything finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drained = tokio::time::timeout(drain, self.tracker.wait()).await.is_ok();
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        // Let the CONNECTION_CLOSE frames leave before the process exits.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        drained
+    }
+}
+
+fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(256u32.into());
+    transport.max_concurrent_uni_streams(16u32.into());
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    match congestion {
+        CongestionControl::Cubic => transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        CongestionControl::Bbr => transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+    };
+    transport
+}
+
+/// A new, empty set of tables to publish into.
+pub fn tables(initial: RouteTable) -> Tables {
+    Arc::new(ArcSwap::from_pointee(initial))
+}

@@ -1,0 +1,212 @@
+//! The request pipeline both listeners share: route → balance → forward → record.
+//! Written against `http::Request`/`Response` with streaming bodies, so HTTP/3 and
+//! HTTP/1.1+2 requests take exactly the same path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+
+use super::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
+use crate::body::{Guarded, ProxyBody, boxed, full};
+use crate::routes::RouteTable;
+use crate::upstream::{Endpoint, Protocol};
+
+/// What the pipeline knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub protocol: Downstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    H3,
+    Tcp,
+}
+
+/// Why the proxy answered instead of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyError {
+    NoRoute,
+    NoHealthyBackend,
+    PoolFull,
+    Connect,
+    UpstreamTimeout,
+    BadUpstream,
+}
+
+impl ProxyError {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoHealthyBackend | Self::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect | Self::BadUpstream => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no route for this host and path",
+            Self::NoHealthyBackend => "no healthy backend",
+            Self::PoolFull => "backend connection limit reached",
+            Self::Connect => "cannot connect to the backend",
+            Self::UpstreamTimeout => "the backend did not answer in time",
+            Self::BadUpstream => "bad response from the backend",
+        }
+    }
+
+    fn response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(full(format!("{} {}\n", self.status().as_u16(), self.message())));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+/// The authority the client asked for: `:authority` (HTTP/2, HTTP/3, absolute-form) or Host.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+}
+
+/// Serves one request from the current route table.
+pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, conn: ConnInfo) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let request_id = ensure_request_id(req.headers_mut());
+    let host = request_host(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+
+    let (mut resp, route_id, backend) = forward(tables, req, host.as_deref(), conn).await;
+
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    tracing::info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or(""),
+        method = %method,
+        path = %path,
+        host = host.as_deref().unwrap_or(""),
+        route = route_id.as_deref().unwrap_or(""),
+        backend = backend.as_deref().unwrap_or(""),
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        client_ip = %conn.client.ip(),
+        protocol = ?conn.protocol,
+        "request"
+    );
+    resp
+}
+
+/// Routes and forwards; returns the response with the route and backend that served it.
+async fn forward(
+    tables: &ArcSwap<RouteTable>,
+    req: Request<ProxyBody>,
+    host: Option<&str>,
+    conn: ConnInfo,
+) -> (Response<ProxyBody>, Option<String>, Option<String>) {
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // One load per request: the whole request sees one table.
+    let route = match tables.load().lookup(host, path_and_query) {
+        Some(route) => route.clone(),
+        None => return (ProxyError::NoRoute.response(), None, None),
+    };
+    let group = &route.group;
+    let Some(endpoint) = group.pick(&[]) else {
+        return (ProxyError::NoHealthyBackend.response(), Some(route.id.clone()), None);
+    };
+    let backend = Some(endpoint.address.clone());
+    let Some(slot) = endpoint.acquire(&group.timeouts).await else {
+        return (ProxyError::PoolFull.response(), Some(route.id.clone()), backend);
+    };
+
+    let upstream_req = upstream_request(req, endpoint, host, conn);
+    let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req)).await;
+    let resp = match sent {
+        Ok(Ok(resp)) => resp.map(|body| boxed(Guarded::new(body, slot))),
+        Ok(Err(e)) => {
+            let err = classify(&e);
+            tracing::warn!(backend = %endpoint.address, error = %error_chain(&e), "upstream request failed");
+            err.response()
+        }
+        Err(_) => {
+            tracing::warn!(backend = %endpoint.address, timeout = ?group.timeouts.response_headers, "upstream timed out");
+            ProxyError::UpstreamTimeout.response()
+        }
+    };
+    (resp, Some(route.id.clone()), backend)
+}
+
+/// Rewrites a downstream request for `endpoint`: same method, path and authority, header
+/// rules applied, the version the upstream protocol speaks.
+fn upstream_request(req: Request<ProxyBody>, endpoint: &Endpoint, host: Option<&str>, conn: ConnInfo) -> Request<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(&mut parts.headers, conn.client.ip(), host);
+
+    let scheme = match endpoint.url.protocol {
+        Protocol::Https => "https",
+        Protocol::Http1 | Protocol::H2c => "http",
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Keep the client's authority in the URI (HTTP/2 sends it as :authority); the
+    // connector dials the endpoint regardless.
+    let authority = host.filter(|h| h.parse::<http::uri::Authority>().is_ok()).unwrap_or(&endpoint.address);
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    match endpoint.url.protocol {
+        Protocol::H2c => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+        Protocol::Http1 | Protocol::Https => {
+            parts.version = Version::HTTP_11;
+            if let Ok(h) = HeaderValue::from_str(authority) {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Maps a client error to the status the user sees: timeouts 504, everything else 502.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return ProxyError::UpstreamTimeout;
+        }
+        source = err.source();
+    }
+    if e.is_connect() { ProxyError::Connect } else { ProxyError::BadUpstream }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Shared state handed to listeners.
+pub type Tables = Arc<ArcSwap<RouteTable>>;

@@ -1,0 +1,140 @@
+//! Standalone mode (`quic-ingress serve --config FILE`): the data plane from a YAML file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, Listen};
+use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::telemetry::admin::{self, Readiness};
+use crate::tls::{self, CertSet, TlsError};
+use crate::upstream::EndpointRegistry;
+
+/// Why standalone mode stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot bind the admin address {addr}: {source}")]
+    Admin { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl ServeError {
+    /// Exit code per SPEC.md: 2 for invalid configuration, 1 for runtime failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Tls(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A configuration that passed every check, with its server certificates loaded.
+pub struct Checked {
+    pub config: Config,
+    pub listen: Listen,
+    pub certs: CertSet,
+}
+
+/// Loads and fully validates `path` (what `check-config` reports). Without cert/key files a
+/// development certificate is generated when `generate_dev_cert` is set.
+pub fn check(path: &Path, generate_dev_cert: bool) -> Result<Checked, ServeError> {
+    let file = path.display().to_string();
+    let config = config::load(path)?;
+    let listen = config.validate().map_err(|errors| ConfigError::Invalid { file: file.clone(), errors })?;
+    let certs = match (&config.server.cert_file, &config.server.key_file) {
+        (Some(cert), Some(key)) => {
+            let key = tls::load_certified_key(&resolve(path, cert), &resolve(path, key)).map_err(|e| {
+                ConfigError::Invalid {
+                    file: file.clone(),
+                    errors: vec![config::FieldError { field: "server.cert_file".into(), message: e.to_string() }],
+                }
+            })?;
+            CertSet::with_default(key)
+        }
+        _ if generate_dev_cert => {
+            let dir = std::env::temp_dir().join(format!("quic-ingress-{}", std::process::id()));
+            let dev = tls::generate_dev_cert(&config.hosts(), &dir)?;
+            tracing::warn!(
+                cert_file = %dev.cert_path.display(),
+                key_file = %dev.key_path.display(),
+                spki_sha256 = %dev.spki_sha256,
+                "no server.cert_file: serving a self-signed development certificate"
+            );
+            CertSet::with_default(dev.key)
+        }
+        _ => CertSet::default(),
+    };
+    // Compiling once here reports what only compilation finds (CA bundles, conflicts).
+    config
+        .compile(&EndpointRegistry::default(), CertSet::default(), 0)
+        .map_err(|errors| ConfigError::Invalid { file, errors })?;
+    Ok(Checked { config, listen, certs })
+}
+
+/// Relative paths in a config file are relative to the file.
+fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_path.parent().map(|d| d.join(p)).unwrap_or_else(|| p.to_path_buf())
+    }
+}
+
+/// Runs standalone mode until SIGTERM or SIGINT, then drains.
+pub async fn run(path: &Path) -> Result<(), ServeError> {
+    let Checked { config, listen, certs } = check(path, true)?;
+    let registry = Arc::new(EndpointRegistry::default());
+    let table = config.compile(&registry, certs, 1).map_err(|errors| ConfigError::Invalid {
+        file: path.display().to_string(),
+        errors,
+    })?;
+    tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
+    let tables = crate::proxy::tables(table);
+
+    let ready = Arc::new(Readiness::default());
+    let stop_admin = CancellationToken::new();
+    admin::start(listen.admin_address, tables.clone(), ready.clone(), stop_admin.clone())
+        .await
+        .map_err(|source| ServeError::Admin { addr: listen.admin_address, source })?;
+
+    let options = ListenOptions {
+        address: listen.address,
+        alt_svc_port: config.server.alt_svc_port,
+        congestion: config.server.congestion_control,
+    };
+    let plane = DataPlane::start(&options, tables).await?;
+    ready.set(true);
+
+    wait_for_termination().await?;
+    ready.set(false);
+    let drain = config.server.drain_timeout.0;
+    tracing::info!(timeout = ?drain, "shutting down: draining in-flight requests");
+    let drained = plane.shutdown(drain).await;
+    stop_admin.cancel();
+    if drained {
+        tracing::info!("drained, exiting");
+    } else {
+        tracing::warn!("drain timeout reached with requests still in flight");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_termination() -> Result<(), ServeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

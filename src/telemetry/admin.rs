@@ -1,0 +1,101 @@
+//! The admin HTTP server: `/healthz` (alive), `/readyz` (a route table is loaded and the
+//! listeners are bound) and `/debug/routes` (the live route table, read-only).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{ProxyBody, full};
+use crate::proxy::Tables;
+
+/// Whether the process is ready to take traffic.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds the admin address and serves until `shutdown`.
+pub async fn start(
+    addr: SocketAddr,
+    tables: Tables,
+    ready: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                () = shutdown.cancelled() => return,
+            };
+            let (tables, ready) = (tables.clone(), ready.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let resp = route(&req, &tables, &ready);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(address = %local, "admin server listening");
+    Ok(local)
+}
+
+fn route<B>(req: &Request<B>, tables: &Tables, ready: &Readiness) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/debug/routes" => {
+            let table = tables.load();
+            let groups: Vec<_> = table
+                .groups()
+                .map(|g| {
+                    serde_json::json!({
+                        "id": g.id,
+                        "strategy": g.strategy,
+                        "endpoints": g.members().map(|(e, w)| serde_json::json!({
+                            "url": e.url.to_string(), "weight": w, "healthy": e.is_healthy(), "in_flight": e.in_flight(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({
+                "generation": table.generation,
+                "routes": table.routes(),
+                "backend_groups": groups,
+                "certificates": table.certs.hosts().collect::<Vec<_>>(),
+            });
+            let mut resp = Response::new(full(body.to_string()));
+            resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,154 @@
+//! Server certificates: PEM loading, the self-signed development certificate, and the
+//! per-table set of certificates chosen by SNI.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{TlsError, provider};
+use crate::routes::HostRule;
+
+/// Loads a certificate chain and its private key from PEM files.
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::File { path: p.display().to_string(), reason: e.to_string() });
+    certified_key_from_pem(&read(cert_path)?, &read(key_path)?)
+}
+
+/// Builds a certified key from PEM text (files, or a `kubernetes.io/tls` Secret).
+pub fn certified_key_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Key(format!("certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(TlsError::Key("no certificate in the certificate PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key(format!("private key PEM: {e}")))?;
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| TlsError::Key(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| TlsError::Key(format!("key does not match certificate: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+/// A generated self-signed certificate, written to disk so clients can trust it.
+pub struct DevCert {
+    pub key: Arc<CertifiedKey>,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// base64(sha256(SubjectPublicKeyInfo)), as Chromium's
+    /// `--ignore-certificate-errors-spki-list` wants it.
+    pub spki_sha256: String,
+}
+
+/// Generates a self-signed certificate for `names` (plus localhost and loopback) into `dir`.
+pub fn generate_dev_cert(names: &[String], dir: &Path) -> Result<DevCert, TlsError> {
+    let gen_err = |e: &dyn std::fmt::Display| TlsError::Generate(e.to_string());
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    sans.extend(names.iter().filter(|n| !sans.contains(n)).cloned().collect::<Vec<_>>());
+    let generated = rcgen::generate_simple_self_signed(sans).map_err(|e| gen_err(&e))?;
+    std::fs::create_dir_all(dir).map_err(|e| gen_err(&e))?;
+    let cert_path = dir.join("dev-cert.pem");
+    let key_path = dir.join("dev-key.pem");
+    std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| gen_err(&e))?;
+    std::fs::write(&key_path, generated.signing_key.serialize_pem()).map_err(|e| gen_err(&e))?;
+    let spki = ring::digest::digest(&ring::digest::SHA256, &rcgen::PublicKeyData::subject_public_key_info(&generated.signing_key));
+    let key = certified_key_from_pem(generated.cert.pem().as_bytes(), generated.signing_key.serialize_pem().as_bytes())?;
+    Ok(DevCert {
+        key,
+        cert_path,
+        key_path,
+        spki_sha256: base64::engine::general_purpose::STANDARD.encode(spki.as_ref()),
+    })
+}
+
+/// Certificates of one route table: by exact host, by wildcard suffix, and a default for
+/// clients that send no (or an unknown) SNI name.
+#[derive(Clone, Default)]
+pub struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for CertSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertSet")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .field("default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl CertSet {
+    pub fn with_default(default: Arc<CertifiedKey>) -> Self {
+        Self { default: Some(default), ..Self::default() }
+    }
+
+    pub fn insert(&mut self, host: &HostRule, key: Arc<CertifiedKey>) {
+        match host {
+            HostRule::Exact(h) => self.exact.insert(h.clone(), key),
+            HostRule::Wildcard(s) => self.wildcard.insert(s.clone(), key),
+        };
+    }
+
+    /// The certificate for an SNI name: exact, then wildcard, then the default.
+    pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let found = sni.map(|s| s.to_ascii_lowercase()).and_then(|name| {
+            self.exact
+                .get(&name)
+                .or_else(|| crate::routes::wildcard_suffix(&name).and_then(|s| self.wildcard.get(s)))
+                .cloned()
+        });
+        found.or_else(|| self.default.clone())
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
+        self.exact.keys().cloned().chain(self.wildcard.keys().map(|s| format!("*.{s}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_for(name: &str) -> Arc<CertifiedKey> {
+        let g = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        certified_key_from_pem(g.cert.pem().as_bytes(), g.signing_key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let (a, w, d) = (key_for("a.example.com"), key_for("*.example.com"), key_for("default"));
+        let mut set = CertSet::with_default(d.clone());
+        set.insert(&HostRule::parse("a.example.com").unwrap(), a.clone());
+        set.insert(&HostRule::parse("*.example.com").unwrap(), w.clone());
+        assert!(Arc::ptr_eq(&set.resolve(Some("A.example.com")).unwrap(), &a));
+        assert!(Arc::ptr_eq(&set.resolve(Some("b.example.com")).unwrap(), &w));
+        assert!(Arc::ptr_eq(&set.resolve(Some("x.b.example.com")).unwrap(), &d));
+        assert!(Arc::ptr_eq(&set.resolve(None).unwrap(), &d));
+        assert!(CertSet::default().resolve(Some("a")).is_none());
+    }
+
+    #[test]
+    fn mismatched_or_garbage_pem_is_an_error() {
+        let a = rcgen::generate_simple_self_signed(vec!["a".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b".to_string()]).unwrap();
+        let err = certified_key_from_pem(a.cert.pem().as_bytes(), b.signing_key.serialize_pem().as_bytes());
+        assert!(err.unwrap_err().to_string().contains("does not match"));
+        assert!(certified_key_from_pem(b"nope", b"nope").is_err());
+    }
+
+    #[test]
+    fn dev_cert_is_written_with_its_pin() {
+        let dir = std::env::temp_dir().join(format!("qi-devcert-{}", std::process::id()));
+        let dev = generate_dev_cert(&["api.example.com".into()], &dir).unwrap();
+        assert!(dev.cert_path.exists() && dev.key_path.exists());
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&dev.spki_sha256).unwrap().len(), 32);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,219 @@
+//! One backend endpoint and the state that outlives route-table swaps: its pooled client,
+//! connection cap, in-flight count and health. The registry hands the same `Endpoint` to
+//! every table that names it, and forgets it once no table does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connector::EndpointConnector;
+use super::{BackendUrl, PoolSettings, Protocol, Timeouts, UpstreamError, UpstreamTls};
+use crate::body::ProxyBody;
+
+/// Everything that identifies an endpoint's client: two groups naming the same URL with
+/// the same settings share one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    pub url: BackendUrl,
+    pub pool: PoolSettings,
+    pub connect_timeout: std::time::Duration,
+    pub tls: UpstreamTls,
+}
+
+/// A backend endpoint with its client and live counters.
+pub struct Endpoint {
+    pub url: BackendUrl,
+    /// `host:port`, computed once for logs and labels.
+    pub address: String,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+    slots: Arc<Semaphore>,
+    client: Client<EndpointConnector, ProxyBody>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url.to_string())
+            .field("in_flight", &self.in_flight())
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    fn new(spec: &EndpointSpec) -> Result<Self, UpstreamError> {
+        let tls = match spec.url.protocol {
+            Protocol::Https => Some(client_tls(&spec.url, &spec.tls)?),
+            Protocol::Http1 | Protocol::H2c => None,
+        };
+        let connector = EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(spec.pool.idle_timeout)
+            .pool_max_idle_per_host(spec.pool.max_idle_connections)
+            .http2_only(spec.url.protocol == Protocol::H2c);
+        Ok(Self {
+            address: spec.url.address(),
+            url: spec.url.clone(),
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
+            client: builder.build(connector),
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Takes a connection slot, waiting at most `timeouts.pool_wait`; `None` when the
+    /// endpoint stays at its connection cap that long.
+    pub async fn acquire(self: &Arc<Self>, timeouts: &Timeouts) -> Option<InFlight> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(timeouts.pool_wait, self.slots.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?,
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight { endpoint: self.clone(), _permit: permit })
+    }
+
+    /// Sends a request on the pooled client. The URI keeps the client's authority; the
+    /// connector dials this endpoint whatever the URI says.
+    pub async fn send(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+}
+
+/// A request's claim on an endpoint: counts toward least-connections and holds a connection
+/// slot until dropped (when the response body is done).
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn client_tls(
+    url: &BackendUrl,
+    tls: &UpstreamTls,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), UpstreamError> {
+    let tls_err = |e: crate::tls::TlsError| UpstreamError::Tls(e.to_string());
+    let name = tls.server_name.clone().unwrap_or_else(|| url.host.trim_matches(['[', ']']).to_string());
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| UpstreamError::ServerName(name))?;
+    let mut config = if tls.insecure_skip_verify {
+        crate::tls::insecure_client_config().map_err(tls_err)?
+    } else {
+        let roots = match &tls.ca_file {
+            Some(path) => crate::tls::load_roots(path)
+                .map_err(|e| UpstreamError::CaBundle { path: path.clone(), reason: e.to_string() })?,
+            None => crate::tls::system_roots(),
+        };
+        crate::tls::client_config(roots).map_err(tls_err)?
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), server_name))
+}
+
+/// Hands out shared endpoints by spec; keeps only weak references so endpoints no table
+/// uses any more are dropped with their pools.
+#[derive(Default)]
+pub struct EndpointRegistry {
+    live: Mutex<HashMap<EndpointSpec, Weak<Endpoint>>>,
+}
+
+impl EndpointRegistry {
+    pub fn endpoint(&self, spec: &EndpointSpec) -> Result<Arc<Endpoint>, UpstreamError> {
+        // Only table builds take this lock, never requests.
+        let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = live.get(spec).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        let endpoint = Arc::new(Endpoint::new(spec)?);
+        live.retain(|_, weak| weak.strong_count() > 0);
+        live.insert(spec.clone(), Arc::downgrade(&endpoint));
+        Ok(endpoint)
+    }
+
+    /// Endpoints still referenced by some table.
+    pub fn live_count(&self) -> usize {
+        let live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        live.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> EndpointSpec {
+        EndpointSpec {
+            url: BackendUrl::parse(url).unwrap(),
+            pool: PoolSettings::default(),
+            connect_timeout: std::time::Duration::from_secs(1),
+            tls: UpstreamTls::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_shares_endpoints_while_a_table_holds_them() {
+        let reg = EndpointRegistry::default();
+        let a = reg.endpoint(&spec("http://127.0.0.1:1")).unwrap();
+        a.set_healthy(false);
+        let again = reg.endpoint(&spec("http://127.0.0.1:1")).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "state survives a rebuild");
+        assert!(!again.is_healthy());
+        let other = reg.endpoint(&spec("http://127.0.0.1:2")).unwrap();
+        assert_eq!(reg.live_count(), 2);
+        drop((a, again, other));
+        assert_eq!(reg.live_count(), 0);
+        assert!(reg.endpoint(&spec("http://127.0.0.1:1")).unwrap().is_healthy(), "forgotten once unused");
+    }
+
+    #[tokio::test]
+    async fn slots_cap_concurrent_requests() {
+        let reg = EndpointRegistry::default();
+        let mut s = spec("http://127.0.0.1:1");
+        s.pool.max_connections_per_host = 1;
+        let ep = reg.endpoint(&s).unwrap();
+        let t = Timeouts { pool_wait: std::time::Duration::from_millis(20), ..Timeouts::default() };
+        let first = ep.acquire(&t).await.unwrap();
+        assert_eq!(ep.in_flight(), 1);
+        assert!(ep.acquire(&t).await.is_none(), "second request waits, then gives up");
+        drop(first);
+        assert_eq!(ep.in_flight(), 0);
+        assert!(ep.acquire(&t).await.is_some());
+    }
+}

@@ -1,0 +1,211 @@
+//! Backends: where requests go once a route matched. Backend groups with a balancer,
+//! endpoints with their pooled clients, and the settings both sources share.
+
+pub mod balancer;
+mod connector;
+mod endpoint;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use balancer::{Balancer, Strategy};
+pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight};
+
+/// Why a backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("backend url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read CA bundle {path}: {reason}")]
+    CaBundle { path: PathBuf, reason: String },
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+}
+
+/// How the proxy talks to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// `http://`: HTTP/1.1 over TCP.
+    Http1,
+    /// `h2c://`: HTTP/2 over cleartext TCP (prior knowledge).
+    H2c,
+    /// `https://`: TLS, HTTP/2 or HTTP/1.1 by ALPN.
+    Https,
+}
+
+impl Protocol {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Self::Http1 => "http",
+            Self::H2c => "h2c",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// A parsed backend URL: protocol plus host and port, no path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendUrl {
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BackendUrl {
+    pub fn parse(url: &str) -> Result<Self, UpstreamError> {
+        let bad = |reason: &str| UpstreamError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let protocol = match uri.scheme_str() {
+            Some("http") => Protocol::Http1,
+            Some("h2c") => Protocol::H2c,
+            Some("https") => Protocol::Https,
+            Some("h3") => return Err(bad("h3:// upstreams are not supported yet; use https:// or h2c://")),
+            Some(other) => return Err(bad(&format!("unknown scheme {other:?}; expected http, h2c or https"))),
+            None => return Err(bad("missing scheme; expected http://, h2c:// or https://")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("missing host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("a backend url has no path or query"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(bad("credentials in a backend url are not supported"));
+        }
+        let host = authority.host().to_string();
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        let port = authority.port_u16().unwrap_or(match protocol {
+            Protocol::Https => 443,
+            Protocol::Http1 | Protocol::H2c => 80,
+        });
+        Ok(Self { protocol, host, port })
+    }
+
+    /// `host:port` as used in logs, metrics labels and status.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.protocol.scheme(), self.host, self.port)
+    }
+}
+
+/// Connection pool limits per endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolSettings {
+    pub max_idle_connections: usize,
+    /// Cap on concurrent requests (and so HTTP/1.1 connections) to one endpoint.
+    pub max_connections_per_host: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_idle_connections: 100, max_connections_per_host: 1024, idle_timeout: Duration::from_secs(90) }
+    }
+}
+
+/// Timeouts that bound how long a request may wait on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// From sending the request until the response headers arrive.
+    pub response_headers: Duration,
+    /// How long a request may wait for a free connection slot (`max_connections_per_host`).
+    pub pool_wait: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response_headers: Duration::from_secs(60),
+            pool_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// TLS settings for `https://` endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// SNI and verified name; defaults to the URL's host.
+    pub server_name: Option<String>,
+    /// Skip certificate verification (for self-signed test backends only).
+    pub insecure_skip_verify: bool,
+}
+
+/// A group of endpoints behind one balancer, as compiled into a route table.
+#[derive(Debug)]
+pub struct BackendGroup {
+    pub id: String,
+    pub strategy: Strategy,
+    pub timeouts: Timeouts,
+    members: Vec<Arc<Endpoint>>,
+    weights: Vec<u32>,
+    balancer: Balancer,
+}
+
+impl BackendGroup {
+    pub fn new(id: String, strategy: Strategy, timeouts: Timeouts, members: Vec<(Arc<Endpoint>, u32)>) -> Self {
+        let (members, weights): (Vec<_>, Vec<_>) = members.into_iter().unzip();
+        let balancer = Balancer::new(strategy, &weights);
+        Self { id, strategy, timeouts, members, weights, balancer }
+    }
+
+    /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request).
+    pub fn pick(&self, exclude: &[&Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+        let i = self.balancer.pick(
+            &self.weights,
+            |i| self.members[i].is_healthy() && !exclude.iter().any(|e| Arc::ptr_eq(e, &self.members[i])),
+            |i| self.members[i].in_flight(),
+        )?;
+        Some(&self.members[i])
+    }
+
+    /// Endpoints with their weights.
+    pub fn members(&self) -> impl Iterator<Item = (&Arc<Endpoint>, u32)> {
+        self.members.iter().zip(self.weights.iter().copied())
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.members.iter().filter(|e| e.is_healthy()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls_parse_with_default_ports() {
+        let u = BackendUrl::parse("http://10.0.0.1:8001").unwrap();
+        assert_eq!((u.protocol, u.host.as_str(), u.port), (Protocol::Http1, "10.0.0.1", 8001));
+        assert_eq!(BackendUrl::parse("https://api.internal").unwrap().port, 443);
+        assert_eq!(BackendUrl::parse("h2c://[::1]:9000/").unwrap().host, "[::1]");
+        assert_eq!(BackendUrl::parse("h2c://[::1]:9000").unwrap().address(), "[::1]:9000");
+    }
+
+    #[test]
+    fn bad_backend_urls_say_why() {
+        for (url, why) in [
+            ("10.0.0.1:8001", "scheme"),
+            ("ftp://a:1", "unknown scheme"),
+            ("http://a:1/x", "no path"),
+            ("http://u:p@a:1", "credentials"),
+            ("h3://a:1", "not supported yet"),
+            ("http://", "empty"),
+        ] {
+            let err = BackendUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
+}
