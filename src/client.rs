@@ -74,7 +74,8 @@ pub struct ClientResponse {
 }
 
 enum ResponseBody {
-    H3(h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>),
+    /// The stream, and the connection kept open while the body is read.
+    H3(Box<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>>, #[allow(dead_code)] H3Client),
     Hyper(hyper::body::Incoming),
 }
 
@@ -82,7 +83,7 @@ impl ClientResponse {
     /// The next chunk of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
         match &mut self.body {
-            ResponseBody::H3(stream) => match stream.recv_data().await.map_err(http_err)? {
+            ResponseBody::H3(stream, _) => match stream.recv_data().await.map_err(http_err)? {
                 Some(mut buf) => Ok(Some(buf.copy_to_bytes(buf.remaining()))),
                 None => Ok(None),
             },
@@ -121,7 +122,8 @@ impl H3Client {
     /// Connects to `addr`, presenting `server_name` as SNI.
     pub async fn connect(addr: SocketAddr, server_name: &str, trust: &TrustOptions) -> Result<Self, ClientError> {
         let tls = trust.tls_config(&[b"h3"])?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
         let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(http_err)?;
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
@@ -134,13 +136,17 @@ impl H3Client {
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
-        let authority = if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
+        let authority =
+            if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
         Ok(Self { send, authority, _endpoint: endpoint })
     }
 
     /// Sends a request; a relative URI gets this connection's authority.
     pub async fn request(&self, req: Request<()>, body: RequestBody) -> Result<ClientResponse, ClientError> {
         let (mut parts, ()) = req.into_parts();
+        if let RequestBody::Bytes(b) = &body {
+            parts.headers.entry(http::header::CONTENT_LENGTH).or_insert_with(|| b.len().into());
+        }
         if parts.uri.authority().is_none() {
             let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             parts.uri = format!("https://{}{pq}", self.authority).parse().map_err(http_err)?;
@@ -159,7 +165,12 @@ impl H3Client {
         stream.finish().await.map_err(http_err)?;
         let resp = stream.recv_response().await.map_err(http_err)?;
         let (parts, ()) = resp.into_parts();
-        Ok(ClientResponse { status: parts.status, version: Version::HTTP_3, headers: parts.headers, body: ResponseBody::H3(stream) })
+        Ok(ClientResponse {
+            status: parts.status,
+            version: Version::HTTP_3,
+            headers: parts.headers,
+            body: ResponseBody::H3(Box::new(stream), self.clone()),
+        })
     }
 }
 
@@ -191,7 +202,8 @@ pub async fn request_tcp(
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let resp = if version == Version::HTTP_2 {
         parts.uri = format!("https://{authority}{pq}").parse().map_err(http_err)?;
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(http_err)?;
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(http_err)?;
         tokio::spawn(conn);
         send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
     } else {
@@ -204,7 +216,12 @@ pub async fn request_tcp(
         send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
     };
     let (parts, incoming): (http::response::Parts, _) = resp.into_parts();
-    Ok(ClientResponse { status: parts.status, version: parts.version, headers: parts.headers, body: ResponseBody::Hyper(incoming) })
+    Ok(ClientResponse {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: ResponseBody::Hyper(incoming),
+    })
 }
 
 /// Splits `https://host[:port]/path` into the address to dial, the SNI name and the request.

@@ -75,7 +75,8 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Proxy
     if let Some(ms) = query_param::<u64>(&req, "delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let status = query_param::<u16>(&req, "status").and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    let status =
+        query_param::<u16>(&req, "status").and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
     let size = query_param::<u64>(&req, "bytes");
     let host = req
         .headers()
@@ -114,7 +115,8 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Proxy
         }
     };
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-backend", header::HeaderValue::from_str(&name).unwrap_or(header::HeaderValue::from_static("?")));
+    resp.headers_mut()
+        .insert("x-backend", header::HeaderValue::from_str(&name).unwrap_or(header::HeaderValue::from_static("?")));
     Ok(resp)
 }
 

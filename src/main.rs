@@ -12,7 +12,11 @@ use quic_ingress::demo_backend::{self, DemoProtocol};
 use quic_ingress::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
-#[command(name = "quic-ingress", version, about = "HTTP/3 ingress for Kubernetes, and a standalone HTTP/3 reverse proxy")]
+#[command(
+    name = "quic-ingress",
+    version,
+    about = "HTTP/3 ingress for Kubernetes, and a standalone HTTP/3 reverse proxy"
+)]
 struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, env = "QUIC_INGRESS_LOG_FORMAT", default_value = "json")]

@@ -92,10 +92,9 @@ fn resolve(config_path: &Path, p: &Path) -> PathBuf {
 pub async fn run(path: &Path) -> Result<(), ServeError> {
     let Checked { config, listen, certs } = check(path, true)?;
     let registry = Arc::new(EndpointRegistry::default());
-    let table = config.compile(&registry, certs, 1).map_err(|errors| ConfigError::Invalid {
-        file: path.display().to_string(),
-        errors,
-    })?;
+    let table = config
+        .compile(&registry, certs, 1)
+        .map_err(|errors| ConfigError::Invalid { file: path.display().to_string(), errors })?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
     let tables = crate::proxy::tables(table);
 

@@ -18,13 +18,14 @@ impl HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }
 
 /// Parses `<number><unit>` groups, units `ms`, `s`, `m`, `h` (e.g. `1m30s`, `0.5s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: expected a number and a unit (ms, s, m, h), like \"10s\" or \"500ms\"");
+    let bad =
+        || format!("invalid duration {text:?}: expected a number and a unit (ms, s, m, h), like \"10s\" or \"500ms\"");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());

@@ -269,7 +269,8 @@ fn default_pool_wait() -> HumanDuration {
 /// Reads and parses a configuration file (syntax and field types only).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
     parse(&file, &text)
 }
 
@@ -297,7 +298,10 @@ impl Config {
         }
         let admin = self.telemetry.admin_address.parse::<SocketAddr>();
         if let Err(e) = &admin {
-            err("telemetry.admin_address".into(), format!("{:?} is not an address with a port: {e}", self.telemetry.admin_address));
+            err(
+                "telemetry.admin_address".into(),
+                format!("{:?} is not an address with a port: {e}", self.telemetry.admin_address),
+            );
         }
         match (&self.server.cert_file, &self.server.key_file) {
             (Some(_), None) => err("server.key_file".into(), "required when server.cert_file is set".into()),
@@ -390,18 +394,21 @@ impl Config {
         }
 
         match (address, admin) {
-            (Ok(address), Ok(admin_address)) if errors.is_empty() => Ok(Listen {
-                address,
-                admin_address,
-                alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()),
-            }),
+            (Ok(address), Ok(admin_address)) if errors.is_empty() => {
+                Ok(Listen { address, admin_address, alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()) })
+            }
             _ => Err(errors),
         }
     }
 
     /// Builds the route table. Call `validate` first; what it checks is not repeated here,
     /// but anything that can still fail (reading CA bundles) is reported by field.
-    pub fn compile(&self, registry: &EndpointRegistry, certs: CertSet, generation: u64) -> Result<RouteTable, Vec<FieldError>> {
+    pub fn compile(
+        &self,
+        registry: &EndpointRegistry,
+        certs: CertSet,
+        generation: u64,
+    ) -> Result<RouteTable, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut builder = RouteTableBuilder::new(certs);
         for (i, g) in self.backend_groups.iter().enumerate() {
@@ -410,13 +417,18 @@ impl Config {
                 let spec = match BackendUrl::parse(&b.url) {
                     Ok(url) => group_endpoint_spec(g, url),
                     Err(e) => {
-                        errors.push(FieldError { field: format!("backend_groups[{i}].backends[{j}].url"), message: e.to_string() });
+                        errors.push(FieldError {
+                            field: format!("backend_groups[{i}].backends[{j}].url"),
+                            message: e.to_string(),
+                        });
                         continue;
                     }
                 };
                 match registry.endpoint(&spec) {
                     Ok(ep) => members.push((ep, b.weight)),
-                    Err(e) => errors.push(FieldError { field: format!("backend_groups[{i}].tls"), message: e.to_string() }),
+                    Err(e) => {
+                        errors.push(FieldError { field: format!("backend_groups[{i}].tls"), message: e.to_string() })
+                    }
                 }
             }
             let timeouts = Timeouts {
@@ -443,7 +455,10 @@ impl Config {
                 }
             };
             let Some(group) = builder.group(&r.backend_group) else {
-                errors.push(FieldError { field: field("backend_group"), message: format!("unknown backend group {:?}", r.backend_group) });
+                errors.push(FieldError {
+                    field: field("backend_group"),
+                    message: format!("unknown backend group {:?}", r.backend_group),
+                });
                 continue;
             };
             if let Err(conflict) = builder.add_route(&r.id, host.as_ref(), path, group) {

@@ -56,7 +56,8 @@ fn the_spec_example_parses_and_compiles() {
 
 #[test]
 fn unknown_fields_are_rejected_by_name() {
-    let err = parse("test.yaml", &GOOD.replace("strategy: least_connections", "stratgy: least_connections")).unwrap_err();
+    let err =
+        parse("test.yaml", &GOOD.replace("strategy: least_connections", "stratgy: least_connections")).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("test.yaml") && msg.contains("stratgy"), "{msg}");
 }
@@ -84,7 +85,9 @@ fn bad_durations_are_parse_errors_with_the_value() {
 
 #[test]
 fn duplicates_and_conflicts_are_reported() {
-    let yaml = GOOD.replace("id: web\n    path: /", "id: api\n    path: /").replace("- id: web\n    backends", "- id: api-servers\n    backends");
+    let yaml = GOOD
+        .replace("id: web\n    path: /", "id: api\n    path: /")
+        .replace("- id: web\n    backends", "- id: api-servers\n    backends");
     let errors = errors_of(&yaml);
     let f = fields(&errors);
     assert!(f.contains(&"backend_groups[1].id"), "{errors:?}");

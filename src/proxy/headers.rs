@@ -38,10 +38,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    let te_trailers_only = headers
-        .get_all(header::TE)
-        .iter()
-        .all(|v| v.to_str().is_ok_and(|s| s.trim().eq_ignore_ascii_case("trailers")));
+    let te_trailers_only =
+        headers.get_all(header::TE).iter().all(|v| v.to_str().is_ok_and(|s| s.trim().eq_ignore_ascii_case("trailers")));
     if !te_trailers_only {
         headers.remove(header::TE);
     }

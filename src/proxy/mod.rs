@@ -71,14 +71,21 @@ impl DataPlane {
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server_config.transport_config(Arc::new(transport_config(options.congestion)));
-        let endpoint = quinn::Endpoint::server(server_config, options.address)
-            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
-        let tcp = TcpListener::bind(local_addr)
-            .await
-            .map_err(|source| ListenError::Bind { proto: "TCP", addr: local_addr, source })?;
+        let endpoint = quinn::Endpoint::server(server_config, options.address).map_err(|source| ListenError::Bind {
+            proto: "UDP",
+            addr: options.address,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ListenError::Bind {
+            proto: "UDP",
+            addr: options.address,
+            source,
+        })?;
+        let tcp = TcpListener::bind(local_addr).await.map_err(|source| ListenError::Bind {
+            proto: "TCP",
+            addr: local_addr,
+            source,
+        })?;
 
         let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false).map_err(|e| tls_err(&e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
@@ -122,8 +129,12 @@ fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
         transport.max_idle_timeout(Some(idle));
     }
     match congestion {
-        CongestionControl::Cubic => transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
-        CongestionControl::Bbr => transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        CongestionControl::Cubic => {
+            transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        CongestionControl::Bbr => {
+            transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
     };
     transport
 }

@@ -149,7 +149,12 @@ async fn forward(
 
 /// Rewrites a downstream request for `endpoint`: same method, path and authority, header
 /// rules applied, the version the upstream protocol speaks.
-fn upstream_request(req: Request<ProxyBody>, endpoint: &Endpoint, host: Option<&str>, conn: ConnInfo) -> Request<ProxyBody> {
+fn upstream_request(
+    req: Request<ProxyBody>,
+    endpoint: &Endpoint,
+    host: Option<&str>,
+    conn: ConnInfo,
+) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, conn.client.ip(), host);

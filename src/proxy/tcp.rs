@@ -52,7 +52,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, tables, alt_svc, watcher) = (acceptor.clone(), tables.clone(), alt_svc.clone(), graceful.watcher());
+        let (acceptor, tables, alt_svc, watcher) =
+            (acceptor.clone(), tables.clone(), alt_svc.clone(), graceful.watcher());
         let span = tracing::debug_span!("tcp_connection", %client);
         tracker.spawn(
             async move {

@@ -22,10 +22,7 @@ impl<T> PathIndex<T> {
         if let Some(t) = self.exact.get(path) {
             return Some(t);
         }
-        self.prefixes
-            .iter()
-            .find(|(p, _)| super::matching::prefix_matches(p, path))
-            .map(|(_, t)| t)
+        self.prefixes.iter().find(|(p, _)| super::matching::prefix_matches(p, path)).map(|(_, t)| t)
     }
 
     /// Inserts unless the same rule is already taken; returns the holder on conflict.
@@ -92,9 +89,7 @@ impl<T> HostIndex<T> {
             if let Some(t) = self.exact_hosts.get(host).and_then(|i| i.lookup(path)) {
                 return Some(t);
             }
-            if let Some(t) = wildcard_suffix(host)
-                .and_then(|s| self.wildcard_hosts.get(s))
-                .and_then(|i| i.lookup(path))
+            if let Some(t) = wildcard_suffix(host).and_then(|s| self.wildcard_hosts.get(s)).and_then(|i| i.lookup(path))
             {
                 return Some(t);
             }
@@ -148,11 +143,8 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_whatever_the_insert_order() {
-        let idx = index(&[
-            (None, "/", Prefix, "root"),
-            (None, "/aaa/bbb", Prefix, "long"),
-            (None, "/aaa", Prefix, "short"),
-        ]);
+        let idx =
+            index(&[(None, "/", Prefix, "root"), (None, "/aaa/bbb", Prefix, "long"), (None, "/aaa", Prefix, "short")]);
         assert_eq!(idx.lookup(None, "/aaa/bbb/c"), Some(&"long"));
         assert_eq!(idx.lookup(None, "/aaa/bbbc"), Some(&"short"));
         assert_eq!(idx.lookup(None, "/aaaccc"), Some(&"root"));

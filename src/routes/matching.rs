@@ -82,11 +82,7 @@ pub fn normalize_request_host(raw: &str) -> Option<String> {
         raw
     };
     let host = without_port.trim_end_matches('.');
-    if host.is_empty() {
-        None
-    } else {
-        Some(host.to_ascii_lowercase())
-    }
+    if host.is_empty() { None } else { Some(host.to_ascii_lowercase()) }
 }
 
 /// The wildcard suffix a request host would match: `a.b.c` → `b.c` (one label only).

@@ -15,7 +15,9 @@ use crate::routes::HostRule;
 
 /// Loads a certificate chain and its private key from PEM files.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::File { path: p.display().to_string(), reason: e.to_string() });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| TlsError::File { path: p.display().to_string(), reason: e.to_string() })
+    };
     certified_key_from_pem(&read(cert_path)?, &read(key_path)?)
 }
 
@@ -55,8 +57,12 @@ pub fn generate_dev_cert(names: &[String], dir: &Path) -> Result<DevCert, TlsErr
     let key_path = dir.join("dev-key.pem");
     std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| gen_err(&e))?;
     std::fs::write(&key_path, generated.signing_key.serialize_pem()).map_err(|e| gen_err(&e))?;
-    let spki = ring::digest::digest(&ring::digest::SHA256, &rcgen::PublicKeyData::subject_public_key_info(&generated.signing_key));
-    let key = certified_key_from_pem(generated.cert.pem().as_bytes(), generated.signing_key.serialize_pem().as_bytes())?;
+    let spki = ring::digest::digest(
+        &ring::digest::SHA256,
+        &rcgen::PublicKeyData::subject_public_key_info(&generated.signing_key),
+    );
+    let key =
+        certified_key_from_pem(generated.cert.pem().as_bytes(), generated.signing_key.serialize_pem().as_bytes())?;
     Ok(DevCert {
         key,
         cert_path,

@@ -64,7 +64,10 @@ pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, TlsEr
 
 /// Server configuration for a listener: certificates chosen by SNI through `store`.
 pub fn server_config(
-    resolver: Arc<dyn rustls::server::ResolvesServerCert>, alpn: &[&[u8]], tls13_only: bool) -> Result<rustls::ServerConfig, TlsError> {
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] =
         if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())

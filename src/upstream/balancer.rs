@@ -142,7 +142,8 @@ pub fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
         for (c, w) in current.iter_mut().zip(&eff) {
             *c += *w as i64;
         }
-        let Some((best, _)) = current.iter().enumerate().filter(|(i, _)| eff[*i] > 0).max_by_key(|(i, c)| (**c, -(*i as i64)))
+        let Some((best, _)) =
+            current.iter().enumerate().filter(|(i, _)| eff[*i] > 0).max_by_key(|(i, c)| (**c, -(*i as i64)))
         else {
             break;
         };

@@ -87,11 +87,7 @@ impl Connection for UpstreamStream {
             Self::Plain(_) => Connected::new(),
             Self::Tls(s) => {
                 let (_, session) = s.inner().get_ref();
-                if session.alpn_protocol() == Some(b"h2") {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
+                if session.alpn_protocol() == Some(b"h2") { Connected::new().negotiated_h2() } else { Connected::new() }
             }
         }
     }

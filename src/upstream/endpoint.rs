@@ -88,10 +88,7 @@ impl Endpoint {
     pub async fn acquire(self: &Arc<Self>, timeouts: &Timeouts) -> Option<InFlight> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout(timeouts.pool_wait, self.slots.clone().acquire_owned())
-                .await
-                .ok()?
-                .ok()?,
+            Err(_) => tokio::time::timeout(timeouts.pool_wait, self.slots.clone().acquire_owned()).await.ok()?.ok()?,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight { endpoint: self.clone(), _permit: permit })

@@ -110,6 +110,7 @@ def parse_args(argv):
     parser.add_argument("--method", default="GET", metavar="M", help="request method (default GET)")
     parser.add_argument("--data", metavar="STR", help="request body, sent as UTF-8")
     parser.add_argument("--header", action="append", default=[], metavar="'Name: value'", help="extra request header (repeatable)")
+    parser.add_argument("--connect-to", metavar="HOST:PORT", help="dial this address instead of the URL's (SNI and :authority stay the URL's)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="overall deadline (default 30)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.concurrency < 1:
@@ -161,8 +162,13 @@ async def run(args):
         return protocols[-1]
 
     try:
+        dial_host, dial_port = url.hostname, url.port or 443
+        if args.connect_to:
+            dial_host, _, port = args.connect_to.rpartition(":")
+            dial_port = int(port)
+            configuration.server_name = url.hostname
         async with connect(
-            url.hostname, url.port or 443,
+            dial_host, dial_port,
             configuration=configuration, create_protocol=create_protocol,
         ) as client:
             slots = asyncio.Semaphore(args.concurrency)

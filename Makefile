@@ -1,0 +1,54 @@
+# quic-ingress: `make run` (quick start) and `make test` (everything) set up what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE ?= $(HOME)/.cache/quic-ingress
+# Build output lives outside the clone so fresh clones (CI) reuse it.
+export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
+export CARGO_TERM_COLOR ?= never
+VENV := $(CACHE)/venv
+PYTHON := $(VENV)/bin/python3
+export QUIC_INGRESS_PYTHON := $(PYTHON)
+
+-include e2e/testenv.mk
+
+.PHONY: help run build release test lint test-unit test-integration deps python-deps system-deps
+
+help:
+	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
+	@echo "make test  - install test dependencies, lint, and run every test (including cluster tests)"
+
+build:
+	cargo build --bins
+
+release:
+	cargo build --release --bins
+
+run: release
+	scripts/run-demo.sh "$(CARGO_TARGET_DIR)/release/quic-ingress" examples/standalone.yaml
+
+## Test dependencies: Debian packages and a Python venv with the third-party HTTP/3 client.
+deps: system-deps python-deps
+
+system-deps:
+	@scripts/ensure-packages.sh curl
+
+python-deps: $(VENV)/.installed-$(shell sha256sum tests/clients/requirements.txt 2>/dev/null | cut -c1-12)
+
+$(VENV)/.installed-%:
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --workspace -- -D warnings
+
+test-unit:
+	cargo test --lib --bins
+
+test-integration: deps build
+	cargo test -p quic-ingress --tests
+
+test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e)
+	@echo "make test: all suites passed"

@@ -1,0 +1,75 @@
+//! The command line as users drive it: check-config, get, and exit codes.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn write(name: &str, yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("qi-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_fields() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/standalone.yaml");
+    let out = Command::new(BIN).args(["check-config", example]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 2 backend groups)"));
+
+    let bad = write(
+        "bad.yaml",
+        "server: {address: \"127.0.0.1:8443\"}\nroutes:\n  - {id: r, path: /, backend_group: missing}\nbackend_groups:\n  - id: g\n    backends: [{url: \"http://127.0.0.1:1\"}]\n    health_check: {interval: 0s}\n",
+    );
+    let out = Command::new(BIN).args(["check-config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(err.contains("routes[0].backend_group: unknown backend group \"missing\""), "{err}");
+    assert!(err.contains("backend_groups[0].health_check.interval"), "{err}");
+
+    let typo = write("typo.yaml", "server: {adress: \"127.0.0.1:8443\"}\n");
+    let out = Command::new(BIN).args(["check-config"]).arg(&typo).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `adress`"));
+
+    let out = Command::new(BIN).args(["check-config", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).args(["no-such-command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_exit_2() {
+    let bad =
+        write("serve-bad.yaml", "server: {address: \"127.0.0.1:8443\"}\nroutes: [{id: r, backend_group: nope}]\n");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].backend_group"));
+}
+
+#[tokio::test]
+async fn get_prints_status_protocol_and_body_over_each_protocol() {
+    let b = Backend::start("cli").await;
+    let proxy = Proxy::start(&format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
+        b.url("http")
+    ))
+    .await;
+    for (flag, proto) in
+        [("--http3", "HTTP/3.0 200 OK"), ("--http2", "HTTP/2.0 200 OK"), ("--http1", "HTTP/1.1 200 OK")]
+    {
+        let out = Command::new(BIN).args(["get", "-k", flag, &proxy.https_url("/cli")]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{flag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with(proto), "{flag}: {stdout}");
+        assert!(stdout.contains("\"backend\":\"cli\""), "{stdout}");
+    }
+    // Without -k the self-signed certificate is refused.
+    let out = Command::new(BIN).args(["get", &proxy.https_url("/cli")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,272 @@
+//! Test harness for the real data plane over loopback: the `quic-ingress` binary as proxy
+//! and demo backends, free ports, readiness waits with deadlines, and client helpers.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_quic-ingress");
+
+/// A port free on both TCP and UDP at the time of asking.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {deadline:?} waiting for {what}");
+}
+
+/// A plain HTTP GET over TCP (admin endpoints, demo backends); `None` on any failure.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (SIGTERM = 15) to the process.
+    pub fn signal(&self, sig: i32) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for exit with a deadline.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < deadline, "{} did not exit within {deadline:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM")
+    }
+}
+
+fn log_file(name: &str) -> Stdio {
+    let dir = std::env::temp_dir().join("quic-ingress-test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = std::fs::File::create(dir.join(format!("{name}-{}.log", std::process::id()))).expect("log file");
+    Stdio::from(file)
+}
+
+/// A demo backend process.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub proc: Proc,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Self {
+        Self::start_with(name, "http1").await
+    }
+
+    pub async fn start_with(name: &str, protocol: &str) -> Self {
+        Self::start_on(name, protocol, free_port()).await
+    }
+
+    pub async fn start_on(name: &str, protocol: &str, port: u16) -> Self {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(BIN)
+            .args(["demo-backend", "--listen", &addr.to_string(), "--name", name, "--protocol", protocol])
+            .stdout(Stdio::null())
+            .stderr(log_file(&format!("backend-{name}")))
+            .spawn()
+            .expect("spawn demo backend");
+        let backend = Self { addr, name: name.into(), proc: Proc { child, name: format!("backend {name}") } };
+        if protocol == "http1" {
+            wait_until(&format!("backend {name}"), Duration::from_secs(10), || async {
+                http_get(addr, "/health").await.is_some_and(|(s, _)| s == 200)
+            })
+            .await;
+        } else {
+            wait_until(&format!("backend {name}"), Duration::from_secs(10), || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+        }
+        backend
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// A `quic-ingress serve` process with its config file.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub proc: Proc,
+}
+
+impl Proxy {
+    /// Starts the proxy; `body` is the YAML after the `server`/`telemetry` sections, and may
+    /// use `{server_extra}` lines via `server_extra`.
+    pub async fn start(body: &str) -> Self {
+        Self::start_with(body, "").await
+    }
+
+    pub async fn start_with(body: &str, server_extra: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+        let yaml = format!(
+            "server:\n  address: \"{addr}\"\n  drain_timeout: 10s\n{server_extra}telemetry:\n  admin_address: \"{admin}\"\n{body}"
+        );
+        let dir = std::env::temp_dir().join(format!("qi-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log_file(&format!("proxy-{port}")))
+            .spawn()
+            .expect("spawn proxy");
+        let mut proxy = Self { addr, admin, config_path, proc: Proc { child, name: format!("proxy {port}") } };
+        let start = Instant::now();
+        loop {
+            if http_get(admin, "/readyz").await.is_some_and(|(s, _)| s == 200) {
+                break;
+            }
+            if let Some(status) = proxy.proc.child.try_wait().expect("try_wait") {
+                panic!("proxy exited during start-up with {status}; log in {}", std::env::temp_dir().display());
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "proxy not ready in 20s");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        proxy
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
+    }
+
+    /// A new HTTP/3 connection to the proxy, trusting any certificate.
+    pub async fn h3(&self) -> H3Client {
+        self.h3_as("localhost").await
+    }
+
+    /// A new HTTP/3 connection presenting `sni`.
+    pub async fn h3_as(&self, sni: &str) -> H3Client {
+        H3Client::connect(self.addr, sni, &TrustOptions { insecure: true, ca_file: None }).await.expect("h3 connect")
+    }
+}
+
+/// The result of a request, body read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Which demo backend answered.
+    pub fn backend(&self) -> String {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    }
+}
+
+/// GET `path` (may include a query) with `host` as authority over an HTTP/3 connection.
+pub async fn h3_get(client: &H3Client, host: &str, path: &str) -> Answer {
+    h3_send(client, http::Request::get(format!("https://{host}{path}")).body(()).unwrap(), RequestBody::Empty).await
+}
+
+pub async fn h3_send(client: &H3Client, req: http::Request<()>, body: RequestBody) -> Answer {
+    let resp = client.request(req, body).await.expect("h3 request");
+    let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
+    let body = resp.bytes().await.expect("h3 body");
+    Answer { status, headers, body }
+}
+
+/// Runs the third-party aioquic client (tests/clients/h3_client.py); returns its JSON lines.
+pub fn aioquic(url: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let python = std::env::var("QUIC_INGRESS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/h3_client.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(url)
+        .arg("--insecure")
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} (run `make test` to install the aioquic client): {e}"));
+    assert!(
+        out.status.success(),
+        "aioquic client failed ({}); run `make test` to install it. stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}

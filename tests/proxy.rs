@@ -1,0 +1,443 @@
+//! The standalone data plane over loopback with real backends and real clients: routing,
+//! balancing, error statuses, streaming, concurrency on one connection, Alt-Svc, shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use quic_ingress::client::RequestBody;
+
+fn group(id: &str, strategy: &str, backends: &[(&Backend, u32)], extra: &str) -> String {
+    let mut s = format!("  - id: {id}\n    strategy: {strategy}\n    backends:\n");
+    for (b, w) in backends {
+        s += &format!("      - url: \"{}\"\n        weight: {w}\n", b.url("http"));
+    }
+    s + extra
+}
+
+fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for n in names {
+        *m.entry(n).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_with_ingress_semantics() {
+    let (api, admin, web, wild) = (
+        Backend::start("api").await,
+        Backend::start("admin").await,
+        Backend::start("web").await,
+        Backend::start("wild").await,
+    );
+    let config = format!(
+        "routes:
+  - {{id: api, host: api.example.com, path: /api, path_type: Prefix, backend_group: api}}
+  - {{id: admin, host: api.example.com, path: /api/admin, path_type: Exact, backend_group: admin}}
+  - {{id: wild, host: \"*.example.com\", path: /, backend_group: wild}}
+  - {{id: web, path: /, backend_group: web}}
+backend_groups:
+{}{}{}{}",
+        group("api", "round_robin", &[(&api, 1)], ""),
+        group("admin", "round_robin", &[(&admin, 1)], ""),
+        group("web", "round_robin", &[(&web, 1)], ""),
+        group("wild", "round_robin", &[(&wild, 1)], ""),
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    for (host, path, want) in [
+        ("api.example.com", "/api", "api"),
+        ("API.EXAMPLE.COM", "/api/v1/users?x=1", "api"),
+        ("api.example.com", "/api/admin", "admin"),
+        ("api.example.com", "/api/admin/", "api"),
+        ("api.example.com", "/apix", "wild"),
+        ("foo.example.com", "/anything", "wild"),
+        ("a.b.example.com", "/", "web"),
+        ("other.org", "/api", "web"),
+    ] {
+        let a = h3_get(&c, host, path).await;
+        assert_eq!(a.status, 200, "{host}{path}");
+        assert_eq!(a.backend(), want, "{host}{path}");
+        let j = a.json();
+        assert_eq!(j["path"], path.split('?').next().unwrap(), "path is passed unchanged");
+        assert_eq!(j["host"].as_str().unwrap().to_ascii_lowercase(), host.to_ascii_lowercase(), "Host is kept");
+    }
+
+    // The same through a third-party HTTP/3 client (aioquic).
+    let url = format!("https://api.example.com:{}/api/x", proxy.addr.port());
+    let lines = aioquic(&url, &["--connect-to", &proxy.addr.to_string(), "--count", "3"]);
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["status"], 200, "{l}");
+        assert_eq!(l["http_version"], "HTTP/3");
+        assert_eq!(l["headers"]["x-backend"], "api", "{l}");
+    }
+}
+
+#[tokio::test]
+async fn no_route_is_404() {
+    let b = Backend::start("only").await;
+    let config = format!(
+        "routes:\n  - {{id: r, host: a.example.com, path: /x, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    let a = h3_get(&c, "a.example.com", "/y").await;
+    assert_eq!(a.status, 404);
+    assert!(String::from_utf8_lossy(&a.body).contains("no route"));
+    assert_eq!(h3_get(&c, "b.example.com", "/x").await.status, 404);
+    assert!(a.headers.contains_key("x-request-id"), "even errors carry a request id");
+}
+
+#[tokio::test]
+async fn round_robin_respects_weights_over_both_clients() {
+    let (a, b, c3) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&a, 300), (&b, 100), (&c3, 100)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+    let mut names = Vec::new();
+    for _ in 0..500 {
+        names.push(h3_get(&client, "localhost", "/rr").await.backend());
+    }
+    // Smooth weighted round robin is exact over whole cycles (5 requests per cycle).
+    let t = tally(names);
+    assert_eq!((t["a"], t["b"], t["c"]), (300, 100, 100), "{t:?}");
+
+    // aioquic, 100 requests, 8 at a time on one connection: still exact over 20 cycles,
+    // since every request takes the next slot of the shared schedule.
+    let lines = aioquic(&proxy.https_url("/rr"), &["--count", "100", "--concurrency", "8"]);
+    let t = tally(lines.iter().map(|l| l["headers"]["x-backend"].as_str().unwrap_or("").to_string()));
+    assert_eq!((t["a"], t["b"], t["c"]), (60, 20, 20), "{t:?}");
+}
+
+#[tokio::test]
+async fn random_follows_weights_within_tolerance() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "random", &[(&a, 1), (&b, 3)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+    let n = 1000;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        names.push(h3_get(&client, "localhost", "/").await.backend());
+    }
+    let t = tally(names);
+    let share = t["b"] as f64 / n as f64;
+    // Binomial(1000, 0.75): sd ≈ 0.0137, so ±0.06 is beyond 4 sd.
+    assert!((share - 0.75).abs() < 0.06, "weight-3 backend got {share:.3} of requests: {t:?}");
+}
+
+/// Waits until the proxy reports exactly one request in flight; returns that endpoint's URL.
+async fn busy_endpoint(proxy: &Proxy) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Some((_, body)) = http_get(proxy.admin, "/debug/routes").await {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let eps = v["backend_groups"][0]["endpoints"].as_array().cloned().unwrap_or_default();
+            if let Some(e) = eps.iter().find(|e| e["in_flight"] == 1) {
+                return e["url"].as_str().unwrap_or("").to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no request became in flight within 5s");
+}
+
+#[tokio::test]
+async fn least_connections_avoids_the_busy_backend() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "least_connections", &[(&a, 1), (&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+    // Hold one slow request on one backend; every fast request must go to the other.
+    let slow_client = client.clone();
+    let slow = tokio::spawn(async move { h3_get(&slow_client, "localhost", "/slow?delay_ms=3000").await });
+    let busy = busy_endpoint(&proxy).await;
+    let idle_name = if busy.contains(&a.addr.port().to_string()) { "b" } else { "a" };
+    for _ in 0..20 {
+        assert_eq!(h3_get(&client, "localhost", "/fast").await.backend(), idle_name);
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200);
+    assert_ne!(slow.backend(), idle_name);
+}
+
+#[tokio::test]
+async fn backend_down_is_502_and_hang_is_504() {
+    let live = Backend::start("live").await;
+    let dead_port = free_port(); // nothing listens here
+    let config = format!(
+        "routes:
+  - {{id: dead, path: /dead, backend_group: dead}}
+  - {{id: slow, path: /slow, backend_group: slow}}
+backend_groups:
+  - id: dead
+    backends: [{{url: \"http://127.0.0.1:{dead_port}\"}}]
+{}",
+        group("slow", "round_robin", &[(&live, 1)], "    timeouts: {response_headers: 500ms}\n")
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    let a = h3_get(&c, "localhost", "/dead").await;
+    assert_eq!(a.status, 502, "{}", String::from_utf8_lossy(&a.body));
+    let a = h3_get(&c, "localhost", "/slow?delay_ms=5000").await;
+    assert_eq!(a.status, 504);
+    // The connection is still fine afterwards.
+    assert_eq!(h3_get(&c, "localhost", "/slow").await.status, 200);
+}
+
+#[tokio::test]
+async fn connection_cap_answers_503_with_retry_after() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group(
+            "g",
+            "round_robin",
+            &[(&b, 1)],
+            "    connection_pool: {max_connections_per_host: 1}\n    timeouts: {pool_wait: 200ms}\n"
+        )
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    let c2 = c.clone();
+    let slow = tokio::spawn(async move { h3_get(&c2, "localhost", "/?delay_ms=3000").await });
+    wait_until("slot taken", Duration::from_secs(5), || async {
+        http_get(proxy.admin, "/debug/routes").await.is_some_and(|(_, b)| b.contains("\"in_flight\":1"))
+    })
+    .await;
+    let a = h3_get(&c, "localhost", "/").await;
+    assert_eq!(a.status, 503);
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_request_does_not_delay_a_fast_one_on_the_same_connection() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+    let c2 = client.clone();
+    let mut slow = tokio::spawn(async move { h3_get(&c2, "localhost", "/slow?delay_ms=4000").await });
+    // Ten fast requests on the same connection all complete while the slow one is pending.
+    for _ in 0..10 {
+        let fast = h3_get(&client, "localhost", "/fast").await;
+        assert_eq!(fast.status, 200);
+        assert!(
+            futures::poll!(&mut slow).is_pending(),
+            "the slow request finished first: requests are serialised on the connection"
+        );
+    }
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test]
+async fn hundred_mib_up_and_down_stream_with_bounded_memory() {
+    let b = Backend::start("bulk").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+
+    // Download: 100 MiB generated by the backend, read chunk by chunk.
+    let mut resp = client
+        .request(
+            http::Request::get(format!("https://localhost/dl?bytes={}", 100 * MIB)).body(()).unwrap(),
+            RequestBody::Empty,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let mut got = 0u64;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, 100 * MIB);
+
+    // Upload: 100 MiB generated as it is sent; the backend counts what arrives.
+    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+    let chunks = futures::stream::iter((0..400).map(move |_| chunk.clone()));
+    let req =
+        http::Request::post("https://localhost/ul").header("content-length", (100 * MIB).to_string()).body(()).unwrap();
+    let resp = client.request(req, RequestBody::Stream(Box::pin(chunks))).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["body_bytes"], 100 * MIB);
+
+    // Had either body been buffered, the proxy would have held 100 MiB at once.
+    let peak = proxy.proc.peak_rss_kib();
+    assert!(peak < 80 * 1024, "proxy peak RSS {peak} KiB: bodies are being buffered");
+}
+
+#[tokio::test]
+async fn headers_are_rewritten_as_a_proxy_should() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    let req = http::Request::get("https://shop.example.com/h")
+        .header("x-request-id", "req-123")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "http")
+        .header("keep-alive", "timeout=5")
+        .header("x-custom", "kept")
+        .body(())
+        .unwrap();
+    let a = h3_send(&c, req, RequestBody::Empty).await;
+    assert_eq!(a.headers["x-request-id"], "req-123", "a client's request id is passed back");
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-request-id"], "req-123");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "shop.example.com");
+    assert_eq!(h["host"], "shop.example.com");
+    assert_eq!(h["x-custom"], "kept");
+    assert!(h.get("keep-alive").is_none(), "hop-by-hop header forwarded: {h}");
+    assert!(h.get("transfer-encoding").is_none(), "a GET must not become chunked: {h}");
+
+    let a = h3_get(&c, "shop.example.com", "/h").await;
+    let id = a.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a request id is created");
+    assert_eq!(a.json()["headers"]["x-request-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn tcp_listener_serves_http1_and_http2_with_alt_svc() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start_with(&config, "  alt_svc_port: 443\n").await;
+    for (flag, version) in [("--http2", "HTTP/2"), ("--http1.1", "HTTP/1.1")] {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-D", "-", "-o", "/dev/null", flag, &proxy.https_url("/curl")])
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(head.starts_with(&format!("{} 200", version.to_ascii_lowercase())), "{head}");
+        assert!(head.contains("alt-svc: h3=\":443\"; ma=86400"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn alt_svc_defaults_to_the_listen_port_and_h2c_backends_work() {
+    let b = Backend::start_with("h2", "h2").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
+        b.url("h2c")
+    );
+    let proxy = Proxy::start(&config).await;
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-D", "-", "--http2", &proxy.https_url("/x")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.contains(&format!("alt-svc: h3=\":{}\"", proxy.addr.port())), "{text}");
+    assert!(text.contains("\"version\":\"http/2.0\""), "backend spoke HTTP/2: {text}");
+    let c = proxy.h3().await;
+    let a = h3_get(&c, "localhost", "/x").await;
+    assert_eq!(a.json()["version"], "HTTP/2.0");
+    assert_eq!(a.json()["host"], "localhost", ":authority carries the client's host");
+}
+
+#[tokio::test]
+async fn https_backends_with_a_ca_bundle() {
+    // A second proxy is a real HTTPS backend (ALPN h2) with its own certificate.
+    let dir = std::env::temp_dir().join(format!("qi-https-backend-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let origin = Backend::start("origin").await;
+    let inner = Proxy::start_with(
+        &format!(
+            "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+            group("g", "round_robin", &[(&origin, 1)], "")
+        ),
+        &format!("  cert_file: {}\n  key_file: {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display()),
+    )
+    .await;
+    let outer = Proxy::start(&format!(
+        "routes:
+  - {{id: r, path: /, backend_group: tls}}
+backend_groups:
+  - id: tls
+    backends: [{{url: \"https://127.0.0.1:{}\"}}]
+    tls: {{ca_file: {}, server_name: backend.internal}}
+",
+        inner.addr.port(),
+        dir.join("cert.pem").display()
+    ))
+    .await;
+    let c = outer.h3().await;
+    let a = h3_get(&c, "localhost", "/through-tls").await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.backend(), "origin");
+    assert_eq!(a.json()["headers"]["x-forwarded-for"], "127.0.0.1, 127.0.0.1", "both proxies appended");
+
+    // Without the CA bundle the backend's certificate is not trusted: 502.
+    let untrusted = Proxy::start(&format!(
+        "routes:\n  - {{id: r, path: /, backend_group: tls}}\nbackend_groups:\n  - id: tls\n    backends: [{{url: \"https://127.0.0.1:{}\"}}]\n",
+        inner.addr.port()
+    ))
+    .await;
+    let a = h3_get(&untrusted.h3().await, "localhost", "/").await;
+    assert_eq!(a.status, 502);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let mut proxy = Proxy::start(&config).await;
+    let c = proxy.h3().await;
+    let c2 = c.clone();
+    let in_flight = tokio::spawn(async move { h3_get(&c2, "localhost", "/?delay_ms=1500").await });
+    wait_until("request in flight", Duration::from_secs(5), || async {
+        http_get(proxy.admin, "/debug/routes").await.is_some_and(|(_, b)| b.contains("\"in_flight\":1"))
+    })
+    .await;
+    proxy.proc.signal(15);
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, 200, "the in-flight request completes during the drain");
+    let status = proxy.proc.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    // Nothing accepts connections any more.
+    let trust = quic_ingress::client::TrustOptions { insecure: true, ca_file: None };
+    let again = tokio::time::timeout(
+        Duration::from_secs(3),
+        quic_ingress::client::H3Client::connect(proxy.addr, "localhost", &trust),
+    )
+    .await;
+    assert!(!matches!(again, Ok(Ok(_))), "a new connection was accepted after shutdown");
+}
