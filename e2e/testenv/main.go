@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -180,10 +181,15 @@ func run(o options) (err error) {
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
-	defer func() {
-		etcd.Close()
-		<-etcd.Server.StopNotify()
-	}()
+	// etcd's Close panics when called twice.
+	var stopEtcdOnce sync.Once
+	stopEtcd := func() {
+		stopEtcdOnce.Do(func() {
+			etcd.Close()
+			<-etcd.Server.StopNotify()
+		})
+	}
+	defer stopEtcd()
 
 	pki := filepath.Join(o.dataDir, "pki")
 	caPEM, err := writePKI(pki)
@@ -261,10 +267,8 @@ func run(o options) (err error) {
 	fmt.Printf("testenv: ready %s\n", info)
 
 	err = <-done
-	// etcd goes second: the apiserver flushes its last writes on the way out. Close is
-	// idempotent, so the deferred Close is a no-op now.
-	etcd.Close()
-	<-etcd.Server.StopNotify()
+	// etcd goes second: the apiserver flushes its last writes on the way out.
+	stopEtcd()
 	if err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
