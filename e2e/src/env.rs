@@ -71,12 +71,9 @@ impl TestEnv {
     /// `KUBECONFIG` pointing at another cluster is ignored on purpose: tests create and
     /// delete objects, and a developer's default context is no place for that unasked.
     pub async fn shared() -> anyhow::Result<&'static TestEnv> {
-        let env = SHARED
-            .get_or_init(|| async { Self::init().await.map_err(|e| format!("{e:#}")) })
-            .await;
+        let env = SHARED.get_or_init(|| async { Self::init().await.map_err(|e| format!("{e:#}")) }).await;
         // A failed start is remembered so the other tests fail fast with the same reason.
-        env.as_ref()
-            .map_err(|e| anyhow!("no control plane for cluster tests: {e}"))
+        env.as_ref().map_err(|e| anyhow!("no control plane for cluster tests: {e}"))
     }
 
     async fn init() -> anyhow::Result<TestEnv> {
@@ -107,12 +104,8 @@ impl TestEnv {
             process: None,
         };
         let client = env.client()?;
-        eventually(
-            &format!("{} (from {var}) to be ready", env.server_url()),
-            start_timeout(),
-            || readyz(&client),
-        )
-        .await?;
+        eventually(&format!("{} (from {var}) to be ready", env.server_url()), start_timeout(), || readyz(&client))
+            .await?;
         Ok(env)
     }
 
@@ -264,8 +257,8 @@ async fn readyz(client: &Client) -> anyhow::Result<Option<()>> {
 }
 
 async fn load_config(kubeconfig: &Path) -> anyhow::Result<Config> {
-    let parsed = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let parsed =
+        Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
     Config::from_custom_kubeconfig(parsed, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", kubeconfig.display()))
@@ -277,17 +270,14 @@ fn names_testenv(kubeconfig: &Path) -> bool {
         return false;
     };
     let current = parsed.current_context.as_deref();
-    parsed.contexts.iter().any(|c| {
-        Some(c.name.as_str()) == current
-            && c.context.as_ref().is_some_and(|c| c.cluster == TESTENV_CLUSTER)
-    })
+    parsed
+        .contexts
+        .iter()
+        .any(|c| Some(c.name.as_str()) == current && c.context.as_ref().is_some_and(|c| c.cluster == TESTENV_CLUSTER))
 }
 
 fn impersonate(kubeconfig: &mut Kubeconfig, identity: &str) -> anyhow::Result<()> {
-    let current = kubeconfig
-        .current_context
-        .clone()
-        .ok_or_else(|| anyhow!("kubeconfig has no current context"))?;
+    let current = kubeconfig.current_context.clone().ok_or_else(|| anyhow!("kubeconfig has no current context"))?;
     let user = kubeconfig
         .contexts
         .iter()
@@ -307,16 +297,11 @@ fn impersonate(kubeconfig: &mut Kubeconfig, identity: &str) -> anyhow::Result<()
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn start_timeout() -> Duration {
-    let secs = std::env::var(START_TIMEOUT_VAR)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let secs = std::env::var(START_TIMEOUT_VAR).ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     Duration::from_secs(secs)
 }
 
@@ -330,10 +315,7 @@ fn run_dir() -> anyhow::Result<PathBuf> {
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 

@@ -52,12 +52,7 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        Ok(TestNamespace {
-            name,
-            client,
-            config: env.config().clone(),
-            done: false,
-        })
+        Ok(TestNamespace { name, client, config: env.config().clone(), done: false })
     }
 
     pub fn name(&self) -> &str {
@@ -128,10 +123,7 @@ impl Drop for TestNamespace {
 }
 
 async fn delete(client: Client, name: &str) -> anyhow::Result<()> {
-    match Api::<Namespace>::all(client)
-        .delete(name, &DeleteParams::background())
-        .await
-    {
+    match Api::<Namespace>::all(client).delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
@@ -145,11 +137,8 @@ fn keep() -> bool {
 /// `<prefix>-<6 random base-36 characters>`, cut to a valid DNS label. The std hasher
 /// is seeded randomly per process, which is all the randomness this needs.
 pub fn unique_name(prefix: &str) -> String {
-    let mut prefix: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let mut prefix: String =
+        prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     prefix.truncate(63 - 7);
     let prefix = prefix.trim_matches('-');
     let mut n = RandomState::new().hash_one(std::time::SystemTime::now());
@@ -158,9 +147,5 @@ pub fn unique_name(prefix: &str) -> String {
         suffix.push(char::from_digit((n % 36) as u32, 36).unwrap_or('x'));
         n /= 36;
     }
-    if prefix.is_empty() {
-        format!("t-{suffix}")
-    } else {
-        format!("{prefix}-{suffix}")
-    }
+    if prefix.is_empty() { format!("t-{suffix}") } else { format!("{prefix}-{suffix}") }
 }

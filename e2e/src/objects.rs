@@ -12,8 +12,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec, TypedLocalObjectReference};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
-    IngressRule, IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -38,10 +38,7 @@ struct Meta {
 
 impl Meta {
     fn new(name: &str) -> Self {
-        Meta {
-            name: name.to_string(),
-            ..Meta::default()
-        }
+        Meta { name: name.to_string(), ..Meta::default() }
     }
 
     fn build(self) -> ObjectMeta {
@@ -96,11 +93,7 @@ impl From<&str> for PortRef {
 /// A ClusterIP Service without a selector: its endpoints come from EndpointSlices the test
 /// creates, since there is no EndpointSlice controller on testenv.
 pub fn service(name: &str) -> ServiceBuilder {
-    ServiceBuilder {
-        meta: Meta::new(name),
-        ports: Vec::new(),
-        selector: BTreeMap::new(),
-    }
+    ServiceBuilder { meta: Meta::new(name), ports: Vec::new(), selector: BTreeMap::new() }
 }
 
 #[derive(Clone, Debug)]
@@ -211,11 +204,7 @@ impl EndpointSliceBuilder {
         }
         self.endpoints.push(Endpoint {
             addresses: vec![ip],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
             ..Endpoint::default()
         });
         self
@@ -265,9 +254,7 @@ impl EndpointSliceBuilder {
 /// API server; `QUIC_INGRESS_TEST_ENDPOINT_IP` overrides the choice.
 pub fn local_endpoint_ip() -> anyhow::Result<IpAddr> {
     if let Ok(ip) = std::env::var("QUIC_INGRESS_TEST_ENDPOINT_IP") {
-        return ip
-            .parse()
-            .with_context(|| format!("QUIC_INGRESS_TEST_ENDPOINT_IP={ip} is not an IP address"));
+        return ip.parse().with_context(|| format!("QUIC_INGRESS_TEST_ENDPOINT_IP={ip} is not an IP address"));
     }
     // Documentation-only destinations (RFC 5737, RFC 3849): connect() just picks a route.
     let probes: [(IpAddr, IpAddr); 2] = [
@@ -298,13 +285,7 @@ pub fn local_endpoint_ip() -> anyhow::Result<IpAddr> {
 
 /// An Ingress; add rules with [`IngressBuilder::rule`].
 pub fn ingress(name: &str) -> IngressBuilder {
-    IngressBuilder {
-        meta: Meta::new(name),
-        class: None,
-        rules: Vec::new(),
-        tls: Vec::new(),
-        default_backend: None,
-    }
+    IngressBuilder { meta: Meta::new(name), class: None, rules: Vec::new(), tls: Vec::new(), default_backend: None }
 }
 
 #[derive(Clone, Debug)]
@@ -370,21 +351,14 @@ impl IngressBuilder {
 
     fn path(mut self, host: &str, path: &str, path_type: &str, backend: IngressBackend) -> Self {
         let host = (!host.is_empty()).then(|| host.to_string());
-        let path = HTTPIngressPath {
-            backend,
-            path: Some(path.to_string()),
-            path_type: path_type.to_string(),
-        };
+        let path = HTTPIngressPath { backend, path: Some(path.to_string()), path_type: path_type.to_string() };
         match self.rules.iter_mut().find(|r| r.host == host) {
             Some(rule) => {
                 if let Some(http) = rule.http.as_mut() {
                     http.paths.push(path);
                 }
             }
-            None => self.rules.push(IngressRule {
-                host,
-                http: Some(HTTPIngressRuleValue { paths: vec![path] }),
-            }),
+            None => self.rules.push(IngressRule { host, http: Some(HTTPIngressRuleValue { paths: vec![path] }) }),
         }
         self
     }
@@ -405,21 +379,12 @@ impl IngressBuilder {
 
 fn service_backend(service: &str, port: PortRef) -> IngressBackend {
     let port = match port {
-        PortRef::Number(n) => ServiceBackendPort {
-            number: Some(n),
-            name: None,
-        },
-        PortRef::Name(name) => ServiceBackendPort {
-            number: None,
-            name: Some(name),
-        },
+        PortRef::Number(n) => ServiceBackendPort { number: Some(n), name: None },
+        PortRef::Name(name) => ServiceBackendPort { number: None, name: Some(name) },
     };
     IngressBackend {
         resource: None,
-        service: Some(IngressServiceBackend {
-            name: service.to_string(),
-            port: Some(port),
-        }),
+        service: Some(IngressServiceBackend { name: service.to_string(), port: Some(port) }),
     }
 }
 
@@ -428,10 +393,7 @@ fn service_backend(service: &str, port: PortRef) -> IngressBackend {
 /// A (cluster-scoped) IngressClass handled by `controller`, e.g.
 /// `ingress_class("quic", "quic-ingress.dev/controller")`.
 pub fn ingress_class(name: &str, controller: &str) -> IngressClassBuilder {
-    IngressClassBuilder {
-        meta: Meta::new(name),
-        controller: controller.to_string(),
-    }
+    IngressClassBuilder { meta: Meta::new(name), controller: controller.to_string() }
 }
 
 #[derive(Clone, Debug)]
@@ -451,10 +413,7 @@ impl IngressClassBuilder {
     pub fn build(self) -> IngressClass {
         IngressClass {
             metadata: self.meta.build(),
-            spec: Some(IngressClassSpec {
-                controller: Some(self.controller),
-                parameters: None,
-            }),
+            spec: Some(IngressClassSpec { controller: Some(self.controller), parameters: None }),
         }
     }
 }
@@ -463,19 +422,12 @@ impl IngressClassBuilder {
 
 /// An Opaque Secret; add entries with [`SecretBuilder::data`].
 pub fn secret(name: &str) -> SecretBuilder {
-    SecretBuilder {
-        meta: Meta::new(name),
-        type_: "Opaque".to_string(),
-        data: BTreeMap::new(),
-    }
+    SecretBuilder { meta: Meta::new(name), type_: "Opaque".to_string(), data: BTreeMap::new() }
 }
 
 /// A `kubernetes.io/tls` Secret, as Ingress `tls[].secretName` refers to.
 pub fn tls_secret(name: &str, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> SecretBuilder {
-    secret(name)
-        .type_("kubernetes.io/tls")
-        .data("tls.crt", cert_pem)
-        .data("tls.key", key_pem)
+    secret(name).type_("kubernetes.io/tls").data("tls.crt", cert_pem).data("tls.key", key_pem)
 }
 
 #[derive(Clone, Debug)]
@@ -499,12 +451,7 @@ impl SecretBuilder {
     }
 
     pub fn build(self) -> Secret {
-        Secret {
-            metadata: self.meta.build(),
-            type_: Some(self.type_),
-            data: Some(self.data),
-            ..Secret::default()
-        }
+        Secret { metadata: self.meta.build(), type_: Some(self.type_), data: Some(self.data), ..Secret::default() }
     }
 }
 
@@ -531,12 +478,8 @@ mod tests {
 
     #[test]
     fn endpoint_slice_is_labelled_for_its_service() {
-        let slice = endpoint_slice("web")
-            .address("192.0.2.7")
-            .ready(false)
-            .address("192.0.2.8")
-            .port("http", 8001)
-            .build();
+        let slice =
+            endpoint_slice("web").address("192.0.2.7").ready(false).address("192.0.2.8").port("http", 8001).build();
         let labels = slice.metadata.labels.unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "web");
         assert_eq!(slice.address_type, "IPv4");
