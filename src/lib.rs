@@ -13,3 +13,4 @@ pub mod serve;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod kube;

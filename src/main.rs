@@ -32,6 +32,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the BackendGroup CustomResourceDefinition (YAML).
+    Crd,
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
     /// A small echo backend for demos and tests.
@@ -75,7 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Get { .. } | Command::CheckConfig { .. });
+    let quiet = matches!(cli.command, Command::Get { .. } | Command::CheckConfig { .. } | Command::Crd);
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -95,6 +97,16 @@ async fn run(command: Command) -> ExitCode {
                 tracing::error!(error = %e, "quic-ingress stopped");
                 eprintln!("error: {e}");
                 ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Crd => match quic_ingress::kube::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the CRD: {e}");
+                ExitCode::from(1)
             }
         },
         Command::CheckConfig { file } => match quic_ingress::serve::check(&file, false) {

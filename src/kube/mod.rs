@@ -1,0 +1,4 @@
+//! Kubernetes mode: the BackendGroup CRD, watches of the objects that make routes, their
+//! translation into a `RouteTable`, and status written back.
+
+pub mod crd;
