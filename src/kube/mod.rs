@@ -2,3 +2,6 @@
 //! translation into a `RouteTable`, and status written back.
 
 pub mod crd;
+pub mod endpoints;
+pub mod translate;
+pub mod world;

@@ -101,7 +101,9 @@ pub enum PathRule {
 }
 
 /// How a path in a route is to be compared, as in Ingress v1 `pathType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 pub enum PathType {
     Exact,
     #[default]

@@ -1,0 +1,78 @@
+//! Service ports and EndpointSlices to endpoint addresses: which port a Service port maps
+//! to on its endpoints, and which addresses are ready.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// How an Ingress or BackendGroup names a Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl std::fmt::Display for PortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The Service port `port` refers to.
+pub fn service_port<'a>(service: &'a Service, port: &PortRef) -> Option<&'a ServicePort> {
+    let ports = service.spec.as_ref()?.ports.as_ref()?;
+    ports.iter().find(|p| match port {
+        PortRef::Number(n) => p.port == *n,
+        PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+    })
+}
+
+/// Ready endpoint addresses (`ip:port`, IPv6 in brackets) for a Service port, across all
+/// the Service's slices, deduplicated and sorted (so tables built from the same objects are
+/// equal). The slice port is matched by the Service port's name, as EndpointSlices do.
+pub fn ready_addresses(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<String> {
+    let want_name = port.name.as_deref().unwrap_or("");
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        let ipv6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => continue, // FQDN slices are not routable addresses
+        };
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == want_name && p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            // A nil condition means "unknown", which the API says to treat as ready.
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+            if !(ready && serving) {
+                continue;
+            }
+            for addr in &ep.addresses {
+                out.insert(if ipv6 { format!("[{addr}]:{target}") } else { format!("{addr}:{target}") });
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Whether a Service port asks for HTTP/2 cleartext or TLS via `appProtocol`.
+pub fn app_protocol_scheme(port: &ServicePort) -> &'static str {
+    match port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c") | Some("h2c") => "h2c",
+        Some("https") | Some("kubernetes.io/https") => "https",
+        _ => "http",
+    }
+}

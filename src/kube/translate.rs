@@ -1,0 +1,444 @@
+//! Translation: watched objects → `RouteTable`. A pure function of the `World` (plus the
+//! last good certificate of each Secret), so every rule is unit-tested with object
+//! builders. Invalid or dangling objects become `Problem`s and are skipped; the rest of the
+//! table is built as usual.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use kube::ResourceExt;
+use rustls::sign::CertifiedKey;
+
+use super::crd::{BackendGroup as BackendGroupCr, BackendProtocol};
+use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_port};
+use super::world::{Indexed, World};
+use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
+use crate::tls::CertSet;
+use crate::upstream::{
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, PoolSettings, Strategy, Timeouts, UpstreamTls,
+};
+
+pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+
+/// Controller settings that shape translation.
+#[derive(Clone)]
+pub struct Settings {
+    /// `--ingress-class`.
+    pub ingress_class: String,
+    /// Served to clients whose SNI matches no Ingress TLS host.
+    pub default_cert: Option<Arc<CertifiedKey>>,
+}
+
+/// An object that was skipped, in whole or in part, and why (becomes an Event and a log).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The result of one translation.
+pub struct Translation {
+    pub table: RouteTable,
+    pub problems: Vec<Problem>,
+    /// Ingresses this controller serves, `(namespace, name)`, for status.
+    pub served_ingresses: Vec<(String, String)>,
+    /// BackendGroup objects → the compiled group, for status.
+    pub groups: Vec<GroupStatusSource>,
+}
+
+/// What the status writer needs for one BackendGroup object.
+pub struct GroupStatusSource {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub group: Arc<BackendGroup>,
+}
+
+/// Remembers the last certificate each Secret produced, so a Secret turning invalid keeps
+/// serving its previous certificate.
+#[derive(Default)]
+pub struct LastGoodCerts(HashMap<(String, String), Arc<CertifiedKey>>);
+
+/// Whether `ingress` belongs to this controller.
+pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>], class: &str) -> bool {
+    let spec_class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
+    match spec_class.or_else(|| ingress.annotations().get(LEGACY_CLASS_ANNOTATION).map(String::as_str)) {
+        Some(name) => name == class,
+        // No class at all: ours only when our class is the cluster default.
+        None => classes.iter().any(|c| {
+            c.name_any() == class
+                && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
+                && c.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true")
+        }),
+    }
+}
+
+/// Builds the route table from `world`.
+pub fn translate(
+    world: &World,
+    settings: &Settings,
+    registry: &EndpointRegistry,
+    last_good: &mut LastGoodCerts,
+    generation: u64,
+) -> Translation {
+    let idx = world.index();
+    let mut t = Translator {
+        idx: &idx,
+        registry,
+        builder: RouteTableBuilder::new(settings.default_cert.clone().map(CertSet::with_default).unwrap_or_default()),
+        problems: Vec::new(),
+        groups_by_id: BTreeMap::new(),
+    };
+
+    // Oldest first: the first object to claim a host and path keeps it.
+    let mut ingresses: Vec<&Ingress> = world
+        .ingresses
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|i| is_ours(i, &world.classes, &settings.ingress_class))
+        .collect();
+    ingresses.sort_by_key(|i| (i.metadata.creation_timestamp.clone(), i.namespace(), i.name_any()));
+    let mut bg_objects: Vec<&BackendGroupCr> = world.groups.iter().map(AsRef::as_ref).collect();
+    bg_objects.sort_by_key(|g| (g.metadata.creation_timestamp.clone(), g.namespace(), g.name_any()));
+
+    for ing in &ingresses {
+        t.ingress_rules(ing);
+    }
+    for bg in &bg_objects {
+        t.backend_group_routes(bg);
+    }
+    // Default backends last, so explicit rules of any Ingress win.
+    for ing in &ingresses {
+        t.ingress_default_backend(ing);
+    }
+    for ing in &ingresses {
+        t.ingress_tls(ing, last_good);
+    }
+
+    // Every BackendGroup object gets a compiled group for status, routed or not.
+    let groups = bg_objects
+        .iter()
+        .filter_map(|bg| {
+            let group = t.group_for_resource(bg)?;
+            Some(GroupStatusSource {
+                namespace: bg.namespace().unwrap_or_default(),
+                name: bg.name_any(),
+                generation: bg.metadata.generation,
+                group,
+            })
+        })
+        .collect();
+    let served_ingresses = ingresses.iter().map(|i| (i.namespace().unwrap_or_default(), i.name_any())).collect();
+    let mut problems = t.problems;
+    problems.sort();
+    problems.dedup();
+    Translation { table: t.builder.build(generation), problems, served_ingresses, groups }
+}
+
+struct Translator<'a> {
+    idx: &'a Indexed<'a>,
+    registry: &'a EndpointRegistry,
+    builder: RouteTableBuilder,
+    problems: Vec<Problem>,
+    /// Groups compiled so far by id; `None` records a group that could not be built.
+    groups_by_id: BTreeMap<String, Option<Arc<BackendGroup>>>,
+}
+
+impl Translator<'_> {
+    fn problem(&mut self, kind: &'static str, obj: &impl kube::Resource, reason: &'static str, message: String) {
+        self.problems.push(Problem {
+            kind,
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+            reason,
+            message,
+        });
+    }
+
+    fn ingress_rules(&mut self, ing: &Ingress) {
+        let Some(spec) = &ing.spec else { return };
+        let id = format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any());
+        for rule in spec.rules.iter().flatten() {
+            let host = match rule.host.as_deref().map(HostRule::parse).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    self.problem("Ingress", ing, "InvalidHost", e.to_string());
+                    continue;
+                }
+            };
+            for p in rule.http.iter().flat_map(|h| &h.paths) {
+                let path_type = match p.path_type.as_str() {
+                    "Exact" => PathType::Exact,
+                    // ImplementationSpecific is treated as Prefix.
+                    _ => PathType::Prefix,
+                };
+                let path = match PathRule::new(p.path.as_deref().unwrap_or("/"), path_type) {
+                    Ok(path) => path,
+                    Err(e) => {
+                        self.problem("Ingress", ing, "InvalidPath", e.to_string());
+                        continue;
+                    }
+                };
+                let Some(group) = self.ingress_backend(ing, &p.backend) else { continue };
+                if let Err(conflict) = self.builder.add_route(&id, host.as_ref(), path, group) {
+                    self.problem("Ingress", ing, "RouteConflict", format!("{conflict} (the oldest object wins)"));
+                }
+            }
+        }
+    }
+
+    fn ingress_default_backend(&mut self, ing: &Ingress) {
+        let Some(backend) = ing.spec.as_ref().and_then(|s| s.default_backend.as_ref()) else { return };
+        let Some(group) = self.ingress_backend(ing, backend) else { return };
+        let id = format!("{}/{}#default", ing.namespace().unwrap_or_default(), ing.name_any());
+        let root = PathRule::Prefix(String::new());
+        if let Err(conflict) = self.builder.add_route(&id, None, root, group) {
+            self.problem("Ingress", ing, "DefaultBackendConflict", format!("{conflict} (the oldest object wins)"));
+        }
+    }
+
+    fn backend_group_routes(&mut self, bg: &BackendGroupCr) {
+        if bg.spec.routes.is_empty() {
+            return;
+        }
+        let Some(group) = self.group_for_resource(bg) else { return };
+        let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+        for r in &bg.spec.routes {
+            let host = match r.host.as_deref().map(HostRule::parse).transpose() {
+                Ok(h) => h,
+                Err(e) => {
+                    self.problem("BackendGroup", bg, "InvalidHost", e.to_string());
+                    continue;
+                }
+            };
+            let path = match PathRule::new(&r.path, r.path_type) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.problem("BackendGroup", bg, "InvalidPath", e.to_string());
+                    continue;
+                }
+            };
+            if let Err(conflict) = self.builder.add_route(&id, host.as_ref(), path, group.clone()) {
+                self.problem("BackendGroup", bg, "RouteConflict", format!("{conflict} (the oldest object wins)"));
+            }
+        }
+    }
+
+    /// The group an Ingress backend points at, compiled once per translation.
+    fn ingress_backend(&mut self, ing: &Ingress, backend: &IngressBackend) -> Option<Arc<BackendGroup>> {
+        let ns = ing.namespace().unwrap_or_default();
+        if let Some(svc) = &backend.service {
+            let port = match svc.port.as_ref().map(|p| (p.number, p.name.clone())) {
+                Some((Some(n), _)) => PortRef::Number(n),
+                Some((None, Some(name))) => PortRef::Name(name),
+                _ => {
+                    self.problem("Ingress", ing, "InvalidBackend", format!("service {} has no port", svc.name));
+                    return None;
+                }
+            };
+            return self.service_group(ing, &ns, &svc.name, &port);
+        }
+        if let Some(res) = &backend.resource {
+            if res.api_group.as_deref() != Some("quic-ingress.dev") || res.kind != "BackendGroup" {
+                self.problem(
+                    "Ingress",
+                    ing,
+                    "UnsupportedBackend",
+                    format!("resource backend {}/{} is not a quic-ingress.dev BackendGroup", res.kind, res.name),
+                );
+                return None;
+            }
+            let Some(bg) = self.idx.groups.get(&(ns.as_str(), res.name.as_str())).copied() else {
+                self.problem(
+                    "Ingress",
+                    ing,
+                    "BackendGroupNotFound",
+                    format!("BackendGroup {ns}/{} not found", res.name),
+                );
+                return None;
+            };
+            return self.group_for_resource(bg);
+        }
+        self.problem("Ingress", ing, "InvalidBackend", "a backend needs a service or a resource".into());
+        None
+    }
+
+    /// A plain Service backend: round robin over its ready endpoints.
+    fn service_group(&mut self, ing: &Ingress, ns: &str, name: &str, port: &PortRef) -> Option<Arc<BackendGroup>> {
+        let id = format!("service:{ns}/{name}:{port}");
+        if let Some(existing) = self.groups_by_id.get(&id) {
+            return existing.clone();
+        }
+        let built = match self.service_endpoints(ns, name, port, None) {
+            Ok(urls) => {
+                let specs = urls.into_iter().map(|u| (endpoint_spec(u, PoolSettings::default()), 1)).collect();
+                self.compile_group(id.clone(), Strategy::RoundRobin, specs).map_err(|e| ("InvalidBackend", e))
+            }
+            Err(e) => Err(("ServiceNotFound", e)),
+        };
+        let group = match built {
+            Ok(g) => Some(g),
+            Err((reason, message)) => {
+                self.problem("Ingress", ing, reason, message);
+                None
+            }
+        };
+        self.groups_by_id.insert(id, group.clone());
+        group
+    }
+
+    /// Backend URLs for a Service port; `scheme` overrides the port's `appProtocol`.
+    fn service_endpoints(
+        &self,
+        ns: &str,
+        name: &str,
+        port: &PortRef,
+        scheme: Option<&str>,
+    ) -> Result<Vec<BackendUrl>, String> {
+        let service = self.idx.services.get(&(ns, name)).ok_or_else(|| format!("service {ns}/{name} not found"))?;
+        let sp = service_port(service, port).ok_or_else(|| format!("service {ns}/{name} has no port {port}"))?;
+        let slices = self.idx.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
+        let scheme = scheme.unwrap_or_else(|| app_protocol_scheme(sp));
+        ready_addresses(slices, sp)
+            .into_iter()
+            .map(|addr| BackendUrl::parse(&format!("{scheme}://{addr}")).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// The group of a BackendGroup object, compiled once per translation.
+    fn group_for_resource(&mut self, bg: &BackendGroupCr) -> Option<Arc<BackendGroup>> {
+        let ns = bg.namespace().unwrap_or_default();
+        let id = format!("backendgroup:{ns}/{}", bg.name_any());
+        if let Some(existing) = self.groups_by_id.get(&id) {
+            return existing.clone();
+        }
+        let group = match self.build_resource_group(bg, &ns, &id) {
+            Ok(g) => Some(g),
+            Err(message) => {
+                self.problem("BackendGroup", bg, "InvalidBackendGroup", message);
+                None
+            }
+        };
+        self.groups_by_id.insert(id, group.clone());
+        group
+    }
+
+    fn build_resource_group(&self, bg: &BackendGroupCr, ns: &str, id: &str) -> Result<Arc<BackendGroup>, String> {
+        let spec = &bg.spec;
+        let pool = pool_settings(spec.connection_pool.as_ref())?;
+        let members: Vec<(EndpointSpec, u32)> = match (&spec.service, spec.backends.is_empty()) {
+            (Some(svc), true) => {
+                let scheme = match spec.protocol {
+                    BackendProtocol::Http1 => "http",
+                    BackendProtocol::H2 => "h2c",
+                    BackendProtocol::Https => "https",
+                    BackendProtocol::H3 => return Err("protocol h3: HTTP/3 upstreams are not supported yet".into()),
+                };
+                self.service_endpoints(ns, &svc.name, &PortRef::Number(svc.port), Some(scheme))?
+                    .into_iter()
+                    .map(|u| (endpoint_spec(u, pool.clone()), 1))
+                    .collect()
+            }
+            (None, false) => spec
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    BackendUrl::parse(&b.url)
+                        .map(|u| (endpoint_spec(u, pool.clone()), b.weight))
+                        .map_err(|e| format!("spec.backends[{i}].url: {e}"))
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err("set exactly one of spec.service or spec.backends".into()),
+        };
+        self.compile_group(id.to_string(), spec.strategy, members)
+    }
+
+    fn compile_group(
+        &self,
+        id: String,
+        strategy: Strategy,
+        members: Vec<(EndpointSpec, u32)>,
+    ) -> Result<Arc<BackendGroup>, String> {
+        let mut eps = Vec::with_capacity(members.len());
+        for (spec, weight) in members {
+            eps.push((self.registry.endpoint(&spec).map_err(|e| e.to_string())?, weight));
+        }
+        Ok(Arc::new(BackendGroup::new(id, strategy, Timeouts::default(), eps)))
+    }
+
+    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut LastGoodCerts) {
+        let ns = ing.namespace().unwrap_or_default();
+        let rule_hosts: Vec<String> =
+            ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
+        for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+            let Some(secret_name) = tls.secret_name.as_deref() else { continue };
+            let cache_key = (ns.clone(), secret_name.to_string());
+            let key = match self.idx.secrets.get(&(ns.as_str(), secret_name)).map(|s| secret_cert(s)) {
+                Some(Ok(key)) => {
+                    last_good.0.insert(cache_key, key.clone());
+                    Some(key)
+                }
+                Some(Err(e)) => {
+                    let kept = last_good.0.get(&cache_key).cloned();
+                    let note = if kept.is_some() { "; serving its last good certificate" } else { "" };
+                    self.problem("Ingress", ing, "InvalidTLSSecret", format!("secret {ns}/{secret_name}: {e}{note}"));
+                    kept
+                }
+                None => {
+                    self.problem("Ingress", ing, "TLSSecretNotFound", format!("secret {ns}/{secret_name} not found"));
+                    None
+                }
+            };
+            let Some(key) = key else { continue };
+            let hosts = tls.hosts.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| rule_hosts.clone());
+            for host in hosts {
+                match HostRule::parse(&host) {
+                    Ok(rule) => self.builder.certs_mut().insert(&rule, key.clone()),
+                    Err(e) => self.problem("Ingress", ing, "InvalidHost", e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<CertifiedKey>, String> {
+    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+        return Err(format!("type is {:?}, not kubernetes.io/tls", secret.type_.as_deref().unwrap_or("")));
+    }
+    let data = secret.data.as_ref().ok_or("no data")?;
+    let crt = data.get("tls.crt").ok_or("no tls.crt")?;
+    let key = data.get("tls.key").ok_or("no tls.key")?;
+    crate::tls::certified_key_from_pem(&crt.0, &key.0).map_err(|e| e.to_string())
+}
+
+fn endpoint_spec(url: BackendUrl, pool: PoolSettings) -> EndpointSpec {
+    EndpointSpec { url, pool, connect_timeout: Timeouts::default().connect, tls: UpstreamTls::default() }
+}
+
+fn pool_settings(spec: Option<&super::crd::ConnectionPoolSpec>) -> Result<PoolSettings, String> {
+    let mut pool = PoolSettings::default();
+    if let Some(p) = spec {
+        if let Some(n) = p.max_idle_connections {
+            pool.max_idle_connections = n as usize;
+        }
+        if let Some(n) = p.max_connections_per_host {
+            pool.max_connections_per_host = n.max(1) as usize;
+        }
+        if let Some(d) = &p.idle_timeout {
+            pool.idle_timeout =
+                crate::config::parse_duration(d).map_err(|e| format!("spec.connectionPool.idleTimeout: {e}"))?;
+        }
+    }
+    Ok(pool)
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

@@ -1,0 +1,442 @@
+//! Translation rules, tested with object builders.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec, TypedLocalObjectReference};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use super::*;
+use crate::kube::crd::{BackendGroupRoute, BackendGroupSpec, StaticBackend};
+use crate::kube::world::SERVICE_NAME_LABEL;
+
+fn meta(ns: &str, name: &str, age_secs: i64) -> ObjectMeta {
+    let ts = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 - age_secs).unwrap();
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        creation_timestamp: Some(Time(ts)),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
+fn svc_backend(name: &str, port: i32) -> IngressBackend {
+    IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: name.into(),
+            port: Some(ServiceBackendPort { number: Some(port), name: None }),
+        }),
+        resource: None,
+    }
+}
+
+fn svc_backend_named(name: &str, port: &str) -> IngressBackend {
+    IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: name.into(),
+            port: Some(ServiceBackendPort { number: None, name: Some(port.into()) }),
+        }),
+        resource: None,
+    }
+}
+
+fn bg_backend(name: &str) -> IngressBackend {
+    IngressBackend {
+        service: None,
+        resource: Some(TypedLocalObjectReference {
+            api_group: Some("quic-ingress.dev".into()),
+            kind: "BackendGroup".into(),
+            name: name.into(),
+        }),
+    }
+}
+
+/// Ingress builder.
+struct IngressB(Ingress);
+
+fn ingress(ns: &str, name: &str) -> IngressB {
+    IngressB(Ingress {
+        metadata: meta(ns, name, 100),
+        spec: Some(IngressSpec { ingress_class_name: Some("quic".into()), ..Default::default() }),
+        status: None,
+    })
+}
+
+impl IngressB {
+    fn age(mut self, secs: i64) -> Self {
+        let (ns, name) = (self.0.metadata.namespace.clone().unwrap(), self.0.metadata.name.clone().unwrap());
+        self.0.metadata = meta(&ns, &name, secs);
+        self
+    }
+    fn class(mut self, class: Option<&str>) -> Self {
+        self.0.spec.as_mut().unwrap().ingress_class_name = class.map(Into::into);
+        self
+    }
+    fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.0.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(k.into(), v.into());
+        self
+    }
+    fn rule(mut self, host: Option<&str>, path: &str, path_type: &str, backend: IngressBackend) -> Self {
+        let rules = self.0.spec.as_mut().unwrap().rules.get_or_insert_with(Vec::new);
+        rules.push(IngressRule {
+            host: host.map(Into::into),
+            http: Some(HTTPIngressRuleValue {
+                paths: vec![HTTPIngressPath { path: Some(path.into()), path_type: path_type.into(), backend }],
+            }),
+        });
+        self
+    }
+    fn default_backend(mut self, backend: IngressBackend) -> Self {
+        self.0.spec.as_mut().unwrap().default_backend = Some(backend);
+        self
+    }
+    fn tls(mut self, hosts: &[&str], secret: &str) -> Self {
+        let tls = self.0.spec.as_mut().unwrap().tls.get_or_insert_with(Vec::new);
+        tls.push(IngressTLS {
+            hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
+            secret_name: Some(secret.into()),
+        });
+        self
+    }
+    fn build(self) -> Arc<Ingress> {
+        Arc::new(self.0)
+    }
+}
+
+fn service(ns: &str, name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
+    Arc::new(Service {
+        metadata: meta(ns, name, 100),
+        spec: Some(ServiceSpec {
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort { name: Some(n.to_string()), port: *p, ..Default::default() })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// An EndpointSlice for `svc` with `(address, ready)` endpoints on named target ports.
+fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    family: &str,
+    ports: &[(&str, i32)],
+    eps: &[(&str, bool)],
+) -> Arc<EndpointSlice> {
+    let mut m = meta(ns, name, 100);
+    m.labels = Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into());
+    Arc::new(EndpointSlice {
+        metadata: m,
+        address_type: family.into(),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| EndpointPort { name: Some(n.to_string()), port: Some(*p), ..Default::default() })
+                .collect(),
+        ),
+        endpoints: eps
+            .iter()
+            .map(|(a, ready)| Endpoint {
+                addresses: vec![a.to_string()],
+                conditions: Some(EndpointConditions { ready: Some(*ready), ..Default::default() }),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+fn tls_secret(ns: &str, name: &str, host: &str) -> Arc<Secret> {
+    let g = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    Arc::new(Secret {
+        metadata: meta(ns, name, 100),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt".to_string(), ByteString(g.cert.pem().into_bytes())),
+                ("tls.key".to_string(), ByteString(g.signing_key.serialize_pem().into_bytes())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    })
+}
+
+fn backend_group(ns: &str, name: &str, spec: BackendGroupSpec) -> Arc<BackendGroupCr> {
+    let mut bg = BackendGroupCr::new(name, spec);
+    bg.metadata = meta(ns, name, 50);
+    Arc::new(bg)
+}
+
+fn settings() -> Settings {
+    Settings { ingress_class: "quic".into(), default_cert: None }
+}
+
+fn run(world: &World) -> Translation {
+    translate(world, &settings(), &EndpointRegistry::default(), &mut LastGoodCerts::default(), 1)
+}
+
+/// Endpoint addresses a request would be balanced over, sorted.
+fn endpoints_for(t: &Translation, host: &str, path: &str) -> Option<Vec<String>> {
+    let route = t.table.lookup(Some(host), path)?;
+    let mut v: Vec<String> = route.group.members().map(|(e, _)| e.url.to_string()).collect();
+    v.sort();
+    Some(v)
+}
+
+fn shop_world() -> World {
+    World {
+        services: vec![service("shop", "api", &[("http", 80), ("admin", 9000)])],
+        slices: vec![
+            slice(
+                "shop",
+                "api-a",
+                "api",
+                "IPv4",
+                &[("http", 8080), ("admin", 9090)],
+                &[("10.0.0.1", true), ("10.0.0.2", false)],
+            ),
+            slice("shop", "api-b", "api", "IPv4", &[("http", 8080), ("admin", 9090)], &[("10.0.0.3", true)]),
+            slice("shop", "api-v6", "api", "IPv6", &[("http", 8080)], &[("fd00::1", true)]),
+        ],
+        ..World::default()
+    }
+}
+
+#[test]
+fn service_port_by_number_resolves_ready_endpoints_across_slices() {
+    let mut world = shop_world();
+    world.ingresses =
+        vec![ingress("shop", "web").rule(Some("shop.example.com"), "/", "Prefix", svc_backend("api", 80)).build()];
+    let t = run(&world);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(
+        endpoints_for(&t, "shop.example.com", "/x").unwrap(),
+        vec!["http://10.0.0.1:8080", "http://10.0.0.3:8080", "http://[fd00::1]:8080"],
+        "only ready addresses, all slices merged, IPv6 bracketed"
+    );
+    assert_eq!(t.served_ingresses, vec![("shop".to_string(), "web".to_string())]);
+}
+
+#[test]
+fn service_port_by_name_uses_the_slice_port_of_that_name() {
+    let mut world = shop_world();
+    world.ingresses =
+        vec![ingress("shop", "admin").rule(None, "/admin", "Prefix", svc_backend_named("api", "admin")).build()];
+    let t = run(&world);
+    assert_eq!(endpoints_for(&t, "any", "/admin").unwrap(), vec!["http://10.0.0.1:9090", "http://10.0.0.3:9090"]);
+}
+
+#[test]
+fn path_types_follow_ingress_semantics() {
+    let mut world = shop_world();
+    world.ingresses = vec![
+        ingress("shop", "paths")
+            .rule(Some("a.com"), "/exact", "Exact", svc_backend("api", 80))
+            .rule(Some("a.com"), "/prefix/", "Prefix", svc_backend("api", 80))
+            .rule(Some("a.com"), "/impl", "ImplementationSpecific", svc_backend("api", 80))
+            .build(),
+    ];
+    let t = run(&world);
+    assert!(t.table.lookup(Some("a.com"), "/exact").is_some());
+    assert!(t.table.lookup(Some("a.com"), "/exact/").is_none());
+    assert!(t.table.lookup(Some("a.com"), "/prefix").is_some());
+    assert!(t.table.lookup(Some("a.com"), "/prefixes").is_none());
+    assert!(t.table.lookup(Some("a.com"), "/impl/x").is_some());
+}
+
+#[test]
+fn ingress_class_selection() {
+    let mut world = shop_world();
+    let rule = |b: IngressB, host: &str| b.rule(Some(host), "/", "Prefix", svc_backend("api", 80));
+    world.ingresses = vec![
+        rule(ingress("shop", "mine"), "mine.com").build(),
+        rule(ingress("shop", "nginx").class(Some("nginx")), "nginx.com").build(),
+        rule(ingress("shop", "legacy").class(None).annotation("kubernetes.io/ingress.class", "quic"), "legacy.com")
+            .build(),
+        rule(ingress("shop", "classless").class(None), "classless.com").build(),
+    ];
+    let t = run(&world);
+    assert!(t.table.lookup(Some("mine.com"), "/").is_some());
+    assert!(t.table.lookup(Some("nginx.com"), "/").is_none(), "another controller's class");
+    assert!(t.table.lookup(Some("legacy.com"), "/").is_some(), "the legacy annotation");
+    assert!(t.table.lookup(Some("classless.com"), "/").is_none(), "no class and no default class");
+
+    let mut class = IngressClass {
+        metadata: meta("", "quic", 100),
+        spec: Some(IngressClassSpec { controller: Some(CONTROLLER_NAME.into()), parameters: None }),
+    };
+    class.metadata.annotations =
+        Some([("ingressclass.kubernetes.io/is-default-class".to_string(), "true".to_string())].into());
+    world.classes = vec![Arc::new(class)];
+    let t = run(&world);
+    assert!(t.table.lookup(Some("classless.com"), "/").is_some(), "our class is the default");
+    assert!(t.table.lookup(Some("nginx.com"), "/").is_none());
+}
+
+#[test]
+fn default_backend_catches_what_no_rule_matches() {
+    let mut world = shop_world();
+    world.services.push(service("shop", "fallback", &[("http", 80)]));
+    world.slices.push(slice("shop", "fb", "fallback", "IPv4", &[("http", 7000)], &[("10.0.9.9", true)]));
+    world.ingresses = vec![
+        ingress("shop", "web")
+            .rule(Some("shop.example.com"), "/api", "Prefix", svc_backend("api", 80))
+            .default_backend(svc_backend("fallback", 80))
+            .build(),
+    ];
+    let t = run(&world);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/api/1").unwrap().len(), 3);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/other").unwrap(), vec!["http://10.0.9.9:7000"]);
+    assert_eq!(endpoints_for(&t, "elsewhere.org", "/").unwrap(), vec!["http://10.0.9.9:7000"]);
+}
+
+#[test]
+fn conflicts_go_to_the_oldest_ingress_and_are_reported() {
+    let mut world = shop_world();
+    world.services.push(service("shop", "other", &[("http", 80)]));
+    world.slices.push(slice("shop", "o", "other", "IPv4", &[("http", 7000)], &[("10.0.5.5", true)]));
+    world.ingresses = vec![
+        ingress("shop", "newer").age(10).rule(Some("a.com"), "/", "Prefix", svc_backend("other", 80)).build(),
+        ingress("shop", "older").age(500).rule(Some("a.com"), "/", "Prefix", svc_backend("api", 80)).build(),
+    ];
+    let t = run(&world);
+    assert_eq!(endpoints_for(&t, "a.com", "/").unwrap().len(), 3, "the older Ingress keeps the route");
+    assert_eq!(t.problems.len(), 1);
+    assert_eq!((t.problems[0].name.as_str(), t.problems[0].reason), ("newer", "RouteConflict"));
+}
+
+#[test]
+fn dangling_backends_are_reported_and_the_rest_still_routes() {
+    let mut world = shop_world();
+    world.ingresses = vec![
+        ingress("shop", "broken")
+            .rule(Some("b.com"), "/", "Prefix", svc_backend("missing", 80))
+            .rule(Some("c.com"), "/", "Prefix", svc_backend("api", 12345))
+            .rule(Some("d.com"), "/", "Prefix", bg_backend("nope"))
+            .rule(Some("ok.com"), "/", "Prefix", svc_backend("api", 80))
+            .build(),
+    ];
+    let t = run(&world);
+    let reasons: Vec<_> = t.problems.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons.len(), 3, "{:?}", t.problems);
+    assert!(reasons.contains(&"ServiceNotFound") && reasons.contains(&"BackendGroupNotFound"));
+    assert!(t.problems.iter().any(|p| p.message.contains("has no port 12345")));
+    assert!(t.table.lookup(Some("b.com"), "/").is_none());
+    assert!(t.table.lookup(Some("ok.com"), "/").is_some());
+}
+
+#[test]
+fn backend_groups_by_resource_and_by_their_own_routes() {
+    let mut world = shop_world();
+    world.groups = vec![
+        backend_group(
+            "shop",
+            "static",
+            BackendGroupSpec {
+                strategy: Strategy::LeastConnections,
+                backends: vec![
+                    StaticBackend { url: "http://127.0.0.1:8001".into(), weight: 3 },
+                    StaticBackend { url: "h2c://127.0.0.1:8002".into(), weight: 1 },
+                ],
+                routes: vec![BackendGroupRoute {
+                    host: Some("bg.example.com".into()),
+                    path: "/v1".into(),
+                    path_type: PathType::Prefix,
+                }],
+                ..Default::default()
+            },
+        ),
+        backend_group(
+            "shop",
+            "from-service",
+            BackendGroupSpec {
+                service: Some(crate::kube::crd::ServiceRef { name: "api".into(), port: 80 }),
+                protocol: BackendProtocol::H2,
+                ..Default::default()
+            },
+        ),
+    ];
+    world.ingresses =
+        vec![ingress("shop", "web").rule(Some("x.com"), "/", "Prefix", bg_backend("from-service")).build()];
+    let t = run(&world);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let r = t.table.lookup(Some("bg.example.com"), "/v1/users").unwrap();
+    assert_eq!(r.group.strategy, Strategy::LeastConnections);
+    assert_eq!(r.group.members().map(|(_, w)| w).collect::<Vec<_>>(), vec![3, 1]);
+    assert_eq!(endpoints_for(&t, "x.com", "/").unwrap()[0], "h2c://10.0.0.1:8080", "spec.protocol sets the scheme");
+    assert_eq!(t.groups.len(), 2, "every BackendGroup object gets status");
+}
+
+#[test]
+fn invalid_backend_group_is_reported() {
+    let mut world = shop_world();
+    world.groups = vec![backend_group(
+        "shop",
+        "bad",
+        BackendGroupSpec {
+            backends: vec![StaticBackend { url: "ftp://x:1".into(), weight: 1 }],
+            routes: vec![BackendGroupRoute { host: None, path: "/bad".into(), path_type: PathType::Prefix }],
+            ..Default::default()
+        },
+    )];
+    let t = run(&world);
+    assert_eq!(t.problems.len(), 1);
+    assert!(t.problems[0].message.contains("spec.backends[0].url"), "{:?}", t.problems);
+    assert!(t.table.lookup(None, "/bad").is_none());
+}
+
+#[test]
+fn tls_secrets_are_chosen_by_sni_and_the_last_good_one_survives() {
+    let mut world = shop_world();
+    world.secrets = vec![tls_secret("shop", "shop-tls", "shop.example.com")];
+    world.ingresses = vec![
+        ingress("shop", "web")
+            .rule(Some("shop.example.com"), "/", "Prefix", svc_backend("api", 80))
+            .tls(&["shop.example.com"], "shop-tls")
+            .build(),
+    ];
+    let registry = EndpointRegistry::default();
+    let mut last_good = LastGoodCerts::default();
+    let t = translate(&world, &settings(), &registry, &mut last_good, 1);
+    let served = t.table.certs.resolve(Some("shop.example.com")).expect("certificate for the host");
+    assert!(t.table.certs.resolve(Some("other.com")).is_none(), "no default certificate configured");
+
+    // The Secret turns invalid: the previous certificate keeps serving, and it is reported.
+    let mut broken = (*world.secrets[0]).clone();
+    broken.data.as_mut().unwrap().insert("tls.key".into(), ByteString(b"garbage".to_vec()));
+    world.secrets = vec![Arc::new(broken)];
+    let t = translate(&world, &settings(), &registry, &mut last_good, 2);
+    assert!(Arc::ptr_eq(&t.table.certs.resolve(Some("shop.example.com")).unwrap(), &served));
+    assert_eq!(t.problems[0].reason, "InvalidTLSSecret");
+
+    // A missing Secret is reported too.
+    world.secrets.clear();
+    let t = translate(&world, &settings(), &registry, &mut LastGoodCerts::default(), 3);
+    assert_eq!(t.problems[0].reason, "TLSSecretNotFound");
+}
+
+#[test]
+fn endpoint_state_survives_retranslation() {
+    let mut world = shop_world();
+    world.ingresses = vec![ingress("shop", "web").rule(None, "/", "Prefix", svc_backend("api", 80)).build()];
+    let registry = EndpointRegistry::default();
+    let first = translate(&world, &settings(), &registry, &mut LastGoodCerts::default(), 1);
+    let ep = first.table.lookup(None, "/").unwrap().group.members().next().unwrap().0.clone();
+    ep.set_healthy(false);
+    let second = translate(&world, &settings(), &registry, &mut LastGoodCerts::default(), 2);
+    let again = second.table.lookup(None, "/").unwrap().group.members().next().unwrap().0.clone();
+    assert!(Arc::ptr_eq(&ep, &again));
+    assert!(!again.is_healthy());
+}

@@ -1,0 +1,55 @@
+//! The watched objects at one moment, with the look-ups translation needs. Built from the
+//! reflector stores before each translation; pure data, so tests build it by hand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::ResourceExt;
+
+use super::crd::BackendGroup;
+
+/// The label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Everything the controller watches.
+#[derive(Default, Clone)]
+pub struct World {
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub classes: Vec<Arc<IngressClass>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
+    pub groups: Vec<Arc<BackendGroup>>,
+}
+
+/// `World` indexed by namespace and name.
+pub struct Indexed<'a> {
+    pub services: HashMap<(&'a str, &'a str), &'a Service>,
+    pub slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    pub secrets: HashMap<(&'a str, &'a str), &'a Secret>,
+    pub groups: HashMap<(&'a str, &'a str), &'a BackendGroup>,
+}
+
+fn key<K: kube::Resource>(obj: &K) -> (&str, &str) {
+    (obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+}
+
+impl World {
+    pub fn index(&self) -> Indexed<'_> {
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in &self.slices {
+            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
+                slices.entry((s.metadata.namespace.as_deref().unwrap_or(""), svc.as_str())).or_default().push(s);
+            }
+        }
+        Indexed {
+            services: self.services.iter().map(|s| (key(s.as_ref()), s.as_ref())).collect(),
+            slices,
+            secrets: self.secrets.iter().map(|s| (key(s.as_ref()), s.as_ref())).collect(),
+            groups: self.groups.iter().map(|g| (key(g.as_ref()), g.as_ref())).collect(),
+        }
+    }
+}
