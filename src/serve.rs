@@ -9,7 +9,7 @@ use crate::config::{self, Config, ConfigError, Listen};
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
 use crate::telemetry::admin::{self, Readiness};
 use crate::tls::{self, CertSet, TlsError};
-use crate::upstream::EndpointRegistry;
+use crate::upstream::{EndpointRegistry, HealthChecker};
 
 /// Why standalone mode stopped.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,10 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         .compile(&registry, certs, 1)
         .map_err(|errors| ConfigError::Invalid { file: path.display().to_string(), errors })?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
+    // Transitions are logged by the checker; standalone mode has nothing else to tell.
+    let (transitions, _transitions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut checker = HealthChecker::new(transitions);
+    checker.sync(&table);
     let tables = crate::proxy::tables(table);
 
     let ready = Arc::new(Readiness::default());
@@ -117,6 +121,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
     let drain = config.server.drain_timeout.0;
     tracing::info!(timeout = ?drain, "shutting down: draining in-flight requests");
     let drained = plane.shutdown(drain).await;
+    drop(checker);
     stop_admin.cancel();
     if drained {
         tracing::info!("drained, exiting");

@@ -14,7 +14,8 @@ pub use duration::{HumanDuration, parse_duration};
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::tls::CertSet;
 use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, PoolSettings, Strategy, Timeouts, UpstreamTls,
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PoolSettings, Strategy, Timeouts,
+    UpstreamTls,
 };
 
 /// A problem with one field of the configuration.
@@ -436,7 +437,16 @@ impl Config {
                 response_headers: g.timeouts.response_headers.0,
                 pool_wait: g.timeouts.pool_wait.0,
             };
-            builder.add_group(BackendGroup::new(g.id.clone(), g.strategy, timeouts, members));
+            let health_check = g.health_check.as_ref().filter(|hc| hc.enabled).map(|hc| HealthCheck {
+                interval: hc.interval.0,
+                timeout: hc.timeout.0,
+                healthy_threshold: hc.healthy_threshold,
+                unhealthy_threshold: hc.unhealthy_threshold,
+                path: hc.path.clone(),
+            });
+            builder.add_group(
+                BackendGroup::new(g.id.clone(), g.strategy, timeouts, members).with_health_check(health_check),
+            );
         }
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");

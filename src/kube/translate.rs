@@ -16,7 +16,8 @@ use super::world::{Indexed, World};
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::tls::CertSet;
 use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, PoolSettings, Strategy, Timeouts, UpstreamTls,
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PoolSettings, Strategy, Timeouts,
+    UpstreamTls,
 };
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
@@ -278,7 +279,7 @@ impl Translator<'_> {
         let built = match self.service_endpoints(ns, name, port, None) {
             Ok(urls) => {
                 let specs = urls.into_iter().map(|u| (endpoint_spec(u, PoolSettings::default()), 1)).collect();
-                self.compile_group(id.clone(), Strategy::RoundRobin, specs).map_err(|e| ("InvalidBackend", e))
+                self.compile_group(id.clone(), Strategy::RoundRobin, specs, None).map_err(|e| ("InvalidBackend", e))
             }
             Err(e) => Err(("ServiceNotFound", e)),
         };
@@ -357,7 +358,8 @@ impl Translator<'_> {
                 .collect::<Result<_, _>>()?,
             _ => return Err("set exactly one of spec.service or spec.backends".into()),
         };
-        self.compile_group(id.to_string(), spec.strategy, members)
+        let health_check = spec.health_check.as_ref().map(health_check).transpose()?;
+        self.compile_group(id.to_string(), spec.strategy, members, health_check)
     }
 
     fn compile_group(
@@ -365,12 +367,13 @@ impl Translator<'_> {
         id: String,
         strategy: Strategy,
         members: Vec<(EndpointSpec, u32)>,
+        health_check: Option<HealthCheck>,
     ) -> Result<Arc<BackendGroup>, String> {
         let mut eps = Vec::with_capacity(members.len());
         for (spec, weight) in members {
             eps.push((self.registry.endpoint(&spec).map_err(|e| e.to_string())?, weight));
         }
-        Ok(Arc::new(BackendGroup::new(id, strategy, Timeouts::default(), eps)))
+        Ok(Arc::new(BackendGroup::new(id, strategy, Timeouts::default(), eps).with_health_check(health_check)))
     }
 
     fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut LastGoodCerts) {
@@ -420,6 +423,25 @@ fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<Certif
 
 fn endpoint_spec(url: BackendUrl, pool: PoolSettings) -> EndpointSpec {
     EndpointSpec { url, pool, connect_timeout: Timeouts::default().connect, tls: UpstreamTls::default() }
+}
+
+fn health_check(spec: &super::crd::HealthCheckSpec) -> Result<HealthCheck, String> {
+    let mut check = HealthCheck::default();
+    let duration = |field: &str, text: &str| {
+        crate::config::parse_duration(text).map_err(|e| format!("spec.healthCheck.{field}: {e}"))
+    };
+    if let Some(d) = &spec.interval {
+        check.interval = duration("interval", d)?;
+    }
+    if let Some(d) = &spec.timeout {
+        check.timeout = duration("timeout", d)?;
+    }
+    check.healthy_threshold = spec.healthy_threshold.unwrap_or(check.healthy_threshold).max(1);
+    check.unhealthy_threshold = spec.unhealthy_threshold.unwrap_or(check.unhealthy_threshold).max(1);
+    if let Some(p) = &spec.path {
+        check.path = p.clone();
+    }
+    Ok(check)
 }
 
 fn pool_settings(spec: Option<&super::crd::ConnectionPoolSpec>) -> Result<PoolSettings, String> {

@@ -13,7 +13,7 @@ use rustls_pki_types::ServerName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connector::EndpointConnector;
-use super::{BackendUrl, PoolSettings, Protocol, Timeouts, UpstreamError, UpstreamTls};
+use super::{BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, UpstreamError, UpstreamTls};
 use crate::body::ProxyBody;
 
 /// Everything that identifies an endpoint's client: two groups naming the same URL with
@@ -34,6 +34,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Probe results; touched by the health checker and status writers, never by requests.
+    record: Mutex<HealthRecord>,
     client: Client<EndpointConnector, ProxyBody>,
 }
 
@@ -67,6 +69,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
+            record: Mutex::new(HealthRecord::default()),
             client: builder.build(connector),
         })
     }
@@ -81,6 +84,21 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Records a probe result; returns the new health when it changed.
+    pub fn observe_probe(&self, result: Result<(), String>, check: &HealthCheck) -> Option<bool> {
+        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let flipped = record.observe(std::time::SystemTime::now(), result, self.is_healthy(), check);
+        if let Some(healthy) = flipped {
+            self.set_healthy(healthy);
+        }
+        flipped
+    }
+
+    /// A copy of the latest probe results.
+    pub fn health_record(&self) -> HealthRecord {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Takes a connection slot, waiting at most `timeouts.pool_wait`; `None` when the

@@ -4,6 +4,7 @@
 pub mod balancer;
 mod connector;
 mod endpoint;
+pub mod health;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
 pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight};
+pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition};
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,8 @@ pub struct BackendGroup {
     pub id: String,
     pub strategy: Strategy,
     pub timeouts: Timeouts,
+    /// Active checks for the members, if any.
+    pub health_check: Option<HealthCheck>,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,
@@ -158,7 +162,12 @@ impl BackendGroup {
     pub fn new(id: String, strategy: Strategy, timeouts: Timeouts, members: Vec<(Arc<Endpoint>, u32)>) -> Self {
         let (members, weights): (Vec<_>, Vec<_>) = members.into_iter().unzip();
         let balancer = Balancer::new(strategy, &weights);
-        Self { id, strategy, timeouts, members, weights, balancer }
+        Self { id, strategy, timeouts, health_check: None, members, weights, balancer }
+    }
+
+    pub fn with_health_check(mut self, check: Option<HealthCheck>) -> Self {
+        self.health_check = check;
+        self
     }
 
     /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request).
