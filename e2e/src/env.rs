@@ -78,22 +78,28 @@ impl TestEnv {
 
     async fn init() -> anyhow::Result<TestEnv> {
         if let Some(path) = env_path(KUBECONFIG_VAR) {
-            return Self::reuse(path, KUBECONFIG_VAR).await;
+            return Self::reuse(path, KUBECONFIG_VAR, start_timeout()).await;
         }
         if let Some(path) = env_path("KUBECONFIG") {
             if names_testenv(&path) {
-                return Self::reuse(path, "KUBECONFIG").await;
+                // A testenv left behind by a killed `make testenv-up` is no reason to fail:
+                // give it a moment, then start a fresh one.
+                match Self::reuse(path.clone(), "KUBECONFIG", Duration::from_secs(5)).await {
+                    Ok(env) => return Ok(env),
+                    Err(e) => eprintln!("quic-ingress-e2e: not using KUBECONFIG={}: {e:#}", path.display()),
+                }
+            } else {
+                eprintln!(
+                    "quic-ingress-e2e: not using KUBECONFIG={}: it does not name a testenv control plane; \
+                     set {KUBECONFIG_VAR} to run the cluster tests against that cluster",
+                    path.display()
+                );
             }
-            eprintln!(
-                "quic-ingress-e2e: not using KUBECONFIG={}: it is not a testenv kubeconfig; \
-                 set {KUBECONFIG_VAR} to run the cluster tests against that cluster",
-                path.display()
-            );
         }
         Self::start().await
     }
 
-    async fn reuse(kubeconfig: PathBuf, var: &str) -> anyhow::Result<TestEnv> {
+    async fn reuse(kubeconfig: PathBuf, var: &str, timeout: Duration) -> anyhow::Result<TestEnv> {
         let config = load_config(&kubeconfig).await?;
         let env = TestEnv {
             is_testenv: names_testenv(&kubeconfig),
@@ -104,8 +110,7 @@ impl TestEnv {
             process: None,
         };
         let client = env.client()?;
-        eventually(&format!("{} (from {var}) to be ready", env.server_url()), start_timeout(), || readyz(&client))
-            .await?;
+        eventually(&format!("{} (from {var}) to be ready", env.server_url()), timeout, || readyz(&client)).await?;
         Ok(env)
     }
 
@@ -116,36 +121,20 @@ impl TestEnv {
         };
         let dir = run_dir()?;
         let log = dir.join("testenv.log");
-        let log_file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(&bin)
-            .arg("--out-dir")
-            .arg(&dir)
-            .arg("--stop-on-stdin-eof")
-            .stdin(Stdio::piped())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe to testenv"))?;
         let started = Instant::now();
-        let timeout = start_timeout();
-        let ready = dir.join("ready");
-        // A child that exits must fail the start at once, so this cannot be `eventually`.
-        loop {
-            if ready.exists() {
-                break;
+        // testenv picks free ports and then binds them; another control plane starting at
+        // the same moment can take one in between. Rare, and a retry settles it.
+        let mut attempt = 1;
+        let (child, stdin) = loop {
+            match spawn_testenv(&bin, &dir, &log).await {
+                Ok(running) => break running,
+                Err(e) if attempt < 3 && tail(&log, 50).contains("address already in use") => {
+                    eprintln!("quic-ingress-e2e: testenv lost a port race, retrying: {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
-            if let Some(status) = child.try_wait()? {
-                bail!("testenv exited with {status} before it was ready:\n{}", tail(&log, 30));
-            }
-            if started.elapsed() > timeout {
-                // Closing stdin stops it; kill in case it is wedged.
-                drop(stdin);
-                let _ = child.kill();
-                bail!("testenv not ready after {timeout:?}:\n{}", tail(&log, 30));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         let kubeconfig = dir.join("kubeconfig");
         let config = load_config(&kubeconfig).await?;
         eprintln!(
@@ -250,9 +239,45 @@ impl TestEnv {
     }
 }
 
+/// Starts testenv writing into `dir` and waits for its ready marker.
+async fn spawn_testenv(bin: &Path, dir: &Path, log: &Path) -> anyhow::Result<(Child, ChildStdin)> {
+    let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(bin)
+        .arg("--out-dir")
+        .arg(dir)
+        .arg("--stop-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin pipe to testenv"))?;
+    let started = Instant::now();
+    let timeout = start_timeout();
+    let ready = dir.join("ready");
+    // A child that exits must fail the start at once, so this cannot be `eventually`.
+    loop {
+        if ready.exists() {
+            return Ok((child, stdin));
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("testenv exited with {status} before it was ready:\n{}", tail(log, 30));
+        }
+        if started.elapsed() > timeout {
+            // Closing stdin stops it; kill in case it is wedged.
+            drop(stdin);
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("testenv not ready after {timeout:?}:\n{}", tail(log, 30));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn readyz(client: &Client) -> anyhow::Result<Option<()>> {
     let req = http::Request::get("/readyz").body(Vec::new())?;
-    let body = client.request_text(req).await?;
+    // Bounded, so an address that swallows packets cannot outlast the caller's deadline.
+    let body = tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await??;
     Ok((body.trim() == "ok").then_some(()))
 }
 
