@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quic_ingress::client::{self, H3Client, RequestBody, TrustOptions};
 use quic_ingress::demo_backend::{self, DemoProtocol};
+use quic_ingress::kube::controller::{self, ControllerOptions};
+use quic_ingress::kube::status::Publish;
 use quic_ingress::telemetry::{LogFormat, init_logging};
 
 #[derive(Parser)]
@@ -34,6 +36,40 @@ enum Command {
     },
     /// Print the BackendGroup CustomResourceDefinition (YAML).
     Crd,
+    /// Kubernetes mode: serve the routes of Ingresses and BackendGroups.
+    Controller {
+        /// Kubeconfig file (in-cluster configuration or $KUBECONFIG when omitted).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, default_value = "quic")]
+        ingress_class: String,
+        /// Watch only this namespace (all namespaces when omitted).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Publish this Service's address in Ingress status (NAMESPACE/NAME).
+        #[arg(long, conflicts_with = "publish_address")]
+        publish_service: Option<String>,
+        /// Publish these addresses (comma-separated IPs or hostnames) in Ingress status.
+        #[arg(long)]
+        publish_address: Option<String>,
+        /// UDP (HTTP/3) and TCP (HTTP/1.1, HTTP/2) listen address.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// Admin address: /healthz, /readyz, /debug/routes.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        admin_listen: SocketAddr,
+        /// Port advertised in Alt-Svc (behind a load balancer).
+        #[arg(long)]
+        alt_svc_port: Option<u16>,
+        /// Certificate for hosts without a TLS secret (self-signed when omitted).
+        #[arg(long, requires = "default_key")]
+        default_cert: Option<PathBuf>,
+        #[arg(long, requires = "default_cert")]
+        default_key: Option<PathBuf>,
+        /// How long in-flight requests may take to finish after SIGTERM.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        drain_timeout: std::time::Duration,
+    },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
     /// A small echo backend for demos and tests.
@@ -72,7 +108,14 @@ enum Command {
         /// Print response headers too.
         #[arg(short = 'i', long)]
         include: bool,
+        /// Dial this address instead of the URL's host (SNI and authority stay the URL's).
+        #[arg(long, value_name = "ADDR:PORT")]
+        connect_to: Option<SocketAddr>,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    quic_ingress::config::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -99,6 +142,50 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(e.exit_code())
             }
         },
+        Command::Controller {
+            kubeconfig,
+            ingress_class,
+            namespace,
+            publish_service,
+            publish_address,
+            listen,
+            admin_listen,
+            alt_svc_port,
+            default_cert,
+            default_key,
+            drain_timeout,
+        } => {
+            let publish = match (publish_service, publish_address) {
+                (Some(svc), _) => match svc.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Publish::Service(ns.into(), name.into()),
+                    _ => {
+                        eprintln!("error: --publish-service must be NAMESPACE/NAME, got {svc:?}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, Some(addr)) => Publish::Address(addr),
+                (None, None) => Publish::None,
+            };
+            let opts = ControllerOptions {
+                kubeconfig,
+                ingress_class,
+                namespace,
+                publish,
+                listen,
+                admin_listen,
+                alt_svc_port,
+                default_cert: default_cert.zip(default_key),
+                drain_timeout,
+            };
+            match controller::run(opts).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "controller stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
         Command::Crd => match quic_ingress::kube::crd::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -131,7 +218,7 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Get { url, insecure, cacert, http3: _, http2, http1, method, headers, data, include } => {
+        Command::Get { url, insecure, cacert, http3: _, http2, http1, method, headers, data, include, connect_to } => {
             let trust = TrustOptions { insecure, ca_file: cacert };
             let version = if http2 {
                 http::Version::HTTP_2
@@ -140,7 +227,8 @@ async fn run(command: Command) -> ExitCode {
             } else {
                 http::Version::HTTP_3
             };
-            match get(&url, &trust, version, &method, &headers, data, include).await {
+            let request = GetRequest { url: &url, method: &method, headers: &headers, data, include, connect_to };
+            match get(request, &trust, version).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -151,16 +239,26 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn get(
-    url: &str,
-    trust: &TrustOptions,
-    version: http::Version,
-    method: &str,
-    headers: &[String],
+/// What `get` was asked to send.
+struct GetRequest<'a> {
+    url: &'a str,
+    method: &'a str,
+    headers: &'a [String],
     data: Option<String>,
     include: bool,
-) -> anyhow::Result<()> {
-    let (addr, host, uri) = client::target(url).await?;
+    connect_to: Option<SocketAddr>,
+}
+
+async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) -> anyhow::Result<()> {
+    let GetRequest { url, method, headers, data, include, connect_to } = r;
+    let (addr, host, uri) = match connect_to {
+        Some(addr) => {
+            let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
+            let host = uri.host().context("the URL has no host")?.trim_matches(['[', ']']).to_string();
+            (addr, host, uri)
+        }
+        None => client::target(url).await?,
+    };
     let mut req = http::Request::builder().method(method).uri(uri.clone());
     for h in headers {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `Name: value`"))?;

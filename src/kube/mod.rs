@@ -1,7 +1,10 @@
 //! Kubernetes mode: the BackendGroup CRD, watches of the objects that make routes, their
 //! translation into a `RouteTable`, and status written back.
 
+pub mod controller;
 pub mod crd;
 pub mod endpoints;
+pub mod leader;
+pub mod status;
 pub mod translate;
 pub mod world;

@@ -39,6 +39,8 @@ pub struct Problem {
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
+    /// The object's uid, so `kubectl describe` finds its Events.
+    pub uid: Option<String>,
     pub reason: &'static str,
     pub message: String,
 }
@@ -57,6 +59,7 @@ pub struct Translation {
 pub struct GroupStatusSource {
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub group: Arc<BackendGroup>,
 }
@@ -130,6 +133,7 @@ pub fn translate(
             Some(GroupStatusSource {
                 namespace: bg.namespace().unwrap_or_default(),
                 name: bg.name_any(),
+                uid: bg.metadata.uid.clone(),
                 generation: bg.metadata.generation,
                 group,
             })
@@ -157,6 +161,7 @@ impl Translator<'_> {
             kind,
             namespace: obj.meta().namespace.clone().unwrap_or_default(),
             name: obj.meta().name.clone().unwrap_or_default(),
+            uid: obj.meta().uid.clone(),
             reason,
             message,
         });
@@ -290,6 +295,9 @@ impl Translator<'_> {
                 None
             }
         };
+        if let Some(g) = &group {
+            self.builder.insert_group(g.clone());
+        }
         self.groups_by_id.insert(id, group.clone());
         group
     }
@@ -326,6 +334,9 @@ impl Translator<'_> {
                 None
             }
         };
+        if let Some(g) = &group {
+            self.builder.insert_group(g.clone());
+        }
         self.groups_by_id.insert(id, group.clone());
         group
     }

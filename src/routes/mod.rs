@@ -100,8 +100,13 @@ impl RouteTableBuilder {
     /// Adds a group; a later group with the same id replaces the earlier one.
     pub fn add_group(&mut self, group: BackendGroup) -> Arc<BackendGroup> {
         let group = Arc::new(group);
-        self.groups.insert(group.id.clone(), group.clone());
+        self.insert_group(group.clone());
         group
+    }
+
+    /// Adds a group already shared elsewhere.
+    pub fn insert_group(&mut self, group: Arc<BackendGroup>) {
+        self.groups.insert(group.id.clone(), group);
     }
 
     /// A group added earlier, by id.
