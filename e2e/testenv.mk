@@ -112,5 +112,7 @@ helm: $(HELM_BIN)
 $(HELM_BIN):
 	@mkdir -p $(@D) $(TESTENV_CACHE)/go/helm-bin
 	GOMODCACHE=$(TESTENV_CACHE)/go/mod GOCACHE=$(TESTENV_CACHE)/go/build GOFLAGS="-p=2 -trimpath" \
-	  GOBIN=$(TESTENV_CACHE)/go/helm-bin go install -ldflags '-s -w' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	  GOBIN=$(TESTENV_CACHE)/go/helm-bin go install \
+	  -ldflags '-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) -X helm.sh/helm/v3/internal/version.gitTreeState=clean' \
+	  helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mv $(TESTENV_CACHE)/go/helm-bin/helm $@
