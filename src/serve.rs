@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -88,12 +89,16 @@ fn resolve(config_path: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Runs standalone mode until SIGTERM or SIGINT, then drains.
+/// How often the config file is looked at for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs standalone mode until SIGTERM or SIGINT, then drains. SIGHUP or a change of the
+/// file reloads the configuration; an invalid file is logged and the old one keeps serving.
 pub async fn run(path: &Path) -> Result<(), ServeError> {
     let Checked { config, listen, certs } = check(path, true)?;
     let registry = Arc::new(EndpointRegistry::default());
     let table = config
-        .compile(&registry, certs, 1)
+        .compile(&registry, certs.clone(), 1)
         .map_err(|errors| ConfigError::Invalid { file: path.display().to_string(), errors })?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
     // Transitions are logged by the checker; standalone mode has nothing else to tell.
@@ -116,9 +121,40 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
     let plane = DataPlane::start(&options, tables).await?;
     ready.set(true);
 
-    wait_for_termination().await?;
+    let mut reloader = Reloader {
+        path: path.to_path_buf(),
+        registry,
+        dev_certs: certs,
+        generation: 1,
+        listen,
+        seen: fingerprint(path),
+    };
+    let drain = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = |kind| signal(kind).map_err(ServeError::Signals);
+        let (mut term, mut int, mut hup) =
+            (signals(SignalKind::terminate())?, signals(SignalKind::interrupt())?, signals(SignalKind::hangup())?);
+        let mut poll = tokio::time::interval(WATCH_INTERVAL);
+        let mut drain = config.server.drain_timeout.0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break drain }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break drain }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading");
+                    if let Some(new_drain) = reloader.reload(&plane, &mut checker) { drain = new_drain; }
+                }
+                _ = poll.tick() => {
+                    if reloader.changed() {
+                        tracing::info!(file = %path.display(), "configuration file changed: reloading");
+                        if let Some(new_drain) = reloader.reload(&plane, &mut checker) { drain = new_drain; }
+                    }
+                }
+            }
+        }
+    };
+
     ready.set(false);
-    let drain = config.server.drain_timeout.0;
     tracing::info!(timeout = ?drain, "shutting down: draining in-flight requests");
     let drained = plane.shutdown(drain).await;
     drop(checker);
@@ -129,6 +165,68 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         tracing::warn!("drain timeout reached with requests still in flight");
     }
     Ok(())
+}
+
+/// What identifies a version of the file: length, modification time and a hash of the
+/// bytes (editors and ConfigMap updates may keep one of the first two).
+fn fingerprint(path: &Path) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
+    use std::hash::{Hash, Hasher};
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some((meta.len(), meta.modified().ok(), h.finish()))
+}
+
+/// Reloads the configuration into the running data plane.
+struct Reloader {
+    path: PathBuf,
+    registry: Arc<EndpointRegistry>,
+    /// Certificates of the running config: kept when the new one names no files, so a
+    /// development certificate clients trust stays the same across reloads.
+    dev_certs: CertSet,
+    generation: u64,
+    listen: Listen,
+    seen: Option<(u64, Option<std::time::SystemTime>, u64)>,
+}
+
+impl Reloader {
+    fn changed(&mut self) -> bool {
+        let now = fingerprint(&self.path);
+        if now.is_some() && now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
+    }
+
+    /// Validates and publishes the file; returns the new drain timeout when it took effect.
+    fn reload(&mut self, plane: &DataPlane, checker: &mut HealthChecker) -> Option<Duration> {
+        let Checked { config, listen, certs } = match check(&self.path, false) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration rejected; the previous one keeps serving");
+                return None;
+            }
+        };
+        let certs = if config.server.cert_file.is_some() { certs } else { self.dev_certs.clone() };
+        let table = match config.compile(&self.registry, certs, self.generation + 1) {
+            Ok(t) => t,
+            Err(errors) => {
+                let e = ConfigError::Invalid { file: self.path.display().to_string(), errors };
+                tracing::error!(error = %e, "configuration rejected; the previous one keeps serving");
+                return None;
+            }
+        };
+        if listen.address != self.listen.address || listen.admin_address != self.listen.admin_address {
+            tracing::warn!("server.address and telemetry.admin_address changes take effect on restart");
+        }
+        self.generation += 1;
+        checker.sync(&table);
+        tracing::info!(generation = self.generation, routes = table.route_count(), "configuration reloaded");
+        plane.publish(table);
+        Some(config.server.drain_timeout.0)
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

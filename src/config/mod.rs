@@ -14,8 +14,8 @@ pub use duration::{HumanDuration, parse_duration};
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::tls::CertSet;
 use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PoolSettings, Strategy, Timeouts,
-    UpstreamTls,
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck, PoolSettings, Strategy,
+    Timeouts, UpstreamTls,
 };
 
 /// A problem with one field of the configuration.
@@ -154,6 +154,9 @@ pub struct PassiveConfig {
     pub max_failures: u32,
     #[serde(default = "default_observation_window")]
     pub observation_window: HumanDuration,
+    /// Not in SPEC.md's example: how long an ejected backend rests before a trial request.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -247,6 +250,9 @@ fn default_max_failures() -> u32 {
 }
 fn default_observation_window() -> HumanDuration {
     HumanDuration::secs(60)
+}
+fn default_cooldown() -> HumanDuration {
+    HumanDuration(PassiveCheck::default().cooldown)
 }
 fn default_max_idle() -> usize {
     PoolSettings::default().max_idle_connections
@@ -444,8 +450,20 @@ impl Config {
                 unhealthy_threshold: hc.unhealthy_threshold,
                 path: hc.path.clone(),
             });
+            // Passive checks are on unless a group turns them off.
+            let passive = match &g.passive {
+                Some(p) if !p.enabled => None,
+                Some(p) => Some(PassiveCheck {
+                    max_failures: p.max_failures,
+                    window: p.observation_window.0,
+                    cooldown: p.cooldown.0,
+                }),
+                None => Some(PassiveCheck::default()),
+            };
             builder.add_group(
-                BackendGroup::new(g.id.clone(), g.strategy, timeouts, members).with_health_check(health_check),
+                BackendGroup::new(g.id.clone(), g.strategy, timeouts, members)
+                    .with_health_check(health_check)
+                    .with_passive(passive),
             );
         }
         for (i, r) in self.routes.iter().enumerate() {

@@ -239,8 +239,7 @@ impl Writer {
         );
         for src in &feed.groups {
             if src.group.members().any(|(ep, _)| Arc::ptr_eq(ep, &t.endpoint)) {
-                self.publish(&group_ref(&src.namespace, &src.name, src.uid.as_ref()), kind, reason, &note)
-                    .await;
+                self.publish(&group_ref(&src.namespace, &src.name, src.uid.as_ref()), kind, reason, &note).await;
             }
         }
     }

@@ -16,8 +16,8 @@ use super::world::{Indexed, World};
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::tls::CertSet;
 use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PoolSettings, Strategy, Timeouts,
-    UpstreamTls,
+    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck, PoolSettings, Strategy,
+    Timeouts, UpstreamTls,
 };
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
@@ -284,7 +284,8 @@ impl Translator<'_> {
         let built = match self.service_endpoints(ns, name, port, None) {
             Ok(urls) => {
                 let specs = urls.into_iter().map(|u| (endpoint_spec(u, PoolSettings::default()), 1)).collect();
-                self.compile_group(id.clone(), Strategy::RoundRobin, specs, None).map_err(|e| ("InvalidBackend", e))
+                self.compile_group(id.clone(), Strategy::RoundRobin, specs, None, PassiveCheck::default())
+                    .map_err(|e| ("InvalidBackend", e))
             }
             Err(e) => Err(("ServiceNotFound", e)),
         };
@@ -370,7 +371,17 @@ impl Translator<'_> {
             _ => return Err("set exactly one of spec.service or spec.backends".into()),
         };
         let health_check = spec.health_check.as_ref().map(health_check).transpose()?;
-        self.compile_group(id.to_string(), spec.strategy, members, health_check)
+        let mut passive = PassiveCheck::default();
+        if let Some(p) = &spec.passive_health_check {
+            if let Some(n) = p.max_failures {
+                passive.max_failures = n.max(1);
+            }
+            if let Some(w) = &p.observation_window {
+                passive.window = crate::config::parse_duration(w)
+                    .map_err(|e| format!("spec.passiveHealthCheck.observationWindow: {e}"))?;
+            }
+        }
+        self.compile_group(id.to_string(), spec.strategy, members, health_check, passive)
     }
 
     fn compile_group(
@@ -379,12 +390,17 @@ impl Translator<'_> {
         strategy: Strategy,
         members: Vec<(EndpointSpec, u32)>,
         health_check: Option<HealthCheck>,
+        passive: PassiveCheck,
     ) -> Result<Arc<BackendGroup>, String> {
         let mut eps = Vec::with_capacity(members.len());
         for (spec, weight) in members {
             eps.push((self.registry.endpoint(&spec).map_err(|e| e.to_string())?, weight));
         }
-        Ok(Arc::new(BackendGroup::new(id, strategy, Timeouts::default(), eps).with_health_check(health_check)))
+        Ok(Arc::new(
+            BackendGroup::new(id, strategy, Timeouts::default(), eps)
+                .with_health_check(health_check)
+                .with_passive(Some(passive)),
+        ))
     }
 
     fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut LastGoodCerts) {

@@ -4,6 +4,7 @@
 mod h3;
 mod headers;
 mod pipeline;
+mod retry;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use pipeline::{ConnInfo, Downstream, Tables, handle};
+pub use retry::RetryBudget;
 
 use crate::config::CongestionControl;
 use crate::routes::RouteTable;

@@ -11,6 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 
 use super::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
+use super::retry::{is_idempotent, lend};
 use crate::body::{Guarded, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
 use crate::upstream::{Endpoint, Protocol};
@@ -35,6 +36,7 @@ enum ProxyError {
     NoHealthyBackend,
     PoolFull,
     Connect,
+    ConnectTimeout,
     UpstreamTimeout,
     BadUpstream,
 }
@@ -45,7 +47,7 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoHealthyBackend | Self::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect | Self::BadUpstream => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout | Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -56,6 +58,7 @@ impl ProxyError {
             Self::PoolFull => "backend connection limit reached",
             Self::Connect => "cannot connect to the backend",
             Self::UpstreamTimeout => "the backend did not answer in time",
+            Self::ConnectTimeout => "connecting to the backend timed out",
             Self::BadUpstream => "bad response from the backend",
         }
     }
@@ -108,7 +111,11 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
     resp
 }
 
-/// Routes and forwards; returns the response with the route and backend that served it.
+/// Attempts per request: the first try and up to two retries on other endpoints.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Routes and forwards, failing over to another endpoint when that is safe; returns the
+/// response with the route and backend that served it.
 async fn forward(
     tables: &ArcSwap<RouteTable>,
     req: Request<ProxyBody>,
@@ -121,30 +128,82 @@ async fn forward(
         Some(route) => route.clone(),
         None => return (ProxyError::NoRoute.response(), None, None),
     };
+    let route_id = Some(route.id.clone());
     let group = &route.group;
-    let Some(endpoint) = group.pick(&[]) else {
-        return (ProxyError::NoHealthyBackend.response(), Some(route.id.clone()), None);
-    };
-    let backend = Some(endpoint.address.clone());
-    let Some(slot) = endpoint.acquire(&group.timeouts).await else {
-        return (ProxyError::PoolFull.response(), Some(route.id.clone()), backend);
-    };
+    group.retry_budget.deposit();
+    let idempotent = is_idempotent(req.method());
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut last: Option<(ProxyError, String)> = None;
 
-    let upstream_req = upstream_request(req, endpoint, host, conn);
-    let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req)).await;
-    let resp = match sent {
-        Ok(Ok(resp)) => resp.map(|body| boxed(Guarded::new(body, slot))),
-        Ok(Err(e)) => {
-            let err = classify(&e);
-            tracing::warn!(backend = %endpoint.address, error = %error_chain(&e), "upstream request failed");
-            err.response()
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 && !group.retry_budget.withdraw() {
+            break;
         }
-        Err(_) => {
-            tracing::warn!(backend = %endpoint.address, timeout = ?group.timeouts.response_headers, "upstream timed out");
-            ProxyError::UpstreamTimeout.response()
+        let excluded: Vec<&Arc<Endpoint>> = tried.iter().collect();
+        let Some(endpoint) = group.pick(&excluded).cloned() else { break };
+        tried.push(endpoint.clone());
+        let Some(slot) = endpoint.acquire(&group.timeouts).await else {
+            // Nothing was sent: another endpoint may have room.
+            last = Some((ProxyError::PoolFull, endpoint.address.clone()));
+            continue;
+        };
+        let Some(this_body) = body.take() else { break };
+        let (lent, lender) = lend(this_body);
+        let upstream_req = upstream_request(Request::from_parts(parts.clone(), boxed(lent)), &endpoint, host, conn);
+        let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req)).await;
+        let outcome = match sent {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                tracing::warn!(backend = %endpoint.address, error = %error_chain(&e), attempt, "upstream request failed");
+                Err(classify(&e))
+            }
+            Err(_) => {
+                tracing::warn!(backend = %endpoint.address, timeout = ?group.timeouts.response_headers, "upstream timed out");
+                Err(ProxyError::UpstreamTimeout)
+            }
+        };
+        match outcome {
+            Ok(resp) => {
+                let status = resp.status();
+                group.report(&endpoint, !status.is_server_error());
+                let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
+                if retryable && idempotent && attempt + 1 < MAX_ATTEMPTS {
+                    // Replay only a body the backend never read (an empty one, usually).
+                    if let Some(b) = lender.take_back() {
+                        body = Some(b);
+                        last = Some((ProxyError::BadUpstream, endpoint.address.clone()));
+                        continue;
+                    }
+                }
+                let resp = resp.map(|b| boxed(Guarded::new(b, slot)));
+                return (resp, route_id, Some(endpoint.address.clone()));
+            }
+            Err(err) => {
+                group.report(&endpoint, false);
+                // A connect failure sent nothing, so any method may go elsewhere; a connect
+                // timeout likewise. A response timeout may have reached the backend.
+                let nothing_sent = matches!(err, ProxyError::Connect | ProxyError::ConnectTimeout);
+                // A connection that broke before the response is a 502 an idempotent
+                // request may retry, if its body was never read.
+                let retry = nothing_sent || (idempotent && err == ProxyError::BadUpstream);
+                if retry
+                    && attempt + 1 < MAX_ATTEMPTS
+                    && let Some(b) = lender.take_back()
+                {
+                    body = Some(b);
+                    last = Some((err, endpoint.address.clone()));
+                    continue;
+                }
+                return (err.response(), route_id, Some(endpoint.address.clone()));
+            }
         }
-    };
-    (resp, Some(route.id.clone()), backend)
+    }
+    match last {
+        Some((err, backend)) => (err.response(), route_id, Some(backend)),
+        None => (ProxyError::NoHealthyBackend.response(), route_id, None),
+    }
 }
 
 /// Rewrites a downstream request for `endpoint`: same method, path and authority, header
@@ -195,7 +254,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
-            return ProxyError::UpstreamTimeout;
+            return if e.is_connect() { ProxyError::ConnectTimeout } else { ProxyError::UpstreamTimeout };
         }
         source = err.source();
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -36,6 +37,9 @@ pub struct Endpoint {
     slots: Arc<Semaphore>,
     /// Probe results; touched by the health checker and status writers, never by requests.
     record: Mutex<HealthRecord>,
+    /// Failures seen on real traffic; locked only when a request fails or the endpoint is
+    /// ejected.
+    passive: Mutex<PassiveState>,
     client: Client<EndpointConnector, ProxyBody>,
 }
 
@@ -70,6 +74,7 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
             record: Mutex::new(HealthRecord::default()),
+            passive: Mutex::new(PassiveState::default()),
             client: builder.build(connector),
         })
     }
@@ -84,6 +89,52 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether a request may be sent here. An endpoint ejected by passive checks gets one
+    /// trial request per cool-down when `allow_trial` (no active check will revive it).
+    pub fn available(&self, passive: Option<&PassiveCheck>, allow_trial: bool) -> bool {
+        if self.is_healthy() {
+            return true;
+        }
+        let (Some(policy), true) = (passive, allow_trial) else { return false };
+        let mut state = self.passive.lock().unwrap_or_else(|p| p.into_inner());
+        match state.ejected_until {
+            Some(until) if Instant::now() >= until => {
+                state.ejected_until = Some(Instant::now() + policy.cooldown);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the outcome of a real request; returns the new health when it changed.
+    pub fn report(&self, ok: bool, policy: &PassiveCheck) -> Option<bool> {
+        let now = Instant::now();
+        let mut state = self.passive.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            state.consecutive_failures = 0;
+            if state.ejected_until.take().is_some() && !self.is_healthy() {
+                self.set_healthy(true);
+                return Some(true);
+            }
+            return None;
+        }
+        if state.consecutive_failures == 0 || now.duration_since(state.streak_started) > policy.window {
+            state.consecutive_failures = 0;
+            state.streak_started = now;
+        }
+        state.consecutive_failures += 1;
+        if state.consecutive_failures >= policy.max_failures && self.is_healthy() {
+            state.ejected_until = Some(now + policy.cooldown);
+            self.set_healthy(false);
+            return Some(false);
+        }
+        if !self.is_healthy() && state.ejected_until.is_some() {
+            // A failed trial: wait a whole cool-down again.
+            state.ejected_until = Some(now + policy.cooldown);
+        }
+        None
     }
 
     /// Records a probe result; returns the new health when it changed.
@@ -119,6 +170,33 @@ impl Endpoint {
         req: http::Request<ProxyBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
         self.client.request(req).await
+    }
+}
+
+/// Passive health policy: `max_failures` consecutive failures within `window` eject the
+/// endpoint for `cooldown`, after which a trial request may revive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveCheck {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveCheck {
+    fn default() -> Self {
+        Self { max_failures: 5, window: Duration::from_secs(60), cooldown: Duration::from_secs(10) }
+    }
+}
+
+struct PassiveState {
+    consecutive_failures: u32,
+    streak_started: Instant,
+    ejected_until: Option<Instant>,
+}
+
+impl Default for PassiveState {
+    fn default() -> Self {
+        Self { consecutive_failures: 0, streak_started: Instant::now(), ejected_until: None }
     }
 }
 
@@ -215,6 +293,22 @@ mod tests {
         drop((a, again, other));
         assert_eq!(reg.live_count(), 0);
         assert!(reg.endpoint(&spec("http://127.0.0.1:1")).unwrap().is_healthy(), "forgotten once unused");
+    }
+
+    #[tokio::test]
+    async fn passive_failures_eject_and_a_trial_revives() {
+        let reg = EndpointRegistry::default();
+        let ep = reg.endpoint(&spec("http://127.0.0.1:1")).unwrap();
+        let policy = PassiveCheck { max_failures: 3, window: Duration::from_secs(60), cooldown: Duration::ZERO };
+        assert_eq!(ep.report(false, &policy), None);
+        assert_eq!(ep.report(true, &policy), None, "a success resets the streak");
+        assert_eq!(ep.report(false, &policy), None);
+        assert_eq!(ep.report(false, &policy), None);
+        assert_eq!(ep.report(false, &policy), Some(false), "three in a row eject");
+        assert!(!ep.available(Some(&policy), false), "active checks revive it, not trials");
+        assert!(ep.available(Some(&policy), true), "a trial after the cool-down");
+        assert_eq!(ep.report(true, &policy), Some(true));
+        assert!(ep.is_healthy());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
-pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight};
+pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition};
 
 /// Why a backend could not be set up.
@@ -153,6 +153,10 @@ pub struct BackendGroup {
     pub timeouts: Timeouts,
     /// Active checks for the members, if any.
     pub health_check: Option<HealthCheck>,
+    /// Passive checks from real traffic, if enabled.
+    pub passive: Option<PassiveCheck>,
+    /// Shared by this group's requests: retries allowed as a share of traffic.
+    pub retry_budget: crate::proxy::RetryBudget,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,
@@ -162,7 +166,17 @@ impl BackendGroup {
     pub fn new(id: String, strategy: Strategy, timeouts: Timeouts, members: Vec<(Arc<Endpoint>, u32)>) -> Self {
         let (members, weights): (Vec<_>, Vec<_>) = members.into_iter().unzip();
         let balancer = Balancer::new(strategy, &weights);
-        Self { id, strategy, timeouts, health_check: None, members, weights, balancer }
+        Self {
+            id,
+            strategy,
+            timeouts,
+            health_check: None,
+            passive: Some(PassiveCheck::default()),
+            retry_budget: Default::default(),
+            members,
+            weights,
+            balancer,
+        }
     }
 
     pub fn with_health_check(mut self, check: Option<HealthCheck>) -> Self {
@@ -170,11 +184,28 @@ impl BackendGroup {
         self
     }
 
+    pub fn with_passive(mut self, passive: Option<PassiveCheck>) -> Self {
+        self.passive = passive;
+        self
+    }
+
+    /// Records a request outcome on `endpoint` for passive health.
+    pub fn report(&self, endpoint: &Endpoint, ok: bool) {
+        if let Some(policy) = &self.passive
+            && let Some(healthy) = endpoint.report(ok, policy)
+        {
+            tracing::warn!(backend = %endpoint.address, healthy, group = %self.id, "passive health check changed a backend's health");
+        }
+    }
+
     /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request).
     pub fn pick(&self, exclude: &[&Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
         let i = self.balancer.pick(
             &self.weights,
-            |i| self.members[i].is_healthy() && !exclude.iter().any(|e| Arc::ptr_eq(e, &self.members[i])),
+            |i| {
+                !exclude.iter().any(|e| Arc::ptr_eq(e, &self.members[i]))
+                    && self.members[i].available(self.passive.as_ref(), self.health_check.is_none())
+            },
             |i| self.members[i].in_flight(),
         )?;
         Some(&self.members[i])
