@@ -325,9 +325,15 @@ func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, error) {
 // writePKI creates a CA, a serving certificate for 127.0.0.1/localhost/the in-cluster
 // names signed by it, and the service-account signing key. It returns the CA in PEM so
 // kubeconfigs can verify the server instead of skipping verification.
+//
+// A data directory that already holds them (a restart with --data-dir) keeps them, so
+// kubeconfigs written by the earlier run still verify the server.
 func writePKI(dir string) ([]byte, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
+	}
+	if caPEM, ok := existingPKI(dir); ok {
+		return caPEM, nil
 	}
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -402,9 +408,27 @@ func serial() *big.Int {
 	return n
 }
 
+// existingPKI returns the CA of a complete set of files left by an earlier run.
+func existingPKI(dir string) ([]byte, bool) {
+	for _, name := range []string{"apiserver.crt", "apiserver.key", "sa.key"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return nil, false
+		}
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		return nil, false
+	}
+	return caPEM, true
+}
+
 // writeTokens writes the static token file (token,user,uid,"groups") with a fresh
-// random token per identity.
+// random token per identity, or reuses the file of an earlier run on the same data
+// directory when it names every identity (so its kubeconfigs keep working).
 func writeTokens(path string) (map[string]string, error) {
+	if tokens, ok := existingTokens(path); ok {
+		return tokens, nil
+	}
 	tokens := map[string]string{}
 	var b strings.Builder
 	for _, id := range identities {
@@ -481,4 +505,24 @@ func waitReady(server string, caPEM []byte, token string, timeout time.Duration)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+func existingTokens(path string) (map[string]string, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	tokens := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.SplitN(line, ",", 3)
+		if len(fields) >= 2 && fields[0] != "" {
+			tokens[fields[1]] = fields[0]
+		}
+	}
+	for _, id := range identities {
+		if tokens[id.name] == "" {
+			return nil, false
+		}
+	}
+	return tokens, true
 }
