@@ -7,8 +7,10 @@
 #   testenv-build      build the binary once per machine and source change (cached)
 #   testenv-up         start it in the background, wait for /readyz, write kubeconfigs
 #   testenv-down       stop it (SIGTERM: apiserver, then etcd; data removed)
-#   test-e2e           run the cluster tests (each test binary starts its own control
-#                      plane unless QUIC_INGRESS_TEST_KUBECONFIG names a cluster)
+#   test-e2e           build quic-ingress, run the cluster tests (each test binary starts
+#                      its own control plane unless QUIC_INGRESS_TEST_KUBECONFIG names a
+#                      cluster; tests that run the controller need root for a netns)
+#   e2e-deps           install iproute2 if `ip` is missing
 #   helm               install helm into the cache (for chart tests)
 
 TESTENV_SRC   := e2e/testenv
@@ -36,7 +38,7 @@ TESTENV_BIN = $(TESTENV_CACHE)/bin/testenv-$(TESTENV_HASH)
 HELM_VERSION ?= v3.22.0
 HELM_BIN = $(TESTENV_CACHE)/bin/helm-$(HELM_VERSION)
 
-.PHONY: testenv-build testenv-print-bin testenv-up testenv-down test-e2e helm
+.PHONY: testenv-build testenv-print-bin testenv-up testenv-down test-e2e e2e-deps helm
 
 testenv-build: $(TESTENV_BIN)
 	@echo "testenv: $(TESTENV_BIN)" >&2
@@ -100,7 +102,20 @@ testenv-down:
 	fi; \
 	rm -f $$dir/pid $$dir/ready
 
-test-e2e: $(TESTENV_BIN)
+# The controller and demo backends the cluster tests run: a test crate cannot name another
+# package's binary, so it is built first and handed over in QUIC_INGRESS_BIN.
+E2E_TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+QUIC_INGRESS_BIN ?= $(abspath $(E2E_TARGET_DIR))/debug/quic-ingress
+
+# `ip` (iproute2) makes the test host's network namespace (see e2e/README.md).
+e2e-deps:
+	@command -v ip >/dev/null 2>&1 || { \
+	  echo "installing: iproute2"; SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iproute2; }
+
+test-e2e: $(TESTENV_BIN) e2e-deps
+	cargo build -p quic-ingress --bins
+	QUIC_INGRESS_BIN=$(QUIC_INGRESS_BIN) \
 	QUIC_INGRESS_TESTENV_BIN=$(TESTENV_BIN) QUIC_INGRESS_TESTENV_DIR=$(abspath $(TESTENV_DIR))/runs \
 	  cargo test -p quic-ingress-e2e $(E2E_TEST_ARGS)
 

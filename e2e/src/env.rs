@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,7 @@ impl TestEnv {
             kubeconfig,
             config,
             testenv_bin: env_path(TESTENV_BIN_VAR),
-            scratch: run_dir()?,
+            scratch: process_dir()?,
             process: None,
         };
         let client = env.client()?;
@@ -119,14 +120,14 @@ impl TestEnv {
             Some(bin) => bin,
             None => tokio::task::spawn_blocking(build_testenv).await??,
         };
-        let dir = run_dir()?;
+        let dir = process_dir()?;
         let log = dir.join("testenv.log");
         let started = Instant::now();
         // testenv picks free ports and then binds them; another control plane starting at
         // the same moment can take one in between. Rare, and a retry settles it.
         let mut attempt = 1;
         let (child, stdin) = loop {
-            match spawn_testenv(&bin, &dir, &log).await {
+            match spawn_testenv(&bin, &dir, &log, &[]).await {
                 Ok(running) => break running,
                 Err(e) if attempt < 3 && tail(&log, 50).contains("address already in use") => {
                     eprintln!("quic-ingress-e2e: testenv lost a port race, retrying: {e:#}");
@@ -239,13 +240,164 @@ impl TestEnv {
     }
 }
 
+/// A control plane of one test's own, which it may stop and restart (e.g. to see the
+/// controller ride out a lost API server). Dereferences to [`TestEnv`] for clients,
+/// kubeconfigs and kubectl.
+///
+/// Always a local testenv (whatever `QUIC_INGRESS_TEST_KUBECONFIG` says), with a data
+/// directory of its own that survives [`PrivateTestEnv::stop`]: a restart keeps etcd's
+/// data, the CA, the tokens and the port, so kubeconfigs handed out before keep working.
+/// Dropping it stops the process and removes the directory.
+pub struct PrivateTestEnv {
+    env: TestEnv,
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    running: Option<(Child, ChildStdin)>,
+}
+
+impl std::ops::Deref for PrivateTestEnv {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        &self.env
+    }
+}
+
+impl TestEnv {
+    /// Starts a control plane for the calling test alone (about 3 s; see
+    /// [`PrivateTestEnv`]).
+    pub async fn start_private() -> anyhow::Result<PrivateTestEnv> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let bin = match env_path(TESTENV_BIN_VAR) {
+            Some(bin) => bin,
+            None => tokio::task::spawn_blocking(build_testenv).await??,
+        };
+        let dir = process_dir()?.join(format!("private-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // As in `start`: a concurrent start can take the picked port; a retry settles it.
+        let mut attempt = 1;
+        let (port, running, log) = loop {
+            let port = crate::process::free_tcp_port()?;
+            let log = crate::process::log_path("testenv-private")?;
+            match spawn_testenv(&bin, &dir, &log, &private_args(&dir, port)).await {
+                Ok(running) => break (port, running, log),
+                Err(e) if attempt < 3 && tail(&log, 50).contains("address already in use") => {
+                    eprintln!("quic-ingress-e2e: private testenv lost a port race, retrying: {e:#}");
+                    attempt += 1;
+                    // Start over on an empty directory, not on a half-initialised etcd.
+                    fs::remove_dir_all(&dir)?;
+                    fs::DirBuilder::new().mode(0o700).create(&dir)?;
+                }
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        };
+        let kubeconfig = dir.join("kubeconfig");
+        let env = TestEnv {
+            config: load_config(&kubeconfig).await?,
+            kubeconfig,
+            is_testenv: true,
+            testenv_bin: Some(bin.clone()),
+            scratch: dir.clone(),
+            process: None,
+        };
+        eprintln!("quic-ingress-e2e: private control plane at {} ready (log {})", env.server_url(), log.display());
+        Ok(PrivateTestEnv { env, bin, dir, port, running: Some(running) })
+    }
+}
+
+fn private_args(dir: &Path, port: u16) -> [String; 6] {
+    [
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--port".into(),
+        port.to_string(),
+        // kube-apiserver flags: without this, an open watch (the controller's) holds up the
+        // shutdown for the 60 s of --request-timeout; with it, the HTTP server gets 2 s.
+        "--".into(),
+        "--shutdown-send-retry-after=true".into(),
+    ]
+}
+
+impl PrivateTestEnv {
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = crate::process::log_path("testenv-private")?;
+        let started = Instant::now();
+        self.running = Some(spawn_testenv(&self.bin, &self.dir, &log, &private_args(&self.dir, self.port)).await?);
+        eprintln!(
+            "quic-ingress-e2e: private control plane on 127.0.0.1:{} ready again in {:.1?} (log {})",
+            self.port,
+            started.elapsed(),
+            log.display()
+        );
+        Ok(())
+    }
+
+    /// Whether the API server is up (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The kube-apiserver's port on 127.0.0.1 (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the API server and etcd gracefully (SIGKILL after 30 s); the data stays.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some((mut child, stdin)) = self.running.take() else { return Ok(()) };
+        // testenv shuts down in order when its stdin closes.
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    eprintln!("quic-ingress-e2e: private testenv exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("private testenv did not stop within 30s; killed");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts it again on the same data directory and port (stops it first if running).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.spawn().await
+    }
+}
+
+impl Drop for PrivateTestEnv {
+    fn drop(&mut self) {
+        if let Some((mut child, stdin)) = self.running.take() {
+            drop(stdin);
+            // Give it the graceful path first, briefly; a drop cannot wait long.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Starts testenv writing into `dir` and waits for its ready marker.
-async fn spawn_testenv(bin: &Path, dir: &Path, log: &Path) -> anyhow::Result<(Child, ChildStdin)> {
+async fn spawn_testenv(bin: &Path, dir: &Path, log: &Path, extra: &[String]) -> anyhow::Result<(Child, ChildStdin)> {
     let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = Command::new(bin)
         .arg("--out-dir")
         .arg(dir)
         .arg("--stop-on-stdin-eof")
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -330,8 +482,13 @@ fn start_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// This process's private directory (0700: it holds credentials), after removing the
-/// directories of test processes that are gone.
+/// This process's private directory (0700: it holds credentials and logs), made once per
+/// process after removing the directories of test processes that are gone.
+pub fn process_dir() -> anyhow::Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| run_dir().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
 fn run_dir() -> anyhow::Result<PathBuf> {
     let root = env_path(TESTENV_DIR_VAR).unwrap_or_else(|| std::env::temp_dir().join("quic-ingress-e2e"));
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
@@ -403,7 +560,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file, headed by its path.
+pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(f) = fs::File::open(path) else {
         return format!("(no log at {})", path.display());
     };

@@ -16,13 +16,20 @@
 //! # }
 //! ```
 
+pub mod backend;
+pub mod controller;
 pub mod env;
 pub mod namespace;
+pub mod netns;
 pub mod objects;
+pub mod process;
 pub mod wait;
 
-pub use env::TestEnv;
+pub use backend::Backend;
+pub use controller::{Controller, ControllerRbac};
+pub use env::{PrivateTestEnv, TestEnv};
 pub use namespace::TestNamespace;
+pub use netns::TestHost;
 pub use wait::eventually;
 
 /// The identities a local control plane knows, by user name. Against any other cluster

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Config, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +86,36 @@ impl TestNamespace {
             .create(&PostParams::default(), &obj)
             .await
             .with_context(|| format!("creating {} {}/{name}", K::kind(&K::DynamicType::default()), self.name))
+    }
+
+    /// Creates or updates `obj` in this namespace with a forced server-side apply (field
+    /// manager `quic-ingress-e2e`), like `kubectl apply --server-side --force-conflicts`.
+    pub async fn apply<K>(&self, obj: &K) -> anyhow::Result<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+        K::DynamicType: Default,
+    {
+        let mut obj = obj.clone();
+        obj.meta_mut().namespace = Some(self.name.clone());
+        obj.meta_mut().resource_version = None;
+        let name = obj.meta().name.clone().unwrap_or_default();
+        self.api::<K>()
+            .patch(&name, &PatchParams::apply("quic-ingress-e2e").force(), &Patch::Apply(&obj))
+            .await
+            .with_context(|| format!("applying {} {}/{name}", K::kind(&K::DynamicType::default()), self.name))
+    }
+
+    /// Deletes an object of this namespace (foreground, so it is gone when watchers see it).
+    pub async fn delete<K>(&self, name: &str) -> anyhow::Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        self.api::<K>()
+            .delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting {} {}/{name}", K::kind(&K::DynamicType::default()), self.name))?;
+        Ok(())
     }
 
     /// Deletes the namespace and reports failure.

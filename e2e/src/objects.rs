@@ -4,10 +4,6 @@
 //! Builders set no namespace; [`crate::TestNamespace::create`] puts objects in the test's
 //! namespace.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
-
-use anyhow::{Context as _, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec, TypedLocalObjectReference};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -17,6 +13,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 
 /// The label that ties an EndpointSlice to its Service, as the EndpointSlice
 /// controller sets it.
@@ -157,8 +154,9 @@ impl ServiceBuilder {
 /// says otherwise, labelled as the EndpointSlice controller would label it.
 ///
 /// The API server rejects loopback addresses in EndpointSlices (127.0.0.0/8 and ::1 fail
-/// validation), so backends on this machine are published under
-/// [`local_endpoint_ip`] and must listen on it (or on 0.0.0.0).
+/// validation), so backends that tests send traffic to run in the test host's network
+/// namespace and are published under its address ([`crate::netns::TestHost::ip`]; start
+/// them with [`crate::backend::Backend::start_in`]).
 pub fn endpoint_slice(service: &str) -> EndpointSliceBuilder {
     EndpointSliceBuilder {
         meta: Meta::new(&format!("{service}-e2e"))
@@ -247,38 +245,6 @@ impl EndpointSliceBuilder {
             ports: (!self.ports.is_empty()).then_some(self.ports),
         }
     }
-}
-
-/// An address of this machine that EndpointSlices accept and local clients reach: the
-/// source address of the default route (no packet is sent). Loopback is refused by the
-/// API server; `QUIC_INGRESS_TEST_ENDPOINT_IP` overrides the choice.
-pub fn local_endpoint_ip() -> anyhow::Result<IpAddr> {
-    if let Ok(ip) = std::env::var("QUIC_INGRESS_TEST_ENDPOINT_IP") {
-        return ip.parse().with_context(|| format!("QUIC_INGRESS_TEST_ENDPOINT_IP={ip} is not an IP address"));
-    }
-    // Documentation-only destinations (RFC 5737, RFC 3849): connect() just picks a route.
-    let probes: [(IpAddr, IpAddr); 2] = [
-        (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::new(203, 0, 113, 1).into()),
-        (Ipv6Addr::UNSPECIFIED.into(), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into()),
-    ];
-    for (bind, target) in probes {
-        let Ok(socket) = UdpSocket::bind((bind, 0)) else {
-            continue;
-        };
-        if socket.connect((target, 9)).is_err() {
-            continue;
-        }
-        if let Ok(local) = socket.local_addr() {
-            let ip = local.ip();
-            if !ip.is_loopback() && !ip.is_unspecified() {
-                return Ok(ip);
-            }
-        }
-    }
-    bail!(
-        "this machine has no non-loopback address with a route; EndpointSlices cannot use \
-         loopback, so set QUIC_INGRESS_TEST_ENDPOINT_IP to an address of this machine"
-    )
 }
 
 // === Ingress ===

@@ -17,9 +17,7 @@ use kube::api::{
 };
 use kube::runtime::wait::{await_condition, conditions};
 use quic_ingress_e2e::namespace::unique_name;
-use quic_ingress_e2e::objects::{
-    SERVICE_NAME_LABEL, endpoint_slice, ingress, ingress_class, local_endpoint_ip, service, tls_secret,
-};
+use quic_ingress_e2e::objects::{SERVICE_NAME_LABEL, endpoint_slice, ingress, ingress_class, service, tls_secret};
 use quic_ingress_e2e::{TestEnv, TestNamespace, eventually, identity};
 use serde_json::json;
 
@@ -51,8 +49,8 @@ async fn server_side_validation_rejects_invalid_objects() -> Result<()> {
     let status = expect_status(ns.create(&service("bad-port").port("http", 70000).build()).await, 422, "Invalid")?;
     assert!(status.message.contains("spec.ports[0].port"), "{}", status.message);
 
-    // Loopback addresses are refused in EndpointSlices; this is why local backends are
-    // published under local_endpoint_ip().
+    // Loopback addresses are refused in EndpointSlices; this is why backends tests talk
+    // to run in the test host's network namespace (quic_ingress_e2e::netns).
     let loopback = endpoint_slice("web").address("127.0.0.1").port("http", 8001).build();
     let status = expect_status(ns.create(&loopback).await, 422, "Invalid")?;
     assert!(status.message.contains("loopback"), "{}", status.message);
@@ -70,7 +68,8 @@ async fn server_side_validation_rejects_invalid_objects() -> Result<()> {
 async fn builders_make_objects_the_server_accepts() -> Result<()> {
     let env = TestEnv::shared().await?;
     let ns = TestNamespace::new(env, "builders").await?;
-    let ip = local_endpoint_ip()?;
+    // A documentation address (RFC 5737): stored only, never contacted.
+    let ip = "198.51.100.7";
 
     ns.create(&service("web").port("http", 8080).build()).await?;
     let slice = endpoint_slice("web").address(ip).port("http", 8001).address(ip).ready(false).build();
