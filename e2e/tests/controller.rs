@@ -1,0 +1,589 @@
+//! Cluster tests of `quic-ingress controller` (issue 4): a real kube-apiserver, the
+//! controller as a process running as the unprivileged `controller` identity with only the
+//! rules of `deploy/rbac.yaml`, demo backends in the test host's network namespace (for
+//! EndpointSlices) or on 127.0.0.1 (static BackendGroup backends), and HTTP/3 requests
+//! through the project's own client.
+//!
+//! Every test has its own namespace, controller (`--namespace`, so its watches and leader
+//! Lease stay there) and backends, so tests run in parallel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::ListParams;
+use quic_ingress::client::TrustOptions;
+use quic_ingress::kube::crd::BackendGroup;
+use quic_ingress_e2e::controller::{GetError, install_crd, kubectl};
+use quic_ingress_e2e::objects::{endpoint_slice, ingress, service, tls_secret};
+use quic_ingress_e2e::process::{log_path, repo_root};
+use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
+use serde_json::json;
+
+/// For conditions that need the controller to see a change (debounce 100 ms) or the API
+/// server to store one; generous for a loaded 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A test's namespace, RBAC and running controller. Fields drop in order: the controller
+/// is killed before its bindings and namespace go.
+struct Setup {
+    controller: Controller,
+    _rbac: ControllerRbac,
+    ns: TestNamespace,
+    env: &'static TestEnv,
+}
+
+async fn setup(prefix: &str) -> Result<Setup> {
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, prefix).await?;
+    install_crd(env).await?;
+    let rbac = ControllerRbac::grant(env, &ns).await?;
+    let controller = Controller::start(env, ns.name()).await?;
+    Ok(Setup { controller, _rbac: rbac, ns, env })
+}
+
+impl Setup {
+    async fn finish(self) -> Result<()> {
+        let Setup { controller, _rbac, ns, .. } = self;
+        drop(controller);
+        drop(_rbac);
+        ns.cleanup().await
+    }
+}
+
+/// A BackendGroup from the same JSON a user would write as YAML.
+fn backend_group(name: &str, spec: serde_json::Value) -> Result<BackendGroup> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "quic-ingress.dev/v1alpha1",
+        "kind": "BackendGroup",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
+/// Events (events.k8s.io) about `kind`/`name` in the namespace, as (type, reason, note).
+async fn events_for(ns: &TestNamespace, kind: &str, name: &str) -> Result<Vec<(String, String, String)>> {
+    let events = ns.api::<Event>().list(&ListParams::default()).await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+async fn wait_for_event(ns: &TestNamespace, kind: &str, name: &str, reason: &str) -> Result<(String, String)> {
+    eventually(&format!("an Event {reason} on {kind} {name}"), TIMEOUT, || async {
+        let events = events_for(ns, kind, name).await?;
+        if let Some((type_, _, note)) = events.iter().find(|(_, r, _)| r == reason) {
+            return Ok(Some((type_.clone(), note.clone())));
+        }
+        Err(anyhow!("events so far: {events:?}"))
+    })
+    .await
+}
+
+fn slice_to(service: &str, name: &str, ip: std::net::IpAddr, port: u16) -> EndpointSlice {
+    endpoint_slice(service).name(name).address(ip).port("http", i32::from(port)).build()
+}
+
+#[tokio::test]
+async fn routes_through_services_and_endpoint_slices() -> Result<()> {
+    let host = TestHost::shared().await?;
+    let a = Backend::start_in(host, "a").await?;
+    let b = Backend::start_in(host, "b").await?;
+    let s = setup("routing").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.apply(&slice_to("web", "web-1", host.ip(), a.port())).await?;
+    ns.create(&ingress("shop").class("quic").rule("shop.example.com", "/", "Prefix", "web", 80).build()).await?;
+
+    let reply = c.wait_for_backend("shop.example.com", "/x?q=1", "a", TIMEOUT).await?;
+    let echo = reply.json()?;
+    assert_eq!(echo["path"], "/x", "{echo}");
+    assert_eq!(echo["host"], "shop.example.com", "{echo}");
+    // Routed by host: another host has no route.
+    assert_eq!(c.get("elsewhere.example.com", "/x").await?.status, 404);
+
+    // The slice now points at b: traffic moves, all of it.
+    ns.apply(&slice_to("web", "web-1", host.ip(), b.port())).await?;
+    c.wait_for_backend("shop.example.com", "/x", "b", TIMEOUT).await?;
+    let seen = c.tally("shop.example.com", "/x", 10).await?;
+    assert_eq!(seen, BTreeMap::from([("b".to_string(), 10)]));
+
+    // A second slice of the same Service adds a; round robin alternates.
+    ns.apply(&slice_to("web", "web-2", host.ip(), a.port())).await?;
+    eventually("both slices to be served", TIMEOUT, || async {
+        let seen = c.tally("shop.example.com", "/x", 6).await?;
+        Ok((seen.get("a").copied().unwrap_or(0) >= 2 && seen.get("b").copied().unwrap_or(0) >= 2).then_some(()))
+    })
+    .await?;
+    let seen = c.tally("shop.example.com", "/x", 20).await?;
+    assert_eq!(seen, BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 10)]));
+
+    // No ready endpoint at all: 503 with Retry-After.
+    let not_ready = |name: &str, port: u16| {
+        endpoint_slice("web").name(name).address(host.ip()).ready(false).port("http", i32::from(port)).build()
+    };
+    ns.apply(&not_ready("web-1", b.port())).await?;
+    ns.apply(&not_ready("web-2", a.port())).await?;
+    let reply = c.wait_for_status("shop.example.com", "/x", 503, TIMEOUT).await?;
+    assert!(reply.headers.contains_key("retry-after"), "503 without Retry-After: {:?}", reply.headers);
+
+    // The Ingress is gone: 404.
+    ns.delete::<Ingress>("shop").await?;
+    c.wait_for_status("shop.example.com", "/x", 404, TIMEOUT).await?;
+    s.finish().await
+}
+
+#[tokio::test]
+async fn port_names_default_backend_path_types_and_foreign_classes() -> Result<()> {
+    let host = TestHost::shared().await?;
+    let api = Backend::start_in(host, "api").await?;
+    let exact = Backend::start_in(host, "exact").await?;
+    let fallback = Backend::start_in(host, "fallback").await?;
+    let s = setup("paths").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+
+    // Port by name: Service port "web" (8080) → EndpointSlice port "web" (the backend's).
+    ns.create(&service("api").port("web", 8080).build()).await?;
+    ns.apply(&endpoint_slice("api").address(host.ip()).port("web", i32::from(api.port())).build()).await?;
+    for (svc, backend) in [("exact", &exact), ("fallback", &fallback)] {
+        ns.create(&service(svc).port("http", 80).build()).await?;
+        ns.apply(&slice_to(svc, &format!("{svc}-1"), host.ip(), backend.port())).await?;
+    }
+    ns.create(
+        &ingress("shop")
+            .class("quic")
+            .rule("shop.example.com", "/api", "Prefix", "api", "web")
+            .rule("shop.example.com", "/exact", "Exact", "exact", 80)
+            .default_backend("fallback", 80)
+            .build(),
+    )
+    .await?;
+    // Another controller's Ingress: must be ignored, neither routed nor given a status.
+    ns.create(&ingress("theirs").class("nginx").rule("nginx.example.com", "/", "Prefix", "exact", 80).build()).await?;
+
+    c.wait_for_backend("shop.example.com", "/api", "api", TIMEOUT).await?;
+    let cases = [
+        ("shop.example.com", "/api", "api"),
+        ("shop.example.com", "/api/", "api"),
+        ("shop.example.com", "/api/v1/items", "api"),
+        ("shop.example.com", "/apiv2", "fallback"), // Prefix matches whole segments
+        ("shop.example.com", "/exact", "exact"),
+        ("shop.example.com", "/exact/", "fallback"), // Exact is byte for byte
+        ("shop.example.com", "/exact/more", "fallback"),
+        ("shop.example.com", "/", "fallback"),
+        ("other.example.com", "/api", "fallback"), // the default backend takes any host
+        ("nginx.example.com", "/", "fallback"),    // not the nginx Ingress's backend
+    ];
+    let mut wrong = Vec::new();
+    for (h, path, want) in cases {
+        let reply = c.get(h, path).await?;
+        if reply.status != 200 || reply.backend() != Some(want) {
+            wrong.push(format!("{h}{path}: want {want}, got {} from {:?}", reply.status, reply.backend()));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    let routes = c.debug_routes().await?;
+    let ids: Vec<&str> = routes["routes"].as_array().into_iter().flatten().filter_map(|r| r["id"].as_str()).collect();
+    assert!(ids.iter().all(|id| !id.contains("theirs")), "the nginx Ingress was routed: {ids:?}");
+
+    // Status: ours gets the published address, theirs is left alone.
+    let ingresses = ns.api::<Ingress>();
+    eventually("the quic Ingress's status", TIMEOUT, || async {
+        Ok(lb_ip(&ingresses.get("shop").await?).is_some().then_some(()))
+    })
+    .await?;
+    assert_eq!(lb_ip(&ingresses.get("theirs").await?), None);
+    s.finish().await
+}
+
+fn lb_ip(ing: &Ingress) -> Option<String> {
+    ing.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.clone()
+}
+
+#[tokio::test]
+async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
+    // Static backends may be on loopback: they are URLs, not EndpointSlice addresses.
+    let w1 = Backend::start_local("w1").await?;
+    let w2 = Backend::start_local("w2").await?;
+    let solo = Backend::start_local("solo").await?;
+    let s = setup("groups").await?;
+    let (ns, c, env) = (&s.ns, &s.controller, s.env);
+
+    ns.create(&backend_group(
+        "weighted",
+        json!({
+            "strategy": "round_robin",
+            "backends": [{"url": w1.url(), "weight": 3}, {"url": w2.url(), "weight": 1}],
+            "routes": [{"host": "bg.example.com", "path": "/", "pathType": "Prefix"}],
+        }),
+    )?)
+    .await?;
+    ns.create(&backend_group("solo", json!({"strategy": "least_connections", "backends": [{"url": solo.url()}]}))?)
+        .await?;
+    ns.create(
+        &ingress("by-resource")
+            .class("quic")
+            .resource_rule("res.example.com", "/", "Prefix", "quic-ingress.dev", "BackendGroup", "solo")
+            .build(),
+    )
+    .await?;
+
+    // A BackendGroup's own routes, with weights 3:1 (smooth weighted round robin, so any
+    // 40 consecutive requests split exactly 30/10 while the table stays the same).
+    eventually("bg.example.com to be routed", TIMEOUT, || async {
+        Ok((c.get("bg.example.com", "/").await?.status == 200).then_some(()))
+    })
+    .await?;
+    let seen = c.tally("bg.example.com", "/", 40).await?;
+    let (n1, n2) = (seen.get("w1").copied().unwrap_or(0), seen.get("w2").copied().unwrap_or(0));
+    assert_eq!(n1 + n2, 40, "{seen:?}");
+    assert!((28..=32).contains(&n1), "weights 3:1 should give about 30/10: {seen:?}");
+
+    // Through an Ingress's backend.resource.
+    c.wait_for_backend("res.example.com", "/anything", "solo", TIMEOUT).await?;
+
+    // kubectl get bg: the printer columns, filled from the status the leader writes.
+    let table = eventually("kubectl get bg to show healthy counts", TIMEOUT, || async {
+        let mut cmd = env.kubectl();
+        cmd.args(["get", "bg", "-n", ns.name()]);
+        let out = kubectl(cmd).await?;
+        let row = |name: &str| out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or("");
+        let ok = row("weighted").contains("2/2") && row("solo").contains("1/1");
+        if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
+    })
+    .await?;
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STRATEGY", "HEALTHY", "READY", "AGE"], "{table}");
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(row("weighted")[1..4], ["round_robin", "2/2", "True"], "{table}");
+    assert_eq!(row("solo")[1..4], ["least_connections", "1/1", "True"], "{table}");
+    s.finish().await
+}
+
+/// A CA and a certificate for `host` signed by it: (CA PEM, certificate PEM, key PEM).
+fn ca_and_cert(host: &str) -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("e2e CA for {host}"));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+fn write_temp(stem: &str, contents: &str) -> Result<PathBuf> {
+    let path = log_path(stem)?.with_extension("pem");
+    std::fs::write(&path, contents)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn tls_certificates_are_chosen_by_sni() -> Result<()> {
+    let host = TestHost::shared().await?;
+    let web = Backend::start_in(host, "tls-web").await?;
+    let s = setup("tls").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+
+    let (ca1, cert1, key1) = ca_and_cert("secure.example.com")?;
+    let trust1 = TrustOptions { insecure: false, ca_file: Some(write_temp("ca1", &ca1)?) };
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.apply(&slice_to("web", "web-1", host.ip(), web.port())).await?;
+    ns.apply(&tls_secret("secure-tls", &cert1, &key1).build()).await?;
+    ns.create(
+        &ingress("secure")
+            .class("quic")
+            .rule("secure.example.com", "/", "Prefix", "web", 80)
+            .rule("other.example.com", "/", "Prefix", "web", 80)
+            .tls(&["secure.example.com"], "secure-tls")
+            .build(),
+    )
+    .await?;
+
+    // SNI secure.example.com: the Secret's certificate, which verifies against its CA.
+    let reply = eventually("secure.example.com to verify against the Secret's CA", TIMEOUT, || async {
+        Ok(Some(c.get_with("secure.example.com", "/", &trust1).await?))
+    })
+    .await?;
+    assert_eq!((reply.status, reply.backend()), (200, Some("tls-web")));
+
+    // Another SNI: the default (self-signed) certificate, so the same CA refuses it ...
+    match c.get_with("other.example.com", "/", &trust1).await {
+        Err(GetError::Connect(e)) => {
+            let msg = e.to_string().to_lowercase();
+            assert!(msg.contains("certificate") || msg.contains("unknown") || msg.contains("tls"), "{e}");
+        }
+        other => bail!("other.example.com verified against the Secret's CA: {other:?}"),
+    }
+    // ... while the host itself is served.
+    let insecure = TrustOptions { insecure: true, ca_file: None };
+    assert_eq!(c.get_with("other.example.com", "/", &insecure).await?.status, 200);
+
+    // A new certificate in the Secret is served without a restart.
+    let (ca2, cert2, key2) = ca_and_cert("secure.example.com")?;
+    let trust2 = TrustOptions { insecure: false, ca_file: Some(write_temp("ca2", &ca2)?) };
+    ns.apply(&tls_secret("secure-tls", &cert2, &key2).build()).await?;
+    eventually("the renewed certificate to be served", TIMEOUT, || async {
+        Ok(Some(c.get_with("secure.example.com", "/", &trust2).await?))
+    })
+    .await?;
+    assert!(
+        matches!(c.get_with("secure.example.com", "/", &trust1).await, Err(GetError::Connect(_))),
+        "the old certificate is still served"
+    );
+    s.finish().await
+}
+
+/// The `Healthy:` value of the backend block with `address` in `kubectl describe` output.
+fn described_backend_health(describe: &str, address: &str) -> Option<String> {
+    let lines: Vec<&str> = describe.lines().collect();
+    let start = lines.iter().position(|l| {
+        l.trim() == format!("Address:  {address}") || {
+            let t = l.trim();
+            t.starts_with("Address:") && t.trim_start_matches("Address:").trim() == address
+        }
+    })?;
+    lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.trim_start().starts_with("Address:"))
+        .find_map(|l| l.trim().strip_prefix("Healthy:").map(|v| v.trim().to_string()))
+}
+
+#[tokio::test]
+async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
+    let h1 = Backend::start_local("h1").await?;
+    let mut h2 = Backend::start_local("h2").await?;
+    let s = setup("health").await?;
+    let (ns, c, env) = (&s.ns, &s.controller, s.env);
+
+    ns.create(&backend_group(
+        "checked",
+        json!({
+            "backends": [{"url": h1.url()}, {"url": h2.url()}],
+            "healthCheck": {"interval": "1s", "timeout": "500ms", "healthyThreshold": 1, "unhealthyThreshold": 2, "path": "/health"},
+            "routes": [{"host": "health.example.com", "path": "/"}],
+        }),
+    )?)
+    .await?;
+    ns.create(
+        &ingress("checked")
+            .class("quic")
+            .resource_rule("ing.health.example.com", "/", "Prefix", "quic-ingress.dev", "BackendGroup", "checked")
+            .build(),
+    )
+    .await?;
+    let describe = || async {
+        let mut cmd = env.kubectl();
+        cmd.args(["describe", "bg", "checked", "-n", ns.name()]);
+        kubectl(cmd).await
+    };
+    let h2_addr = h2.addr().to_string();
+    eventually("describe to show 2/2 healthy", TIMEOUT, || async {
+        let out = describe().await?;
+        let ok = out.contains("2/2") && described_backend_health(&out, &h2_addr).as_deref() == Some("true");
+        if ok { Ok(Some(())) } else { Err(anyhow!("not yet:\n{out}")) }
+    })
+    .await?;
+
+    // The Ingress reports the published address.
+    let ingresses = ns.api::<Ingress>();
+    let ip = eventually("status.loadBalancer of the Ingress", TIMEOUT, || async {
+        Ok(lb_ip(&ingresses.get("checked").await?))
+    })
+    .await?;
+    assert_eq!(ip, "192.0.2.10");
+
+    // h2 dies: two failed checks (1 s apart) mark it unhealthy.
+    h2.stop();
+    let out = eventually("describe to show h2 unhealthy", TIMEOUT, || async {
+        let out = describe().await?;
+        let ok = out.contains("1/2")
+            && described_backend_health(&out, &h2_addr).as_deref() == Some("false")
+            && out.contains("BackendUnhealthy");
+        if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
+    })
+    .await?;
+    assert_eq!(described_backend_health(&out, &h1.addr().to_string()).as_deref(), Some("true"), "{out}");
+    // Traffic avoids it.
+    let seen = c.tally("health.example.com", "/", 10).await?;
+    assert_eq!(seen, BTreeMap::from([("h1".to_string(), 10)]), "{out}");
+
+    // Back on the same port: healthy again, with an Event saying so.
+    h2.restart().await?;
+    let out = eventually("describe to show h2 healthy again", TIMEOUT, || async {
+        let out = describe().await?;
+        let ok = out.contains("2/2")
+            && described_backend_health(&out, &h2_addr).as_deref() == Some("true")
+            && out.contains("BackendHealthy");
+        if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
+    })
+    .await?;
+    assert!(out.contains("BackendUnhealthy"), "the earlier Event is gone:\n{out}");
+    let (type_, note) = wait_for_event(ns, "BackendGroup", "checked", "BackendUnhealthy").await?;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains(&h2_addr), "{note}");
+    eventually("h2 to take traffic again", TIMEOUT, || async {
+        Ok(c.tally("health.example.com", "/", 4).await?.contains_key("h2").then_some(()))
+    })
+    .await?;
+    s.finish().await
+}
+
+#[tokio::test]
+async fn invalid_objects_are_skipped_with_events() -> Result<()> {
+    let host = TestHost::shared().await?;
+    let web = Backend::start_in(host, "good").await?;
+    let first = Backend::start_in(host, "first").await?;
+    let second = Backend::start_in(host, "second").await?;
+    let s = setup("invalid").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+
+    for (svc, backend) in [("web", &web), ("first", &first), ("second", &second)] {
+        ns.create(&service(svc).port("http", 80).build()).await?;
+        ns.apply(&slice_to(svc, &format!("{svc}-1"), host.ip(), backend.port())).await?;
+    }
+    ns.create(&ingress("broken").class("quic").rule("broken.example.com", "/", "Prefix", "missing", 80).build())
+        .await?;
+    ns.create(&ingress("good").class("quic").rule("good.example.com", "/", "Prefix", "web", 80).build()).await?;
+
+    c.wait_for_backend("good.example.com", "/", "good", TIMEOUT).await?;
+    assert_eq!(c.get("broken.example.com", "/").await?.status, 404);
+    let (type_, note) = wait_for_event(ns, "Ingress", "broken", "ServiceNotFound").await?;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("missing"), "{note}");
+
+    // Two Ingresses claim dup.example.com/: the older one keeps it. The newer one sorts
+    // first by name, so only its age can make it lose; creation timestamps have second
+    // resolution, so it is created in a later second than the older one.
+    let older = ns
+        .create(&ingress("z-older").class("quic").rule("dup.example.com", "/", "Prefix", "first", 80).build())
+        .await?;
+    let created = older.metadata.creation_timestamp.context("no creationTimestamp")?.0;
+    eventually("the clock to pass the older Ingress's second", Duration::from_secs(3), || async {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Ok((now.as_second() > created.as_second()).then_some(()))
+    })
+    .await?;
+    ns.create(&ingress("a-newer").class("quic").rule("dup.example.com", "/", "Prefix", "second", 80).build()).await?;
+    let (type_, note) = wait_for_event(ns, "Ingress", "a-newer", "RouteConflict").await?;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("z-older"), "{note}");
+    let seen = c.tally("dup.example.com", "/", 5).await?;
+    assert_eq!(seen, BTreeMap::from([("first".to_string(), 5)]));
+    assert!(
+        events_for(ns, "Ingress", "z-older").await?.iter().all(|(_, reason, _)| reason != "RouteConflict"),
+        "the older Ingress got a RouteConflict"
+    );
+
+    // Everything else kept working throughout.
+    c.wait_for_backend("good.example.com", "/", "good", TIMEOUT).await?;
+    assert_eq!(c.get("broken.example.com", "/").await?.status, 404);
+    s.finish().await
+}
+
+fn median_and_max(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], samples[samples.len() - 1])
+}
+
+/// Not a speed assertion: figures for the record, printed and written to
+/// `target/e2e-figures.txt`.
+#[tokio::test]
+async fn figures_apply_to_first_request_and_memory() -> Result<()> {
+    const SAMPLES: usize = 20;
+    const BULK: usize = 1000;
+    let host = TestHost::shared().await?;
+    let web = Backend::start_in(host, "figures").await?;
+    let s = setup("figures").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.apply(&slice_to("web", "web-1", host.ip(), web.port())).await?;
+    // One connection for every host, so no handshake is measured.
+    let probe = "probe.example.com";
+    assert_eq!(c.get_via(probe, probe, "/").await?.status, 404);
+
+    // Create an Ingress, then poll every 10 ms until it routes.
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let h = format!("m{i}.example.com");
+        let started = Instant::now();
+        ns.create(&ingress(&format!("m{i}")).class("quic").rule(&h, "/", "Prefix", "web", 80).build()).await?;
+        loop {
+            let reply = c.get_via(probe, &h, "/").await?;
+            if reply.status == 200 {
+                break;
+            }
+            ensure!(reply.status == 404, "unexpected {}: {}", reply.status, reply.text());
+            ensure!(started.elapsed() < TIMEOUT, "{h} not routed after {TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        samples.push(started.elapsed());
+    }
+    let (median, worst) = median_and_max(&mut samples);
+
+    // Memory with 1,000 more Ingresses.
+    let rss_before = c.rss_kib()?;
+    let started = Instant::now();
+    futures::stream::iter(0..BULK)
+        .map(|i| {
+            let h = format!("bulk{i}.example.com");
+            let ing = ingress(&format!("bulk{i}")).class("quic").rule(&h, "/", "Prefix", "web", 80).build();
+            async move { ns.create(&ing).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let created_in = started.elapsed();
+    let want = BULK + SAMPLES;
+    eventually("/debug/routes to list every route", Duration::from_secs(120), || async {
+        let routes = c.debug_routes().await?;
+        let n = routes["routes"].as_array().map(Vec::len).unwrap_or(0);
+        if n >= want { Ok(Some(())) } else { Err(anyhow!("{n} of {want} routes")) }
+    })
+    .await?;
+    let loaded_in = started.elapsed();
+    c.wait_for_backend(&format!("bulk{}.example.com", BULK - 1), "/", "figures", TIMEOUT).await?;
+    let rss_after = c.rss_kib()?;
+
+    let figures = format!(
+        "quic-ingress e2e figures ({} UTC)\n\
+         apply -> first routed request ({SAMPLES} samples, polling every 10 ms): median {:.0} ms, worst {:.0} ms\n\
+         controller RSS: {} MiB with {SAMPLES} Ingresses, {} MiB with {want} Ingresses\n\
+         {BULK} Ingresses created in {:.1} s (16 at a time), all routed after {:.1} s\n",
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S"),
+        median.as_secs_f64() * 1000.0,
+        worst.as_secs_f64() * 1000.0,
+        rss_before / 1024,
+        rss_after / 1024,
+        created_in.as_secs_f64(),
+        loaded_in.as_secs_f64(),
+    );
+    println!("{figures}");
+    let out = repo_root().join("target");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("e2e-figures.txt"), &figures)?;
+    let count = ns.api::<Ingress>().list(&ListParams::default()).await?.items.len();
+    assert_eq!(count, want);
+    s.finish().await
+}
