@@ -113,6 +113,8 @@ impl TestProcess {
     /// Spawns `cmd` with stdout and stderr to `log`, dying with its parent thread.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
         let file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Plain text in log files: no colour escapes.
+        cmd.env("NO_COLOR", "1");
         die_with_parent(&mut cmd).stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
         let shown = format!("{cmd:?}");
         let child = cmd.spawn().with_context(|| format!("starting {name}: {shown}"))?;

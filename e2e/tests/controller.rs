@@ -126,8 +126,11 @@ async fn routes_through_services_and_endpoint_slices() -> Result<()> {
         Ok((seen.get("a").copied().unwrap_or(0) >= 2 && seen.get("b").copied().unwrap_or(0) >= 2).then_some(()))
     })
     .await?;
+    // Round robin alternates; a table rebuild (e.g. after the leader writes status)
+    // restarts the rotation, hence the slack.
     let seen = c.tally("shop.example.com", "/x", 20).await?;
-    assert_eq!(seen, BTreeMap::from([("a".to_string(), 10), ("b".to_string(), 10)]));
+    let (na, nb) = (seen.get("a").copied().unwrap_or(0), seen.get("b").copied().unwrap_or(0));
+    assert!(na + nb == 20 && (8..=12).contains(&na), "{seen:?}");
 
     // No ready endpoint at all: 503 with Retry-After.
     let not_ready = |name: &str, port: u16| {
@@ -241,7 +244,8 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     .await?;
 
     // A BackendGroup's own routes, with weights 3:1 (smooth weighted round robin, so any
-    // 40 consecutive requests split exactly 30/10 while the table stays the same).
+    // 40 consecutive requests split exactly 30/10 while the table stays the same; a
+    // rebuild restarts the rotation, hence the slack).
     eventually("bg.example.com to be routed", TIMEOUT, || async {
         Ok((c.get("bg.example.com", "/").await?.status == 200).then_some(()))
     })
