@@ -206,6 +206,12 @@ impl Controller {
             .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
             .args(["--drain-timeout", "1s"])
             .args(&opts.extra_args);
+        // The controller writes its self-signed default certificate and key under the
+        // temporary directory and leaves them there; keep them in this run's directory,
+        // which the next run removes, rather than in /tmp.
+        let tmp = crate::env::process_dir()?.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        cmd.env("TMPDIR", tmp);
         if let Some(addr) = &opts.publish_address {
             cmd.args(["--publish-address", addr]);
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use quic_ingress_e2e::controller::install_crd;
+use quic_ingress_e2e::controller::{admin_get, install_crd};
 use quic_ingress_e2e::objects::{endpoint_slice, ingress, service};
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
 
@@ -38,7 +38,9 @@ async fn traffic_survives_the_api_server_and_watches_resume() -> Result<()> {
     c.wait_for_backend("shop.example.com", "/", "a", TIMEOUT).await?;
 
     // The API server and etcd go away; the data plane keeps serving its last table.
+    let stopping = Instant::now();
     env.stop().await?;
+    println!("API server and etcd stopped in {:.1?}", stopping.elapsed());
     let mut seen = BTreeMap::new();
     for _ in 0..50 {
         let reply = c.get("shop.example.com", "/").await?;
@@ -47,6 +49,9 @@ async fn traffic_survives_the_api_server_and_watches_resume() -> Result<()> {
     }
     assert_eq!(seen, BTreeMap::from([((200, Some("a".to_string())), 50)]), "while the API server was down");
     c.check_running()?;
+    // Still ready: a lost API server is no reason to be taken out of a load balancer.
+    let (status, _) = admin_get(c.admin_addr(), "/readyz").await?;
+    assert_eq!(status, 200, "/readyz while the API server was down");
 
     // Back on the same port, data and credentials: the watches resume and see changes.
     env.restart().await?;

@@ -500,6 +500,22 @@ async fn invalid_objects_are_skipped_with_events() -> Result<()> {
         "the older Ingress got a RouteConflict"
     );
 
+    // A TLS Secret that holds no certificate: a Warning, and the host is still served
+    // (with the default certificate).
+    ns.apply(&tls_secret("bad-tls", "not a certificate", "not a key").build()).await?;
+    ns.create(
+        &ingress("bad-tls")
+            .class("quic")
+            .rule("tlsbad.example.com", "/", "Prefix", "web", 80)
+            .tls(&["tlsbad.example.com"], "bad-tls")
+            .build(),
+    )
+    .await?;
+    let (type_, note) = wait_for_event(ns, "Ingress", "bad-tls", "InvalidTLSSecret").await?;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("bad-tls"), "{note}");
+    c.wait_for_backend("tlsbad.example.com", "/", "good", TIMEOUT).await?;
+
     // Everything else kept working throughout.
     c.wait_for_backend("good.example.com", "/", "good", TIMEOUT).await?;
     assert_eq!(c.get("broken.example.com", "/").await?.status, 404);
