@@ -61,3 +61,76 @@ impl<B: Body, G> Body for Guarded<B, G> {
         self.inner.size_hint()
     }
 }
+
+pin_project_lite::pin_project! {
+    /// Fails a body that sends nothing for `idle`: a stalled peer must not hold a stream
+    /// (and a connection slot) forever.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self { inner, timer: tokio::time::sleep(idle), idle }
+    }
+}
+
+/// The error an idle body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct IdleError(pub std::time::Duration);
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleError(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_fails_after_the_idle_timeout() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let silent = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let mut body = Box::pin(IdleTimeout::new(silent, std::time::Duration::from_secs(5)));
+        let err = body.as_mut().frame().await.expect("a frame").expect_err("an idle error");
+        assert!(err.to_string().contains("no data for 5s"));
+    }
+
+    fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

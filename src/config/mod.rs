@@ -143,6 +143,9 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// Not in SPEC.md's example: statuses counted healthy, like "200-399".
+    #[serde(default = "default_expected_status")]
+    pub expected_status: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -166,6 +169,9 @@ pub struct PoolConfig {
     pub max_idle_connections: usize,
     #[serde(default = "default_max_per_host")]
     pub max_connections_per_host: usize,
+    /// Not in SPEC.md's example: requests that may wait for a connection slot.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_requests: usize,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
 }
@@ -175,6 +181,7 @@ impl Default for PoolConfig {
         Self {
             max_idle_connections: default_max_idle(),
             max_connections_per_host: default_max_per_host(),
+            max_pending_requests: default_max_pending(),
             idle_timeout: default_idle_timeout(),
         }
     }
@@ -190,6 +197,8 @@ pub struct TimeoutsConfig {
     pub response_headers: HumanDuration,
     #[serde(default = "default_pool_wait")]
     pub pool_wait: HumanDuration,
+    #[serde(default = "default_idle")]
+    pub idle: HumanDuration,
 }
 
 impl Default for TimeoutsConfig {
@@ -198,6 +207,7 @@ impl Default for TimeoutsConfig {
             connect: default_connect_timeout(),
             response_headers: default_response_headers_timeout(),
             pool_wait: default_pool_wait(),
+            idle: default_idle(),
         }
     }
 }
@@ -245,6 +255,9 @@ fn default_unhealthy_threshold() -> u32 {
 fn default_health_path() -> String {
     "/health".into()
 }
+fn default_expected_status() -> String {
+    "200-399".into()
+}
 fn default_max_failures() -> u32 {
     5
 }
@@ -259,6 +272,12 @@ fn default_max_idle() -> usize {
 }
 fn default_max_per_host() -> usize {
     PoolSettings::default().max_connections_per_host
+}
+fn default_max_pending() -> usize {
+    PoolSettings::default().max_pending_requests
+}
+fn default_idle() -> HumanDuration {
+    HumanDuration(Timeouts::default().idle)
 }
 fn default_idle_timeout() -> HumanDuration {
     HumanDuration(PoolSettings::default().idle_timeout)
@@ -348,6 +367,9 @@ impl Config {
                 if hc.unhealthy_threshold == 0 {
                     err(format!("{at}.health_check.unhealthy_threshold"), "must be at least 1".into());
                 }
+                if let Err(e) = crate::upstream::parse_status_range(&hc.expected_status) {
+                    err(format!("{at}.health_check.expected_status"), e);
+                }
                 if !hc.path.starts_with('/') {
                     err(format!("{at}.health_check.path"), format!("{:?} must start with '/'", hc.path));
                 }
@@ -364,6 +386,7 @@ impl Config {
                 ("connect", g.timeouts.connect),
                 ("response_headers", g.timeouts.response_headers),
                 ("pool_wait", g.timeouts.pool_wait),
+                ("idle", g.timeouts.idle),
             ] {
                 if d.0.is_zero() {
                     err(format!("{at}.timeouts.{name}"), "must be greater than 0".into());
@@ -442,6 +465,7 @@ impl Config {
                 connect: g.timeouts.connect.0,
                 response_headers: g.timeouts.response_headers.0,
                 pool_wait: g.timeouts.pool_wait.0,
+                idle: g.timeouts.idle.0,
             };
             let health_check = g.health_check.as_ref().filter(|hc| hc.enabled).map(|hc| HealthCheck {
                 interval: hc.interval.0,
@@ -449,6 +473,7 @@ impl Config {
                 healthy_threshold: hc.healthy_threshold,
                 unhealthy_threshold: hc.unhealthy_threshold,
                 path: hc.path.clone(),
+                expected_status: crate::upstream::parse_status_range(&hc.expected_status).unwrap_or((200, 399)),
             });
             // Passive checks are on unless a group turns them off.
             let passive = match &g.passive {
@@ -508,6 +533,7 @@ fn group_endpoint_spec(g: &BackendGroupConfig, url: BackendUrl) -> EndpointSpec 
         pool: PoolSettings {
             max_idle_connections: g.connection_pool.max_idle_connections,
             max_connections_per_host: g.connection_pool.max_connections_per_host,
+            max_pending_requests: g.connection_pool.max_pending_requests,
             idle_timeout: g.connection_pool.idle_timeout.0,
         },
         connect_timeout: g.timeouts.connect.0,

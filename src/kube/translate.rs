@@ -468,6 +468,10 @@ fn health_check(spec: &super::crd::HealthCheckSpec) -> Result<HealthCheck, Strin
     if let Some(p) = &spec.path {
         check.path = p.clone();
     }
+    if let Some(r) = &spec.expected_status {
+        check.expected_status =
+            crate::upstream::parse_status_range(r).map_err(|e| format!("spec.healthCheck.expectedStatus: {e}"))?;
+    }
     Ok(check)
 }
 

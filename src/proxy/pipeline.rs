@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 
 use super::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
 use super::retry::{is_idempotent, lend};
-use crate::body::{Guarded, ProxyBody, boxed, full};
+use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
 use crate::upstream::{Endpoint, Protocol};
 
@@ -151,7 +151,8 @@ async fn forward(
         };
         let Some(this_body) = body.take() else { break };
         let (lent, lender) = lend(this_body);
-        let upstream_req = upstream_request(Request::from_parts(parts.clone(), boxed(lent)), &endpoint, host, conn);
+        let lent = boxed(IdleTimeout::new(lent, group.timeouts.idle));
+        let upstream_req = upstream_request(Request::from_parts(parts.clone(), lent), &endpoint, host, conn);
         let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req)).await;
         let outcome = match sent {
             Ok(Ok(resp)) => Ok(resp),
@@ -177,7 +178,8 @@ async fn forward(
                         continue;
                     }
                 }
-                let resp = resp.map(|b| boxed(Guarded::new(b, slot)));
+                let idle = group.timeouts.idle;
+                let resp = resp.map(|b| boxed(IdleTimeout::new(Guarded::new(b, slot), idle)));
                 return (resp, route_id, Some(endpoint.address.clone()));
             }
             Err(err) => {

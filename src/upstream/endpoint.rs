@@ -35,6 +35,9 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Requests waiting for a slot, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     /// Probe results; touched by the health checker and status writers, never by requests.
     record: Mutex<HealthRecord>,
     /// Failures seen on real traffic; locked only when a request fails or the endpoint is
@@ -73,6 +76,8 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_waiting: spec.pool.max_pending_requests,
             record: Mutex::new(HealthRecord::default()),
             passive: Mutex::new(PassiveState::default()),
             client: builder.build(connector),
@@ -157,7 +162,22 @@ impl Endpoint {
     pub async fn acquire(self: &Arc<Self>, timeouts: &Timeouts) -> Option<InFlight> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout(timeouts.pool_wait, self.slots.clone().acquire_owned()).await.ok()?.ok()?,
+            Err(_) => {
+                // A bounded queue: past max_waiting, answer 503 now rather than queue.
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                // Counted down on drop, so a request cancelled while waiting leaves the queue.
+                struct Waiting<'a>(&'a AtomicUsize);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                let _waiting = Waiting(&self.waiting);
+                tokio::time::timeout(timeouts.pool_wait, self.slots.clone().acquire_owned()).await.ok()?.ok()?
+            }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight { endpoint: self.clone(), _permit: permit })
@@ -321,6 +341,15 @@ mod tests {
         let first = ep.acquire(&t).await.unwrap();
         assert_eq!(ep.in_flight(), 1);
         assert!(ep.acquire(&t).await.is_none(), "second request waits, then gives up");
+        let mut s2 = spec("http://127.0.0.1:3");
+        s2.pool.max_connections_per_host = 1;
+        s2.pool.max_pending_requests = 0;
+        let busy = reg.endpoint(&s2).unwrap();
+        let _held = busy.acquire(&t).await.unwrap();
+        let slow = Timeouts { pool_wait: std::time::Duration::from_secs(30), ..Timeouts::default() };
+        let started = std::time::Instant::now();
+        assert!(busy.acquire(&slow).await.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "no queue: refused at once");
         drop(first);
         assert_eq!(ep.in_flight(), 0);
         assert!(ep.acquire(&t).await.is_some());

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{Request, StatusCode};
+use http::Request;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -21,6 +21,24 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub path: String,
+    /// Statuses that count as healthy, inclusive.
+    pub expected_status: (u16, u16),
+}
+
+/// Parses an expected status range: `200-399` or a single status like `204`.
+pub fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid status range {text:?}: expected like \"200-399\" or \"204\"");
+    let (lo, hi) = match text.trim().split_once('-') {
+        Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+        None => {
+            let v: u16 = text.trim().parse().map_err(|_| bad())?;
+            (v, v)
+        }
+    };
+    if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 impl Default for HealthCheck {
@@ -31,6 +49,7 @@ impl Default for HealthCheck {
             healthy_threshold: 2,
             unhealthy_threshold: 3,
             path: "/health".into(),
+            expected_status: (200, 399),
         }
     }
 }
@@ -157,13 +176,9 @@ async fn probe(ep: &Endpoint, check: &HealthCheck) -> Result<(), String> {
     match tokio::time::timeout(check.timeout, ep.send(req)).await {
         Err(_) => Err(format!("timed out after {:?}", check.timeout)),
         Ok(Err(e)) => Err(short_error(&e)),
-        Ok(Ok(resp)) if is_healthy_status(resp.status()) => Ok(()),
+        Ok(Ok(resp)) if (check.expected_status.0..=check.expected_status.1).contains(&resp.status().as_u16()) => Ok(()),
         Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
     }
-}
-
-fn is_healthy_status(status: StatusCode) -> bool {
-    status.is_success() || status.is_redirection()
 }
 
 /// The innermost cause, which says what happened ("Connection refused (os error 111)").
@@ -178,6 +193,15 @@ fn short_error(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_ranges_parse() {
+        assert_eq!(parse_status_range("200-399"), Ok((200, 399)));
+        assert_eq!(parse_status_range("204"), Ok((204, 204)));
+        for bad in ["", "abc", "399-200", "99", "200-700"] {
+            assert!(parse_status_range(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn thresholds_flip_health_only_after_enough_results() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
 pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck};
-pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition};
+pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +104,19 @@ pub struct PoolSettings {
     pub max_idle_connections: usize,
     /// Cap on concurrent requests (and so HTTP/1.1 connections) to one endpoint.
     pub max_connections_per_host: usize,
+    /// Cap on requests waiting for a slot; beyond it requests get 503 at once.
+    pub max_pending_requests: usize,
     pub idle_timeout: Duration,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_idle_connections: 100, max_connections_per_host: 1024, idle_timeout: Duration::from_secs(90) }
+        Self {
+            max_idle_connections: 100,
+            max_connections_per_host: 1024,
+            max_pending_requests: 1024,
+            idle_timeout: Duration::from_secs(90),
+        }
     }
 }
 
@@ -122,6 +129,8 @@ pub struct Timeouts {
     pub response_headers: Duration,
     /// How long a request may wait for a free connection slot (`max_connections_per_host`).
     pub pool_wait: Duration,
+    /// How long a request or response body may go without data before it is cut off.
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -130,6 +139,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response_headers: Duration::from_secs(60),
             pool_wait: Duration::from_secs(1),
+            idle: Duration::from_secs(60),
         }
     }
 }
