@@ -18,6 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// naming it (`{"backend": NAME, ...}`, header `x-backend: NAME`). Killed on drop.
 pub struct Backend {
     name: String,
+    /// `--protocol`: `http1` or `h2` (cleartext, prior knowledge).
+    protocol: &'static str,
     addr: SocketAddr,
     host: Option<&'static TestHost>,
     process: Option<TestProcess>,
@@ -28,11 +30,22 @@ impl Backend {
     /// it answers `/health` from the root namespace (through the veth, as the controller
     /// will reach it).
     pub async fn start_in(host: &'static TestHost, name: &str) -> anyhow::Result<Backend> {
+        Self::start_in_with(host, name, "http1").await
+    }
+
+    /// Like [`Backend::start_in`], speaking `protocol` (`http1`, or `h2` for HTTP/2
+    /// cleartext with prior knowledge).
+    pub async fn start_in_with(host: &'static TestHost, name: &str, protocol: &'static str) -> anyhow::Result<Backend> {
         // The namespace belongs to this process, so a counter hands out its ports.
         static NEXT_PORT: AtomicU16 = AtomicU16::new(20000);
         let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let mut backend =
-            Backend { name: name.to_string(), addr: SocketAddr::new(host.ip(), port), host: Some(host), process: None };
+        let mut backend = Backend {
+            name: name.to_string(),
+            protocol,
+            addr: SocketAddr::new(host.ip(), port),
+            host: Some(host),
+            process: None,
+        };
         backend.launch().await?;
         Ok(backend)
     }
@@ -44,7 +57,7 @@ impl Backend {
         loop {
             attempt += 1;
             let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_tcp_port()?);
-            let mut backend = Backend { name: name.to_string(), addr, host: None, process: None };
+            let mut backend = Backend { name: name.to_string(), protocol: "http1", addr, host: None, process: None };
             match backend.launch().await {
                 Ok(()) => return Ok(backend),
                 // The port was taken between picking and binding.
@@ -58,6 +71,7 @@ impl Backend {
         let bin = quic_ingress_bin()?;
         let mut cmd = Command::new(bin);
         cmd.args(["--log-format", "text", "demo-backend", "--listen", &self.addr.to_string(), "--name", &self.name]);
+        cmd.args(["--protocol", self.protocol]);
         let log = log_path(&format!("backend-{}", self.name))?;
         let process = match self.host {
             Some(host) => host.spawn(&format!("backend {}", self.name), &cmd, &log)?,
@@ -70,7 +84,11 @@ impl Backend {
             if let Some(p) = self.process.as_mut() {
                 p.check_running()?;
             }
-            match http_health(self.addr).await {
+            let up = match self.protocol {
+                "h2" => tcp_accepts(self.addr).await,
+                _ => http_health(self.addr).await,
+            };
+            match up {
                 Ok(true) => return Ok(()),
                 Ok(false) | Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,6 +108,10 @@ impl Backend {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn protocol(&self) -> &str {
+        self.protocol
     }
 
     /// Where it listens.
@@ -126,4 +148,10 @@ impl Backend {
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
+}
+
+/// For HTTP/2 backends, which an HTTP/1.1 probe cannot ask: the port accepts connections.
+async fn tcp_accepts(addr: SocketAddr) -> anyhow::Result<bool> {
+    let connect = tokio::net::TcpStream::connect(addr);
+    Ok(tokio::time::timeout(Duration::from_secs(2), connect).await.is_ok_and(|r| r.is_ok()))
 }

@@ -15,12 +15,13 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::ListParams;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::{Api, ListParams, PostParams};
 use quic_ingress::client::TrustOptions;
 use quic_ingress::kube::crd::BackendGroup;
-use quic_ingress_e2e::controller::{GetError, install_crd, kubectl};
-use quic_ingress_e2e::objects::{endpoint_slice, ingress, service, tls_secret};
+use quic_ingress_e2e::controller::{ControllerOptions, GetError, install_crd, kubectl};
+use quic_ingress_e2e::namespace::unique_name;
+use quic_ingress_e2e::objects::{endpoint_slice, ingress, ingress_class, service, tls_secret};
 use quic_ingress_e2e::process::{log_path, repo_root};
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
 use serde_json::json;
@@ -168,6 +169,7 @@ async fn port_names_default_backend_path_types_and_foreign_classes() -> Result<(
             .class("quic")
             .rule("shop.example.com", "/api", "Prefix", "api", "web")
             .rule("shop.example.com", "/exact", "Exact", "exact", 80)
+            .rule("*.wild.example.com", "/", "Prefix", "api", "web")
             .default_backend("fallback", 80)
             .build(),
     )
@@ -186,7 +188,11 @@ async fn port_names_default_backend_path_types_and_foreign_classes() -> Result<(
         ("shop.example.com", "/exact/more", "fallback"),
         ("shop.example.com", "/", "fallback"),
         ("other.example.com", "/api", "fallback"), // the default backend takes any host
-        ("nginx.example.com", "/", "fallback"),    // not the nginx Ingress's backend
+        ("a.wild.example.com", "/", "api"),
+        ("A.Wild.Example.com", "/", "api"),        // hosts compare case-insensitively
+        ("a.b.wild.example.com", "/", "fallback"), // a wildcard is one label
+        ("wild.example.com", "/", "fallback"),
+        ("nginx.example.com", "/", "fallback"), // not the nginx Ingress's backend
     ];
     let mut wrong = Vec::new();
     for (h, path, want) in cases {
@@ -211,6 +217,64 @@ async fn port_names_default_backend_path_types_and_foreign_classes() -> Result<(
     s.finish().await
 }
 
+#[tokio::test]
+async fn legacy_annotation_and_default_ingress_class() -> Result<()> {
+    let host = TestHost::shared().await?;
+    let web = Backend::start_in(host, "web").await?;
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, "classes").await?;
+    install_crd(env).await?;
+    let rbac = ControllerRbac::grant(env, &ns).await?;
+    // A class of this test's own: IngressClasses are cluster-wide, and a default one
+    // must not capture other tests' Ingresses.
+    let class = unique_name("quic-e2e");
+    let mut opts = ControllerOptions::new(ns.name());
+    opts.extra_args = vec!["--ingress-class".into(), class.clone()];
+    let c = Controller::start_with(env, opts).await?;
+
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.apply(&slice_to("web", "web-1", host.ip(), web.port())).await?;
+    // No class at all, while no default class exists (the API server's admission would
+    // otherwise fill in the default class at creation).
+    ns.create(&ingress("classless").rule("classless.example.com", "/", "Prefix", "web", 80).build()).await?;
+    ns.create(
+        &ingress("annotated")
+            .annotation("kubernetes.io/ingress.class", &class)
+            .rule("annotated.example.com", "/", "Prefix", "web", 80)
+            .build(),
+    )
+    .await?;
+    ns.create(
+        &ingress("annotated-other")
+            .annotation("kubernetes.io/ingress.class", "nginx")
+            .rule("other.example.com", "/", "Prefix", "web", 80)
+            .build(),
+    )
+    .await?;
+    c.wait_for_backend("annotated.example.com", "/", "web", TIMEOUT).await?;
+    assert_eq!(
+        c.get("classless.example.com", "/").await?.status,
+        404,
+        "classless Ingress served without a default class"
+    );
+    assert_eq!(c.get("other.example.com", "/").await?.status, 404, "another class's annotation was served");
+
+    // Our class becomes the cluster default: the classless Ingress is ours now.
+    let classes = Api::<IngressClass>::all(env.client()?);
+    classes
+        .create(&PostParams::default(), &ingress_class(&class, "quic-ingress.dev/controller").default_class().build())
+        .await?;
+    let served = c.wait_for_backend("classless.example.com", "/", "web", TIMEOUT).await;
+    let other = c.get("other.example.com", "/").await.map(|r| r.status);
+    classes.delete(&class, &Default::default()).await?;
+    served?;
+    assert_eq!(other?, 404, "another class's annotation was served");
+
+    drop(c);
+    drop(rbac);
+    ns.cleanup().await
+}
+
 fn lb_ip(ing: &Ingress) -> Option<String> {
     ing.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?.ip.clone()
 }
@@ -221,6 +285,8 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     let w1 = Backend::start_local("w1").await?;
     let w2 = Backend::start_local("w2").await?;
     let solo = Backend::start_local("solo").await?;
+    let host = TestHost::shared().await?;
+    let h2 = Backend::start_in_with(host, "h2", "h2").await?;
     let s = setup("groups").await?;
     let (ns, c, env) = (&s.ns, &s.controller, s.env);
 
@@ -243,6 +309,19 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     )
     .await?;
 
+    // Endpoints from a Service's EndpointSlices, spoken to over HTTP/2 cleartext.
+    ns.create(&service("h2svc").port("http", 8080).build()).await?;
+    ns.apply(&slice_to("h2svc", "h2svc-1", host.ip(), h2.port())).await?;
+    ns.create(&backend_group(
+        "via-service",
+        json!({
+            "service": {"name": "h2svc", "port": 8080},
+            "protocol": "h2",
+            "routes": [{"host": "h2.example.com", "path": "/", "pathType": "Prefix"}],
+        }),
+    )?)
+    .await?;
+
     // A BackendGroup's own routes, with weights 3:1 (smooth weighted round robin, so any
     // 40 consecutive requests split exactly 30/10 while the table stays the same; a
     // rebuild restarts the rotation, hence the slack).
@@ -257,6 +336,8 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
 
     // Through an Ingress's backend.resource.
     c.wait_for_backend("res.example.com", "/anything", "solo", TIMEOUT).await?;
+    let reply = c.wait_for_backend("h2.example.com", "/", "h2", TIMEOUT).await?;
+    assert_eq!(reply.json()?["version"], "HTTP/2.0", "{}", reply.text());
 
     // kubectl get bg: the printer columns, filled from the status the leader writes.
     let table = eventually("kubectl get bg to show healthy counts", TIMEOUT, || async {
@@ -264,7 +345,7 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
         cmd.args(["get", "bg", "-n", ns.name()]);
         let out = kubectl(cmd).await?;
         let row = |name: &str| out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or("");
-        let ok = row("weighted").contains("2/2") && row("solo").contains("1/1");
+        let ok = row("weighted").contains("2/2") && row("solo").contains("1/1") && row("via-service").contains("1/1");
         if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
     })
     .await?;
@@ -279,6 +360,7 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     };
     assert_eq!(row("weighted")[1..4], ["round_robin", "2/2", "True"], "{table}");
     assert_eq!(row("solo")[1..4], ["least_connections", "1/1", "True"], "{table}");
+    assert_eq!(row("via-service")[1..4], ["round_robin", "1/1", "True"], "{table}");
     s.finish().await
 }
 
