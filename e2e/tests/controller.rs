@@ -16,7 +16,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use quic_ingress::client::TrustOptions;
 use quic_ingress::kube::crd::BackendGroup;
 use quic_ingress_e2e::controller::{ControllerOptions, GetError, install_crd, kubectl};
@@ -361,6 +361,22 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     assert_eq!(row("weighted")[1..4], ["round_robin", "2/2", "True"], "{table}");
     assert_eq!(row("solo")[1..4], ["least_connections", "1/1", "True"], "{table}");
     assert_eq!(row("via-service")[1..4], ["round_robin", "1/1", "True"], "{table}");
+
+    // A spec change is acknowledged in status: observedGeneration follows generation.
+    let groups = ns.api::<BackendGroup>();
+    groups.patch("solo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"strategy": "random"}}))).await?;
+    let status = eventually("status to observe the new generation", TIMEOUT, || async {
+        let bg = groups.get("solo").await?;
+        let status = bg.status.ok_or_else(|| anyhow!("no status"))?;
+        if bg.metadata.generation == Some(2) && status.observed_generation == Some(2) {
+            Ok(Some(status))
+        } else {
+            Err(anyhow!("generation {:?}, observed {:?}", bg.metadata.generation, status.observed_generation))
+        }
+    })
+    .await?;
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").context("no Ready condition")?;
+    assert_eq!((ready.status.as_str(), ready.observed_generation), ("True", Some(2)), "{ready:?}");
     s.finish().await
 }
 
@@ -581,6 +597,30 @@ async fn invalid_objects_are_skipped_with_events() -> Result<()> {
         events_for(ns, "Ingress", "z-older").await?.iter().all(|(_, reason, _)| reason != "RouteConflict"),
         "the older Ingress got a RouteConflict"
     );
+
+    // A BackendGroup the controller cannot build, and an Ingress naming one that does not
+    // exist: Events, and a Ready=False condition on the first.
+    ns.create(&backend_group("unbuildable", json!({"service": {"name": "web", "port": 80}, "protocol": "h3"}))?)
+        .await?;
+    ns.create(
+        &ingress("to-nowhere")
+            .class("quic")
+            .resource_rule("nowhere.example.com", "/", "Prefix", "quic-ingress.dev", "BackendGroup", "absent")
+            .build(),
+    )
+    .await?;
+    let (type_, _) = wait_for_event(ns, "BackendGroup", "unbuildable", "InvalidBackendGroup").await?;
+    assert_eq!(type_, "Warning");
+    let (type_, note) = wait_for_event(ns, "Ingress", "to-nowhere", "BackendGroupNotFound").await?;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("absent"), "{note}");
+    let groups = ns.api::<BackendGroup>();
+    let ready = eventually("Ready=False on the unbuildable BackendGroup", TIMEOUT, || async {
+        let status = groups.get("unbuildable").await?.status.ok_or_else(|| anyhow!("no status"))?;
+        Ok(status.conditions.into_iter().find(|c| c.type_ == "Ready"))
+    })
+    .await?;
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidBackendGroup"), "{ready:?}");
 
     // A TLS Secret that holds no certificate: a Warning, and the host is still served
     // (with the default certificate).
