@@ -31,7 +31,7 @@ run: release
 deps: system-deps python-deps
 
 system-deps:
-	@scripts/ensure-packages.sh curl
+	@scripts/ensure-packages.sh curl prometheus
 
 python-deps: $(VENV)/.installed-$(shell sha256sum tests/clients/requirements.txt 2>/dev/null | cut -c1-12)
 

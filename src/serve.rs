@@ -97,10 +97,12 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(path: &Path) -> Result<(), ServeError> {
     let Checked { config, listen, certs } = check(path, true)?;
     let registry = Arc::new(EndpointRegistry::default());
+    let build_started = std::time::Instant::now();
     let table = config
         .compile(&registry, certs.clone(), 1)
         .map_err(|errors| ConfigError::Invalid { file: path.display().to_string(), errors })?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
+    crate::telemetry::metrics::record_table(&table, build_started.elapsed());
     // Transitions are logged by the checker; standalone mode has nothing else to tell.
     let (transitions, _transitions_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut checker = HealthChecker::new(transitions);
@@ -210,6 +212,7 @@ impl Reloader {
             }
         };
         let certs = if config.server.cert_file.is_some() { certs } else { self.dev_certs.clone() };
+        let build_started = std::time::Instant::now();
         let table = match config.compile(&self.registry, certs, self.generation + 1) {
             Ok(t) => t,
             Err(errors) => {
@@ -224,6 +227,7 @@ impl Reloader {
         self.generation += 1;
         checker.sync(&table);
         tracing::info!(generation = self.generation, routes = table.route_count(), "configuration reloaded");
+        crate::telemetry::metrics::record_table(&table, build_started.elapsed());
         plane.publish(table);
         Some(config.server.drain_timeout.0)
     }

@@ -164,7 +164,10 @@ where
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(_) => {
+                    crate::telemetry::metrics::METRICS.watch_events.with_label_values(&[kind.as_str()]).inc();
+                    changed.notify_one()
+                }
                 Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
             }
         }
@@ -296,6 +299,7 @@ async fn rebuild_loop(
                 (ns.clone(), name.clone(), current)
             })
             .collect();
+        crate::telemetry::metrics::record_table(&t.table, started.elapsed());
         tables.store(Arc::new(t.table));
         ready.set(true);
         tracing::info!(

@@ -50,7 +50,19 @@ async fn connection(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
-    let conn = incoming.await?;
+    let m = &crate::telemetry::metrics::METRICS;
+    let conn = match incoming.await {
+        Ok(c) => {
+            m.quic_handshakes.with_label_values(&["ok"]).inc();
+            c
+        }
+        Err(e) => {
+            m.quic_handshakes.with_label_values(&["error"]).inc();
+            return Err(e.into());
+        }
+    };
+    m.quic_connections_open.inc();
+    let _open = ConnectionGauge(conn.clone());
     let client = conn.remote_address();
     let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
     let mut closing = false;
@@ -78,6 +90,19 @@ async fn connection(
             Err(e) if e.is_h3_no_error() => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Counts a connection as open until dropped, then records its path statistics.
+struct ConnectionGauge(quinn::Connection);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        let m = &crate::telemetry::metrics::METRICS;
+        m.quic_connections_open.dec();
+        let stats = self.0.stats();
+        m.quic_rtt.observe(stats.path.rtt.as_secs_f64());
+        m.quic_lost_packets.inc_by(stats.path.lost_packets);
     }
 }
 

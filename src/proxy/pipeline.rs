@@ -14,6 +14,7 @@ use super::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_b
 use super::retry::{is_idempotent, lend};
 use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
+use crate::telemetry::metrics::{METRICS, method_label};
 use crate::upstream::{Endpoint, Protocol};
 
 /// What the pipeline knows about the downstream connection.
@@ -91,6 +92,18 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
     let path = req.uri().path().to_string();
 
     let (mut resp, route_id, backend) = forward(tables, req, host.as_deref(), conn).await;
+    let elapsed = started.elapsed();
+    let route_label = route_id.as_deref().unwrap_or("");
+    METRICS
+        .http_requests
+        .with_label_values(&[
+            method_label(&method),
+            resp.status().as_str(),
+            backend.as_deref().unwrap_or(""),
+            route_label,
+        ])
+        .inc();
+    METRICS.http_request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
 
     strip_hop_by_hop(resp.headers_mut());
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -103,7 +116,7 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
         route = route_id.as_deref().unwrap_or(""),
         backend = backend.as_deref().unwrap_or(""),
         status = resp.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         client_ip = %conn.client.ip(),
         protocol = ?conn.protocol,
         "request"
@@ -138,8 +151,11 @@ async fn forward(
     let mut last: Option<(ProxyError, String)> = None;
 
     for attempt in 0..MAX_ATTEMPTS {
-        if attempt > 0 && !group.retry_budget.withdraw() {
-            break;
+        if attempt > 0 {
+            if !group.retry_budget.withdraw() {
+                break;
+            }
+            METRICS.retries.with_label_values(&[route.id.as_str()]).inc();
         }
         let excluded: Vec<&Arc<Endpoint>> = tried.iter().collect();
         let Some(endpoint) = group.pick(&excluded).cloned() else { break };

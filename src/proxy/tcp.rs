@@ -72,11 +72,14 @@ pub async fn serve(
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
+                let m = &crate::telemetry::metrics::METRICS;
+                m.tcp_connections_open.inc();
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(tls), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(error = %e, "connection error");
                 }
+                m.tcp_connections_open.dec();
             }
             .instrument(span),
         );

@@ -64,6 +64,12 @@ fn route<B>(req: &Request<B>, tables: &Tables, ready: &Readiness) -> Response<Pr
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut resp = Response::new(full(super::metrics::METRICS.render()));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }
         "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/debug/routes" => {

@@ -22,3 +22,4 @@ pub fn init_logging(format: LogFormat, default_filter: &str) {
         LogFormat::Text => builder.try_init(),
     };
 }
+pub mod metrics;

@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::connector::EndpointConnector;
 use super::{BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, UpstreamError, UpstreamTls};
 use crate::body::ProxyBody;
+use crate::telemetry::metrics::METRICS;
 
 /// Everything that identifies an endpoint's client: two groups naming the same URL with
 /// the same settings share one pool.
@@ -35,6 +36,9 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Metric handles resolved once, so requests do no label look-ups here.
+    active_gauge: prometheus::IntGauge,
+    healthy_gauge: prometheus::IntGauge,
     /// Requests waiting for a slot, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -70,8 +74,14 @@ impl Endpoint {
             .pool_idle_timeout(spec.pool.idle_timeout)
             .pool_max_idle_per_host(spec.pool.max_idle_connections)
             .http2_only(spec.url.protocol == Protocol::H2c);
+        let address = spec.url.address();
+        let active_gauge = METRICS.active_connections.with_label_values(&[address.as_str()]);
+        let healthy_gauge = METRICS.backend_healthy.with_label_values(&[address.as_str()]);
+        healthy_gauge.set(1);
         Ok(Self {
-            address: spec.url.address(),
+            active_gauge,
+            healthy_gauge,
+            address,
             url: spec.url.clone(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -94,6 +104,7 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.healthy_gauge.set(i64::from(healthy));
     }
 
     /// Whether a request may be sent here. An endpoint ejected by passive checks gets one
@@ -133,6 +144,7 @@ impl Endpoint {
         if state.consecutive_failures >= policy.max_failures && self.is_healthy() {
             state.ejected_until = Some(now + policy.cooldown);
             self.set_healthy(false);
+            METRICS.passive_ejections.with_label_values(&[self.address.as_str()]).inc();
             return Some(false);
         }
         if !self.is_healthy() && state.ejected_until.is_some() {
@@ -180,6 +192,7 @@ impl Endpoint {
             }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.active_gauge.inc();
         Some(InFlight { endpoint: self.clone(), _permit: permit })
     }
 
@@ -220,6 +233,15 @@ impl Default for PassiveState {
     }
 }
 
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // No table names this endpoint any more: drop its series so churn of endpoints
+        // does not grow the metric set.
+        let _ = METRICS.active_connections.remove_label_values(&[self.address.as_str()]);
+        let _ = METRICS.backend_healthy.remove_label_values(&[self.address.as_str()]);
+    }
+}
+
 /// A request's claim on an endpoint: counts toward least-connections and holds a connection
 /// slot until dropped (when the response body is done).
 pub struct InFlight {
@@ -236,6 +258,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.active_gauge.dec();
     }
 }
 

@@ -152,6 +152,8 @@ impl Drop for HealthChecker {
 async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck, transitions: mpsc::UnboundedSender<Transition>) {
     loop {
         let result = probe(&ep, &check).await;
+        let label = if result.is_ok() { "healthy" } else { "unhealthy" };
+        crate::telemetry::metrics::METRICS.health_checks.with_label_values(&[label]).inc();
         if let Some(healthy) = ep.observe_probe(result, &check) {
             let reason = if healthy {
                 format!("{} consecutive successful checks", check.healthy_threshold)

@@ -101,11 +101,15 @@ impl Proc {
     }
 }
 
-fn log_file(name: &str) -> Stdio {
+/// Where a child process's stderr (its log lines) goes.
+pub fn log_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join("quic-ingress-test-logs");
     let _ = std::fs::create_dir_all(&dir);
-    let file = std::fs::File::create(dir.join(format!("{name}-{}.log", std::process::id()))).expect("log file");
-    Stdio::from(file)
+    dir.join(format!("{name}-{}.log", std::process::id()))
+}
+
+fn log_file(name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(log_path(name)).expect("log file"))
 }
 
 /// A demo backend process.
@@ -155,6 +159,8 @@ impl Backend {
 /// A `quic-ingress serve` process with its config file.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The proxy's log (JSON lines).
+    pub log: PathBuf,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub proc: Proc,
@@ -186,7 +192,8 @@ impl Proxy {
             .stderr(log_file(&format!("proxy-{port}")))
             .spawn()
             .expect("spawn proxy");
-        let mut proxy = Self { addr, admin, config_path, proc: Proc { child, name: format!("proxy {port}") } };
+        let log = log_path(&format!("proxy-{port}"));
+        let mut proxy = Self { addr, log, admin, config_path, proc: Proc { child, name: format!("proxy {port}") } };
         let start = Instant::now();
         loop {
             if http_get(admin, "/readyz").await.is_some_and(|(s, _)| s == 200) {
