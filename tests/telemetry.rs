@@ -45,7 +45,13 @@ impl Prometheus {
     async fn value(&self, promql: &str) -> Option<f64> {
         let encoded: String = promql
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let (_, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}")).await?;
         // http_get does not undo chunked encoding; take the JSON object in the body.
@@ -78,7 +84,9 @@ async fn prometheus_scrapes_request_counts_that_match_the_traffic() {
     }
     let prom = Prometheus::start(proxy.admin).await;
     let backend = b.addr.to_string();
-    let ok = format!("sum(quic_ingress_http_requests_total{{route=\"shop\",status=\"200\",method=\"GET\",backend=\"{backend}\"}})");
+    let ok = format!(
+        "sum(quic_ingress_http_requests_total{{route=\"shop\",status=\"200\",method=\"GET\",backend=\"{backend}\"}})"
+    );
     let mut seen = None;
     for _ in 0..150 {
         seen = prom.value(&ok).await;
@@ -108,7 +116,8 @@ async fn access_logs_are_json_with_the_spec_fields() {
     ))
     .await;
     let c = proxy.h3().await;
-    let req = http::Request::post("https://localhost/logged?q=1").header("x-request-id", "log-test-1").body(()).unwrap();
+    let req =
+        http::Request::post("https://localhost/logged?q=1").header("x-request-id", "log-test-1").body(()).unwrap();
     assert_eq!(h3_send(&c, req, quic_ingress::client::RequestBody::Empty).await.status, 200);
     let mut line = None;
     for _ in 0..100 {

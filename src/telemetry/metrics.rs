@@ -169,6 +169,52 @@ mod tests {
         assert!(text.contains("quic_ingress_quic_connections_open 0"));
     }
 
+    /// Every metric family name registered.
+    fn family_names() -> Vec<String> {
+        use prometheus::core::Collector;
+        let m = &*METRICS;
+        let collectors: Vec<&dyn Collector> = vec![
+            &m.http_requests,
+            &m.http_request_duration,
+            &m.active_connections,
+            &m.backend_healthy,
+            &m.retries,
+            &m.quic_connections_open,
+            &m.quic_handshakes,
+            &m.quic_rtt,
+            &m.quic_lost_packets,
+            &m.tcp_connections_open,
+            &m.health_checks,
+            &m.passive_ejections,
+            &m.route_table_generation,
+            &m.route_table_routes,
+            &m.route_table_build_seconds,
+            &m.watch_events,
+        ];
+        collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    #[test]
+    fn the_grafana_dashboard_only_uses_exported_metrics() {
+        let families = family_names();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json")).expect("dashboard JSON");
+        let mut used = 0;
+        for target in
+            dashboard["panels"].as_array().into_iter().flatten().flat_map(|p| p["targets"].as_array()).flatten()
+        {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("quic_ingress_") {
+                    used += 1;
+                    let family = word.trim_end_matches("_bucket");
+                    assert!(families.iter().any(|f| f == family), "the dashboard uses {word}, which is not exported");
+                }
+            }
+        }
+        assert!(used > 10, "the dashboard should chart the main metrics");
+    }
+
     #[test]
     fn unknown_methods_fold_into_other() {
         assert_eq!(method_label(&http::Method::from_bytes(b"PROPFIND").unwrap()), "OTHER");
