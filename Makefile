@@ -48,7 +48,7 @@ test-unit:
 	cargo test --lib --bins
 
 test-integration: deps build
-	cargo test -p quic-ingress --tests
+	cargo test -p quic-ingress --test '*'
 
 test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e)
 	@echo "make test: all suites passed"
