@@ -5,6 +5,13 @@
 //! `e2e/README.md`), or a cluster named by `QUIC_INGRESS_TEST_KUBECONFIG`. Each test works
 //! in its own [`TestNamespace`] and builds objects with the builders in [`objects`].
 //!
+//! Tests of the controller run it as a process ([`Controller`], as the unprivileged
+//! `controller` identity with [`ControllerRbac`]) and send it HTTP/3 requests; backends
+//! that EndpointSlices name run in the test binary's network namespace ([`TestHost`],
+//! [`Backend::start_in`]), since the API server refuses loopback endpoints and tests may
+//! not send traffic to the machine's own address. [`TestEnv::start_private`] gives a test a
+//! control plane of its own to stop and restart.
+//!
 //! ```no_run
 //! use quic_ingress_e2e::{objects::service, TestEnv, TestNamespace};
 //! # async fn demo() -> anyhow::Result<()> {
