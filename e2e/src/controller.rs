@@ -468,3 +468,17 @@ fn parse_http1(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     }
     Ok((status, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_http1;
+
+    #[test]
+    fn parses_plain_and_chunked_http1_responses() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n";
+        assert_eq!(parse_http1(plain).unwrap(), (200, b"ready\n".to_vec()));
+        let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n6\r\nready\n\r\n0\r\n\r\n";
+        assert_eq!(parse_http1(chunked).unwrap(), (503, b"not ready\n".to_vec()));
+        assert!(parse_http1(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+}
