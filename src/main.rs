@@ -11,7 +11,8 @@ use quic_ingress::client::{self, H3Client, RequestBody, TrustOptions};
 use quic_ingress::demo_backend::{self, DemoProtocol};
 use quic_ingress::kube::controller::{self, ControllerOptions};
 use quic_ingress::kube::status::Publish;
-use quic_ingress::telemetry::{LogFormat, init_logging};
+use quic_ingress::telemetry::traces::TracingConfig;
+use quic_ingress::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,12 @@ enum Command {
         /// How long in-flight requests may take to finish after SIGTERM.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         drain_timeout: std::time::Duration,
+        /// Export traces over OTLP/HTTP to this URL (e.g. http://otel-collector:4318).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
+        /// Share of new traces sampled.
+        #[arg(long, default_value = "1.0")]
+        trace_sampling_ratio: f64,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -121,7 +128,6 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Get { .. } | Command::CheckConfig { .. } | Command::Crd);
-    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -129,7 +135,28 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(cli.command))
+    let traces = trace_settings(&cli.command);
+    runtime.block_on(async {
+        if let Err(e) = telemetry::init(cli.log_format, if quiet { "warn" } else { "info" }, traces.as_ref()) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        let code = run(cli.command).await;
+        telemetry::traces::shutdown();
+        code
+    })
+}
+
+/// Trace export settings: from the config file in standalone mode (read early, since
+/// logging starts before the file is validated), from flags in the controller.
+fn trace_settings(command: &Command) -> Option<TracingConfig> {
+    match command {
+        Command::Serve { config } => quic_ingress::config::load(config).ok()?.telemetry.tracing,
+        Command::Controller { otlp_endpoint: Some(endpoint), trace_sampling_ratio, .. } => {
+            Some(TracingConfig { endpoint: endpoint.clone(), sampling_ratio: *trace_sampling_ratio })
+        }
+        _ => None,
+    }
 }
 
 async fn run(command: Command) -> ExitCode {
@@ -154,6 +181,8 @@ async fn run(command: Command) -> ExitCode {
             default_cert,
             default_key,
             drain_timeout,
+            otlp_endpoint: _,
+            trace_sampling_ratio: _,
         } => {
             let publish = match (publish_service, publish_address) {
                 (Some(svc), _) => match svc.split_once('/') {

@@ -61,8 +61,7 @@ pub fn check(path: &Path, generate_dev_cert: bool) -> Result<Checked, ServeError
             CertSet::with_default(key)
         }
         _ if generate_dev_cert => {
-            let dir = std::env::temp_dir().join(format!("quic-ingress-{}", std::process::id()));
-            let dev = tls::generate_dev_cert(&config.hosts(), &dir)?;
+            let dev = tls::generate_dev_cert(&config.hosts(), &tls::dev_cert_dir())?;
             tracing::warn!(
                 cert_file = %dev.cert_path.display(),
                 key_file = %dev.key_path.display(),
@@ -161,6 +160,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
     let drained = plane.shutdown(drain).await;
     drop(checker);
     stop_admin.cancel();
+    let _ = std::fs::remove_dir_all(tls::dev_cert_dir());
     if drained {
         tracing::info!("drained, exiting");
     } else {

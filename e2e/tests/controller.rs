@@ -718,12 +718,8 @@ async fn only_the_leader_writes_and_a_follower_takes_over() -> Result<()> {
     ns.cleanup().await
 }
 
-/// Each Ingress that names a missing Service should be told so. Fails today: see the
-/// `ignore` reason.
+/// Each Ingress that names a missing Service is told so, not only the first.
 #[tokio::test]
-#[ignore = "src bug: translate.rs service_group memoizes a failed Service lookup per \
-            service:ns/name:port and records the ServiceNotFound problem only for the first \
-            Ingress that names it, so later Ingresses get no Event"]
 async fn every_ingress_naming_a_missing_service_gets_an_event() -> Result<()> {
     let s = setup("missing-svc").await?;
     let ns = &s.ns;

@@ -83,11 +83,13 @@ pub enum CongestionControl {
 pub struct TelemetryConfig {
     #[serde(default = "default_admin_address")]
     pub admin_address: String,
+    /// OpenTelemetry traces over OTLP/HTTP; off when absent.
+    pub tracing: Option<crate::telemetry::traces::TracingConfig>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { admin_address: default_admin_address() }
+        Self { admin_address: default_admin_address(), tracing: None }
     }
 }
 
@@ -328,6 +330,18 @@ impl Config {
                 "telemetry.admin_address".into(),
                 format!("{:?} is not an address with a port: {e}", self.telemetry.admin_address),
             );
+        }
+        if let Some(t) = &self.telemetry.tracing {
+            let ok_url = t
+                .endpoint
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+            if !ok_url {
+                err("telemetry.tracing.endpoint".into(), format!("{:?} is not an http(s) URL", t.endpoint));
+            }
+            if !(0.0..=1.0).contains(&t.sampling_ratio) {
+                err("telemetry.tracing.sampling_ratio".into(), "must be between 0 and 1".into());
+            }
         }
         match (&self.server.cert_file, &self.server.key_file) {
             (Some(_), None) => err("server.key_file".into(), "required when server.cert_file is set".into()),

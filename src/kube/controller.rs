@@ -181,8 +181,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let default_cert = match &opts.default_cert {
         Some((cert, key)) => tls::load_certified_key(cert, key)?,
         None => {
-            let dir = std::env::temp_dir().join(format!("quic-ingress-{}", std::process::id()));
-            let dev = tls::generate_dev_cert(&[], &dir)?;
+            let dev = tls::generate_dev_cert(&[], &tls::dev_cert_dir())?;
             tracing::info!(cert_file = %dev.cert_path.display(), spki_sha256 = %dev.spki_sha256, "default certificate is self-signed");
             dev.key
         }
@@ -232,6 +231,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining in-flight requests");
     plane.shutdown(opts.drain_timeout).await;
     stop_admin.cancel();
+    let _ = std::fs::remove_dir_all(tls::dev_cert_dir());
     Ok(())
 }
 

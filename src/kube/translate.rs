@@ -98,6 +98,7 @@ pub fn translate(
         builder: RouteTableBuilder::new(settings.default_cert.clone().map(CertSet::with_default).unwrap_or_default()),
         problems: Vec::new(),
         groups_by_id: BTreeMap::new(),
+        service_failures: BTreeMap::new(),
     };
 
     // Oldest first: the first object to claim a host and path keeps it.
@@ -153,6 +154,8 @@ struct Translator<'a> {
     problems: Vec<Problem>,
     /// Groups compiled so far by id; `None` records a group that could not be built.
     groups_by_id: BTreeMap<String, Option<Arc<BackendGroup>>>,
+    /// Why a Service group could not be built, so every Ingress naming it is told.
+    service_failures: BTreeMap<String, (&'static str, String)>,
 }
 
 impl Translator<'_> {
@@ -278,6 +281,10 @@ impl Translator<'_> {
     /// A plain Service backend: round robin over its ready endpoints.
     fn service_group(&mut self, ing: &Ingress, ns: &str, name: &str, port: &PortRef) -> Option<Arc<BackendGroup>> {
         let id = format!("service:{ns}/{name}:{port}");
+        if let Some((reason, message)) = self.service_failures.get(&id).cloned() {
+            self.problem("Ingress", ing, reason, message);
+            return None;
+        }
         if let Some(existing) = self.groups_by_id.get(&id) {
             return existing.clone();
         }
@@ -292,7 +299,8 @@ impl Translator<'_> {
         let group = match built {
             Ok(g) => Some(g),
             Err((reason, message)) => {
-                self.problem("Ingress", ing, reason, message);
+                self.problem("Ingress", ing, reason, message.clone());
+                self.service_failures.insert(id.clone(), (reason, message));
                 None
             }
         };

@@ -338,6 +338,18 @@ fn dangling_backends_are_reported_and_the_rest_still_routes() {
 }
 
 #[test]
+fn every_ingress_naming_a_missing_service_is_told() {
+    let mut world = shop_world();
+    world.ingresses = vec![
+        ingress("shop", "one").rule(Some("one.com"), "/", "Prefix", svc_backend("missing", 80)).build(),
+        ingress("shop", "two").rule(Some("two.com"), "/", "Prefix", svc_backend("missing", 80)).build(),
+    ];
+    let t = run(&world);
+    let named: Vec<_> = t.problems.iter().filter(|p| p.reason == "ServiceNotFound").map(|p| p.name.as_str()).collect();
+    assert_eq!(named, vec!["one", "two"]);
+}
+
+#[test]
 fn backend_groups_by_resource_and_by_their_own_routes() {
     let mut world = shop_world();
     world.groups = vec![

@@ -16,6 +16,8 @@ use tracing::Instrument;
 
 use super::pipeline::{self, ConnInfo, Downstream, Tables};
 use crate::body::{BoxError, ProxyBody};
+use crate::telemetry::traces;
+use tracing::Span;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
@@ -29,7 +31,12 @@ pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: Cancella
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
-        let span = tracing::debug_span!("quic_connection", %remote);
+        // Exported spans are info level; without an exporter the span only tags debug logs.
+        let span = if traces::enabled() {
+            tracing::info_span!("quic_connection", %remote)
+        } else {
+            tracing::debug_span!("quic_connection", %remote)
+        };
         let (tables, shutdown, t) = (tables.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(
             async move {
@@ -80,8 +87,9 @@ async fn connection(
         match accepted {
             Ok(Some(resolver)) => {
                 let tables = tables.clone();
+                let conn_span = tracing::Span::current();
                 tracker.spawn(async move {
-                    if let Err(e) = request(resolver, tables, client).await {
+                    if let Err(e) = request(resolver, tables, client, conn_span).await {
                         tracing::debug!(error = %e, "request stream failed");
                     }
                 });
@@ -110,8 +118,21 @@ async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     tables: Tables,
     client: std::net::SocketAddr,
+    conn_span: tracing::Span,
 ) -> Result<(), BoxError> {
-    let (req, stream) = resolver.resolve_request().await?;
+    let tracing_on = traces::enabled();
+    let parse_span = if tracing_on { tracing::info_span!(parent: &conn_span, "http3_parse") } else { Span::none() };
+    let (req, stream) = resolver.resolve_request().instrument(parse_span).await?;
+    let request_span = if tracing_on {
+        let span = tracing::info_span!(
+            parent: &conn_span, "http_request",
+            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+        );
+        traces::set_remote_parent(&span, req.headers());
+        span
+    } else {
+        Span::none()
+    };
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let mut body = H3RequestBody::new(recv, content_length(&parts.headers));
@@ -119,8 +140,11 @@ async fn request(
         body.peek_end(Duration::from_millis(100)).await;
     }
     let req = Request::from_parts(parts, crate::body::boxed(body));
-    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3 }).await;
-    send_response(&mut send, resp).await
+    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3 })
+        .instrument(request_span.clone())
+        .await;
+    let send_span = if tracing_on { tracing::info_span!(parent: &request_span, "response_send") } else { Span::none() };
+    send_response(&mut send, resp).instrument(send_span).await
 }
 
 /// Streams a response to the client frame by frame.

@@ -15,7 +15,9 @@ use super::retry::{is_idempotent, lend};
 use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
 use crate::telemetry::metrics::{METRICS, method_label};
+use crate::telemetry::traces;
 use crate::upstream::{Endpoint, Protocol};
+use tracing::{Instrument, Span};
 
 /// What the pipeline knows about the downstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -137,9 +139,13 @@ async fn forward(
 ) -> (Response<ProxyBody>, Option<String>, Option<String>) {
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     // One load per request: the whole request sees one table.
-    let route = match tables.load().lookup(host, path_and_query) {
-        Some(route) => route.clone(),
-        None => return (ProxyError::NoRoute.response(), None, None),
+    let tracing_on = traces::enabled();
+    let route = {
+        let _span = if tracing_on { tracing::info_span!("route_match").entered() } else { Span::none().entered() };
+        match tables.load().lookup(host, path_and_query) {
+            Some(route) => route.clone(),
+            None => return (ProxyError::NoRoute.response(), None, None),
+        }
     };
     let route_id = Some(route.id.clone());
     let group = &route.group;
@@ -157,10 +163,11 @@ async fn forward(
             }
             METRICS.retries.with_label_values(&[route.id.as_str()]).inc();
         }
+        let balance_span = if tracing_on { tracing::info_span!("load_balance", attempt) } else { Span::none() };
         let excluded: Vec<&Arc<Endpoint>> = tried.iter().collect();
-        let Some(endpoint) = group.pick(&excluded).cloned() else { break };
+        let Some(endpoint) = balance_span.in_scope(|| group.pick(&excluded).cloned()) else { break };
         tried.push(endpoint.clone());
-        let Some(slot) = endpoint.acquire(&group.timeouts).await else {
+        let Some(slot) = endpoint.acquire(&group.timeouts).instrument(balance_span).await else {
             // Nothing was sent: another endpoint may have room.
             last = Some((ProxyError::PoolFull, endpoint.address.clone()));
             continue;
@@ -168,8 +175,16 @@ async fn forward(
         let Some(this_body) = body.take() else { break };
         let (lent, lender) = lend(this_body);
         let lent = boxed(IdleTimeout::new(lent, group.timeouts.idle));
-        let upstream_req = upstream_request(Request::from_parts(parts.clone(), lent), &endpoint, host, conn);
-        let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req)).await;
+        let mut upstream_req = upstream_request(Request::from_parts(parts.clone(), lent), &endpoint, host, conn);
+        let backend_span = if tracing_on {
+            tracing::info_span!("backend_request", otel.kind = "client", server.address = %endpoint.address)
+        } else {
+            Span::none()
+        };
+        traces::inject(&backend_span, upstream_req.headers_mut());
+        let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(upstream_req))
+            .instrument(backend_span)
+            .await;
         let outcome = match sent {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {

@@ -65,9 +65,20 @@ pub async fn serve(
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (tables, alt_svc) = (tables.clone(), alt_svc.clone());
                     async move {
+                        let span = if crate::telemetry::traces::enabled() {
+                            let span = tracing::info_span!(
+                                "http_request",
+                                otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+                            );
+                            crate::telemetry::traces::set_remote_parent(&span, req.headers());
+                            span
+                        } else {
+                            tracing::Span::none()
+                        };
                         let req = req.map(crate::body::boxed);
-                        let mut resp =
-                            pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::Tcp }).await;
+                        let mut resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::Tcp })
+                            .instrument(span)
+                            .await;
                         resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
                         Ok::<_, std::convert::Infallible>(resp)
                     }

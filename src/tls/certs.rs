@@ -46,17 +46,34 @@ pub struct DevCert {
     pub spki_sha256: String,
 }
 
+/// Where this process writes its development certificate; removed at exit.
+pub fn dev_cert_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("quic-ingress-{}", std::process::id()))
+}
+
 /// Generates a self-signed certificate for `names` (plus localhost and loopback) into `dir`.
 pub fn generate_dev_cert(names: &[String], dir: &Path) -> Result<DevCert, TlsError> {
     let gen_err = |e: &dyn std::fmt::Display| TlsError::Generate(e.to_string());
     let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     sans.extend(names.iter().filter(|n| !sans.contains(n)).cloned().collect::<Vec<_>>());
     let generated = rcgen::generate_simple_self_signed(sans).map_err(|e| gen_err(&e))?;
-    std::fs::create_dir_all(dir).map_err(|e| gen_err(&e))?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| gen_err(&e))?;
+        // The private key is readable by this user only.
+        let mut key_file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("dev-key.pem"))
+            .map_err(|e| gen_err(&e))?;
+        std::io::Write::write_all(&mut key_file, generated.signing_key.serialize_pem().as_bytes())
+            .map_err(|e| gen_err(&e))?;
+    }
     let cert_path = dir.join("dev-cert.pem");
     let key_path = dir.join("dev-key.pem");
     std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| gen_err(&e))?;
-    std::fs::write(&key_path, generated.signing_key.serialize_pem()).map_err(|e| gen_err(&e))?;
     let spki = ring::digest::digest(
         &ring::digest::SHA256,
         &rcgen::PublicKeyData::subject_public_key_info(&generated.signing_key),
@@ -154,6 +171,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qi-devcert-{}", std::process::id()));
         let dev = generate_dev_cert(&["api.example.com".into()], &dir).unwrap();
         assert!(dev.cert_path.exists() && dev.key_path.exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dev.key_path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(&dev.spki_sha256).unwrap().len(), 32);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -4,7 +4,7 @@
 mod certs;
 mod verify;
 
-pub use certs::{CertSet, DevCert, certified_key_from_pem, generate_dev_cert, load_certified_key};
+pub use certs::{CertSet, DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
 pub use verify::insecure_client_config;
 
 use std::path::Path;

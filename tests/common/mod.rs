@@ -174,12 +174,21 @@ impl Proxy {
     }
 
     pub async fn start_with(body: &str, server_extra: &str) -> Self {
+        Self::start_full(body, server_extra, "").await
+    }
+
+    /// Starts the proxy with extra lines in the `telemetry` section.
+    pub async fn start_telemetry(body: &str, telemetry_extra: &str) -> Self {
+        Self::start_full(body, "", telemetry_extra).await
+    }
+
+    async fn start_full(body: &str, server_extra: &str, telemetry_extra: &str) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
         let yaml = format!(
-            "server:\n  address: \"{addr}\"\n  drain_timeout: 10s\n{server_extra}telemetry:\n  admin_address: \"{admin}\"\n{body}"
+            "server:\n  address: \"{addr}\"\n  drain_timeout: 10s\n{server_extra}telemetry:\n  admin_address: \"{admin}\"\n{telemetry_extra}{body}"
         );
         let dir = std::env::temp_dir().join(format!("qi-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("config dir");
