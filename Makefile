@@ -12,7 +12,12 @@ export QUIC_INGRESS_PYTHON := $(PYTHON)
 
 -include e2e/testenv.mk
 
-.PHONY: help run build release test lint test-unit test-integration deps python-deps system-deps
+# Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
+# proxy once per machine and version (see tools/jaeger/go.mod).
+JAEGER_BIN := $(CACHE)/bin/jaeger-$(shell cat tools/jaeger/go.mod tools/jaeger/go.sum | sha256sum | cut -c1-12)
+export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
+
+.PHONY: help run build release test lint test-unit test-integration deps python-deps system-deps jaeger jaeger-path
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
@@ -40,6 +45,19 @@ $(VENV)/.installed-%:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
+jaeger: $(JAEGER_BIN)
+
+# For scripts: builds if needed, prints only the path.
+jaeger-path: $(JAEGER_BIN)
+	@echo $(JAEGER_BIN)
+
+$(JAEGER_BIN):
+	@mkdir -p $(@D)
+	@echo "building Jaeger for the trace tests (the first build on a machine takes minutes)" >&2
+	cd tools/jaeger && GOMODCACHE=$(CACHE)/go/mod GOCACHE=$(CACHE)/go/build GOFLAGS="-p=2 -buildvcs=false" \
+		go build -trimpath -ldflags "-s -w" -o $@.tmp github.com/jaegertracing/jaeger/cmd/jaeger
+	@mv $@.tmp $@
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --workspace -- -D warnings
@@ -47,7 +65,7 @@ lint:
 test-unit:
 	cargo test --lib --bins
 
-test-integration: deps build
+test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
 test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e)
