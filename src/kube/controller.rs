@@ -301,6 +301,8 @@ async fn rebuild_loop(
             .collect();
         crate::telemetry::metrics::record_table(&t.table, started.elapsed());
         tables.store(Arc::new(t.table));
+        // burst_start is when the first event of this burst woke the loop.
+        crate::telemetry::metrics::METRICS.change_to_serving.observe(burst_start.elapsed().as_secs_f64());
         ready.set(true);
         tracing::info!(
             generation,

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub route_table_routes: IntGauge,
     pub route_table_build_seconds: Histogram,
     pub watch_events: IntCounterVec,
+    pub change_to_serving: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -90,6 +91,13 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             watch_events: IntCounterVec::new(opts("watch_events_total", "Kubernetes watch events by kind"), &["kind"])?,
+            change_to_serving: Histogram::with_opts(
+                HistogramOpts::from(opts(
+                    "change_to_serving_seconds",
+                    "From the first watch event of a burst to the new route table serving",
+                ))
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
             registry: Registry::new(),
         };
         r(Box::new(m.http_requests.clone()))?;
@@ -108,6 +116,7 @@ impl Metrics {
         r(Box::new(m.route_table_routes.clone()))?;
         r(Box::new(m.route_table_build_seconds.clone()))?;
         r(Box::new(m.watch_events.clone()))?;
+        r(Box::new(m.change_to_serving.clone()))?;
         Ok(Self { registry, ..m })
     }
 
@@ -190,6 +199,7 @@ mod tests {
             &m.route_table_routes,
             &m.route_table_build_seconds,
             &m.watch_events,
+            &m.change_to_serving,
         ];
         collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
     }
