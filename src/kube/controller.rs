@@ -159,7 +159,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, cfg)).backoff(WatchBackoff::default());
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
@@ -173,6 +173,37 @@ where
         }
     });
     reader
+}
+
+/// Watch retry delays: 0.5 s doubling up to 5 s (kube's default goes to 30 s), so watches
+/// resume within seconds of the API server coming back. Reset after each success.
+struct WatchBackoff {
+    next: Duration,
+}
+
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: WATCH_RETRY_MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(WATCH_RETRY_MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_MIN;
+    }
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -313,5 +344,20 @@ async fn rebuild_loop(
         );
         feed.send_replace(Arc::new(Feed { problems: t.problems, groups: t.groups, ingresses, invalid_groups }));
         changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn watch_retries_back_off_to_five_seconds_and_reset() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = (0..6).filter_map(|_| b.next()).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }
