@@ -225,7 +225,12 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::CheckConfig { file } => match quic_ingress::serve::check(&file, false) {
+        Command::CheckConfig { file } => match quic_ingress::serve::check(
+            &file,
+            &quic_ingress::upstream::EndpointRegistry::default(),
+            0,
+            quic_ingress::serve::DefaultCert::Skip,
+        ) {
             Ok(checked) => {
                 println!(
                     "{}: ok ({} routes, {} backend groups)",

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, Listen};
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
 use crate::tls::{self, CertSet, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
@@ -37,21 +38,38 @@ impl ServeError {
     }
 }
 
-/// A configuration that passed every check, with its server certificates loaded.
+/// A configuration that passed every check, compiled into a route table.
 pub struct Checked {
     pub config: Config,
     pub listen: Listen,
+    /// The server certificates the table carries.
     pub certs: CertSet,
+    pub table: RouteTable,
 }
 
-/// Loads and fully validates `path` (what `check-config` reports). Without cert/key files a
-/// development certificate is generated when `generate_dev_cert` is set.
-pub fn check(path: &Path, generate_dev_cert: bool) -> Result<Checked, ServeError> {
+/// Which server certificate to use when the file names none.
+pub enum DefaultCert {
+    /// Generate a self-signed one (start-up).
+    Generate,
+    /// Keep the one already serving (reload), so clients that trust it keep working.
+    Keep(CertSet),
+    /// None (`check-config`).
+    Skip,
+}
+
+/// Loads, validates and compiles `path` against `registry` (what `check-config` reports,
+/// and what start-up and reloads publish).
+pub fn check(
+    path: &Path,
+    registry: &EndpointRegistry,
+    generation: u64,
+    dev: DefaultCert,
+) -> Result<Checked, ServeError> {
     let file = path.display().to_string();
     let config = config::load(path)?;
     let listen = config.validate().map_err(|errors| ConfigError::Invalid { file: file.clone(), errors })?;
-    let certs = match (&config.server.cert_file, &config.server.key_file) {
-        (Some(cert), Some(key)) => {
+    let certs = match (&config.server.cert_file, &config.server.key_file, dev) {
+        (Some(cert), Some(key), _) => {
             let key = tls::load_certified_key(&resolve(path, cert), &resolve(path, key)).map_err(|e| {
                 ConfigError::Invalid {
                     file: file.clone(),
@@ -60,7 +78,9 @@ pub fn check(path: &Path, generate_dev_cert: bool) -> Result<Checked, ServeError
             })?;
             CertSet::with_default(key)
         }
-        _ if generate_dev_cert => {
+        (_, _, DefaultCert::Keep(certs)) => certs,
+        (_, _, DefaultCert::Skip) => CertSet::default(),
+        (_, _, DefaultCert::Generate) => {
             let dev = tls::generate_dev_cert(&config.hosts(), &tls::dev_cert_dir())?;
             tracing::warn!(
                 cert_file = %dev.cert_path.display(),
@@ -70,13 +90,12 @@ pub fn check(path: &Path, generate_dev_cert: bool) -> Result<Checked, ServeError
             );
             CertSet::with_default(dev.key)
         }
-        _ => CertSet::default(),
     };
-    // Compiling once here reports what only compilation finds (CA bundles, conflicts).
-    config
-        .compile(&EndpointRegistry::default(), CertSet::default(), 0)
-        .map_err(|errors| ConfigError::Invalid { file, errors })?;
-    Ok(Checked { config, listen, certs })
+    let build_started = std::time::Instant::now();
+    let table =
+        config.compile(registry, certs.clone(), generation).map_err(|errors| ConfigError::Invalid { file, errors })?;
+    crate::telemetry::metrics::record_table(&table, build_started.elapsed());
+    Ok(Checked { config, listen, certs, table })
 }
 
 /// Relative paths in a config file are relative to the file.
@@ -94,14 +113,9 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs standalone mode until SIGTERM or SIGINT, then drains. SIGHUP or a change of the
 /// file reloads the configuration; an invalid file is logged and the old one keeps serving.
 pub async fn run(path: &Path) -> Result<(), ServeError> {
-    let Checked { config, listen, certs } = check(path, true)?;
     let registry = Arc::new(EndpointRegistry::default());
-    let build_started = std::time::Instant::now();
-    let table = config
-        .compile(&registry, certs.clone(), 1)
-        .map_err(|errors| ConfigError::Invalid { file: path.display().to_string(), errors })?;
+    let Checked { config, listen, certs, table } = check(path, &registry, 1, DefaultCert::Generate)?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
-    crate::telemetry::metrics::record_table(&table, build_started.elapsed());
     // Transitions are logged by the checker; standalone mode has nothing else to tell.
     let (transitions, _transitions_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut checker = HealthChecker::new(transitions);
@@ -204,19 +218,10 @@ impl Reloader {
 
     /// Validates and publishes the file; returns the new drain timeout when it took effect.
     fn reload(&mut self, plane: &DataPlane, checker: &mut HealthChecker) -> Option<Duration> {
-        let Checked { config, listen, certs } = match check(&self.path, false) {
+        let dev = DefaultCert::Keep(self.dev_certs.clone());
+        let Checked { config, listen, table, .. } = match check(&self.path, &self.registry, self.generation + 1, dev) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "configuration rejected; the previous one keeps serving");
-                return None;
-            }
-        };
-        let certs = if config.server.cert_file.is_some() { certs } else { self.dev_certs.clone() };
-        let build_started = std::time::Instant::now();
-        let table = match config.compile(&self.registry, certs, self.generation + 1) {
-            Ok(t) => t,
-            Err(errors) => {
-                let e = ConfigError::Invalid { file: self.path.display().to_string(), errors };
                 tracing::error!(error = %e, "configuration rejected; the previous one keeps serving");
                 return None;
             }
@@ -227,7 +232,6 @@ impl Reloader {
         self.generation += 1;
         checker.sync(&table);
         tracing::info!(generation = self.generation, routes = table.route_count(), "configuration reloaded");
-        crate::telemetry::metrics::record_table(&table, build_started.elapsed());
         plane.publish(table);
         Some(config.server.drain_timeout.0)
     }
