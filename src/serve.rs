@@ -116,9 +116,8 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
     let registry = Arc::new(EndpointRegistry::default());
     let Checked { config, listen, certs, table } = check(path, &registry, 1, DefaultCert::Generate)?;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
-    // Transitions are logged by the checker; standalone mode has nothing else to tell.
-    let (transitions, _transitions_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut checker = HealthChecker::new(transitions);
+    // Health changes are logged by the endpoints; standalone mode has no one else to tell.
+    let mut checker = HealthChecker::new();
     checker.sync(&table);
     let tables = crate::proxy::tables(table);
 

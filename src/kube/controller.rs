@@ -254,7 +254,8 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
     tokio::spawn(status::run(client.clone(), reporter, opts.publish.clone(), leading_rx, feed_rx, transitions_rx));
 
-    let rebuild = tokio::spawn(rebuild_loop(stores, changed, settings, tables, ready.clone(), feed_tx, transitions_tx));
+    let registry = EndpointRegistry::with_transitions(transitions_tx);
+    let rebuild = tokio::spawn(rebuild_loop(stores, changed, settings, tables, ready.clone(), feed_tx, registry));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
     ready.set(false);
@@ -279,11 +280,10 @@ async fn rebuild_loop(
     tables: crate::proxy::Tables,
     ready: Arc<Readiness>,
     feed: watch::Sender<Arc<Feed>>,
-    transitions: mpsc::UnboundedSender<crate::upstream::Transition>,
+    registry: EndpointRegistry,
 ) {
-    let registry = EndpointRegistry::default();
     let mut last_good = LastGoodCerts::default();
-    let mut checker = HealthChecker::new(transitions);
+    let mut checker = HealthChecker::new();
     let mut generation = 0u64;
     tracing::info!("waiting for the initial list of watched objects");
     stores.wait_ready().await;

@@ -14,9 +14,12 @@ use rustls_pki_types::ServerName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connector::EndpointConnector;
-use super::{BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, UpstreamError, UpstreamTls};
+use super::{
+    BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, Transition, UpstreamError, UpstreamTls,
+};
 use crate::body::ProxyBody;
 use crate::telemetry::metrics::METRICS;
+use tokio::sync::mpsc;
 
 /// Everything that identifies an endpoint's client: two groups naming the same URL with
 /// the same settings share one pool.
@@ -47,6 +50,8 @@ pub struct Endpoint {
     /// Failures seen on real traffic; locked only when a request fails or the endpoint is
     /// ejected.
     passive: Mutex<PassiveState>,
+    /// Where health changes are announced (the controller turns them into Events).
+    transitions: Option<mpsc::UnboundedSender<Transition>>,
     client: Client<EndpointConnector, ProxyBody>,
 }
 
@@ -61,7 +66,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    fn new(spec: &EndpointSpec) -> Result<Self, UpstreamError> {
+    fn new(spec: &EndpointSpec, transitions: Option<mpsc::UnboundedSender<Transition>>) -> Result<Self, UpstreamError> {
         let tls = match spec.url.protocol {
             Protocol::Https => Some(client_tls(&spec.url, &spec.tls)?),
             Protocol::Http1 | Protocol::H2c => None,
@@ -90,6 +95,7 @@ impl Endpoint {
             max_waiting: spec.pool.max_pending_requests,
             record: Mutex::new(HealthRecord::default()),
             passive: Mutex::new(PassiveState::default()),
+            transitions,
             client: builder.build(connector),
         })
     }
@@ -152,6 +158,14 @@ impl Endpoint {
             state.ejected_until = Some(now + policy.cooldown);
         }
         None
+    }
+
+    /// Logs a change of health and tells whoever listens.
+    pub fn announce(self: &Arc<Self>, healthy: bool, reason: String) {
+        tracing::warn!(backend = %self.address, healthy, %reason, "backend health changed");
+        if let Some(tx) = &self.transitions {
+            let _ = tx.send(Transition { endpoint: self.clone(), healthy, reason });
+        }
     }
 
     /// Records a probe result; returns the new health when it changed.
@@ -288,16 +302,22 @@ fn client_tls(
 #[derive(Default)]
 pub struct EndpointRegistry {
     live: Mutex<HashMap<EndpointSpec, Weak<Endpoint>>>,
+    transitions: Option<mpsc::UnboundedSender<Transition>>,
 }
 
 impl EndpointRegistry {
+    /// A registry whose endpoints announce health changes on `transitions`.
+    pub fn with_transitions(transitions: mpsc::UnboundedSender<Transition>) -> Self {
+        Self { live: Mutex::default(), transitions: Some(transitions) }
+    }
+
     pub fn endpoint(&self, spec: &EndpointSpec) -> Result<Arc<Endpoint>, UpstreamError> {
         // Only table builds take this lock, never requests.
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = live.get(spec).and_then(Weak::upgrade) {
             return Ok(existing);
         }
-        let endpoint = Arc::new(Endpoint::new(spec)?);
+        let endpoint = Arc::new(Endpoint::new(spec, self.transitions.clone())?);
         live.retain(|_, weak| weak.strong_count() > 0);
         live.insert(spec.clone(), Arc::downgrade(&endpoint));
         Ok(endpoint)

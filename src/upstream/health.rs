@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Request;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Endpoint;
@@ -99,14 +98,14 @@ pub struct Transition {
 }
 
 /// Keeps one probe task per endpoint that some group checks.
+#[derive(Default)]
 pub struct HealthChecker {
     tasks: HashMap<usize, (Arc<Endpoint>, HealthCheck, JoinHandle<()>)>,
-    transitions: mpsc::UnboundedSender<Transition>,
 }
 
 impl HealthChecker {
-    pub fn new(transitions: mpsc::UnboundedSender<Transition>) -> Self {
-        Self { tasks: HashMap::new(), transitions }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Starts probing endpoints new to `table` and stops those it no longer has. An endpoint
@@ -130,7 +129,7 @@ impl HealthChecker {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(ep.clone(), check.clone(), self.transitions.clone()));
+            let task = tokio::spawn(probe_loop(ep.clone(), check.clone()));
             self.tasks.insert(key, (ep, check, task));
         }
     }
@@ -149,7 +148,7 @@ impl Drop for HealthChecker {
     }
 }
 
-async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck, transitions: mpsc::UnboundedSender<Transition>) {
+async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck) {
     loop {
         let result = probe(&ep, &check).await;
         let label = if result.is_ok() { "healthy" } else { "unhealthy" };
@@ -160,8 +159,7 @@ async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck, transitions: mpsc::Un
             } else {
                 ep.health_record().last_error.unwrap_or_else(|| "failed checks".into())
             };
-            tracing::warn!(backend = %ep.address, healthy, %reason, "backend health changed");
-            let _ = transitions.send(Transition { endpoint: ep.clone(), healthy, reason });
+            ep.announce(healthy, reason);
         }
         // ±10% jitter keeps probes of many endpoints from lining up.
         let jitter = rand::random_range(0.9..1.1);

@@ -200,11 +200,16 @@ impl BackendGroup {
     }
 
     /// Records a request outcome on `endpoint` for passive health.
-    pub fn report(&self, endpoint: &Endpoint, ok: bool) {
+    pub fn report(&self, endpoint: &Arc<Endpoint>, ok: bool) {
         if let Some(policy) = &self.passive
             && let Some(healthy) = endpoint.report(ok, policy)
         {
-            tracing::warn!(backend = %endpoint.address, healthy, group = %self.id, "passive health check changed a backend's health");
+            let reason = if healthy {
+                "a trial request succeeded".to_string()
+            } else {
+                format!("{} consecutive failed requests", policy.max_failures)
+            };
+            endpoint.announce(healthy, reason);
         }
     }
 
@@ -242,6 +247,28 @@ mod tests {
         assert_eq!(BackendUrl::parse("https://api.internal").unwrap().port, 443);
         assert_eq!(BackendUrl::parse("h2c://[::1]:9000/").unwrap().host, "[::1]");
         assert_eq!(BackendUrl::parse("h2c://[::1]:9000").unwrap().address(), "[::1]:9000");
+    }
+
+    #[tokio::test]
+    async fn passive_ejections_are_announced_like_active_ones() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let registry = EndpointRegistry::with_transitions(tx);
+        let spec = EndpointSpec {
+            url: BackendUrl::parse("http://127.0.0.1:1").unwrap(),
+            pool: PoolSettings::default(),
+            connect_timeout: Duration::from_secs(1),
+            tls: UpstreamTls::default(),
+        };
+        let ep = registry.endpoint(&spec).unwrap();
+        let policy = PassiveCheck { max_failures: 2, ..PassiveCheck::default() };
+        let group = BackendGroup::new("g".into(), Strategy::RoundRobin, Timeouts::default(), vec![(ep.clone(), 1)])
+            .with_passive(Some(policy));
+        group.report(&ep, false);
+        assert!(rx.try_recv().is_err());
+        group.report(&ep, false);
+        let t = rx.try_recv().expect("an ejection is announced");
+        assert!(!t.healthy && Arc::ptr_eq(&t.endpoint, &ep));
+        assert_eq!(t.reason, "2 consecutive failed requests");
     }
 
     #[test]
