@@ -115,7 +115,7 @@ impl ClientResponse {
 pub struct H3Client {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     authority: String,
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
 }
 
 impl H3Client {
@@ -138,7 +138,14 @@ impl H3Client {
         });
         let authority =
             if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
-        Ok(Self { send, authority, _endpoint: endpoint })
+        Ok(Self { send, authority, endpoint })
+    }
+
+    /// Moves the connection to a new local UDP socket, as a phone changing networks does;
+    /// the connection (and its requests) carry on if the server supports migration.
+    pub fn rebind(&self) -> std::io::Result<()> {
+        let ipv6 = self.endpoint.local_addr()?.is_ipv6();
+        self.endpoint.rebind(std::net::UdpSocket::bind(if ipv6 { "[::]:0" } else { "0.0.0.0:0" })?)
     }
 
     /// Sends a request; a relative URI gets this connection's authority.

@@ -249,6 +249,25 @@ async fn a_slow_request_does_not_delay_a_fast_one_on_the_same_connection() {
     assert_eq!(slow.await.unwrap().status, 200);
 }
 
+#[tokio::test]
+async fn a_client_that_changes_address_keeps_its_connection() {
+    let b = Backend::start("one").await;
+    let config = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
+        group("g", "round_robin", &[(&b, 1)], "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = proxy.h3().await;
+    assert_eq!(h3_get(&client, "localhost", "/before").await.status, 200);
+    client.rebind().expect("rebind");
+    assert_eq!(h3_get(&client, "localhost", "/after").await.status, 200, "the same connection, from a new port");
+    let (_, metrics) = http_get(proxy.admin, "/metrics").await.unwrap();
+    assert!(metrics.contains("quic_ingress_quic_path_migrations_total 1"), "{metrics}");
+    assert!(metrics.contains("quic_ingress_quic_connections_open 1"), "still one connection");
+    assert!(metrics.contains("quic_ingress_quic_handshakes_total{outcome=\"ok\"} 1"), "no second handshake");
+    assert!(metrics.contains(&format!("quic_ingress_upstream_connections{{backend=\"{}\"}} 1", b.addr)), "{metrics}");
+}
+
 const MIB: u64 = 1024 * 1024;
 
 #[tokio::test]

@@ -69,8 +69,8 @@ async fn connection(
         }
     };
     m.quic_connections_open.inc();
-    let _open = ConnectionGauge(conn.clone());
-    let client = conn.remote_address();
+    let open = ConnectionGauge(conn.clone());
+    let mut client = conn.remote_address();
     let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
     let mut closing = false;
     loop {
@@ -87,6 +87,14 @@ async fn connection(
         match accepted {
             Ok(Some(resolver)) => {
                 let tables = tables.clone();
+                // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has
+                // validated the new path, so requests now come from the new address.
+                let now_at = open.0.remote_address();
+                if now_at != client {
+                    m.quic_path_migrations.inc();
+                    tracing::debug!(from = %client, to = %now_at, "client migrated");
+                    client = now_at;
+                }
                 let conn_span = tracing::Span::current();
                 tracker.spawn(async move {
                     if let Err(e) = request(resolver, tables, client, conn_span).await {

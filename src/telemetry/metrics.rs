@@ -23,6 +23,8 @@ pub struct Metrics {
     pub quic_handshakes: IntCounterVec,
     pub quic_rtt: Histogram,
     pub quic_lost_packets: IntCounter,
+    pub quic_path_migrations: IntCounter,
+    pub upstream_connections: IntGaugeVec,
     pub tcp_connections_open: IntGauge,
     pub health_checks: IntCounterVec,
     pub passive_ejections: IntCounterVec,
@@ -72,6 +74,17 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             quic_lost_packets: IntCounter::with_opts(opts("quic_lost_packets_total", "Packets lost on QUIC paths"))?,
+            quic_path_migrations: IntCounter::with_opts(opts(
+                "quic_path_migrations_total",
+                "Clients seen at a new address on an existing QUIC connection",
+            ))?,
+            upstream_connections: IntGaugeVec::new(
+                opts(
+                    "upstream_connections",
+                    "Open pooled connections to a backend; idle = this minus active_connections for HTTP/1.1",
+                ),
+                &["backend"],
+            )?,
             tcp_connections_open: IntGauge::with_opts(opts("tcp_connections_open", "Open HTTPS-over-TCP connections"))?,
             health_checks: IntCounterVec::new(
                 opts("health_checks_total", "Active health probes by result"),
@@ -109,6 +122,8 @@ impl Metrics {
         r(Box::new(m.quic_handshakes.clone()))?;
         r(Box::new(m.quic_rtt.clone()))?;
         r(Box::new(m.quic_lost_packets.clone()))?;
+        r(Box::new(m.quic_path_migrations.clone()))?;
+        r(Box::new(m.upstream_connections.clone()))?;
         r(Box::new(m.tcp_connections_open.clone()))?;
         r(Box::new(m.health_checks.clone()))?;
         r(Box::new(m.passive_ejections.clone()))?;
@@ -192,6 +207,8 @@ mod tests {
             &m.quic_handshakes,
             &m.quic_rtt,
             &m.quic_lost_packets,
+            &m.quic_path_migrations,
+            &m.upstream_connections,
             &m.tcp_connections_open,
             &m.health_checks,
             &m.passive_ejections,

@@ -27,6 +27,8 @@ pub struct EndpointConnector {
 }
 
 struct Target {
+    /// Counts open connections to this endpoint.
+    open: prometheus::IntGauge,
     host: String,
     port: u16,
     connect_timeout: Duration,
@@ -39,9 +41,10 @@ impl EndpointConnector {
         port: u16,
         connect_timeout: Duration,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+        open: prometheus::IntGauge,
     ) -> Self {
         let tls = tls.map(|(cfg, name)| (TlsConnector::from(cfg), name));
-        Self { target: Arc::new(Target { host, port, connect_timeout, tls }) }
+        Self { target: Arc::new(Target { open, host, port, connect_timeout, tls }) }
     }
 }
 
@@ -62,30 +65,43 @@ impl tower_service::Service<Uri> for EndpointConnector {
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
             let _ = tcp.set_nodelay(true);
-            match &target.tls {
-                None => Ok(UpstreamStream::Plain(TokioIo::new(tcp))),
+            let io = match &target.tls {
+                None => Io::Plain(TokioIo::new(tcp)),
                 Some((connector, name)) => {
                     let tls = tokio::time::timeout(target.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
                         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                    Ok(UpstreamStream::Tls(Box::new(TokioIo::new(tls))))
+                    Io::Tls(Box::new(TokioIo::new(tls)))
                 }
-            }
+            };
+            target.open.inc();
+            Ok(UpstreamStream { io, open: target.open.clone() })
         })
     }
 }
 
-/// A connection to an endpoint, plain or TLS.
-pub enum UpstreamStream {
+/// A connection to an endpoint, counted as open until dropped.
+pub struct UpstreamStream {
+    io: Io,
+    open: prometheus::IntGauge,
+}
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+enum Io {
     Plain(TokioIo<TcpStream>),
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            Self::Plain(_) => Connected::new(),
-            Self::Tls(s) => {
+        match &self.io {
+            Io::Plain(_) => Connected::new(),
+            Io::Tls(s) => {
                 let (_, session) = s.inner().get_ref();
                 if session.alpn_protocol() == Some(b"h2") { Connected::new().negotiated_h2() } else { Connected::new() }
             }
@@ -95,32 +111,32 @@ impl Connection for UpstreamStream {
 
 impl Read for UpstreamStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl Write for UpstreamStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -129,16 +145,16 @@ impl Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }

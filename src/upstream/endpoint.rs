@@ -71,7 +71,8 @@ impl Endpoint {
             Protocol::Https => Some(client_tls(&spec.url, &spec.tls)?),
             Protocol::Http1 | Protocol::H2c => None,
         };
-        let connector = EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls);
+        let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
+        let connector = EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls, open);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -253,6 +254,7 @@ impl Drop for Endpoint {
         // does not grow the metric set.
         let _ = METRICS.active_connections.remove_label_values(&[self.address.as_str()]);
         let _ = METRICS.backend_healthy.remove_label_values(&[self.address.as_str()]);
+        let _ = METRICS.upstream_connections.remove_label_values(&[self.address.as_str()]);
     }
 }
 
