@@ -18,6 +18,11 @@ fn group(id: &str, strategy: &str, backends: &[(&Backend, u32)], extra: &str) ->
     s + extra
 }
 
+/// A config with one catch-all route to group `g`, given as YAML.
+fn one_route(group_yaml: &str) -> String {
+    format!("routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{group_yaml}")
+}
+
 fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for n in names {
@@ -97,10 +102,7 @@ async fn no_route_is_404() {
 #[tokio::test]
 async fn round_robin_respects_weights_over_both_clients() {
     let (a, b, c3) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&a, 300), (&b, 100), (&c3, 100)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&a, 300), (&b, 100), (&c3, 100)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
     let mut names = Vec::new();
@@ -121,10 +123,7 @@ async fn round_robin_respects_weights_over_both_clients() {
 #[tokio::test]
 async fn random_follows_weights_within_tolerance() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "random", &[(&a, 1), (&b, 3)], "")
-    );
+    let config = one_route(&group("g", "random", &[(&a, 1), (&b, 3)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
     let n = 1000;
@@ -157,10 +156,7 @@ async fn busy_endpoint(proxy: &Proxy) -> String {
 #[tokio::test]
 async fn least_connections_avoids_the_busy_backend() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "least_connections", &[(&a, 1), (&b, 1)], "")
-    );
+    let config = one_route(&group("g", "least_connections", &[(&a, 1), (&b, 1)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
     // Hold one slow request on one backend; every fast request must go to the other.
@@ -203,15 +199,12 @@ backend_groups:
 #[tokio::test]
 async fn connection_cap_answers_503_with_retry_after() {
     let b = Backend::start("one").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group(
-            "g",
-            "round_robin",
-            &[(&b, 1)],
-            "    connection_pool: {max_connections_per_host: 1}\n    timeouts: {pool_wait: 200ms}\n"
-        )
-    );
+    let config = one_route(&group(
+        "g",
+        "round_robin",
+        &[(&b, 1)],
+        "    connection_pool: {max_connections_per_host: 1}\n    timeouts: {pool_wait: 200ms}\n",
+    ));
     let proxy = Proxy::start(&config).await;
     let c = proxy.h3().await;
     let c2 = c.clone();
@@ -229,10 +222,7 @@ async fn connection_cap_answers_503_with_retry_after() {
 #[tokio::test]
 async fn a_slow_request_does_not_delay_a_fast_one_on_the_same_connection() {
     let b = Backend::start("one").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&b, 1)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
     let c2 = client.clone();
@@ -252,10 +242,7 @@ async fn a_slow_request_does_not_delay_a_fast_one_on_the_same_connection() {
 #[tokio::test]
 async fn a_client_that_changes_address_keeps_its_connection() {
     let b = Backend::start("one").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&b, 1)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
     assert_eq!(h3_get(&client, "localhost", "/before").await.status, 200);
@@ -273,10 +260,7 @@ const MIB: u64 = 1024 * 1024;
 #[tokio::test]
 async fn hundred_mib_up_and_down_stream_with_bounded_memory() {
     let b = Backend::start("bulk").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&b, 1)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
     let proxy = Proxy::start(&config).await;
     let client = proxy.h3().await;
 
@@ -313,10 +297,7 @@ async fn hundred_mib_up_and_down_stream_with_bounded_memory() {
 #[tokio::test]
 async fn headers_are_rewritten_as_a_proxy_should() {
     let b = Backend::start("one").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&b, 1)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
     let proxy = Proxy::start(&config).await;
     let c = proxy.h3().await;
     let req = http::Request::get("https://shop.example.com/h")
@@ -348,10 +329,7 @@ async fn headers_are_rewritten_as_a_proxy_should() {
 #[tokio::test]
 async fn tcp_listener_serves_http1_and_http2_with_alt_svc() {
     let b = Backend::start("one").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-        group("g", "round_robin", &[(&b, 1)], "")
-    );
+    let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
     let proxy = Proxy::start_with(&config, "  alt_svc_port: 443\n").await;
     for (flag, version) in [("--http2", "HTTP/2"), ("--http1.1", "HTTP/1.1")] {
         let out = std::process::Command::new("curl")
@@ -395,10 +373,7 @@ async fn https_backends_with_a_ca_bundle() {
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let origin = Backend::start("origin").await;
     let inner = Proxy::start_with(
-        &format!(
-            "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n{}",
-            group("g", "round_robin", &[(&origin, 1)], "")
-        ),
+        &one_route(&group("g", "round_robin", &[(&origin, 1)], "")),
         &format!("  cert_file: {}\n  key_file: {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display()),
     )
     .await;
