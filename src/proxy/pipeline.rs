@@ -164,8 +164,7 @@ async fn forward(
             METRICS.retries.with_label_values(&[route.id.as_str()]).inc();
         }
         let balance_span = if tracing_on { tracing::info_span!("load_balance", attempt) } else { Span::none() };
-        let excluded: Vec<&Arc<Endpoint>> = tried.iter().collect();
-        let Some(endpoint) = balance_span.in_scope(|| group.pick(&excluded).cloned()) else { break };
+        let Some(endpoint) = balance_span.in_scope(|| group.pick(&tried).cloned()) else { break };
         tried.push(endpoint.clone());
         let Some(slot) = endpoint.acquire(&group.timeouts).instrument(balance_span).await else {
             // Nothing was sent: another endpoint may have room.

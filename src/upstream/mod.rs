@@ -214,7 +214,7 @@ impl BackendGroup {
     }
 
     /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request).
-    pub fn pick(&self, exclude: &[&Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    pub fn pick(&self, exclude: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
         let i = self.balancer.pick(
             &self.weights,
             |i| {
