@@ -2,20 +2,8 @@
 # The cost of trace export: the same HTTP/3 load through quic-ingress without tracing and
 # with every request traced to Jaeger over OTLP, side by side on loopback.
 #   bench/tracing_cost.sh [DURATION=10s] [CONNECTIONS=50]
-set -euo pipefail
-DURATION=${1:-10s}; CONNS=${2:-50}
-CACHE=${CACHE:-$HOME/.cache/quic-ingress}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/cargo-target}
-BIN=$CARGO_TARGET_DIR/release/quic-ingress
-OHA=${OHA:-$CACHE/tools/bin/oha}
-cd "$(dirname "$0")/.."
-[ -x "$OHA" ] || cargo install oha --locked --features http3 --root "$CACHE/tools"
+source "$(dirname "$0")/common.sh"
 JAEGER=$(make -s --no-print-directory jaeger-path)
-cargo build --release --bins -q
-
-work=$(mktemp -d); pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 "$BIN" demo-backend --listen 127.0.0.1:18901 --name bench >/dev/null 2>&1 & pids+=($!)
 "$JAEGER" --set=receivers.otlp.protocols.http.endpoint=127.0.0.1:18918 --set=receivers.otlp.protocols.grpc.endpoint=127.0.0.1:18917 \
   --set=extensions.jaeger_query.http.endpoint=127.0.0.1:18986 --set=extensions.jaeger_query.grpc.endpoint=127.0.0.1:18985 \

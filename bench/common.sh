@@ -1,0 +1,16 @@
+# Sourced by the benchmark scripts: arguments, paths, the release build, the oha load
+# generator, and a work directory whose processes are stopped on exit.
+#   DURATION (default 10s) and CONNECTIONS (default 50) come from $1 and $2.
+set -euo pipefail
+DURATION=${1:-10s}; CONNS=${2:-50}
+CACHE=${CACHE:-$HOME/.cache/quic-ingress}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/cargo-target}
+BIN=$CARGO_TARGET_DIR/release/quic-ingress
+OHA=${OHA:-$CACHE/tools/bin/oha}
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -x "$OHA" ] || cargo install oha --locked --features http3 --root "$CACHE/tools"
+cargo build --release --bins -q
+
+work=$(mktemp -d); pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
