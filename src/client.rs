@@ -118,27 +118,70 @@ pub struct H3Client {
     endpoint: quinn::Endpoint,
 }
 
-impl H3Client {
-    /// Connects to `addr`, presenting `server_name` as SNI.
-    pub async fn connect(addr: SocketAddr, server_name: &str, trust: &TrustOptions) -> Result<Self, ClientError> {
-        let tls = trust.tls_config(&[b"h3"])?;
+/// Makes HTTP/3 connections from one UDP socket with one TLS session cache, so a later
+/// connection to the same server resumes its session and can send requests in 0-RTT.
+#[derive(Clone)]
+pub struct H3Connector {
+    endpoint: quinn::Endpoint,
+}
+
+impl H3Connector {
+    /// `early_data` lets resumed connections send requests before the handshake completes.
+    pub fn new(trust: &TrustOptions, ipv6: bool, early_data: bool) -> Result<Self, ClientError> {
+        let mut tls = trust.tls_config(&[b"h3"])?;
+        tls.enable_early_data = early_data;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(http_err)?;
+        let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(http_err)?;
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let conn = endpoint
+        Ok(Self { endpoint })
+    }
+
+    /// Connects after a full handshake.
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<H3Client, ClientError> {
+        let conn = self
+            .endpoint
             .connect(addr, server_name)
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
+        self.h3(conn, addr, server_name).await
+    }
+
+    /// Connects and, when a session ticket from an earlier connection allows it, returns at
+    /// once so requests go out as 0-RTT early data; the future then tells whether the
+    /// server accepted them. Without a usable ticket this is a full handshake and `None`.
+    pub async fn connect_early(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<(H3Client, Option<quinn::ZeroRttAccepted>), ClientError> {
+        let connecting = self.endpoint.connect(addr, server_name).map_err(|e| ClientError::Connect(e.to_string()))?;
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => Ok((self.h3(conn, addr, server_name).await?, Some(accepted))),
+            Err(connecting) => {
+                let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+                Ok((self.h3(conn, addr, server_name).await?, None))
+            }
+        }
+    }
+
+    async fn h3(&self, conn: quinn::Connection, addr: SocketAddr, server_name: &str) -> Result<H3Client, ClientError> {
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(http_err)?;
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
         let authority =
             if addr.port() == 443 { server_name.to_string() } else { format!("{server_name}:{}", addr.port()) };
-        Ok(Self { send, authority, endpoint })
+        Ok(H3Client { send, authority, endpoint: self.endpoint.clone() })
+    }
+}
+
+impl H3Client {
+    /// Connects to `addr`, presenting `server_name` as SNI.
+    pub async fn connect(addr: SocketAddr, server_name: &str, trust: &TrustOptions) -> Result<Self, ClientError> {
+        H3Connector::new(trust, addr.is_ipv6(), false)?.connect(addr, server_name).await
     }
 
     /// Moves the connection to a new local UDP socket, as a phone changing networks does;

@@ -45,6 +45,20 @@ pub struct Checked {
     /// The server certificates the table carries.
     pub certs: CertSet,
     pub table: RouteTable,
+    /// Session-ticket keys from `server.ticket_key_file`.
+    pub ticket_keys: Option<Vec<[u8; tls::TICKET_KEY_LEN]>>,
+}
+
+impl Checked {
+    /// How the listeners resume sessions under this configuration.
+    fn resumption(&self) -> Result<tls::Resumption, ServeError> {
+        Ok(match &self.ticket_keys {
+            Some(keys) => tls::Resumption::SharedKeys(Arc::new(
+                tls::SharedTicketer::new(keys).map_err(|e| TlsError::Key(format!("server.ticket_key_file: {e}")))?,
+            )),
+            None => tls::Resumption::single_use(self.config.server.early_data.unwrap_or(true)),
+        })
+    }
 }
 
 /// Which server certificate to use when the file names none.
@@ -91,11 +105,27 @@ pub fn check(
             CertSet::with_default(dev.key)
         }
     };
+    let ticket_keys = match &config.server.ticket_key_file {
+        Some(key_file) => {
+            let keys = std::fs::read(resolve(path, key_file))
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| tls::parse_ticket_keys(&bytes).map_err(|e| e.to_string()))
+                .map_err(|message| ConfigError::Invalid {
+                    file: file.clone(),
+                    errors: vec![config::FieldError {
+                        field: "server.ticket_key_file".into(),
+                        message: format!("{}: {message}", key_file.display()),
+                    }],
+                })?;
+            Some(keys)
+        }
+        None => None,
+    };
     let build_started = std::time::Instant::now();
     let table =
         config.compile(registry, certs.clone(), generation).map_err(|errors| ConfigError::Invalid { file, errors })?;
     crate::telemetry::metrics::record_table(&table, build_started.elapsed());
-    Ok(Checked { config, listen, certs, table })
+    Ok(Checked { config, listen, certs, table, ticket_keys })
 }
 
 /// Relative paths in a config file are relative to the file.
@@ -114,7 +144,9 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// file reloads the configuration; an invalid file is logged and the old one keeps serving.
 pub async fn run(path: &Path) -> Result<(), ServeError> {
     let registry = Arc::new(EndpointRegistry::default());
-    let Checked { config, listen, certs, table } = check(path, &registry, 1, DefaultCert::Generate)?;
+    let checked = check(path, &registry, 1, DefaultCert::Generate)?;
+    let resumption = checked.resumption()?;
+    let Checked { config, listen, certs, table, .. } = checked;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
     // Health changes are logged by the endpoints; standalone mode has no one else to tell.
     let mut checker = HealthChecker::new();
@@ -131,6 +163,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         address: listen.address,
         alt_svc_port: config.server.alt_svc_port,
         congestion: config.server.congestion_control,
+        resumption,
     };
     let plane = DataPlane::start(&options, tables).await?;
     ready.set(true);
@@ -218,15 +251,27 @@ impl Reloader {
     /// Validates and publishes the file; returns the new drain timeout when it took effect.
     fn reload(&mut self, plane: &DataPlane, checker: &mut HealthChecker) -> Option<Duration> {
         let dev = DefaultCert::Keep(self.dev_certs.clone());
-        let Checked { config, listen, table, .. } = match check(&self.path, &self.registry, self.generation + 1, dev) {
+        let checked = match check(&self.path, &self.registry, self.generation + 1, dev) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "configuration rejected; the previous one keeps serving");
                 return None;
             }
         };
+        let Checked { config, listen, table, ticket_keys, .. } = checked;
         if listen.address != self.listen.address || listen.admin_address != self.listen.admin_address {
             tracing::warn!("server.address and telemetry.admin_address changes take effect on restart");
+        }
+        match (plane.resumption(), &ticket_keys) {
+            // Key rotation takes effect now: tickets sealed with dropped keys stop resuming.
+            (tls::Resumption::SharedKeys(ticketer), Some(keys)) => {
+                if let Err(e) = ticketer.set_keys(keys) {
+                    tracing::error!(error = %e, "server.ticket_key_file: keys not replaced");
+                }
+            }
+            (tls::Resumption::SingleUse { early_data, .. }, None)
+                if *early_data == config.server.early_data.unwrap_or(true) => {}
+            _ => tracing::warn!("server.ticket_key_file and server.early_data changes take effect on restart"),
         }
         self.generation += 1;
         checker.sync(&table);

@@ -68,6 +68,12 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// Serve GET, HEAD and OPTIONS from 0-RTT early data (other methods get 425). Default:
+    /// on, unless `ticket_key_file` is set.
+    pub early_data: Option<bool>,
+    /// Session-ticket keys shared by every replica (48-byte keys, raw or base64; the first
+    /// seals, all open), so resumption works behind a load balancer.
+    pub ticket_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -347,6 +353,14 @@ impl Config {
             (Some(_), None) => err("server.key_file".into(), "required when server.cert_file is set".into()),
             (None, Some(_)) => err("server.cert_file".into(), "required when server.key_file is set".into()),
             _ => {}
+        }
+        if self.server.early_data == Some(true) && self.server.ticket_key_file.is_some() {
+            err(
+                "server.early_data".into(),
+                "0-RTT needs single-use sessions kept by each replica, which shared ticket keys replace; \
+                 remove server.ticket_key_file or set early_data: false"
+                    .into(),
+            );
         }
         if self.server.alt_svc_port == Some(0) {
             err("server.alt_svc_port".into(), "must be a port between 1 and 65535".into());

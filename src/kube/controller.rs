@@ -227,6 +227,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         address: opts.listen,
         alt_svc_port: opts.alt_svc_port,
         congestion: crate::config::CongestionControl::Cubic,
+        resumption: tls::Resumption::single_use(true),
     };
     let plane = DataPlane::start(&listen, tables.clone()).await?;
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::early_data::Handshake;
 use super::pipeline::{self, ConnInfo, Downstream, Tables};
 use crate::body::{BoxError, ProxyBody};
 use crate::telemetry::traces;
@@ -58,16 +59,30 @@ async fn connection(
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
     let m = &crate::telemetry::metrics::METRICS;
-    let conn = match incoming.await {
-        Ok(c) => {
-            m.quic_handshakes.with_label_values(&["ok"]).inc();
-            c
-        }
+    // Serve from the first flight: requests that came as 0-RTT early data are handled
+    // while the handshake completes (see early_data for which ones are forwarded).
+    let accepted = incoming.accept().map(|connecting| connecting.into_0rtt());
+    let (conn, handshake) = match accepted {
+        Ok(Ok((conn, done))) => (conn, Handshake::pending(done)),
+        Ok(Err(connecting)) => match connecting.await {
+            Ok(conn) => (conn, Handshake::completed()),
+            Err(e) => {
+                m.quic_handshakes.with_label_values(&["error"]).inc();
+                return Err(e.into());
+            }
+        },
         Err(e) => {
             m.quic_handshakes.with_label_values(&["error"]).inc();
             return Err(e.into());
         }
     };
+    // Count the outcome when it is known, without holding up early requests.
+    let (outcome, watched) = (handshake.clone(), conn.clone());
+    tokio::spawn(async move {
+        outcome.finished().await;
+        let label = if watched.close_reason().is_none() { "ok" } else { "error" };
+        m.quic_handshakes.with_label_values(&[label]).inc();
+    });
     m.quic_connections_open.inc();
     let open = ConnectionGauge(conn.clone());
     let mut client = conn.remote_address();
@@ -95,9 +110,12 @@ async fn connection(
                     tracing::debug!(from = %client, to = %now_at, "client migrated");
                     client = now_at;
                 }
+                // Judged when the stream opens, as quinn's own `is_0rtt` does: a stream the
+                // client opened before the handshake completed came in early data.
+                let early_data = !handshake.complete();
                 let conn_span = tracing::Span::current();
                 tracker.spawn(async move {
-                    if let Err(e) = request(resolver, tables, client, conn_span).await {
+                    if let Err(e) = request(resolver, tables, client, early_data, conn_span).await {
                         tracing::debug!(error = %e, "request stream failed");
                     }
                 });
@@ -126,6 +144,7 @@ async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     tables: Tables,
     client: std::net::SocketAddr,
+    early_data: bool,
     conn_span: tracing::Span,
 ) -> Result<(), BoxError> {
     let tracing_on = traces::enabled();
@@ -148,7 +167,7 @@ async fn request(
         body.peek_end(Duration::from_millis(100)).await;
     }
     let req = Request::from_parts(parts, crate::body::boxed(body));
-    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3 })
+    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3, early_data })
         .instrument(request_span.clone())
         .await;
     let send_span = if tracing_on { tracing::info_span!(parent: &request_span, "response_send") } else { Span::none() };

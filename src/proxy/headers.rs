@@ -7,6 +7,8 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Marks a request that arrived in TLS early data (RFC 8470); kept end to end.
+pub static EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

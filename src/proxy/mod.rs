@@ -1,6 +1,7 @@
 //! The data plane: HTTP/3 (QUIC) and HTTPS-over-TCP listeners on one port, feeding the
 //! shared request pipeline from the current route table.
 
+mod early_data;
 mod h3;
 mod headers;
 mod pipeline;
@@ -23,6 +24,7 @@ pub use retry::RetryBudget;
 
 use crate::config::CongestionControl;
 use crate::routes::RouteTable;
+use crate::tls::Resumption;
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub struct ListenOptions {
     /// Port advertised in `Alt-Svc` (the listen port unless behind a load balancer).
     pub alt_svc_port: Option<u16>,
     pub congestion: CongestionControl,
+    /// Session resumption and 0-RTT.
+    pub resumption: Resumption,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -60,6 +64,7 @@ pub struct DataPlane {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     endpoint: quinn::Endpoint,
+    resumption: Resumption,
 }
 
 impl DataPlane {
@@ -69,9 +74,12 @@ impl DataPlane {
         let resolver: Arc<dyn ResolvesServerCert> = Arc::new(TableCerts(tables.clone()));
         let tls_err = |e: &dyn std::fmt::Display| ListenError::Tls(e.to_string());
 
-        let quic_tls = crate::tls::server_config(resolver.clone(), &[b"h3"], true).map_err(|e| tls_err(&e))?;
+        let resumption = &options.resumption;
+        let quic_tls =
+            crate::tls::server_config(resolver.clone(), &[b"h3"], true, resumption).map_err(|e| tls_err(&e))?;
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        let observed = early_data::ObservedServerCrypto(Arc::new(quic_crypto));
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(observed));
         server_config.transport_config(Arc::new(transport_config(options.congestion)));
         let endpoint = quinn::Endpoint::server(server_config, options.address).map_err(|source| ListenError::Bind {
             proto: "UDP",
@@ -89,7 +97,8 @@ impl DataPlane {
             source,
         })?;
 
-        let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false).map_err(|e| tls_err(&e))?;
+        let tcp_tls =
+            crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption).map_err(|e| tls_err(&e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
         let alt_svc = tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port()));
 
@@ -97,8 +106,13 @@ impl DataPlane {
         let tracker = TaskTracker::new();
         tracker.spawn(h3::serve(endpoint.clone(), tables.clone(), shutdown.clone(), tracker.clone()));
         tracker.spawn(tcp::serve(tcp, acceptor, tables.clone(), alt_svc, shutdown.clone(), tracker.clone()));
-        tracing::info!(address = %local_addr, "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)");
-        Ok(Self { local_addr, tables, shutdown, tracker, endpoint })
+        tracing::info!(
+            address = %local_addr,
+            early_data = resumption.early_data(),
+            shared_ticket_keys = matches!(resumption, Resumption::SharedKeys(_)),
+            "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)"
+        );
+        Ok(Self { local_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
     }
 
     /// Publishes a new route table; requests already routed finish on the old one.
@@ -108,6 +122,11 @@ impl DataPlane {
 
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// How sessions resume; shared ticket keys can be replaced while serving.
+    pub fn resumption(&self) -> &Resumption {
+        &self.resumption
     }
 
     /// Stops accepting, sends GOAWAY, and waits up to `drain` for in-flight requests.

@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 
-use super::headers::{X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
+use super::early_data::safe_in_early_data;
+use super::headers::{EARLY_DATA, X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
 use super::retry::{is_idempotent, lend};
 use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
@@ -24,6 +25,8 @@ use tracing::{Instrument, Span};
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub protocol: Downstream,
+    /// The request came before the TLS handshake completed (0-RTT), so it may be a replay.
+    pub early_data: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,9 @@ enum ProxyError {
     ConnectTimeout,
     UpstreamTimeout,
     BadUpstream,
+    /// An unsafe method in 0-RTT early data (RFC 8470): the client sends it again once the
+    /// handshake is done.
+    TooEarly,
 }
 
 impl ProxyError {
@@ -51,6 +57,7 @@ impl ProxyError {
             Self::NoHealthyBackend | Self::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect | Self::BadUpstream => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout | Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::TooEarly => StatusCode::TOO_EARLY,
         }
     }
 
@@ -63,6 +70,7 @@ impl ProxyError {
             Self::UpstreamTimeout => "the backend did not answer in time",
             Self::ConnectTimeout => "connecting to the backend timed out",
             Self::BadUpstream => "bad response from the backend",
+            Self::TooEarly => "this method is not accepted in TLS early data; send it again after the handshake",
         }
     }
 
@@ -148,6 +156,14 @@ async fn forward(
         }
     };
     let route_id = Some(route.id.clone());
+    if conn.early_data {
+        let safe = safe_in_early_data(req.method());
+        let outcome = if safe { "forwarded" } else { "too_early" };
+        METRICS.early_data_requests.with_label_values(&[outcome]).inc();
+        if !safe {
+            return (ProxyError::TooEarly.response(), route_id, None);
+        }
+    }
     let group = &route.group;
     group.retry_budget.deposit();
     let idempotent = is_idempotent(req.method());
@@ -249,6 +265,10 @@ fn upstream_request(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, conn.client.ip(), host);
+    if conn.early_data {
+        // RFC 8470: the backend may answer 425 itself if it cannot take the replay risk.
+        parts.headers.insert(EARLY_DATA.clone(), HeaderValue::from_static("1"));
+    }
 
     let scheme = match endpoint.url.protocol {
         Protocol::Https => "https",

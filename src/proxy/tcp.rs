@@ -76,9 +76,13 @@ pub async fn serve(
                             tracing::Span::none()
                         };
                         let req = req.map(crate::body::boxed);
-                        let mut resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::Tcp })
-                            .instrument(span)
-                            .await;
+                        let mut resp = pipeline::handle(
+                            &tables,
+                            req,
+                            ConnInfo { client, protocol: Downstream::Tcp, early_data: false },
+                        )
+                        .instrument(span)
+                        .await;
                         resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
                         Ok::<_, std::convert::Infallible>(resp)
                     }

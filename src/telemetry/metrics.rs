@@ -24,6 +24,8 @@ pub struct Metrics {
     pub quic_rtt: Histogram,
     pub quic_lost_packets: IntCounter,
     pub quic_path_migrations: IntCounter,
+    pub quic_zero_rtt: IntCounterVec,
+    pub early_data_requests: IntCounterVec,
     pub upstream_connections: IntGaugeVec,
     pub tcp_connections_open: IntGauge,
     pub health_checks: IntCounterVec,
@@ -78,6 +80,20 @@ impl Metrics {
                 "quic_path_migrations_total",
                 "Clients seen at a new address on an existing QUIC connection",
             ))?,
+            quic_zero_rtt: IntCounterVec::new(
+                opts(
+                    "quic_zero_rtt_total",
+                    "QUIC handshakes whose client offered 0-RTT early data, by whether it was accepted",
+                ),
+                &["outcome"],
+            )?,
+            early_data_requests: IntCounterVec::new(
+                opts(
+                    "early_data_requests_total",
+                    "Requests received before the handshake completed: forwarded (safe methods) or too_early (425)",
+                ),
+                &["outcome"],
+            )?,
             upstream_connections: IntGaugeVec::new(
                 opts(
                     "upstream_connections",
@@ -123,6 +139,8 @@ impl Metrics {
         r(Box::new(m.quic_rtt.clone()))?;
         r(Box::new(m.quic_lost_packets.clone()))?;
         r(Box::new(m.quic_path_migrations.clone()))?;
+        r(Box::new(m.quic_zero_rtt.clone()))?;
+        r(Box::new(m.early_data_requests.clone()))?;
         r(Box::new(m.upstream_connections.clone()))?;
         r(Box::new(m.tcp_connections_open.clone()))?;
         r(Box::new(m.health_checks.clone()))?;
@@ -132,6 +150,13 @@ impl Metrics {
         r(Box::new(m.route_table_build_seconds.clone()))?;
         r(Box::new(m.watch_events.clone()))?;
         r(Box::new(m.change_to_serving.clone()))?;
+        // Fixed outcomes start at zero, so rates and dashboards work before the first event.
+        for outcome in ["accepted", "rejected"] {
+            m.quic_zero_rtt.with_label_values(&[outcome]);
+        }
+        for outcome in ["forwarded", "too_early"] {
+            m.early_data_requests.with_label_values(&[outcome]);
+        }
         Ok(Self { registry, ..m })
     }
 
@@ -208,6 +233,8 @@ mod tests {
             &m.quic_rtt,
             &m.quic_lost_packets,
             &m.quic_path_migrations,
+            &m.quic_zero_rtt,
+            &m.early_data_requests,
             &m.upstream_connections,
             &m.tcp_connections_open,
             &m.health_checks,

@@ -2,9 +2,11 @@
 //! rustls configurations for the listeners and for upstream and CLI clients.
 
 mod certs;
+mod tickets;
 mod verify;
 
 pub use certs::{CertSet, DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
+pub use tickets::{Resumption, SharedTicketer, TICKET_KEY_LEN, TicketKeyError, parse_ticket_keys};
 pub use verify::insecure_client_config;
 
 use std::path::Path;
@@ -62,12 +64,15 @@ pub fn client_config(roots: RootCertStore) -> Result<rustls::ClientConfig, TlsEr
         .with_no_client_auth())
 }
 
-/// Server configuration for a listener: certificates chosen by SNI through `store`.
+/// Server configuration for a listener: certificates chosen by SNI through `resolver`;
+/// a QUIC listener (TLS 1.3 only) may take 0-RTT early data when `resumption` allows it.
 pub fn server_config(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: &[&[u8]],
-    tls13_only: bool,
+    quic: bool,
+    resumption: &Resumption,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    let tls13_only = quic;
     let versions: &[&rustls::SupportedProtocolVersion] =
         if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -76,5 +81,6 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    resumption.apply(&mut config, quic);
     Ok(config)
 }

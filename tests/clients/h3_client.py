@@ -8,7 +8,12 @@ sends --count requests for the URL over it, at most --concurrency at a time,
 and prints one JSON line per response, in completion order:
 
     {"status": 200, "headers": {"x-backend": "one", ...},
-     "body": "...", "http_version": "HTTP/3"}
+     "body": "...", "http_version": "HTTP/3",
+     "session_resumed": false, "early_data_accepted": false}
+
+With --session-ticket FILE the client resumes with the ticket saved there by an
+earlier run (and saves the server's new ticket); with --zero-rtt as well, the
+requests are sent as 0-RTT early data, before the handshake completes.
 
 Exit status: 0 when every request got a response (whatever its status),
 1 on a connection or protocol failure or when --timeout (overall) expires,
@@ -21,6 +26,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import pickle
 import ssl
 import sys
 from urllib.parse import urlsplit
@@ -111,8 +118,12 @@ def parse_args(argv):
     parser.add_argument("--data", metavar="STR", help="request body, sent as UTF-8")
     parser.add_argument("--header", action="append", default=[], metavar="'Name: value'", help="extra request header (repeatable)")
     parser.add_argument("--connect-to", metavar="HOST:PORT", help="dial this address instead of the URL's (SNI and :authority stay the URL's)")
+    parser.add_argument("--session-ticket", metavar="FILE", help="resume with the TLS session ticket in FILE, if any, and save the new one there")
+    parser.add_argument("--zero-rtt", action="store_true", help="send the requests as 0-RTT early data (needs a ticket from --session-ticket)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="overall deadline (default 30)")
     args = parser.parse_args(argv)
+    if args.zero_rtt and not args.session_ticket:
+        parser.error("--zero-rtt needs --session-ticket")
     if args.count < 1 or args.concurrency < 1:
         parser.error("--count and --concurrency must be at least 1")
     return args
@@ -154,6 +165,13 @@ async def run(args):
         configuration.load_verify_locations(cafile=args.cacert)
     headers = request_headers(args)
     body = args.data.encode() if args.data is not None else None
+    if args.session_ticket and os.path.exists(args.session_ticket):
+        with open(args.session_ticket, "rb") as f:
+            configuration.session_ticket = pickle.load(f)
+    saved_tickets = []
+
+    def save_ticket(ticket):
+        saved_tickets.append(ticket)
 
     protocols = []
 
@@ -170,6 +188,10 @@ async def run(args):
         async with connect(
             dial_host, dial_port,
             configuration=configuration, create_protocol=create_protocol,
+            session_ticket_handler=save_ticket if args.session_ticket else None,
+            # 0-RTT: hand over the connection before the handshake completes, so the
+            # requests below leave in early data.
+            wait_connected=not args.zero_rtt,
         ) as client:
             slots = asyncio.Semaphore(args.concurrency)
 
@@ -178,9 +200,21 @@ async def run(args):
                     response = await client.request(args.method, url, headers, body)
                 response["body"] = response["body"].decode("utf-8", "replace")
                 response["http_version"] = "HTTP/3"
+                tls = client._quic.tls
+                response["session_resumed"] = bool(getattr(tls, "session_resumed", False))
+                response["early_data_accepted"] = bool(getattr(tls, "early_data_accepted", False))
                 print(json.dumps(response), flush=True)
 
             await asyncio.gather(*(one() for _ in range(args.count)))
+            if args.session_ticket:
+                # The server sends tickets right after the handshake; wait briefly for one.
+                for _ in range(100):
+                    if saved_tickets:
+                        break
+                    await asyncio.sleep(0.01)
+                if saved_tickets:
+                    with open(args.session_ticket, "wb") as f:
+                        pickle.dump(saved_tickets[-1], f)
     except ConnectionError as error:
         reason = protocols[0].close_reason if protocols else None
         raise ConnectionError(str(error) or reason or "connection failed") from None

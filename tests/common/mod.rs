@@ -286,3 +286,62 @@ pub fn aioquic(url: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
+
+/// A UDP relay on loopback that delays every datagram by `one_way` in each direction, so a
+/// QUIC round trip takes at least twice that: a stand-in for a distant client. It serves
+/// one client at a time (the last address it heard from).
+pub struct DelayRelay {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DelayRelay {
+    pub async fn start(target: SocketAddr, one_way: Duration) -> Self {
+        use std::sync::Arc;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
+        back.connect(target).await.expect("connect relay");
+        let addr = front.local_addr().expect("relay addr");
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let task = tokio::spawn(async move {
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut up) => {
+                        *client.lock().expect("relay lock") = Some(from);
+                        let (back, datagram) = (back.clone(), up[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(one_way).await;
+                            let _ = back.send(&datagram).await;
+                        });
+                    }
+                    Ok(n) = back.recv(&mut down) => {
+                        let Some(to) = *client.lock().expect("relay lock") else { continue };
+                        let (front, datagram) = (front.clone(), down[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(one_way).await;
+                            let _ = front.send_to(&datagram, to).await;
+                        });
+                    }
+                }
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+/// A metric's value from the proxy's `/metrics` (0 when absent), e.g.
+/// `quic_ingress_quic_zero_rtt_total{outcome="accepted"}`.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = http_get(admin, "/metrics").await.expect("scrape /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
