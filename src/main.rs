@@ -76,6 +76,14 @@ enum Command {
         /// Share of new traces sampled.
         #[arg(long, default_value = "1.0")]
         trace_sampling_ratio: f64,
+        /// Serve GET, HEAD and OPTIONS from 0-RTT early data (other methods get 425).
+        /// Default: true, unless --ticket-key-secret is given.
+        #[arg(long)]
+        early_data: Option<bool>,
+        /// Secret (NAMESPACE/NAME) whose `ticket.key` holds session-ticket keys shared by
+        /// every replica, so resumption works behind a load balancer (no 0-RTT then).
+        #[arg(long)]
+        ticket_key_secret: Option<String>,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -183,7 +191,26 @@ async fn run(command: Command) -> ExitCode {
             drain_timeout,
             otlp_endpoint: _,
             trace_sampling_ratio: _,
+            early_data,
+            ticket_key_secret,
         } => {
+            let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
+                None => None,
+                Some(Some((ns, name))) if !ns.is_empty() && !name.is_empty() => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                Some(_) => {
+                    eprintln!("error: --ticket-key-secret must be NAMESPACE/NAME");
+                    return ExitCode::from(2);
+                }
+            };
+            if early_data == Some(true) && ticket_key_secret.is_some() {
+                eprintln!(
+                    "error: --early-data true needs single-use sessions kept by each replica, which \
+                     --ticket-key-secret replaces; drop one of them"
+                );
+                return ExitCode::from(2);
+            }
             let publish = match (publish_service, publish_address) {
                 (Some(svc), _) => match svc.split_once('/') {
                     Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Publish::Service(ns.into(), name.into()),
@@ -205,6 +232,8 @@ async fn run(command: Command) -> ExitCode {
                 alt_svc_port,
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
+                early_data: early_data.unwrap_or(true),
+                ticket_key_secret,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,11 @@ async fn replicas_sharing_ticket_keys_resume_each_others_sessions() {
     let at_c = &aioquic(&c.https_url("/"), &["--session-ticket", dir.join("ticket-for-c").to_str().expect("path")])[0];
     assert_eq!(at_c["session_resumed"], false, "a replica with other keys cannot");
     assert_eq!(at_c["status"], 200);
+    let resumed = |p: &Proxy| metric(p.admin, "quic_ingress_tls_resumptions_total{outcome=\"resumed\"}");
+    assert_eq!(resumed(&b).await, 1.0);
+    assert_eq!(resumed(&c).await, 0.0);
+    let unknown = metric(c.admin, "quic_ingress_tls_resumptions_total{outcome=\"unknown_ticket\"}").await;
+    assert_eq!(unknown, 1.0, "C counts the ticket it could not open");
 }
 
 #[test]

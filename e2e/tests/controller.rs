@@ -817,3 +817,61 @@ async fn figures_apply_to_first_request_and_memory() -> Result<()> {
     assert_eq!(count, want);
     s.finish().await
 }
+
+/// A metric's value from a controller's `/metrics` (0 when absent).
+async fn metric(c: &Controller, series: &str) -> Result<f64> {
+    let (_, body) = quic_ingress_e2e::controller::admin_get(c.admin_addr(), "/metrics").await?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_ticket_key_secret_resume_each_others_sessions() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, "tickets").await?;
+    install_crd(env).await?;
+    let rbac = ControllerRbac::grant(env, &ns).await?;
+    let mut opts = ControllerOptions::new(ns.name());
+    opts.extra_args = vec!["--ticket-key-secret".into(), format!("{}/ticket-keys", ns.name())];
+    // Both replicas start before the Secret exists and pick the keys up from their watch.
+    let a = Controller::start_with(env, opts.clone()).await?;
+    let b = Controller::start_with(env, opts).await?;
+    let mut key = vec![0u8; 48];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta { name: Some("ticket-keys".into()), ..Default::default() },
+        data: Some([("ticket.key".to_string(), k8s_openapi::ByteString(key))].into_iter().collect()),
+        ..Default::default()
+    };
+    ns.create(&secret).await?;
+    for c in [&a, &b] {
+        eventually("the replica to load the ticket keys", TIMEOUT, || async {
+            Ok(std::fs::read_to_string(c.log_path())?.contains("session-ticket keys loaded").then_some(()))
+        })
+        .await?;
+    }
+
+    // One client session cache: a full handshake at A, then a new connection to B.
+    let trust = TrustOptions { insecure: true, ca_file: None };
+    let connector = quic_ingress::client::H3Connector::new(&trust, false, false)?;
+    let req = || http::Request::get("/").body(()).map_err(anyhow::Error::from);
+    let at_a = connector.connect(a.addr(), "localhost").await?;
+    let status = at_a.request(req()?, quic_ingress::client::RequestBody::Empty).await?.status;
+    ensure!(status == 404, "no Ingress yet: {status}");
+    let at_b = connector.connect(b.addr(), "localhost").await?;
+    at_b.request(req()?, quic_ingress::client::RequestBody::Empty).await?;
+
+    let resumed = "quic_ingress_tls_resumptions_total{outcome=\"resumed\"}";
+    let unknown = "quic_ingress_tls_resumptions_total{outcome=\"unknown_ticket\"}";
+    ensure!(metric(&b, resumed).await? == 1.0, "B did not resume A's session\n{}", b.log_tail(20));
+    ensure!(metric(&b, unknown).await? == 0.0);
+    ensure!(metric(&a, resumed).await? == 0.0, "the first connection was a full handshake");
+
+    drop((a, b));
+    drop(rbac);
+    ns.cleanup().await
+}

@@ -47,6 +47,10 @@ pub struct ControllerOptions {
     pub alt_svc_port: Option<u16>,
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub drain_timeout: Duration,
+    /// Serve safe methods from 0-RTT early data.
+    pub early_data: bool,
+    /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
+    pub ticket_key_secret: Option<(String, String)>,
 }
 
 /// Why the controller stopped.
@@ -223,11 +227,19 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     admin::start(opts.admin_listen, tables.clone(), ready.clone(), stop_admin.clone())
         .await
         .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
+    let resumption = match &opts.ticket_key_secret {
+        Some((namespace, name)) => {
+            let ticketer = Arc::new(tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?);
+            tokio::spawn(super::ticket_keys::follow(client.clone(), namespace.clone(), name.clone(), ticketer.clone()));
+            tls::Resumption::SharedKeys(ticketer)
+        }
+        None => tls::Resumption::single_use(opts.early_data),
+    };
     let listen = ListenOptions {
         address: opts.listen,
         alt_svc_port: opts.alt_svc_port,
         congestion: crate::config::CongestionControl::Cubic,
-        resumption: tls::Resumption::single_use(true),
+        resumption,
     };
     let plane = DataPlane::start(&listen, tables.clone()).await?;
 

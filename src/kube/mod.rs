@@ -6,5 +6,6 @@ pub mod crd;
 pub mod endpoints;
 pub mod leader;
 pub mod status;
+pub mod ticket_keys;
 pub mod translate;
 pub mod world;

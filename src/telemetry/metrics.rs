@@ -26,6 +26,7 @@ pub struct Metrics {
     pub quic_path_migrations: IntCounter,
     pub quic_zero_rtt: IntCounterVec,
     pub early_data_requests: IntCounterVec,
+    pub tls_resumptions: IntCounterVec,
     pub upstream_connections: IntGaugeVec,
     pub tcp_connections_open: IntGauge,
     pub health_checks: IntCounterVec,
@@ -94,6 +95,13 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            tls_resumptions: IntCounterVec::new(
+                opts(
+                    "tls_resumptions_total",
+                    "Clients resuming a TLS session: resumed, or unknown_ticket (not ours, expired, used, or rotated out)",
+                ),
+                &["outcome"],
+            )?,
             upstream_connections: IntGaugeVec::new(
                 opts(
                     "upstream_connections",
@@ -141,6 +149,7 @@ impl Metrics {
         r(Box::new(m.quic_path_migrations.clone()))?;
         r(Box::new(m.quic_zero_rtt.clone()))?;
         r(Box::new(m.early_data_requests.clone()))?;
+        r(Box::new(m.tls_resumptions.clone()))?;
         r(Box::new(m.upstream_connections.clone()))?;
         r(Box::new(m.tcp_connections_open.clone()))?;
         r(Box::new(m.health_checks.clone()))?;
@@ -156,6 +165,9 @@ impl Metrics {
         }
         for outcome in ["forwarded", "too_early"] {
             m.early_data_requests.with_label_values(&[outcome]);
+        }
+        for outcome in ["resumed", "unknown_ticket"] {
+            m.tls_resumptions.with_label_values(&[outcome]);
         }
         Ok(Self { registry, ..m })
     }
@@ -235,6 +247,7 @@ mod tests {
             &m.quic_path_migrations,
             &m.quic_zero_rtt,
             &m.early_data_requests,
+            &m.tls_resumptions,
             &m.upstream_connections,
             &m.tcp_connections_open,
             &m.health_checks,

@@ -15,6 +15,8 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 
+use crate::telemetry::metrics::METRICS;
+
 /// Bytes in one ticket key: a 16-byte name (sent in clear in each ticket, so a replica
 /// knows which key sealed it) and a 32-byte AES-256-GCM key.
 pub const TICKET_KEY_LEN: usize = 48;
@@ -36,7 +38,8 @@ pub enum Resumption {
 
 impl Resumption {
     pub fn single_use(early_data: bool) -> Self {
-        Self::SingleUse { sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE), early_data }
+        let sessions = Arc::new(CountedSessions(ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)));
+        Self::SingleUse { sessions, early_data }
     }
 
     /// Applies this mode to a listener's configuration. `quic` listeners may accept early
@@ -57,6 +60,39 @@ impl Resumption {
 
     pub fn early_data(&self) -> bool {
         matches!(self, Self::SingleUse { early_data: true, .. })
+    }
+}
+
+/// Counts a resumption attempt: the session was found, or the client's ticket is one this
+/// replica cannot open (another replica's, expired, used already, or keys rotated away).
+fn count_resumption(found: bool) {
+    let outcome = if found { "resumed" } else { "unknown_ticket" };
+    METRICS.tls_resumptions.with_label_values(&[outcome]).inc();
+}
+
+/// The in-memory session cache, counting look-ups.
+#[derive(Debug)]
+struct CountedSessions(Arc<ServerSessionMemoryCache>);
+
+impl StoresServerSessions for CountedSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let found = self.0.get(key);
+        count_resumption(found.is_some());
+        found
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let found = self.0.take(key);
+        count_resumption(found.is_some());
+        found
+    }
+
+    fn can_cache(&self) -> bool {
+        self.0.can_cache()
     }
 }
 
@@ -175,6 +211,14 @@ impl ProducesTickets for SharedTicketer {
     }
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.open(ticket);
+        count_resumption(plain.is_some());
+        plain
+    }
+}
+
+impl SharedTicketer {
+    fn open(&self, ticket: &[u8]) -> Option<Vec<u8>> {
         let name = ticket.get(..NAME_LEN)?;
         let nonce = Nonce::try_assume_unique_for_key(ticket.get(NAME_LEN..NAME_LEN + NONCE_LEN)?).ok()?;
         let keys = self.keys.load();
