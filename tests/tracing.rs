@@ -141,4 +141,40 @@ async fn a_proxied_request_is_traced_end_to_end() {
             "{child} is a child of quic_connection: {spans:?}"
         );
     }
+
+    // Over TCP (HTTP/2) the same spans, response_send lasting while hyper writes the body.
+    let tcp_trace = "0af7651916cd43dd8448eb211c80319c";
+    let req = http::Request::get("https://localhost/over-tcp")
+        .header("traceparent", format!("00-{tcp_trace}-{client_span}-01"))
+        .body(())
+        .unwrap();
+    let trust = quic_ingress::client::TrustOptions { insecure: true, ca_file: None };
+    let resp = quic_ingress::client::request_tcp(
+        proxy.addr,
+        "localhost",
+        &trust,
+        http::Version::HTTP_2,
+        req,
+        quic_ingress::client::RequestBody::Empty,
+    )
+    .await
+    .expect("HTTP/2 request");
+    assert_eq!(resp.status, 200);
+    resp.bytes().await.expect("body");
+    let mut spans = HashMap::new();
+    for _ in 0..300 {
+        spans = jaeger.trace(tcp_trace).await;
+        if spans.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let request = spans.iter().find(|(_, (n, _))| n == "http_request").map(|(id, _)| id.clone());
+    let request = request.unwrap_or_else(|| panic!("no http_request span over TCP: {spans:?}"));
+    for child in ["route_match", "load_balance", "backend_request", "response_send"] {
+        assert!(
+            spans.values().any(|(n, p)| n == child && p.as_deref() == Some(request.as_str())),
+            "{child} is a child of http_request over TCP: {spans:?}"
+        );
+    }
 }

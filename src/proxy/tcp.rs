@@ -81,9 +81,15 @@ pub async fn serve(
                             req,
                             ConnInfo { client, protocol: Downstream::Tcp, early_data: false },
                         )
-                        .instrument(span)
+                        .instrument(span.clone())
                         .await;
                         resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
+                        if !span.is_none() {
+                            // hyper writes the response after we return: the span lives as
+                            // long as the body, so it ends when the last byte is handed over.
+                            let send = tracing::info_span!(parent: &span, "response_send");
+                            resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, send)));
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
