@@ -108,6 +108,46 @@ async fn prometheus_scrapes_request_counts_that_match_the_traffic() {
 }
 
 #[tokio::test]
+async fn prometheus_sees_0rtt_accepted_and_early_requests_by_outcome() {
+    let b = Backend::start("early").await;
+    let proxy = Proxy::start(&format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
+        b.url("http")
+    ))
+    .await;
+    // A slow path, so requests sent with the first flight are read before the handshake ends.
+    let relay = common::DelayRelay::start(proxy.addr, Duration::from_millis(40)).await;
+    let trust = quic_ingress::client::TrustOptions { insecure: true, ca_file: None };
+    let connector = quic_ingress::client::H3Connector::new(&trust, false, true).expect("connector");
+    let first = connector.connect(relay.addr, "localhost").await.expect("connect");
+    assert_eq!(h3_get(&first, "localhost", "/").await.status, 200);
+    let (early, accepted) = connector.connect_early(relay.addr, "localhost").await.expect("connect");
+    assert!(accepted.is_some(), "the first connection left a session ticket");
+    let post = http::Request::post("https://localhost/").body(()).expect("request");
+    let (get, post) = tokio::join!(
+        h3_get(&early, "localhost", "/"),
+        common::h3_send(&early, post, quic_ingress::client::RequestBody::Bytes("x".into()))
+    );
+    assert_eq!((get.status, post.status), (200, 425));
+
+    let prom = Prometheus::start(proxy.admin).await;
+    let accepted = "quic_ingress_quic_zero_rtt_total{outcome=\"accepted\"}";
+    let mut seen = None;
+    for _ in 0..150 {
+        seen = prom.value(accepted).await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(1.0));
+    assert_eq!(prom.value("quic_ingress_quic_zero_rtt_total{outcome=\"rejected\"}").await, Some(0.0));
+    assert_eq!(prom.value("quic_ingress_early_data_requests_total{outcome=\"forwarded\"}").await, Some(1.0));
+    assert_eq!(prom.value("quic_ingress_early_data_requests_total{outcome=\"too_early\"}").await, Some(1.0));
+    assert_eq!(prom.value("quic_ingress_tls_resumptions_total{outcome=\"resumed\"}").await, Some(1.0));
+}
+
+#[tokio::test]
 async fn access_logs_are_json_with_the_spec_fields() {
     let b = Backend::start("logs").await;
     let proxy = Proxy::start(&format!(
