@@ -148,6 +148,30 @@ async fn prometheus_sees_0rtt_accepted_and_early_requests_by_outcome() {
 }
 
 #[tokio::test]
+async fn pool_connections_show_active_while_a_request_runs_then_idle() {
+    let b = Backend::start("pool").await;
+    let proxy = Proxy::start(&format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
+        b.url("http")
+    ))
+    .await;
+    let c = proxy.h3().await;
+    let slow = tokio::spawn(async move { h3_get(&c, "localhost", "/slow?delay_ms=1500").await.status });
+    let series =
+        |state: &str| format!("quic_ingress_upstream_pool_connections{{backend=\"{}\",state=\"{state}\"}}", b.addr);
+    let (active, idle) = (series("active"), series("idle"));
+    wait_until("the slow request to hold a pooled connection", Duration::from_secs(10), || async {
+        metric(proxy.admin, &active).await == 1.0 && metric(proxy.admin, &idle).await == 0.0
+    })
+    .await;
+    assert_eq!(slow.await.expect("request task"), 200);
+    wait_until("the connection to return to the pool idle", Duration::from_secs(10), || async {
+        metric(proxy.admin, &active).await == 0.0 && metric(proxy.admin, &idle).await == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn access_logs_are_json_with_the_spec_fields() {
     let b = Backend::start("logs").await;
     let proxy = Proxy::start(&format!(

@@ -105,7 +105,7 @@ impl Metrics {
             upstream_connections: IntGaugeVec::new(
                 opts(
                     "upstream_connections",
-                    "Open pooled connections to a backend; idle = this minus active_connections for HTTP/1.1",
+                    "Open pooled connections to a backend (upstream_pool_connections splits them into active and idle)",
                 ),
                 &["backend"],
             )?,
@@ -159,6 +159,7 @@ impl Metrics {
         r(Box::new(m.route_table_build_seconds.clone()))?;
         r(Box::new(m.watch_events.clone()))?;
         r(Box::new(m.change_to_serving.clone()))?;
+        r(Box::new(PoolCollector::new()?))?;
         // Fixed outcomes start at zero, so rates and dashboards work before the first event.
         for outcome in ["accepted", "rejected"] {
             m.quic_zero_rtt.with_label_values(&[outcome]);
@@ -179,6 +180,37 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// `upstream_pool_connections{backend,state}`: each live endpoint's pooled connections,
+/// active or idle, computed when scraped (so idle connections closing show without a request).
+struct PoolCollector(IntGaugeVec);
+
+impl PoolCollector {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self(IntGaugeVec::new(
+            opts(
+                "upstream_pool_connections",
+                "Pooled connections to a backend: active (carrying a request) or idle (kept for reuse)",
+            ),
+            &["backend", "state"],
+        )?))
+    }
+}
+
+impl prometheus::core::Collector for PoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.reset();
+        for (backend, active, idle) in crate::upstream::pool_connections() {
+            self.0.with_label_values(&[backend.as_str(), "active"]).add(active);
+            self.0.with_label_values(&[backend.as_str(), "idle"]).add(idle);
+        }
+        self.0.collect()
     }
 }
 
@@ -258,7 +290,13 @@ mod tests {
             &m.watch_events,
             &m.change_to_serving,
         ];
-        collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+        let pool = PoolCollector::new().expect("pool collector");
+        collectors
+            .iter()
+            .chain([&pool as &dyn Collector].iter())
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub struct EndpointConnector {
 struct Target {
     /// Counts open connections to this endpoint.
     open: prometheus::IntGauge,
+    /// Open connections that carry many requests at once (HTTP/2).
+    multiplexed: AtomicI64,
+    /// HTTP/2 without TLS (`h2c://`): every connection is multiplexed.
+    h2c: bool,
     host: String,
     port: u16,
     connect_timeout: Duration,
@@ -42,9 +47,16 @@ impl EndpointConnector {
         connect_timeout: Duration,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
         open: prometheus::IntGauge,
+        h2c: bool,
     ) -> Self {
         let tls = tls.map(|(cfg, name)| (TlsConnector::from(cfg), name));
-        Self { target: Arc::new(Target { open, host, port, connect_timeout, tls }) }
+        let multiplexed = AtomicI64::new(0);
+        Self { target: Arc::new(Target { open, multiplexed, h2c, host, port, connect_timeout, tls }) }
+    }
+
+    /// Open connections: (all, multiplexed).
+    pub fn open_connections(&self) -> (i64, i64) {
+        (self.target.open.get(), self.target.multiplexed.load(Ordering::Relaxed))
     }
 }
 
@@ -74,8 +86,12 @@ impl tower_service::Service<Uri> for EndpointConnector {
                     Io::Tls(Box::new(TokioIo::new(tls)))
                 }
             };
+            let multiplexed = target.h2c || is_h2(&io);
             target.open.inc();
-            Ok(UpstreamStream { io, open: target.open.clone() })
+            if multiplexed {
+                target.multiplexed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(UpstreamStream { io, target, multiplexed })
         })
     }
 }
@@ -83,12 +99,23 @@ impl tower_service::Service<Uri> for EndpointConnector {
 /// A connection to an endpoint, counted as open until dropped.
 pub struct UpstreamStream {
     io: Io,
-    open: prometheus::IntGauge,
+    target: Arc<Target>,
+    multiplexed: bool,
 }
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
-        self.open.dec();
+        self.target.open.dec();
+        if self.multiplexed {
+            self.target.multiplexed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_h2(io: &Io) -> bool {
+    match io {
+        Io::Plain(_) => false,
+        Io::Tls(s) => s.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
     }
 }
 
@@ -99,13 +126,7 @@ enum Io {
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match &self.io {
-            Io::Plain(_) => Connected::new(),
-            Io::Tls(s) => {
-                let (_, session) = s.inner().get_ref();
-                if session.alpn_protocol() == Some(b"h2") { Connected::new().negotiated_h2() } else { Connected::new() }
-            }
-        }
+        if is_h2(&self.io) { Connected::new().negotiated_h2() } else { Connected::new() }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Endpoint {
     passive: Mutex<PassiveState>,
     /// Where health changes are announced (the controller turns them into Events).
     transitions: Option<mpsc::UnboundedSender<Transition>>,
+    /// The pool's dialer, kept to read its connection counts.
+    connector: EndpointConnector,
     client: Client<EndpointConnector, ProxyBody>,
 }
 
@@ -72,7 +74,9 @@ impl Endpoint {
             Protocol::Http1 | Protocol::H2c => None,
         };
         let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
-        let connector = EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls, open);
+        let h2c = spec.url.protocol == Protocol::H2c;
+        let connector =
+            EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls, open, h2c);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -97,8 +101,15 @@ impl Endpoint {
             record: Mutex::new(HealthRecord::default()),
             passive: Mutex::new(PassiveState::default()),
             transitions,
+            connector: connector.clone(),
             client: builder.build(connector),
         })
+    }
+
+    /// The pool's open connections as (active, idle).
+    pub fn pool_connections(&self) -> (i64, i64) {
+        let (open, multiplexed) = self.connector.open_connections();
+        split_pool(open, multiplexed, self.in_flight() as i64)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -299,6 +310,33 @@ fn client_tls(
     Ok((Arc::new(config), server_name))
 }
 
+/// Splits open connections into active and idle. An HTTP/1.1 connection carries one
+/// request at a time, so each request in flight keeps one busy; hyper pools one HTTP/2
+/// connection per endpoint, busy while any request is in flight.
+fn split_pool(open: i64, multiplexed: i64, in_flight: i64) -> (i64, i64) {
+    let serial = (open - multiplexed).max(0);
+    let busy_serial = serial.min(in_flight);
+    let busy_multiplexed = multiplexed.min(i64::from(in_flight > busy_serial));
+    let active = busy_serial + busy_multiplexed;
+    (active, open.max(active) - active)
+}
+
+/// Every endpoint alive in the process, for the pool metrics read at scrape time.
+static ALL_ENDPOINTS: Mutex<Vec<Weak<Endpoint>>> = Mutex::new(Vec::new());
+
+/// (backend address, active, idle) for each live endpoint.
+pub fn pool_connections() -> Vec<(String, i64, i64)> {
+    let mut all = ALL_ENDPOINTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .map(|e| {
+            let (active, idle) = e.pool_connections();
+            (e.address.clone(), active, idle)
+        })
+        .collect()
+}
+
 /// Hands out shared endpoints by spec; keeps only weak references so endpoints no table
 /// uses any more are dropped with their pools.
 #[derive(Default)]
@@ -322,6 +360,9 @@ impl EndpointRegistry {
         let endpoint = Arc::new(Endpoint::new(spec, self.transitions.clone())?);
         live.retain(|_, weak| weak.strong_count() > 0);
         live.insert(spec.clone(), Arc::downgrade(&endpoint));
+        let mut all = ALL_ENDPOINTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&endpoint));
         Ok(endpoint)
     }
 
@@ -335,6 +376,16 @@ impl EndpointRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http1_connections_are_busy_one_request_each_http2_while_any_request_runs() {
+        assert_eq!(split_pool(4, 0, 0), (0, 4));
+        assert_eq!(split_pool(4, 0, 3), (3, 1));
+        assert_eq!(split_pool(4, 0, 9), (4, 0), "requests waiting for a connection keep none busy");
+        assert_eq!(split_pool(1, 1, 0), (0, 1));
+        assert_eq!(split_pool(1, 1, 25), (1, 0), "25 streams on one HTTP/2 connection");
+        assert_eq!(split_pool(0, 0, 2), (0, 0), "requests still connecting");
+    }
 
     fn spec(url: &str) -> EndpointSpec {
         EndpointSpec {

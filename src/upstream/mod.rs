@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
-pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck};
+pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, pool_connections};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
 
 /// Why a backend could not be set up.
