@@ -220,7 +220,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-/// Not in SPEC.md's example: TLS to `https://` backends.
+/// Not in SPEC.md's example: TLS to `https://` and `h3://` backends.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {

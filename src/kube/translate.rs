@@ -359,7 +359,7 @@ impl Translator<'_> {
                     BackendProtocol::Http1 => "http",
                     BackendProtocol::H2 => "h2c",
                     BackendProtocol::Https => "https",
-                    BackendProtocol::H3 => return Err("protocol h3: HTTP/3 upstreams are not supported yet".into()),
+                    BackendProtocol::H3 => "h3",
                 };
                 self.service_endpoints(ns, &svc.name, &PortRef::Number(svc.port), Some(scheme))?
                     .into_iter()

@@ -392,6 +392,24 @@ fn backend_groups_by_resource_and_by_their_own_routes() {
 }
 
 #[test]
+fn protocol_h3_dials_service_endpoints_over_http3() {
+    let mut world = shop_world();
+    world.groups = vec![backend_group(
+        "shop",
+        "quic",
+        BackendGroupSpec {
+            service: Some(crate::kube::crd::ServiceRef { name: "api".into(), port: 80 }),
+            protocol: BackendProtocol::H3,
+            ..Default::default()
+        },
+    )];
+    world.ingresses = vec![ingress("shop", "web").rule(Some("x.com"), "/", "Prefix", bg_backend("quic")).build()];
+    let t = run(&world);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(endpoints_for(&t, "x.com", "/").unwrap()[0], "h3://10.0.0.1:8080");
+}
+
+#[test]
 fn invalid_backend_group_is_reported() {
     let mut world = shop_world();
     world.groups = vec![backend_group(

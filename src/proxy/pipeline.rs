@@ -17,7 +17,7 @@ use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
 use crate::telemetry::metrics::{METRICS, method_label};
 use crate::telemetry::traces;
-use crate::upstream::{Endpoint, Protocol};
+use crate::upstream::{Endpoint, Protocol, SendError};
 use tracing::{Instrument, Span};
 
 /// What the pipeline knows about the downstream connection.
@@ -271,7 +271,7 @@ fn upstream_request(
     }
 
     let scheme = match endpoint.url.protocol {
-        Protocol::Https => "https",
+        Protocol::Https | Protocol::H3 => "https",
         Protocol::Http1 | Protocol::H2c => "http",
     };
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -289,6 +289,10 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         }
+        Protocol::H3 => {
+            parts.version = Version::HTTP_3;
+            parts.headers.remove(header::HOST);
+        }
         Protocol::Http1 | Protocol::Https => {
             parts.version = Version::HTTP_11;
             if let Ok(h) = HeaderValue::from_str(authority) {
@@ -299,8 +303,14 @@ fn upstream_request(
     Request::from_parts(parts, body)
 }
 
-/// Maps a client error to the status the user sees: timeouts 504, everything else 502.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+/// Maps a send error to the status the user sees: timeouts 504, everything else 502.
+fn classify(e: &SendError) -> ProxyError {
+    let e = match e {
+        SendError::NotSent(_) => return ProxyError::Connect,
+        SendError::ConnectTimeout => return ProxyError::ConnectTimeout,
+        SendError::Broken(_) => return ProxyError::BadUpstream,
+        SendError::Client(e) => e,
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>()

@@ -27,11 +27,41 @@ pub struct EndpointConnector {
     target: Arc<Target>,
 }
 
-struct Target {
-    /// Counts open connections to this endpoint.
+/// Open connections to one endpoint, whichever client opened them.
+pub struct ConnCounts {
+    /// All open connections (the `upstream_connections` gauge).
     open: prometheus::IntGauge,
-    /// Open connections that carry many requests at once (HTTP/2).
+    /// Those that carry many requests at once (HTTP/2, HTTP/3).
     multiplexed: AtomicI64,
+}
+
+impl ConnCounts {
+    pub fn new(open: prometheus::IntGauge) -> Self {
+        Self { open, multiplexed: AtomicI64::new(0) }
+    }
+
+    pub fn opened(&self, multiplexed: bool) {
+        self.open.inc();
+        if multiplexed {
+            self.multiplexed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn closed(&self, multiplexed: bool) {
+        self.open.dec();
+        if multiplexed {
+            self.multiplexed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (all, multiplexed).
+    pub fn get(&self) -> (i64, i64) {
+        (self.open.get(), self.multiplexed.load(Ordering::Relaxed))
+    }
+}
+
+struct Target {
+    counts: Arc<ConnCounts>,
     /// HTTP/2 without TLS (`h2c://`): every connection is multiplexed.
     h2c: bool,
     host: String,
@@ -46,17 +76,11 @@ impl EndpointConnector {
         port: u16,
         connect_timeout: Duration,
         tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-        open: prometheus::IntGauge,
+        counts: Arc<ConnCounts>,
         h2c: bool,
     ) -> Self {
         let tls = tls.map(|(cfg, name)| (TlsConnector::from(cfg), name));
-        let multiplexed = AtomicI64::new(0);
-        Self { target: Arc::new(Target { open, multiplexed, h2c, host, port, connect_timeout, tls }) }
-    }
-
-    /// Open connections: (all, multiplexed).
-    pub fn open_connections(&self) -> (i64, i64) {
-        (self.target.open.get(), self.target.multiplexed.load(Ordering::Relaxed))
+        Self { target: Arc::new(Target { counts, h2c, host, port, connect_timeout, tls }) }
     }
 }
 
@@ -87,11 +111,8 @@ impl tower_service::Service<Uri> for EndpointConnector {
                 }
             };
             let multiplexed = target.h2c || is_h2(&io);
-            target.open.inc();
-            if multiplexed {
-                target.multiplexed.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(UpstreamStream { io, target, multiplexed })
+            target.counts.opened(multiplexed);
+            Ok(UpstreamStream { io, counts: target.counts.clone(), multiplexed })
         })
     }
 }
@@ -99,16 +120,13 @@ impl tower_service::Service<Uri> for EndpointConnector {
 /// A connection to an endpoint, counted as open until dropped.
 pub struct UpstreamStream {
     io: Io,
-    target: Arc<Target>,
+    counts: Arc<ConnCounts>,
     multiplexed: bool,
 }
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
-        self.target.open.dec();
-        if self.multiplexed {
-            self.target.multiplexed.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.counts.closed(self.multiplexed);
     }
 }
 

@@ -13,7 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connector::EndpointConnector;
+use super::connector::{ConnCounts, EndpointConnector};
+use super::h3::{H3Body, H3Upstream};
 use super::{
     BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, Transition, UpstreamError, UpstreamTls,
 };
@@ -52,9 +53,67 @@ pub struct Endpoint {
     passive: Mutex<PassiveState>,
     /// Where health changes are announced (the controller turns them into Events).
     transitions: Option<mpsc::UnboundedSender<Transition>>,
-    /// The pool's dialer, kept to read its connection counts.
-    connector: EndpointConnector,
-    client: Client<EndpointConnector, ProxyBody>,
+    /// Open connections, for the pool metrics.
+    counts: Arc<ConnCounts>,
+    client: Transport,
+}
+
+/// The client an endpoint's protocol needs.
+enum Transport {
+    /// HTTP/1.1 and HTTP/2, pooled by hyper.
+    Hyper(Client<EndpointConnector, ProxyBody>),
+    /// HTTP/3: one multiplexed QUIC connection.
+    H3(H3Upstream),
+}
+
+/// Why a request got no response from the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    /// Nothing reached the backend (connecting failed, or the connection was gone).
+    #[error("{0}")]
+    NotSent(String),
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    /// The exchange broke after the request was sent.
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// A response body from any upstream protocol.
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    H3(H3Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H3(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::H3(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::H3(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -69,21 +128,47 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     fn new(spec: &EndpointSpec, transitions: Option<mpsc::UnboundedSender<Transition>>) -> Result<Self, UpstreamError> {
-        let tls = match spec.url.protocol {
-            Protocol::Https => Some(client_tls(&spec.url, &spec.tls)?),
-            Protocol::Http1 | Protocol::H2c => None,
-        };
         let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
-        let h2c = spec.url.protocol == Protocol::H2c;
-        let connector =
-            EndpointConnector::new(spec.url.host.clone(), spec.url.port, spec.connect_timeout, tls, open, h2c);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(spec.pool.idle_timeout)
-            .pool_max_idle_per_host(spec.pool.max_idle_connections)
-            .http2_only(spec.url.protocol == Protocol::H2c);
+        let counts = Arc::new(ConnCounts::new(open));
+        let client = match spec.url.protocol {
+            Protocol::H3 => {
+                let (config, name) = client_tls(&spec.url, &spec.tls, &[b"h3"])?;
+                let h3 = H3Upstream::new(
+                    spec.url.host.clone(),
+                    spec.url.port,
+                    Arc::unwrap_or_clone(config),
+                    name.to_str().into_owned(),
+                    spec.connect_timeout,
+                    spec.pool.idle_timeout,
+                    counts.clone(),
+                )
+                .map_err(UpstreamError::Tls)?;
+                Transport::H3(h3)
+            }
+            Protocol::Http1 | Protocol::H2c | Protocol::Https => {
+                let tls = match spec.url.protocol {
+                    Protocol::Https => Some(client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?),
+                    _ => None,
+                };
+                let h2c = spec.url.protocol == Protocol::H2c;
+                let connector = EndpointConnector::new(
+                    spec.url.host.clone(),
+                    spec.url.port,
+                    spec.connect_timeout,
+                    tls,
+                    counts.clone(),
+                    h2c,
+                );
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(spec.pool.idle_timeout)
+                    .pool_max_idle_per_host(spec.pool.max_idle_connections)
+                    .http2_only(h2c);
+                Transport::Hyper(builder.build(connector))
+            }
+        };
         let address = spec.url.address();
         let active_gauge = METRICS.active_connections.with_label_values(&[address.as_str()]);
         let healthy_gauge = METRICS.backend_healthy.with_label_values(&[address.as_str()]);
@@ -101,14 +186,14 @@ impl Endpoint {
             record: Mutex::new(HealthRecord::default()),
             passive: Mutex::new(PassiveState::default()),
             transitions,
-            connector: connector.clone(),
-            client: builder.build(connector),
+            counts,
+            client,
         })
     }
 
     /// The pool's open connections as (active, idle).
     pub fn pool_connections(&self) -> (i64, i64) {
-        let (open, multiplexed) = self.connector.open_connections();
+        let (open, multiplexed) = self.counts.get();
         split_pool(open, multiplexed, self.in_flight() as i64)
     }
 
@@ -224,11 +309,11 @@ impl Endpoint {
 
     /// Sends a request on the pooled client. The URI keeps the client's authority; the
     /// connector dials this endpoint whatever the URI says.
-    pub async fn send(
-        &self,
-        req: http::Request<ProxyBody>,
-    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    pub async fn send(&self, req: http::Request<ProxyBody>) -> Result<http::Response<UpstreamBody>, SendError> {
+        match &self.client {
+            Transport::Hyper(client) => Ok(client.request(req).await?.map(UpstreamBody::Hyper)),
+            Transport::H3(h3) => Ok(h3.send(req).await?.map(UpstreamBody::H3)),
+        }
     }
 }
 
@@ -292,6 +377,7 @@ impl Drop for InFlight {
 fn client_tls(
     url: &BackendUrl,
     tls: &UpstreamTls,
+    alpn: &[&[u8]],
 ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), UpstreamError> {
     let tls_err = |e: crate::tls::TlsError| UpstreamError::Tls(e.to_string());
     let name = tls.server_name.clone().unwrap_or_else(|| url.host.trim_matches(['[', ']']).to_string());
@@ -306,7 +392,7 @@ fn client_tls(
         };
         crate::tls::client_config(roots).map_err(tls_err)?
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok((Arc::new(config), server_name))
 }
 

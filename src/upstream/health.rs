@@ -168,7 +168,8 @@ async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck) {
 }
 
 async fn probe(ep: &Endpoint, check: &HealthCheck) -> Result<(), String> {
-    let uri = format!("http://{}{}", ep.address, check.path);
+    let scheme = if ep.url.protocol.uses_tls() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{}", ep.address, check.path);
     let req = Request::get(uri)
         .header(http::header::USER_AGENT, "quic-ingress-health-check")
         .body(crate::body::empty())

@@ -4,6 +4,7 @@
 pub mod balancer;
 mod connector;
 mod endpoint;
+mod h3;
 pub mod health;
 
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
-pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, pool_connections};
+pub use endpoint::{
+    Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody, pool_connections,
+};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
 
 /// Why a backend could not be set up.
@@ -36,6 +39,8 @@ pub enum Protocol {
     H2c,
     /// `https://`: TLS, HTTP/2 or HTTP/1.1 by ALPN.
     Https,
+    /// `h3://`: HTTP/3 over QUIC.
+    H3,
 }
 
 impl Protocol {
@@ -44,7 +49,13 @@ impl Protocol {
             Self::Http1 => "http",
             Self::H2c => "h2c",
             Self::Https => "https",
+            Self::H3 => "h3",
         }
+    }
+
+    /// Whether the connection is TLS (and so takes the group's `tls` settings).
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Https | Self::H3)
     }
 }
 
@@ -64,9 +75,9 @@ impl BackendUrl {
             Some("http") => Protocol::Http1,
             Some("h2c") => Protocol::H2c,
             Some("https") => Protocol::Https,
-            Some("h3") => return Err(bad("h3:// upstreams are not supported yet; use https:// or h2c://")),
-            Some(other) => return Err(bad(&format!("unknown scheme {other:?}; expected http, h2c or https"))),
-            None => return Err(bad("missing scheme; expected http://, h2c:// or https://")),
+            Some("h3") => Protocol::H3,
+            Some(other) => return Err(bad(&format!("unknown scheme {other:?}; expected http, h2c, https or h3"))),
+            None => return Err(bad("missing scheme; expected http://, h2c://, https:// or h3://")),
         };
         let authority = uri.authority().ok_or_else(|| bad("missing host"))?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -80,7 +91,7 @@ impl BackendUrl {
             return Err(bad("missing host"));
         }
         let port = authority.port_u16().unwrap_or(match protocol {
-            Protocol::Https => 443,
+            Protocol::Https | Protocol::H3 => 443,
             Protocol::Http1 | Protocol::H2c => 80,
         });
         Ok(Self { protocol, host, port })
@@ -272,13 +283,19 @@ mod tests {
     }
 
     #[test]
+    fn h3_urls_are_quic_with_tls_on_port_443_by_default() {
+        let url = BackendUrl::parse("h3://api.internal").unwrap();
+        assert_eq!((url.protocol, url.port, url.to_string()), (Protocol::H3, 443, "h3://api.internal:443".into()));
+        assert!(url.protocol.uses_tls());
+    }
+
+    #[test]
     fn bad_backend_urls_say_why() {
         for (url, why) in [
             ("10.0.0.1:8001", "scheme"),
             ("ftp://a:1", "unknown scheme"),
             ("http://a:1/x", "no path"),
             ("http://u:p@a:1", "credentials"),
-            ("h3://a:1", "not supported yet"),
             ("http://", "empty"),
         ] {
             let err = BackendUrl::parse(url).unwrap_err().to_string();

@@ -108,7 +108,7 @@ pub fn log_path(name: &str) -> PathBuf {
     dir.join(format!("{name}-{}.log", std::process::id()))
 }
 
-fn log_file(name: &str) -> Stdio {
+pub fn log_file(name: &str) -> Stdio {
     Stdio::from(std::fs::File::create(log_path(name)).expect("log file"))
 }
 
