@@ -84,13 +84,18 @@ async fn connection(
         m.quic_handshakes.with_label_values(&[label]).inc();
     });
     m.quic_connections_open.inc();
-    let open = ConnectionGauge(conn.clone());
+    let open = ConnectionGauge { conn: conn.clone(), lost_counted: std::cell::Cell::new(0) };
+    let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATS_EVERY, STATS_EVERY);
     let mut client = conn.remote_address();
     let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
     let mut closing = false;
     loop {
         let accepted = tokio::select! {
             accepted = h3.accept() => accepted,
+            _ = stats_tick.tick() => {
+                open.count_lost();
+                continue;
+            }
             () = shutdown.cancelled(), if !closing => {
                 closing = true;
                 // GOAWAY: the client opens no new requests here; accept() returns None once
@@ -104,7 +109,7 @@ async fn connection(
                 let tables = tables.clone();
                 // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has
                 // validated the new path, so requests now come from the new address.
-                let now_at = open.0.remote_address();
+                let now_at = open.conn.remote_address();
                 if now_at != client {
                     m.quic_path_migrations.inc();
                     tracing::debug!(from = %client, to = %now_at, "client migrated");
@@ -127,16 +132,30 @@ async fn connection(
     }
 }
 
-/// Counts a connection as open until dropped, then records its path statistics.
-struct ConnectionGauge(quinn::Connection);
+/// How often a long-lived connection's lost packets are added to the counter.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts a connection as open until dropped, then records its RTT; lost packets are
+/// counted as they accrue, so long-lived connections show in the rate.
+struct ConnectionGauge {
+    conn: quinn::Connection,
+    lost_counted: std::cell::Cell<u64>,
+}
+
+impl ConnectionGauge {
+    fn count_lost(&self) {
+        let lost = self.conn.stats().path.lost_packets;
+        let new = lost.saturating_sub(self.lost_counted.replace(lost));
+        crate::telemetry::metrics::METRICS.quic_lost_packets.inc_by(new);
+    }
+}
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         let m = &crate::telemetry::metrics::METRICS;
         m.quic_connections_open.dec();
-        let stats = self.0.stats();
-        m.quic_rtt.observe(stats.path.rtt.as_secs_f64());
-        m.quic_lost_packets.inc_by(stats.path.lost_packets);
+        self.count_lost();
+        m.quic_rtt.observe(self.conn.stats().path.rtt.as_secs_f64());
     }
 }
 
