@@ -38,7 +38,7 @@ TESTENV_BIN = $(TESTENV_CACHE)/bin/testenv-$(TESTENV_HASH)
 HELM_VERSION ?= v3.22.0
 HELM_BIN = $(TESTENV_CACHE)/bin/helm-$(HELM_VERSION)
 
-.PHONY: testenv-build testenv-print-bin testenv-up testenv-down test-e2e e2e-deps helm
+.PHONY: testenv-build testenv-print-bin testenv-up testenv-down test-e2e e2e-deps helm helm-print-bin
 
 testenv-build: $(TESTENV_BIN)
 	@echo "testenv: $(TESTENV_BIN)" >&2
@@ -113,11 +113,15 @@ e2e-deps:
 	  echo "installing: iproute2"; SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iproute2; }
 
-test-e2e: $(TESTENV_BIN) e2e-deps
+test-e2e: $(TESTENV_BIN) $(HELM_BIN) e2e-deps
 	cargo build -p quic-ingress --bins
-	QUIC_INGRESS_BIN=$(QUIC_INGRESS_BIN) \
+	QUIC_INGRESS_BIN=$(QUIC_INGRESS_BIN) QUIC_INGRESS_HELM=$(HELM_BIN) \
 	QUIC_INGRESS_TESTENV_BIN=$(TESTENV_BIN) QUIC_INGRESS_TESTENV_DIR=$(abspath $(TESTENV_DIR))/runs \
 	  cargo test -p quic-ingress-e2e $(E2E_TEST_ARGS)
+
+# For the chart test: builds helm if needed, prints only its path on stdout.
+helm-print-bin: $(HELM_BIN)
+	@echo $(HELM_BIN)
 
 helm: $(HELM_BIN)
 	@mkdir -p $(TESTENV_DIR)/bin

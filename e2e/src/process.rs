@@ -19,6 +19,27 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The helm binary: `QUIC_INGRESS_HELM` (set by `make test-e2e`), else built or found by
+/// `make -f e2e/testenv.mk helm-print-bin` (a Go build the first time on a machine).
+pub fn helm_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("QUIC_INGRESS_HELM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(bin));
+    }
+    let out = std::process::Command::new("make")
+        .args(["-s", "--no-print-directory", "-f", "e2e/testenv.mk", "helm-print-bin"])
+        .current_dir(repo_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building helm failed ({})", out.status);
+    }
+    let path = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    if !path.is_file() {
+        bail!("make printed {}, which is not a file", path.display());
+    }
+    Ok(path)
+}
+
 /// The `quic-ingress` binary: `QUIC_INGRESS_BIN`, else `debug/quic-ingress` in
 /// `CARGO_TARGET_DIR`, in the target directory this test binary was built into, or in the
 /// repository's `target/`. A test crate cannot use another package's `CARGO_BIN_EXE_*`, so

@@ -202,6 +202,17 @@ mod tests {
     }
 
     #[test]
+    fn the_helm_chart_ships_the_same_definition() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap_or_default();
+        assert!(
+            read("charts/quic-ingress/crds/backendgroups.quic-ingress.dev.yaml")
+                == read("crds/backendgroups.quic-ingress.dev.yaml"),
+            "charts/quic-ingress/crds/ is out of date: copy crds/backendgroups.quic-ingress.dev.yaml there"
+        );
+    }
+
+    #[test]
     fn spec_parses_the_spec_md_example() {
         let yaml = r#"
 strategy: least_connections
