@@ -80,7 +80,13 @@ pub fn check(
     dev: DefaultCert,
 ) -> Result<Checked, ServeError> {
     let file = path.display().to_string();
-    let config = config::load(path)?;
+    let mut config = config::load(path)?;
+    // Like the certificate files, CA bundles are named relative to the config file.
+    for group in &mut config.backend_groups {
+        if let Some(ca) = &group.tls.ca_file {
+            group.tls.ca_file = Some(resolve(path, ca));
+        }
+    }
     let listen = config.validate().map_err(|errors| ConfigError::Invalid { file: file.clone(), errors })?;
     let certs = match (&config.server.cert_file, &config.server.key_file, dev) {
         (Some(cert), Some(key), _) => {

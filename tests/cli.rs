@@ -73,3 +73,16 @@ async fn get_prints_status_protocol_and_body_over_each_protocol() {
     let out = Command::new(BIN).args(["get", &proxy.https_url("/cli")]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_relative_ca_file_is_found_next_to_the_config_file() {
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".to_string()]).unwrap();
+    let config = write(
+        "relative-ca.yaml",
+        "server: {address: \"127.0.0.1:8443\"}\nroutes:\n  - {id: r, path: /, backend_group: g}\nbackend_groups:\n  - id: g\n    backends: [{url: \"h3://127.0.0.1:9443\"}]\n    tls: {ca_file: relative-ca.pem}\n",
+    );
+    std::fs::write(config.with_file_name("relative-ca.pem"), cert.cert.pem()).unwrap();
+    // Run from elsewhere: the bundle is next to the config, not in the working directory.
+    let out = Command::new(BIN).arg("check-config").arg(&config).current_dir("/").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
