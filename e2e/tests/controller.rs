@@ -516,6 +516,24 @@ async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
     })
     .await?;
     assert_eq!(ip, "192.0.2.10");
+    // An Ingress that moves to another class loses the address we published.
+    ns.create(
+        &ingress("leaving")
+            .class("quic")
+            .resource_rule("leaving.example.com", "/", "Prefix", "quic-ingress.dev", "BackendGroup", "checked")
+            .build(),
+    )
+    .await?;
+    eventually("the leaving Ingress to get our address", TIMEOUT, || async {
+        Ok(lb_ip(&ingresses.get("leaving").await?).filter(|ip| ip == "192.0.2.10"))
+    })
+    .await?;
+    let to_other = json!({"spec": {"ingressClassName": "someone-else"}});
+    ingresses.patch("leaving", &PatchParams::default(), &Patch::Merge(&to_other)).await?;
+    eventually("the address to be withdrawn from an Ingress of another class", TIMEOUT, || async {
+        Ok(lb_ip(&ingresses.get("leaving").await?).is_none().then_some(()))
+    })
+    .await?;
 
     // h2 dies: two failed checks (1 s apart) mark it unhealthy.
     h2.stop();

@@ -330,19 +330,18 @@ async fn rebuild_loop(
                 (p.namespace.clone(), p.name.clone(), generation, p.message.clone())
             })
             .collect();
-        let ingresses = t
-            .served_ingresses
-            .iter()
-            .map(|(ns, name)| {
-                let current = world
-                    .ingresses
-                    .iter()
-                    .find(|i| i.namespace().as_deref() == Some(ns.as_str()) && &i.name_any() == name)
-                    .map(|i| status::current_lb(i))
-                    .unwrap_or_default();
-                (ns.clone(), name.clone(), current)
-            })
-            .collect();
+        let served: std::collections::HashSet<(String, String)> = t.served_ingresses.into_iter().collect();
+        let (mut ingresses, mut released) = (Vec::new(), Vec::new());
+        for i in &world.ingresses {
+            let key = (i.namespace().unwrap_or_default(), i.name_any());
+            let current = status::current_lb(i);
+            if served.contains(&key) {
+                ingresses.push((key.0, key.1, current));
+            } else if !current.is_empty() {
+                // Another class's now, or no class: ours to clear if it shows our address.
+                released.push((key.0, key.1, current));
+            }
+        }
         crate::telemetry::metrics::record_table(&t.table, started.elapsed());
         tables.store(Arc::new(t.table));
         // burst_start is when the first event of this burst woke the loop.
@@ -355,7 +354,13 @@ async fn rebuild_loop(
             build_ms = started.elapsed().as_secs_f64() * 1000.0,
             "route table published"
         );
-        feed.send_replace(Arc::new(Feed { problems: t.problems, groups: t.groups, ingresses, invalid_groups }));
+        feed.send_replace(Arc::new(Feed {
+            problems: t.problems,
+            groups: t.groups,
+            ingresses,
+            released,
+            invalid_groups,
+        }));
         changed.notified().await;
     }
 }

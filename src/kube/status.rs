@@ -38,6 +38,8 @@ pub struct Feed {
     pub groups: Vec<GroupStatusSource>,
     /// Served Ingresses with their current `status.loadBalancer` addresses.
     pub ingresses: Vec<(String, String, Vec<String>)>,
+    /// Ingresses not served (any more) that still show load-balancer addresses.
+    pub released: Vec<(String, String, Vec<String>)>,
     /// BackendGroup objects that failed to compile: (namespace, name, generation).
     pub invalid_groups: Vec<(String, String, Option<i64>, String)>,
 }
@@ -274,10 +276,22 @@ impl Writer {
                 })
                 .collect();
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
-            let api: Api<Ingress> = Api::namespaced(self.client.clone(), ns);
-            if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                tracing::warn!(namespace = %ns, name = %name, error = %e, "cannot write Ingress status");
+            self.patch_ingress_status(ns, name, &patch).await;
+        }
+        // An Ingress that moved to another class (or lost its class) keeps no address of
+        // ours; one showing another controller's addresses is left alone.
+        for (ns, name, current) in &feed.released {
+            if *current == addresses {
+                let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": null } } });
+                self.patch_ingress_status(ns, name, &patch).await;
             }
+        }
+    }
+
+    async fn patch_ingress_status(&self, ns: &str, name: &str, patch: &serde_json::Value) {
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            tracing::warn!(namespace = %ns, name = %name, error = %e, "cannot write Ingress status");
         }
     }
 
