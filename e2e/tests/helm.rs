@@ -172,6 +172,24 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     })
     .await
     .with_context(|| controller.borrow().log_tail(30))?;
+    // The schema admits h3:// backends and the controller builds them (Ready, 1 backend).
+    let quic: BackendGroup = serde_json::from_value(json!({
+        "apiVersion": "quic-ingress.dev/v1alpha1",
+        "kind": "BackendGroup",
+        "metadata": {"name": "quic"},
+        "spec": {"backends": [{"url": "h3://192.0.2.20:443"}]},
+    }))?;
+    ns.create(&quic).await?;
+    let groups = ns.api::<BackendGroup>();
+    eventually("the h3 BackendGroup to be built", TIMEOUT, || async {
+        let status = groups.get("quic").await?.status;
+        let ready = status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let built = status.as_ref().is_some_and(|s| s.total_backends == 1)
+            && ready.is_some_and(|c| c.reason != "InvalidBackendGroup");
+        Ok(built.then_some(()))
+    })
+    .await
+    .with_context(|| controller.borrow().log_tail(30))?;
     let controller = controller.into_inner();
     let log = std::fs::read_to_string(controller.log_path())?;
     ensure!(log.contains("session-ticket keys loaded"), "the chart's ticket Secret was read");

@@ -60,8 +60,8 @@ pub struct ServiceRef {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct StaticBackend {
-    /// http://, h2c:// or https:// with host and port.
-    #[schemars(regex(pattern = r"^(http|h2c|https)://[^/?#@]+/?$"))]
+    /// http://, h2c://, https:// or h3:// with host and port.
+    #[schemars(regex(pattern = r"^(http|h2c|https|h3)://[^/?#@]+/?$"))]
     pub url: String,
     #[serde(default = "default_weight")]
     #[schemars(range(min = 0, max = 1000000))]
