@@ -14,3 +14,22 @@ cargo build --release --bins -q
 work=$(mktemp -d); pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+
+# Caddy's global options for a peer run: no admin API, never touching the machine's trust
+# store (skip_install_trust), HTTP/1.1, 2 and 3, errors only.
+caddy_globals() {
+  cat <<'CADDY'
+{
+	admin off
+	skip_install_trust
+	default_sni 127.0.0.1
+	auto_https disable_redirects
+	servers {
+		protocols h1 h2 h3
+	}
+	log {
+		level ERROR
+	}
+}
+CADDY
+}

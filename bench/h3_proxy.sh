@@ -14,20 +14,8 @@ routes: [{id: r, path: /, backend_group: g}]
 backend_groups: [{id: g, backends: [{url: "http://127.0.0.1:18801"}]}]
 YAML
 RUST_LOG=warn "$BIN" serve --config "$work/qi.yaml" >"$work/qi.log" 2>&1 & qi=$!; pids+=($qi)
-# skip_install_trust: Caddy must not touch the machine's trust store.
-cat > "$work/Caddyfile" <<CADDY
-{
-	admin off
-	skip_install_trust
-	default_sni 127.0.0.1
-	auto_https disable_redirects
-	servers {
-		protocols h1 h2 h3
-	}
-	log {
-		level ERROR
-	}
-}
+caddy_globals > "$work/Caddyfile"
+cat >> "$work/Caddyfile" <<CADDY
 https://127.0.0.1:18444 {
 	tls internal
 	reverse_proxy 127.0.0.1:18801

@@ -6,19 +6,8 @@
 source "$(dirname "$0")/common.sh"
 command -v caddy >/dev/null || scripts/ensure-packages.sh caddy
 
-cat > "$work/Caddyfile" <<CADDY
-{
-	admin off
-	skip_install_trust
-	default_sni 127.0.0.1
-	auto_https disable_redirects
-	servers {
-		protocols h1 h2 h3
-	}
-	log {
-		level ERROR
-	}
-}
+caddy_globals > "$work/Caddyfile"
+cat >> "$work/Caddyfile" <<CADDY
 # The origin: HTTP/3 only matters here; it answers a small body.
 https://127.0.0.1:18831 {
 	tls internal

@@ -55,11 +55,7 @@ fn serve_refuses_an_invalid_config_with_exit_2() {
 #[tokio::test]
 async fn get_prints_status_protocol_and_body_over_each_protocol() {
     let b = Backend::start("cli").await;
-    let proxy = Proxy::start(&format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        b.url("http")
-    ))
-    .await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
     for (flag, proto) in
         [("--http3", "HTTP/3.0 200 OK"), ("--http2", "HTTP/2.0 200 OK"), ("--http1", "HTTP/1.1 200 OK")]
     {

@@ -7,14 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BIN, Backend, DelayRelay, Proxy, aioquic, h3_get, h3_send, metric};
+use common::{BIN, Backend, DelayRelay, Proxy, aioquic, catch_all, h3_get, h3_send, metric};
 use quic_ingress::client::{H3Connector, RequestBody, TrustOptions};
 
 fn one_route(backend: &Backend) -> String {
-    format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        backend.url("http")
-    )
+    catch_all(&backend.url("http"))
 }
 
 fn insecure() -> TrustOptions {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Backend, Proc, Proxy, h3_get, h3_send, log_file};
+use common::{Backend, Proc, Proxy, catch_all, h3_get, h3_send, log_file};
 use quic_ingress::client::RequestBody;
 
 /// A self-signed certificate for `name`, written as cert.pem and key.pem under a new dir.
@@ -129,11 +129,12 @@ async fn a_second_quic_ingress_is_an_http3_backend_and_untrusted_certificates_ge
     let certs = certificate("edge.internal");
     let origin = Backend::start("origin").await;
     let inner = Proxy::start_with(
+        &catch_all(&origin.url("http")),
         &format!(
-            "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-            origin.url("http")
+            "  cert_file: {}\n  key_file: {}\n",
+            certs.join("cert.pem").display(),
+            certs.join("key.pem").display()
         ),
-        &format!("  cert_file: {}\n  key_file: {}\n", certs.join("cert.pem").display(), certs.join("key.pem").display()),
     )
     .await;
     let url = format!("h3://127.0.0.1:{}", inner.addr.port());

@@ -345,10 +345,7 @@ async fn tcp_listener_serves_http1_and_http2_with_alt_svc() {
 #[tokio::test]
 async fn alt_svc_defaults_to_the_listen_port_and_h2c_backends_work() {
     let b = Backend::start_with("h2", "h2").await;
-    let config = format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        b.url("h2c")
-    );
+    let config = catch_all(&b.url("h2c"));
     let proxy = Proxy::start(&config).await;
     let out = std::process::Command::new("curl")
         .args(["-sk", "-D", "-", "--http2", &proxy.https_url("/x")])

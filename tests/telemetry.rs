@@ -110,11 +110,7 @@ async fn prometheus_scrapes_request_counts_that_match_the_traffic() {
 #[tokio::test]
 async fn prometheus_sees_0rtt_accepted_and_early_requests_by_outcome() {
     let b = Backend::start("early").await;
-    let proxy = Proxy::start(&format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        b.url("http")
-    ))
-    .await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
     // A slow path, so requests sent with the first flight are read before the handshake ends.
     let relay = common::DelayRelay::start(proxy.addr, Duration::from_millis(40)).await;
     let trust = quic_ingress::client::TrustOptions { insecure: true, ca_file: None };
@@ -150,11 +146,7 @@ async fn prometheus_sees_0rtt_accepted_and_early_requests_by_outcome() {
 #[tokio::test]
 async fn pool_connections_show_active_while_a_request_runs_then_idle() {
     let b = Backend::start("pool").await;
-    let proxy = Proxy::start(&format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        b.url("http")
-    ))
-    .await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
     let c = proxy.h3().await;
     let slow = tokio::spawn(async move { h3_get(&c, "localhost", "/slow?delay_ms=1500").await.status });
     let series =
@@ -174,11 +166,7 @@ async fn pool_connections_show_active_while_a_request_runs_then_idle() {
 #[tokio::test]
 async fn access_logs_are_json_with_the_spec_fields() {
     let b = Backend::start("logs").await;
-    let proxy = Proxy::start(&format!(
-        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-        b.url("http")
-    ))
-    .await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
     let c = proxy.h3().await;
     let req =
         http::Request::post("https://localhost/logged?q=1").header("x-request-id", "log-test-1").body(()).unwrap();

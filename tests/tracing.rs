@@ -42,6 +42,20 @@ impl Jaeger {
         jaeger
     }
 
+    /// The spans of `trace_id` once at least `count` have arrived (or all there are after
+    /// 30 s; the assertions that follow say what is missing).
+    async fn trace_of_at_least(&self, trace_id: &str, count: usize) -> HashMap<String, (String, Option<String>)> {
+        let mut spans = HashMap::new();
+        for _ in 0..300 {
+            spans = self.trace(trace_id).await;
+            if spans.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        spans
+    }
+
     /// The spans of `trace_id`: span id → (operation, parent span id).
     async fn trace(&self, trace_id: &str) -> HashMap<String, (String, Option<String>)> {
         self.spans(&format!("/api/traces/{trace_id}")).await
@@ -75,10 +89,7 @@ async fn a_proxied_request_is_traced_end_to_end() {
     let jaeger = Jaeger::start().await;
     let b = Backend::start("traced").await;
     let proxy = Proxy::start_telemetry(
-        &format!(
-            "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{}\"}}]\n",
-            b.url("http")
-        ),
+        &catch_all(&b.url("http")),
         &format!("  tracing: {{endpoint: \"http://{}\", sampling_ratio: 1.0}}\n", jaeger.otlp),
     )
     .await;
@@ -97,14 +108,7 @@ async fn a_proxied_request_is_traced_end_to_end() {
     assert_eq!(parts[1], trace_id, "the backend continues the client's trace");
     assert_ne!(parts[2], client_span, "the proxy's own span is the backend's parent");
 
-    let mut spans = HashMap::new();
-    for _ in 0..300 {
-        spans = jaeger.trace(trace_id).await;
-        if spans.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let spans = jaeger.trace_of_at_least(trace_id, 5).await;
     let by_name: HashMap<&str, (&String, &Option<String>)> =
         spans.iter().map(|(id, (name, parent))| (name.as_str(), (id, parent))).collect();
     let (request_id, request_parent) =
@@ -161,14 +165,7 @@ async fn a_proxied_request_is_traced_end_to_end() {
     .expect("HTTP/2 request");
     assert_eq!(resp.status, 200);
     resp.bytes().await.expect("body");
-    let mut spans = HashMap::new();
-    for _ in 0..300 {
-        spans = jaeger.trace(tcp_trace).await;
-        if spans.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let spans = jaeger.trace_of_at_least(tcp_trace, 5).await;
     let request = spans.iter().find(|(_, (n, _))| n == "http_request").map(|(id, _)| id.clone());
     let request = request.unwrap_or_else(|| panic!("no http_request span over TCP: {spans:?}"));
     for child in ["route_match", "load_balance", "backend_request", "response_send"] {

@@ -53,6 +53,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The config body of one catch-all route `r` to a group `g` with one backend at `url`.
+pub fn catch_all(url: &str) -> String {
+    format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{url}\"}}]\n"
+    )
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
