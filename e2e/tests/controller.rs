@@ -894,3 +894,67 @@ async fn replicas_sharing_a_ticket_key_secret_resume_each_others_sessions() -> R
     drop(rbac);
     ns.cleanup().await
 }
+
+#[tokio::test]
+async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
+    // The HTTP/3 origin: a second quic-ingress in standalone mode, with a certificate for
+    // origin.internal, in front of a demo backend.
+    let demo = Backend::start_local("behind-h3").await?;
+    let dir = quic_ingress_e2e::process::log_dir()?.join(unique_name("h3-origin"));
+    std::fs::create_dir_all(&dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["origin.internal".to_string()])?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem())?;
+    let origin_addr = format!("127.0.0.1:{}", quic_ingress_e2e::process::free_udp_tcp_port()?);
+    let admin = format!("127.0.0.1:{}", quic_ingress_e2e::process::free_tcp_port()?);
+    std::fs::write(
+        dir.join("origin.yaml"),
+        format!(
+            "server: {{address: \"{origin_addr}\", cert_file: cert.pem, key_file: key.pem}}\ntelemetry: {{admin_address: \"{admin}\"}}\nroutes: [{{id: r, path: /, backend_group: g}}]\nbackend_groups: [{{id: g, backends: [{{url: \"{}\"}}]}}]\n",
+            demo.url()
+        ),
+    )?;
+    let mut cmd = std::process::Command::new(quic_ingress_e2e::process::quic_ingress_bin()?);
+    cmd.arg("serve").arg("--config").arg(dir.join("origin.yaml"));
+    let _origin = quic_ingress_e2e::process::TestProcess::spawn("h3 origin", cmd, log_path("h3-origin")?)?;
+    let admin = admin.parse()?;
+    eventually("the HTTP/3 origin to be ready", TIMEOUT, || async {
+        Ok(quic_ingress_e2e::controller::admin_get(admin, "/readyz").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
+    })
+    .await?;
+
+    let s = setup("h3-upstream").await?;
+    let (ns, c) = (&s.ns, &s.controller);
+    // The CA bundle as cert-manager leaves it: ca.crt in a kubernetes.io/tls Secret.
+    let pem = cert.cert.pem();
+    ns.create(&tls_secret("origin-ca", &pem, cert.signing_key.serialize_pem()).data("ca.crt", &pem).build()).await?;
+    let origin_url = format!("h3://{origin_addr}");
+    ns.create(&backend_group(
+        "over-h3",
+        json!({
+            "backends": [{"url": origin_url}],
+            "tls": {"caSecret": "origin-ca", "serverName": "origin.internal"},
+            "routes": [{"host": "h3up.example.com", "path": "/", "pathType": "Prefix"}],
+        }),
+    )?)
+    .await?;
+    let reply = c.wait_for_backend("h3up.example.com", "/through", "behind-h3", TIMEOUT).await?;
+    let seen = reply.json()?;
+    ensure!(seen["headers"]["x-forwarded-for"] == "127.0.0.1, 127.0.0.1", "both hops appended: {seen}");
+
+    // Without the CA the origin's certificate is not trusted: 502.
+    ns.create(&backend_group(
+        "untrusted-h3",
+        json!({
+            "backends": [{"url": origin_url}],
+            "routes": [{"host": "untrusted.example.com", "path": "/", "pathType": "Prefix"}],
+        }),
+    )?)
+    .await?;
+    eventually("the untrusted origin to answer 502", TIMEOUT, || async {
+        let reply = c.get("untrusted.example.com", "/").await?;
+        Ok((reply.status == 502).then_some(()))
+    })
+    .await?;
+    s.finish().await
+}

@@ -567,6 +567,7 @@ fn group_endpoint_spec(g: &BackendGroupConfig, url: BackendUrl) -> EndpointSpec 
         connect_timeout: g.timeouts.connect.0,
         tls: UpstreamTls {
             ca_file: g.tls.ca_file.clone(),
+            ca_pem: None,
             server_name: g.tls.server_name.clone(),
             insecure_skip_verify: g.tls.insecure_skip_verify,
         },

@@ -47,6 +47,25 @@ pub struct BackendGroupSpec {
     /// Routes to this group declared without an Ingress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<BackendGroupRoute>,
+    /// TLS to `https`/`h3` backends: which CA to trust and which name to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// How backends' certificates are verified (system roots and the URL's host by default).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTlsSpec {
+    /// A `kubernetes.io/tls` Secret in this namespace whose `ca.crt` holds the CA bundle to
+    /// trust (as cert-manager writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// The name to send as SNI and verify the certificate against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any certificate (test backends only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -290,7 +290,10 @@ impl Translator<'_> {
         }
         let built = match self.service_endpoints(ns, name, port, None) {
             Ok(urls) => {
-                let specs = urls.into_iter().map(|u| (endpoint_spec(u, PoolSettings::default()), 1)).collect();
+                let specs = urls
+                    .into_iter()
+                    .map(|u| (endpoint_spec(u, PoolSettings::default(), UpstreamTls::default()), 1))
+                    .collect();
                 self.compile_group(id.clone(), Strategy::RoundRobin, specs, None, PassiveCheck::default())
                     .map_err(|e| ("InvalidBackend", e))
             }
@@ -353,6 +356,10 @@ impl Translator<'_> {
     fn build_resource_group(&self, bg: &BackendGroupCr, ns: &str, id: &str) -> Result<Arc<BackendGroup>, String> {
         let spec = &bg.spec;
         let pool = pool_settings(spec.connection_pool.as_ref())?;
+        let tls = match &spec.tls {
+            Some(t) => self.upstream_tls(t, ns)?,
+            None => UpstreamTls::default(),
+        };
         let members: Vec<(EndpointSpec, u32)> = match (&spec.service, spec.backends.is_empty()) {
             (Some(svc), true) => {
                 let scheme = match spec.protocol {
@@ -363,7 +370,7 @@ impl Translator<'_> {
                 };
                 self.service_endpoints(ns, &svc.name, &PortRef::Number(svc.port), Some(scheme))?
                     .into_iter()
-                    .map(|u| (endpoint_spec(u, pool.clone()), 1))
+                    .map(|u| (endpoint_spec(u, pool.clone(), tls.clone()), 1))
                     .collect()
             }
             (None, false) => spec
@@ -372,7 +379,7 @@ impl Translator<'_> {
                 .enumerate()
                 .map(|(i, b)| {
                     BackendUrl::parse(&b.url)
-                        .map(|u| (endpoint_spec(u, pool.clone()), b.weight))
+                        .map(|u| (endpoint_spec(u, pool.clone(), tls.clone()), b.weight))
                         .map_err(|e| format!("spec.backends[{i}].url: {e}"))
                 })
                 .collect::<Result<_, _>>()?,
@@ -390,6 +397,32 @@ impl Translator<'_> {
             }
         }
         self.compile_group(id.to_string(), spec.strategy, members, health_check, passive)
+    }
+
+    /// A group's upstream TLS settings, with the CA bundle read from its Secret.
+    fn upstream_tls(&self, spec: &super::crd::UpstreamTlsSpec, ns: &str) -> Result<UpstreamTls, String> {
+        let ca_pem = match &spec.ca_secret {
+            None => None,
+            Some(name) => {
+                let secret = self
+                    .idx
+                    .secrets
+                    .get(&(ns, name.as_str()))
+                    .ok_or_else(|| format!("spec.tls.caSecret: no kubernetes.io/tls Secret {ns}/{name}"))?;
+                let ca = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("ca.crt"))
+                    .ok_or_else(|| format!("spec.tls.caSecret: Secret {ns}/{name} has no ca.crt"))?;
+                Some((format!("Secret {ns}/{name} ca.crt"), ca.0.clone()))
+            }
+        };
+        Ok(UpstreamTls {
+            ca_file: None,
+            ca_pem,
+            server_name: spec.server_name.clone(),
+            insecure_skip_verify: spec.insecure_skip_verify,
+        })
     }
 
     fn compile_group(
@@ -456,8 +489,8 @@ fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<Certif
     crate::tls::certified_key_from_pem(&crt.0, &key.0).map_err(|e| e.to_string())
 }
 
-fn endpoint_spec(url: BackendUrl, pool: PoolSettings) -> EndpointSpec {
-    EndpointSpec { url, pool, connect_timeout: Timeouts::default().connect, tls: UpstreamTls::default() }
+fn endpoint_spec(url: BackendUrl, pool: PoolSettings, tls: UpstreamTls) -> EndpointSpec {
+    EndpointSpec { url, pool, connect_timeout: Timeouts::default().connect, tls }
 }
 
 fn health_check(spec: &super::crd::HealthCheckSpec) -> Result<HealthCheck, String> {

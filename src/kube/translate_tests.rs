@@ -470,3 +470,35 @@ fn endpoint_state_survives_retranslation() {
     assert!(Arc::ptr_eq(&ep, &again));
     assert!(!again.is_healthy());
 }
+
+#[test]
+fn upstream_tls_trusts_the_ca_of_a_secret_and_names_a_missing_one() {
+    let mut world = shop_world();
+    let mut ca = (*tls_secret("shop", "backend-ca", "api.internal")).clone();
+    let pem = ca.data.as_ref().unwrap()["tls.crt"].clone();
+    ca.data.as_mut().unwrap().insert("ca.crt".into(), pem);
+    world.secrets = vec![Arc::new(ca)];
+    let spec = |secret: &str| BackendGroupSpec {
+        backends: vec![StaticBackend { url: "h3://10.0.0.9:443".into(), weight: 1 }],
+        routes: vec![BackendGroupRoute {
+            host: Some("q.example.com".into()),
+            path: "/".into(),
+            path_type: PathType::Prefix,
+        }],
+        tls: Some(crate::kube::crd::UpstreamTlsSpec {
+            ca_secret: Some(secret.into()),
+            server_name: Some("api.internal".into()),
+            insecure_skip_verify: false,
+        }),
+        ..Default::default()
+    };
+    world.groups = vec![backend_group("shop", "quic", spec("backend-ca"))];
+    let t = run(&world);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(endpoints_for(&t, "q.example.com", "/").unwrap(), vec!["h3://10.0.0.9:443"]);
+
+    world.groups = vec![backend_group("shop", "quic", spec("nowhere"))];
+    let t = run(&world);
+    assert_eq!(t.problems[0].reason, "InvalidBackendGroup");
+    assert!(t.problems[0].message.contains("spec.tls.caSecret"), "{}", t.problems[0].message);
+}

@@ -47,6 +47,20 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Roots from PEM text (a CA bundle kept in a Secret); `what` names it in errors.
+pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError> {
+    let pem_err = |reason: String| TlsError::File { path: what.to_string(), reason };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| pem_err(e.to_string()))?;
+        roots.add(cert).map_err(|e| pem_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_err("no certificates found".into()));
+    }
+    Ok(roots)
+}
+
 /// The operating system's trusted roots (unreadable ones are skipped).
 pub fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();

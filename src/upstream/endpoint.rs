@@ -385,10 +385,11 @@ fn client_tls(
     let mut config = if tls.insecure_skip_verify {
         crate::tls::insecure_client_config().map_err(tls_err)?
     } else {
-        let roots = match &tls.ca_file {
-            Some(path) => crate::tls::load_roots(path)
+        let roots = match (&tls.ca_pem, &tls.ca_file) {
+            (Some((what, pem)), _) => crate::tls::roots_from_pem(pem, what).map_err(tls_err)?,
+            (None, Some(path)) => crate::tls::load_roots(path)
                 .map_err(|e| UpstreamError::CaBundle { path: path.clone(), reason: e.to_string() })?,
-            None => crate::tls::system_roots(),
+            (None, None) => crate::tls::system_roots(),
         };
         crate::tls::client_config(roots).map_err(tls_err)?
     };

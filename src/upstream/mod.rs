@@ -155,11 +155,13 @@ impl Default for Timeouts {
     }
 }
 
-/// TLS settings for `https://` endpoints.
+/// TLS settings for `https://` and `h3://` endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// PEM CA bundle to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
+    /// The same, given as PEM text (from a Kubernetes Secret) with a name for errors.
+    pub ca_pem: Option<(String, Vec<u8>)>,
     /// SNI and verified name; defaults to the URL's host.
     pub server_name: Option<String>,
     /// Skip certificate verification (for self-signed test backends only).
