@@ -126,6 +126,11 @@ enum Command {
         /// Dial this address instead of the URL's host (SNI and authority stay the URL's).
         #[arg(long, value_name = "ADDR:PORT")]
         connect_to: Option<SocketAddr>,
+        /// HTTP/3 0-RTT: fetch a session ticket on a first connection (with a HEAD request),
+        /// then send this request as early data on a resumed one; says whether the server
+        /// accepted it.
+        #[arg(long, conflicts_with_all = ["http2", "http1"])]
+        early_data: bool,
     },
 }
 
@@ -281,7 +286,20 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Get { url, insecure, cacert, http3: _, http2, http1, method, headers, data, include, connect_to } => {
+        Command::Get {
+            url,
+            insecure,
+            cacert,
+            http3: _,
+            http2,
+            http1,
+            method,
+            headers,
+            data,
+            include,
+            connect_to,
+            early_data,
+        } => {
             let trust = TrustOptions { insecure, ca_file: cacert };
             let version = if http2 {
                 http::Version::HTTP_2
@@ -290,7 +308,8 @@ async fn run(command: Command) -> ExitCode {
             } else {
                 http::Version::HTTP_3
             };
-            let request = GetRequest { url: &url, method: &method, headers: &headers, data, include, connect_to };
+            let request =
+                GetRequest { url: &url, method: &method, headers: &headers, data, include, connect_to, early_data };
             match get(request, &trust, version).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -310,10 +329,11 @@ struct GetRequest<'a> {
     data: Option<String>,
     include: bool,
     connect_to: Option<SocketAddr>,
+    early_data: bool,
 }
 
 async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) -> anyhow::Result<()> {
-    let GetRequest { url, method, headers, data, include, connect_to } = r;
+    let GetRequest { url, method, headers, data, include, connect_to, early_data } = r;
     let (addr, host, uri) = match connect_to {
         Some(addr) => {
             let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
@@ -328,8 +348,37 @@ async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) ->
         req = req.header(name.trim(), value.trim());
     }
     let req = req.body(()).context("building the request")?;
-    let body = data.map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
-    let mut resp = if version == http::Version::HTTP_3 {
+    let body = data.clone().map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
+    let mut resp = if early_data {
+        let connector = client::H3Connector::new(trust, addr.is_ipv6(), true)?;
+        let first = connector.connect(addr, &host).await?;
+        // A response on the first connection means its session ticket has arrived too.
+        let head = http::Request::head(uri.clone()).body(()).context("building the request")?;
+        first.request(head, RequestBody::Empty).await?.bytes().await?;
+        let (resumed, accepted) = connector.connect_early(addr, &host).await?;
+        let again = (req.clone(), data.clone());
+        let sent = resumed.request(req, body).await;
+        let accepted = match accepted {
+            Some(accepted) => Some(accepted.await),
+            None => None,
+        };
+        eprintln!(
+            "0-RTT: {}",
+            match accepted {
+                Some(true) => "accepted",
+                Some(false) => "rejected (the request is sent again after the handshake)",
+                None => "not offered (no resumable session ticket)",
+            }
+        );
+        match sent {
+            // Streams opened in rejected early data fail; the connection itself carries on.
+            Err(_) if accepted == Some(false) => {
+                let body = again.1.map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
+                resumed.request(again.0, body).await?
+            }
+            sent => sent?,
+        }
+    } else if version == http::Version::HTTP_3 {
         H3Client::connect(addr, &host, trust).await?.request(req, body).await?
     } else {
         client::request_tcp(addr, &host, trust, version, req, body).await?

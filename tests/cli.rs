@@ -70,6 +70,19 @@ async fn get_prints_status_protocol_and_body_over_each_protocol() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+#[tokio::test]
+async fn get_early_data_resumes_and_reports_0rtt() {
+    let b = Backend::start("cli-0rtt").await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
+    let out = Command::new(BIN).args(["get", "-k", "--early-data", &proxy.https_url("/early")]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("0-RTT: accepted"), "{stderr}");
+    assert!(stdout.starts_with("HTTP/3.0 200 OK"), "{stdout}");
+    let accepted = metric(proxy.admin, "quic_ingress_quic_zero_rtt_total{outcome=\"accepted\"}").await;
+    assert_eq!(accepted, 1.0, "the proxy counted the 0-RTT it took");
+}
+
 #[test]
 fn a_relative_ca_file_is_found_next_to_the_config_file() {
     let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".to_string()]).unwrap();
