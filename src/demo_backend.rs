@@ -115,6 +115,14 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Proxy
         }
     };
     *resp.status_mut() = status;
+    if method == "HEAD" {
+        // The headers of a GET, no body (HTTP/1.1 servers drop it themselves; HTTP/2 ones
+        // would send it).
+        if let Some(len) = http_body::Body::size_hint(resp.body()).exact() {
+            resp.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+        }
+        resp = resp.map(|_| crate::body::empty());
+    }
     resp.headers_mut()
         .insert("x-backend", header::HeaderValue::from_str(&name).unwrap_or(header::HeaderValue::from_static("?")));
     Ok(resp)

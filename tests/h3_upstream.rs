@@ -98,6 +98,12 @@ async fn requests_reach_an_aioquic_backend_over_http3_with_bodies_streamed_both_
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert!(seen["headers"]["x-request-id"].is_string());
 
+    // HEAD: the aioquic server sends a body anyway; the client gets the headers only.
+    let head =
+        h3_send(&c, http::Request::head("https://localhost/h").body(()).expect("request"), RequestBody::Empty).await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert!(head.headers.contains_key("content-length"));
+
     // 8 MiB up, streamed; the backend counts what arrived.
     let chunks = futures::stream::iter((0..128).map(|_| bytes::Bytes::from(vec![7u8; 64 * 1024])));
     let post = http::Request::post("https://localhost/upload").body(()).expect("request");

@@ -432,3 +432,18 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     .await;
     assert!(!matches!(again, Ok(Ok(_))), "a new connection was accepted after shutdown");
 }
+
+#[tokio::test]
+async fn head_requests_get_headers_only_over_http1_and_h2c_backends() {
+    let (one, two) = (Backend::start("h1").await, Backend::start_with("h2", "h2").await);
+    for (backend, scheme) in [(&one, "http"), (&two, "h2c")] {
+        let proxy = Proxy::start(&catch_all(&backend.url(scheme))).await;
+        let c = proxy.h3().await;
+        let req = http::Request::head("https://localhost/x").body(()).unwrap();
+        let a = h3_send(&c, req, RequestBody::Empty).await;
+        assert_eq!((a.status, a.body.len()), (200, 0), "{scheme}");
+        let get = h3_get(&c, "localhost", "/x").await;
+        let length = |a: &Answer| a.headers.get("content-length").and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert!(length(&a).is_some() && length(&get).is_some(), "{scheme}: HEAD keeps the length of a GET");
+    }
+}

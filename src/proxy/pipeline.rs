@@ -102,6 +102,10 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
     let path = req.uri().path().to_string();
 
     let (mut resp, route_id, backend) = forward(tables, req, host.as_deref(), conn).await;
+    if method == http::Method::HEAD {
+        // A response to HEAD has no body, whatever a backend sends after its headers.
+        resp = resp.map(|_| crate::body::empty());
+    }
     let elapsed = started.elapsed();
     let route_label = route_id.as_deref().unwrap_or("");
     METRICS
