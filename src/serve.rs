@@ -181,7 +181,10 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         generation: 1,
         listen,
         seen: fingerprint(path),
+        key_file: None,
+        seen_key: None,
     };
+    reloader.watch_key_file(&config);
     let drain = {
         use tokio::signal::unix::{SignalKind, signal};
         let signals = |kind| signal(kind).map_err(ServeError::Signals);
@@ -199,7 +202,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
                 }
                 _ = poll.tick() => {
                     if reloader.changed() {
-                        tracing::info!(file = %path.display(), "configuration file changed: reloading");
+                        tracing::info!(file = %path.display(), "configuration or ticket key file changed: reloading");
                         if let Some(new_drain) = reloader.reload(&plane, &mut checker) { drain = new_drain; }
                     }
                 }
@@ -223,7 +226,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
 
 /// What identifies a version of the file: length, modification time and a hash of the
 /// bytes (editors and ConfigMap updates may keep one of the first two).
-fn fingerprint(path: &Path) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::hash::{Hash, Hasher};
     let meta = std::fs::metadata(path).ok()?;
     let bytes = std::fs::read(path).ok()?;
@@ -241,17 +244,36 @@ struct Reloader {
     dev_certs: CertSet,
     generation: u64,
     listen: Listen,
-    seen: Option<(u64, Option<std::time::SystemTime>, u64)>,
+    seen: Option<Fingerprint>,
+    /// The session-ticket key file, watched too: a rotated key (a Kubernetes Secret
+    /// mounted as a file, say) takes effect without a restart.
+    key_file: Option<PathBuf>,
+    seen_key: Option<Fingerprint>,
 }
+
+type Fingerprint = (u64, Option<std::time::SystemTime>, u64);
 
 impl Reloader {
     fn changed(&mut self) -> bool {
+        let mut changed = false;
         let now = fingerprint(&self.path);
         if now.is_some() && now != self.seen {
             self.seen = now;
-            return true;
+            changed = true;
         }
-        false
+        if let Some(key_file) = &self.key_file {
+            let now = fingerprint(key_file);
+            if now.is_some() && now != self.seen_key {
+                self.seen_key = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn watch_key_file(&mut self, config: &Config) {
+        self.key_file = config.server.ticket_key_file.as_ref().map(|k| resolve(&self.path, k));
+        self.seen_key = self.key_file.as_deref().and_then(fingerprint);
     }
 
     /// Validates and publishes the file; returns the new drain timeout when it took effect.
@@ -265,6 +287,7 @@ impl Reloader {
             }
         };
         let Checked { config, listen, table, ticket_keys, .. } = checked;
+        self.watch_key_file(&config);
         if listen.address != self.listen.address || listen.admin_address != self.listen.admin_address {
             tracing::warn!("server.address and telemetry.admin_address changes take effect on restart");
         }

@@ -177,6 +177,45 @@ async fn replicas_sharing_ticket_keys_resume_each_others_sessions() {
     assert_eq!(unknown, 1.0, "C counts the ticket it could not open");
 }
 
+#[tokio::test]
+async fn a_rotated_ticket_key_file_takes_effect_without_a_restart() {
+    let backend = Backend::start("one").await;
+    let dir = tempdir("rotate");
+    let key_file = dir.join("ticket.key");
+    let (old, new) = (random_key(), random_key());
+    std::fs::write(&key_file, &old).expect("key");
+    let proxy =
+        Proxy::start_with(&one_route(&backend), &format!("  ticket_key_file: \"{}\"\n", key_file.display())).await;
+    let url = proxy.https_url("/");
+    let ticket = dir.join("ticket");
+    let arg = ticket.to_str().expect("path").to_string();
+    aioquic(&url, &["--session-ticket", &arg]);
+    let old_ticket = dir.join("old-ticket");
+    std::fs::copy(&ticket, &old_ticket).expect("copy");
+
+    // The new key first, the old one still accepted: old tickets resume.
+    std::fs::write(&key_file, [new.clone(), old].concat()).expect("key");
+    wait_for_reload(&proxy, 2).await;
+    let resumed = &aioquic(&url, &["--session-ticket", &arg])[0];
+    assert_eq!(resumed["session_resumed"], true, "a ticket sealed with the old key still opens");
+
+    // The old key dropped: tickets it sealed no longer resume; new ones do.
+    std::fs::write(&key_file, &new).expect("key");
+    wait_for_reload(&proxy, 3).await;
+    let stale = &aioquic(&url, &["--session-ticket", old_ticket.to_str().expect("path")])[0];
+    assert_eq!((stale["session_resumed"].as_bool(), stale["status"].as_u64()), (Some(false), Some(200)));
+    let fresh = &aioquic(&url, &["--session-ticket", &arg])[0];
+    assert_eq!(fresh["session_resumed"], true, "the ticket from the last run was sealed with the new key");
+}
+
+/// Waits until the proxy has published configuration `generation`.
+async fn wait_for_reload(proxy: &Proxy, generation: u64) {
+    common::wait_until("the reload", Duration::from_secs(10), || async {
+        metric(proxy.admin, "quic_ingress_route_table_generation").await == generation as f64
+    })
+    .await;
+}
+
 #[test]
 fn bad_ticket_settings_are_rejected_naming_the_field() {
     let dir = tempdir("check");
