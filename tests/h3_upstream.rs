@@ -33,11 +33,15 @@ struct AioquicBackend {
 
 impl AioquicBackend {
     fn start(name: &str, certs: &Path) -> Self {
+        Self::start_on(name, certs, 0)
+    }
+
+    fn start_on(name: &str, certs: &Path, port: u16) -> Self {
         let python = std::env::var("QUIC_INGRESS_PYTHON").unwrap_or_else(|_| "python3".into());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/h3_server.py");
         let mut child = Command::new(&python)
             .arg(script)
-            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--name", name])
             .arg("--cert")
             .arg(certs.join("cert.pem"))
             .arg("--key")
@@ -180,4 +184,33 @@ async fn a_dead_http3_backend_fails_over_and_is_ejected() {
         common::metric(proxy.admin, &format!("quic_ingress_passive_ejections_total{{backend=\"127.0.0.1:{dead}\"}}"))
             .await;
     assert_eq!(ejected, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_http3_backend_is_dialled_again_after_one_timeout() {
+    let certs = certificate("h3.internal");
+    let first = AioquicBackend::start("before", &certs);
+    let port = first.port;
+    let extra = "    timeouts: {response_headers: 1s}\n    passive: {enabled: false}\n";
+    let proxy = Proxy::start(&h3_group(&[format!("h3://127.0.0.1:{port}")], &certs, "h3.internal", extra)).await;
+    let c = proxy.h3().await;
+    assert_eq!(h3_get(&c, "localhost", "/").await.json()["backend"], "before");
+
+    // Killed outright: the proxy's QUIC connection is not closed, and the new process on
+    // the same port does not know it.
+    first._proc.signal(9);
+    drop(first);
+    let _second = AioquicBackend::start_on("after", &certs, port);
+    let mut statuses = Vec::new();
+    loop {
+        let a = h3_get(&c, "localhost", "/").await;
+        statuses.push(a.status);
+        if a.status == 200 {
+            assert_eq!(a.json()["backend"], "after");
+            break;
+        }
+        assert!(statuses.len() < 5, "the proxy kept the dead connection: {statuses:?}");
+    }
+    eprintln!("statuses after the restart: {statuses:?}");
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 504), "{statuses:?}");
 }

@@ -72,7 +72,8 @@ impl H3Upstream {
     /// Sends a request; the response body streams from the backend as it is read.
     pub async fn send(&self, req: http::Request<ProxyBody>) -> Result<http::Response<H3Body>, SendError> {
         let (parts, body) = req.into_parts();
-        let mut send = self.connection().await?;
+        let (mut send, conn) = self.connection().await?;
+        let watch = SilenceWatch::new(conn);
         let stream = match send.send_request(http::Request::from_parts(parts, ())).await {
             Ok(s) => s,
             Err(e) => {
@@ -89,24 +90,27 @@ impl H3Upstream {
             tokio::spawn(pump(body, up));
         }
         let resp = down.recv_response().await.map_err(|e| SendError::Broken(e.to_string()))?;
+        watch.disarm();
         Ok(resp.map(|()| H3Body { stream: down, data_done: false, finished: false }))
     }
 
     /// The live connection, or a new one.
-    async fn connection(&self) -> Result<Sender, SendError> {
-        if let Some(live) = self.current.load().as_ref().filter(|l| l.conn.close_reason().is_none()) {
-            return Ok(live.send.clone());
+    async fn connection(&self) -> Result<(Sender, quinn::Connection), SendError> {
+        let usable =
+            |live: &Arc<Live>| live.conn.close_reason().is_none().then(|| (live.send.clone(), live.conn.clone()));
+        if let Some(found) = self.current.load().as_ref().and_then(usable) {
+            return Ok(found);
         }
         let _dialling = self.dialling.lock().await;
         // Another request may have dialled while this one waited.
-        if let Some(live) = self.current.load().as_ref().filter(|l| l.conn.close_reason().is_none()) {
-            return Ok(live.send.clone());
+        if let Some(found) = self.current.load().as_ref().and_then(usable) {
+            return Ok(found);
         }
         let live =
             tokio::time::timeout(self.connect_timeout, self.dial()).await.map_err(|_| SendError::ConnectTimeout)??;
-        let send = live.send.clone();
+        let found = (live.send.clone(), live.conn.clone());
         self.current.store(Some(Arc::new(live)));
-        Ok(send)
+        Ok(found)
     }
 
     async fn dial(&self) -> Result<Live, SendError> {
@@ -149,6 +153,41 @@ impl Drop for H3Upstream {
     fn drop(&mut self) {
         if let Some(socket) = self.socket.get() {
             socket.close(quinn::VarInt::from_u32(0), b"endpoint removed");
+        }
+    }
+}
+
+/// How long an abandoned request must have waited before silence condemns its connection.
+const SILENCE: Duration = Duration::from_secs(1);
+
+/// Closes the connection of a request abandoned without an answer (the proxy's response
+/// timeout) if the peer sent nothing at all meanwhile, not even an acknowledgement: the
+/// backend is gone (killed, or restarted and no longer knowing the connection), and only a
+/// new connection reaches it; QUIC's own idle timeout would take far longer to notice. A
+/// slow answer on a live connection keeps it: acknowledgements still arrive.
+struct SilenceWatch {
+    conn: Option<quinn::Connection>,
+    received: u64,
+    since: std::time::Instant,
+}
+
+impl SilenceWatch {
+    fn new(conn: quinn::Connection) -> Self {
+        let received = conn.stats().udp_rx.datagrams;
+        Self { conn: Some(conn), received, since: std::time::Instant::now() }
+    }
+
+    fn disarm(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for SilenceWatch {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if conn.stats().udp_rx.datagrams == self.received && self.since.elapsed() >= SILENCE {
+            tracing::warn!(peer = %conn.remote_address(), "HTTP/3 backend silent: closing the connection to dial again");
+            conn.close(quinn::VarInt::from_u32(0x100), b"no answer");
         }
     }
 }
