@@ -3,9 +3,10 @@
 //!
 //! A request read before its connection's handshake completed may be a replay (RFC 8470):
 //! whoever captured a client's first flight can send it again, but can never complete the
-//! handshake. So "early" here means "the handshake had not completed when the request was
-//! routed", which covers every replay, and costs at worst an `Early-Data: 1` header on a
-//! request that raced the client's Finished message.
+//! handshake. So "early" here means "the handshake had not completed when the request's
+//! stream was accepted" (the test quinn's own `RecvStream::is_0rtt` makes), which covers
+//! every replay, and costs at worst an `Early-Data: 1` header or a 425 on a request that
+//! raced the client's Finished message.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -43,8 +44,8 @@ impl Handshake {
     }
 
     /// True once the client's Finished has been verified (or the connection is gone).
-    /// Polls without waiting: quinn signals completion before it hands out any stream
-    /// that arrived after it.
+    /// Polls without waiting; quinn signals completion while processing the packet that
+    /// completes the handshake, before any stream opened after it.
     pub fn complete(&self) -> bool {
         self.0.as_ref().is_none_or(|done| done.clone().now_or_never().is_some())
     }
