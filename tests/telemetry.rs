@@ -192,4 +192,5 @@ async fn access_logs_are_json_with_the_spec_fields() {
     assert_eq!(v["status"], 200);
     assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
     assert_eq!(v["client_ip"], "127.0.0.1");
+    assert_eq!(v["early_data"], false, "a request after a full handshake");
 }

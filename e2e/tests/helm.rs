@@ -199,3 +199,22 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     ensure!(Api::<ClusterRole>::all(client).get_opt(FULLNAME).await?.is_none(), "uninstall removes the ClusterRole");
     ns.cleanup().await
 }
+
+#[test]
+fn bad_chart_values_are_refused_naming_the_value() -> Result<()> {
+    for (setting, named) in [
+        ("replicaCount=0", "/replicaCount"),
+        ("service.type=Ingress", "/service/type"),
+        ("tracing.samplingRatio=2", "/tracing/samplingRatio"),
+        ("controller.logFormat=xml", "/controller/logFormat"),
+    ] {
+        let out = Command::new(helm_bin()?)
+            .args(["template", RELEASE, "charts/quic-ingress", "--set", setting])
+            .current_dir(repo_root())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "{setting} was accepted");
+        ensure!(stderr.contains(named), "{setting}: the error does not name {named}: {stderr}");
+    }
+    Ok(())
+}

@@ -285,6 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic_the_parser() {
+        for len in 0..300 {
+            for _ in 0..20 {
+                let bytes: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+                let _ = offers_early_data(&bytes);
+                let mut hello = bytes.clone();
+                if let Some(first) = hello.first_mut() {
+                    *first = 1; // claims to be a ClientHello
+                }
+                let _ = offers_early_data(&hello);
+            }
+        }
+    }
+
+    #[test]
     fn only_safe_methods_are_forwarded_early() {
         for m in ["GET", "HEAD", "OPTIONS"] {
             assert!(safe_in_early_data(&m.parse().unwrap()), "{m}");

@@ -133,6 +133,7 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         client_ip = %conn.client.ip(),
         protocol = ?conn.protocol,
+        early_data = conn.early_data,
         "request"
     );
     resp
