@@ -49,7 +49,9 @@ pub async fn run(listen: SocketAddr, name: String, protocol: DemoProtocol) -> st
             let service = service_fn(move |req| answer(name.clone(), req));
             let io = TokioIo::new(stream);
             let result = match protocol {
-                DemoProtocol::Http1 => hyper::server::conn::http1::Builder::new().serve_connection(io, service).await,
+                DemoProtocol::Http1 => {
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
+                }
                 DemoProtocol::H2 => {
                     hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
                 }
@@ -68,9 +70,12 @@ fn query_param<T: std::str::FromStr>(req: &Request<Incoming>, key: &str) -> Opti
     })
 }
 
-async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
+async fn answer(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, BoxError> {
     if req.uri().path() == "/health" {
         return Ok(Response::new(full("ok\n")));
+    }
+    if let Some(protocol) = req.headers().get(header::UPGRADE).cloned() {
+        return Ok(echo_upgrade(&name, &mut req, protocol));
     }
     if let Some(ms) = query_param::<u64>(&req, "delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -126,6 +131,26 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Proxy
     resp.headers_mut()
         .insert("x-backend", header::HeaderValue::from_str(&name).unwrap_or(header::HeaderValue::from_static("?")));
     Ok(resp)
+}
+
+/// Agrees to any upgrade (WebSocket included) and then echoes every byte back, so tests
+/// can check a tunnel end to end without speaking the upgraded protocol.
+fn echo_upgrade(name: &str, req: &mut Request<Incoming>, protocol: header::HeaderValue) -> Response<ProxyBody> {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        }
+    });
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, protocol);
+    if let Ok(v) = header::HeaderValue::from_str(name) {
+        resp.headers_mut().insert("x-backend", v);
+    }
+    resp
 }
 
 /// `n` bytes in 64 KiB chunks, generated as they are sent.

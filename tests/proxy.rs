@@ -447,3 +447,40 @@ async fn head_requests_get_headers_only_over_http1_and_h2c_backends() {
         assert!(length(&a).is_some() && length(&get).is_some(), "{scheme}: HEAD keeps the length of a GET");
     }
 }
+
+#[tokio::test]
+async fn websocket_upgrades_over_tcp_are_spliced_to_the_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("ws").await;
+    let proxy = Proxy::start(&catch_all(&b.url("http"))).await;
+    let mut tls = quic_ingress::tls::insecure_client_config().unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The response head, byte by byte up to the blank line (the tunnel follows it).
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(Duration::from_secs(5), stream.read_u8()).await.expect("101 in time").unwrap();
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains("x-backend: ws"), "{head}");
+    // Bytes both ways through the tunnel: the demo backend echoes them.
+    for message in [&b"hello"[..], &[0u8, 1, 2, 255][..], &[b'x'; 100_000][..]] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.expect("echo").unwrap();
+        assert_eq!(echoed, message);
+    }
+}

@@ -7,6 +7,7 @@ mod headers;
 mod pipeline;
 mod retry;
 mod tcp;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use super::early_data::safe_in_early_data;
 use super::headers::{EARLY_DATA, X_REQUEST_ID, ensure_request_id, set_forwarded, strip_hop_by_hop};
 use super::retry::{is_idempotent, lend};
+use super::upgrade;
 use crate::body::{Guarded, IdleTimeout, ProxyBody, boxed, full};
 use crate::routes::RouteTable;
 use crate::telemetry::metrics::{METRICS, method_label};
@@ -101,11 +102,26 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
     let method = req.method().clone();
     let path = req.uri().path().to_string();
 
-    let (mut resp, route_id, backend) = forward(tables, req, host.as_deref(), conn).await;
+    // A WebSocket (or other HTTP/1.1 upgrade) handshake: the client's connection is taken
+    // over once the backend agrees.
+    let upgrade = upgrade::requested(req.headers(), req.version()).map(|p| (hyper::upgrade::on(&mut req), p));
+    let protocol = upgrade.as_ref().map(|(_, p)| p.clone());
+    let (mut resp, route_id, backend) = forward(tables, req, host.as_deref(), conn, protocol.as_ref()).await;
     if method == http::Method::HEAD {
         // A response to HEAD has no body, whatever a backend sends after its headers.
         resp = resp.map(|_| crate::body::empty());
     }
+    let switched = match upgrade {
+        Some((client, protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let backend_side = hyper::upgrade::on(&mut resp);
+            // The body holds the backend's connection slot: it goes with the tunnel.
+            let (parts, body) = resp.into_parts();
+            upgrade::splice(client, backend_side, body);
+            resp = Response::from_parts(parts, crate::body::empty());
+            Some(protocol)
+        }
+        _ => None,
+    };
     let elapsed = started.elapsed();
     let route_label = route_id.as_deref().unwrap_or("");
     METRICS
@@ -120,6 +136,9 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
     METRICS.http_request_duration.with_label_values(&[route_label]).observe(elapsed.as_secs_f64());
 
     strip_hop_by_hop(resp.headers_mut());
+    if let Some(protocol) = &switched {
+        upgrade::restore(resp.headers_mut(), protocol);
+    }
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
     tracing::info!(
         target: "access",
@@ -149,6 +168,7 @@ async fn forward(
     req: Request<ProxyBody>,
     host: Option<&str>,
     conn: ConnInfo,
+    upgrade: Option<&HeaderValue>,
 ) -> (Response<ProxyBody>, Option<String>, Option<String>) {
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     // One load per request: the whole request sees one table.
@@ -196,6 +216,11 @@ async fn forward(
         let (lent, lender) = lend(this_body);
         let lent = boxed(IdleTimeout::new(lent, group.timeouts.idle));
         let mut upstream_req = upstream_request(Request::from_parts(parts.clone(), lent), &endpoint, host, conn);
+        if let Some(protocol) = upgrade
+            && matches!(endpoint.url.protocol, Protocol::Http1 | Protocol::Https)
+        {
+            upgrade::restore(upstream_req.headers_mut(), protocol);
+        }
         let backend_span = if tracing_on {
             tracing::info_span!("backend_request", otel.kind = "client", server.address = %endpoint.address)
         } else {

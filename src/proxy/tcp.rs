@@ -96,7 +96,7 @@ pub async fn serve(
                 let m = &crate::telemetry::metrics::METRICS;
                 m.tcp_connections_open.inc();
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(error = %e, "connection error");
                 }

@@ -1,0 +1,64 @@
+//! HTTP/1.1 protocol upgrades (WebSocket): the `Upgrade` handshake passes through to the
+//! backend, and once it answers 101 the client's and the backend's connections are spliced
+//! byte for byte until either side closes.
+
+use http::header::{CONNECTION, HeaderValue, UPGRADE};
+use http::{HeaderMap, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
+/// `Upgrade: X`), if any.
+pub fn requested(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks { headers.get(UPGRADE).cloned() } else { None }
+}
+
+/// Puts back the two headers hop-by-hop stripping removed, for the next hop.
+pub fn restore(headers: &mut HeaderMap, protocol: &HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, protocol.clone());
+}
+
+/// Splices the two upgraded connections until either side closes. `hold` (the backend's
+/// connection slot) lives as long as the tunnel.
+pub fn splice(client: OnUpgrade, backend: OnUpgrade, hold: impl Send + 'static) {
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection broke"),
+        }
+        drop(hold);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers_on_http11() {
+        let ws = headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(requested(&ws, Version::HTTP_11), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(requested(&ws, Version::HTTP_2), None, "HTTP/2 has no Upgrade");
+        assert_eq!(requested(&headers(&[("upgrade", "websocket")]), Version::HTTP_11), None);
+        assert_eq!(requested(&headers(&[("connection", "upgrade")]), Version::HTTP_11), None);
+    }
+}
