@@ -84,6 +84,9 @@ enum Command {
         /// every replica, so resumption works behind a load balancer (no 0-RTT then).
         #[arg(long)]
         ticket_key_secret: Option<String>,
+        /// QUIC congestion control.
+        #[arg(long, value_enum, default_value = "cubic")]
+        congestion_control: quic_ingress::config::CongestionControl,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -198,6 +201,7 @@ async fn run(command: Command) -> ExitCode {
             trace_sampling_ratio: _,
             early_data,
             ticket_key_secret,
+            congestion_control,
         } => {
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
@@ -239,6 +243,7 @@ async fn run(command: Command) -> ExitCode {
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),
                 ticket_key_secret,
+                congestion: congestion_control,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

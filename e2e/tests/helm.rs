@@ -90,6 +90,8 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
             &format!("ingressClass.name={class}"),
             "--set",
             "sessionTickets.shared=true",
+            "--set",
+            "controller.congestionControl=bbr",
         ],
     )?;
     let client = ns.client().clone();
@@ -123,6 +125,10 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     let listen = format!("127.0.0.1:{}", free_udp_tcp_port()?);
     let admin = format!("127.0.0.1:{}", free_tcp_port()?);
     let mut args = container.args.unwrap_or_default();
+    ensure!(
+        args.windows(2).any(|w| w == ["--congestion-control", "bbr"]),
+        "chart values reach the arguments: {args:?}"
+    );
     for (flag, value) in [("--listen", &listen), ("--admin-listen", &admin)] {
         let at = args.iter().position(|a| a == flag).with_context(|| format!("no {flag} in {args:?}"))?;
         args[at + 1] = value.clone();
@@ -207,6 +213,7 @@ fn bad_chart_values_are_refused_naming_the_value() -> Result<()> {
         ("service.type=Ingress", "/service/type"),
         ("tracing.samplingRatio=2", "/tracing/samplingRatio"),
         ("controller.logFormat=xml", "/controller/logFormat"),
+        ("controller.congestionControl=reno", "/controller/congestionControl"),
     ] {
         let out = Command::new(helm_bin()?)
             .args(["template", RELEASE, "charts/quic-ingress", "--set", setting])

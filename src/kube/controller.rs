@@ -49,6 +49,8 @@ pub struct ControllerOptions {
     pub drain_timeout: Duration,
     /// Serve safe methods from 0-RTT early data.
     pub early_data: bool,
+    /// QUIC congestion control.
+    pub congestion: crate::config::CongestionControl,
     /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
     pub ticket_key_secret: Option<(String, String)>,
 }
@@ -238,7 +240,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let listen = ListenOptions {
         address: opts.listen,
         alt_svc_port: opts.alt_svc_port,
-        congestion: crate::config::CongestionControl::Cubic,
+        congestion: opts.congestion,
         resumption,
     };
     let plane = DataPlane::start(&listen, tables.clone()).await?;
