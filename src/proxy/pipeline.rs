@@ -111,16 +111,9 @@ pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, c
         // A response to HEAD has no body, whatever a backend sends after its headers.
         resp = resp.map(|_| crate::body::empty());
     }
-    let switched = match upgrade {
-        Some((client, protocol)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            let backend_side = hyper::upgrade::on(&mut resp);
-            // The body holds the backend's connection slot: it goes with the tunnel.
-            let (parts, body) = resp.into_parts();
-            upgrade::splice(client, backend_side, body);
-            resp = Response::from_parts(parts, crate::body::empty());
-            Some(protocol)
-        }
-        _ => None,
+    let (mut resp, switched) = match upgrade {
+        Some((client, protocol)) => upgrade::take_over(resp, client, protocol),
+        None => (resp, None),
     };
     let elapsed = started.elapsed();
     let route_label = route_id.as_deref().unwrap_or("");

@@ -3,9 +3,11 @@
 //! byte for byte until either side closes.
 
 use http::header::{CONNECTION, HeaderValue, UPGRADE};
-use http::{HeaderMap, Version};
+use http::{HeaderMap, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+
+use crate::body::ProxyBody;
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
 /// `Upgrade: X`), if any.
@@ -28,9 +30,27 @@ pub fn restore(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(UPGRADE, protocol.clone());
 }
 
+/// When the backend switched protocols (101), starts the tunnel between `client` and the
+/// backend and returns the response to send without its body, with the protocol switched
+/// to; any other response is returned as it is.
+pub fn take_over(
+    mut resp: Response<ProxyBody>,
+    client: OnUpgrade,
+    protocol: HeaderValue,
+) -> (Response<ProxyBody>, Option<HeaderValue>) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return (resp, None);
+    }
+    let backend = hyper::upgrade::on(&mut resp);
+    // The body holds the backend's connection slot: it goes with the tunnel.
+    let (parts, body) = resp.into_parts();
+    splice(client, backend, body);
+    (Response::from_parts(parts, crate::body::empty()), Some(protocol))
+}
+
 /// Splices the two upgraded connections until either side closes. `hold` (the backend's
 /// connection slot) lives as long as the tunnel.
-pub fn splice(client: OnUpgrade, backend: OnUpgrade, hold: impl Send + 'static) {
+fn splice(client: OnUpgrade, backend: OnUpgrade, hold: impl Send + 'static) {
     tokio::spawn(async move {
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(both) => both,
