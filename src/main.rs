@@ -353,7 +353,9 @@ async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) ->
         req = req.header(name.trim(), value.trim());
     }
     let req = req.body(()).context("building the request")?;
-    let body = data.clone().map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
+    let body_of =
+        |data: &Option<String>| data.clone().map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
+    let body = body_of(&data);
     let mut resp = if early_data {
         let connector = client::H3Connector::new(trust, addr.is_ipv6(), true)?;
         let first = connector.connect(addr, &host).await?;
@@ -361,7 +363,7 @@ async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) ->
         let head = http::Request::head(uri.clone()).body(()).context("building the request")?;
         first.request(head, RequestBody::Empty).await?.bytes().await?;
         let (resumed, accepted) = connector.connect_early(addr, &host).await?;
-        let again = (req.clone(), data.clone());
+        let again = req.clone();
         let sent = resumed.request(req, body).await;
         let accepted = match accepted {
             Some(accepted) => Some(accepted.await),
@@ -377,10 +379,7 @@ async fn get(r: GetRequest<'_>, trust: &TrustOptions, version: http::Version) ->
         );
         match sent {
             // Streams opened in rejected early data fail; the connection itself carries on.
-            Err(_) if accepted == Some(false) => {
-                let body = again.1.map(|d| RequestBody::Bytes(d.into())).unwrap_or(RequestBody::Empty);
-                resumed.request(again.0, body).await?
-            }
+            Err(_) if accepted == Some(false) => resumed.request(again, body_of(&data)).await?,
             sent => sent?,
         }
     } else if version == http::Version::HTTP_3 {

@@ -524,28 +524,11 @@ fn prune_stale_runs(root: &Path) {
 
 /// Builds the testenv binary the way `make testenv-build` does and returns its path.
 fn build_testenv() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or_else(|| anyhow!("no repository root above {}", env!("CARGO_MANIFEST_DIR")))?;
     eprintln!(
         "quic-ingress-e2e: {TESTENV_BIN_VAR} is not set; building testenv with make \
          (the first build on a machine takes minutes)"
     );
-    let out = Command::new("make")
-        .args(["-s", "--no-print-directory", "-f", "e2e/testenv.mk", "testenv-print-bin"])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running make to build testenv")?;
-    if !out.status.success() {
-        bail!("building testenv failed ({})", out.status);
-    }
-    let path = String::from_utf8(out.stdout)?;
-    let path = PathBuf::from(path.trim());
-    if !path.is_file() {
-        bail!("make printed {path:?}, which is not a file");
-    }
-    Ok(path)
+    crate::process::make_print_bin("testenv-print-bin")
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {

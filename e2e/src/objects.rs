@@ -421,6 +421,16 @@ impl SecretBuilder {
     }
 }
 
+/// A BackendGroup from the same JSON a user would write as YAML under `spec:`.
+pub fn backend_group(name: &str, spec: serde_json::Value) -> anyhow::Result<quic_ingress::kube::crd::BackendGroup> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "quic-ingress.dev/v1alpha1",
+        "kind": "BackendGroup",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,17 +25,24 @@ pub fn helm_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("QUIC_INGRESS_HELM").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(bin));
     }
-    let out = std::process::Command::new("make")
-        .args(["-s", "--no-print-directory", "-f", "e2e/testenv.mk", "helm-print-bin"])
+    make_print_bin("helm-print-bin")
+}
+
+/// Runs `make -f e2e/testenv.mk TARGET`, a target that builds a tool if needed and prints
+/// only its path, and returns that path.
+pub fn make_print_bin(target: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("make")
+        .args(["-s", "--no-print-directory", "-f", "e2e/testenv.mk", target])
         .current_dir(repo_root())
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running make {target}"))?;
     if !out.status.success() {
-        bail!("building helm failed ({})", out.status);
+        bail!("make {target} failed ({})", out.status);
     }
     let path = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     if !path.is_file() {
-        bail!("make printed {}, which is not a file", path.display());
+        bail!("make {target} printed {}, which is not a file", path.display());
     }
     Ok(path)
 }

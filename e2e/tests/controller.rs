@@ -22,7 +22,7 @@ use quic_ingress::client::TrustOptions;
 use quic_ingress::kube::crd::BackendGroup;
 use quic_ingress_e2e::controller::{ControllerOptions, GetError, install_crd, kubectl};
 use quic_ingress_e2e::namespace::unique_name;
-use quic_ingress_e2e::objects::{endpoint_slice, ingress, ingress_class, service, tls_secret};
+use quic_ingress_e2e::objects::{backend_group, endpoint_slice, ingress, ingress_class, service, tls_secret};
 use quic_ingress_e2e::process::{log_path, repo_root};
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
 use serde_json::json;
@@ -56,16 +56,6 @@ impl Setup {
         drop(_rbac);
         ns.cleanup().await
     }
-}
-
-/// A BackendGroup from the same JSON a user would write as YAML.
-fn backend_group(name: &str, spec: serde_json::Value) -> Result<BackendGroup> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "quic-ingress.dev/v1alpha1",
-        "kind": "BackendGroup",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))?)
 }
 
 /// Events (events.k8s.io) about `kind`/`name` in the namespace, as (type, reason, note).

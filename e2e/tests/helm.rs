@@ -19,7 +19,7 @@ use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
 use quic_ingress::kube::crd::BackendGroup;
 use quic_ingress_e2e::controller::{admin_get, install_crd, kubectl};
 use quic_ingress_e2e::namespace::unique_name;
-use quic_ingress_e2e::objects::ingress;
+use quic_ingress_e2e::objects::{backend_group, ingress};
 use quic_ingress_e2e::process::{
     TestProcess, free_tcp_port, free_udp_tcp_port, helm_bin, log_path, quic_ingress_bin, repo_root,
 };
@@ -154,13 +154,7 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     .with_context(|| controller.borrow().log_tail(30))?;
 
     let backend = Backend::start_local("chart-backend").await?;
-    let group: BackendGroup = serde_json::from_value(json!({
-        "apiVersion": "quic-ingress.dev/v1alpha1",
-        "kind": "BackendGroup",
-        "metadata": {"name": "web"},
-        "spec": {"backends": [{"url": backend.url()}]},
-    }))?;
-    ns.create(&group).await?;
+    ns.create(&backend_group("web", json!({"backends": [{"url": backend.url()}]}))?).await?;
     ns.create(
         &ingress("web")
             .class(&class)
@@ -179,13 +173,7 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     .await
     .with_context(|| controller.borrow().log_tail(30))?;
     // The schema admits h3:// backends and the controller builds them (Ready, 1 backend).
-    let quic: BackendGroup = serde_json::from_value(json!({
-        "apiVersion": "quic-ingress.dev/v1alpha1",
-        "kind": "BackendGroup",
-        "metadata": {"name": "quic"},
-        "spec": {"backends": [{"url": "h3://192.0.2.20:443"}]},
-    }))?;
-    ns.create(&quic).await?;
+    ns.create(&backend_group("quic", json!({"backends": [{"url": "h3://192.0.2.20:443"}]}))?).await?;
     let groups = ns.api::<BackendGroup>();
     eventually("the h3 BackendGroup to be built", TIMEOUT, || async {
         let status = groups.get("quic").await?.status;
