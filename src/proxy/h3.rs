@@ -18,7 +18,6 @@ use super::early_data::Handshake;
 use super::pipeline::{self, ConnInfo, Downstream, Tables};
 use crate::body::{BoxError, ProxyBody};
 use crate::telemetry::traces;
-use tracing::Span;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
@@ -166,19 +165,13 @@ async fn request(
     early_data: bool,
     conn_span: tracing::Span,
 ) -> Result<(), BoxError> {
-    let tracing_on = traces::enabled();
-    let parse_span = if tracing_on { tracing::info_span!(parent: &conn_span, "http3_parse") } else { Span::none() };
+    let parse_span = traces::span!(parent: &conn_span, "http3_parse");
     let (req, stream) = resolver.resolve_request().instrument(parse_span).await?;
-    let request_span = if tracing_on {
-        let span = tracing::info_span!(
-            parent: &conn_span, "http_request",
-            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
-        );
-        traces::set_remote_parent(&span, req.headers());
-        span
-    } else {
-        Span::none()
-    };
+    let request_span = traces::span!(
+        parent: &conn_span, "http_request",
+        otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+    );
+    traces::set_remote_parent(&request_span, req.headers());
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let mut body = H3RequestBody::new(recv, content_length(&parts.headers));
@@ -189,7 +182,7 @@ async fn request(
     let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3, early_data })
         .instrument(request_span.clone())
         .await;
-    let send_span = if tracing_on { tracing::info_span!(parent: &request_span, "response_send") } else { Span::none() };
+    let send_span = traces::span!(parent: &request_span, "response_send");
     send_response(&mut send, resp).instrument(send_span).await
 }
 

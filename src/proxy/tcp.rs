@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::pipeline::{self, ConnInfo, Downstream, Tables};
+use crate::telemetry::traces;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,16 +66,11 @@ pub async fn serve(
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (tables, alt_svc) = (tables.clone(), alt_svc.clone());
                     async move {
-                        let span = if crate::telemetry::traces::enabled() {
-                            let span = tracing::info_span!(
-                                "http_request",
-                                otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
-                            );
-                            crate::telemetry::traces::set_remote_parent(&span, req.headers());
-                            span
-                        } else {
-                            tracing::Span::none()
-                        };
+                        let span = traces::span!(
+                            "http_request",
+                            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+                        );
+                        traces::set_remote_parent(&span, req.headers());
                         let req = req.map(crate::body::boxed);
                         let mut resp = pipeline::handle(
                             &tables,

@@ -3,22 +3,26 @@
 //! sources, the standalone YAML and Kubernetes, compile into it; the data plane reads it
 //! through one `ArcSwap` load per request.
 
+mod filter;
 mod index;
 mod matching;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use filter::Filter;
 pub use index::HostIndex;
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
 
 use crate::tls::CertSet;
 use crate::upstream::BackendGroup;
 
-/// A matched route: its id (for logs and metrics) and the group that serves it.
+/// A matched route: its id (for logs and metrics), the filters its requests pass through
+/// in order, and the group that serves it.
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
+    pub filters: Vec<Filter>,
     pub group: Arc<BackendGroup>,
 }
 
@@ -128,7 +132,7 @@ impl RouteTableBuilder {
             path: path.to_string(),
             backend_group: group.id.clone(),
         };
-        let route = Arc::new(Route { id: id.to_string(), group });
+        let route = Arc::new(Route { id: id.to_string(), filters: Vec::new(), group });
         match self.index.insert(host, path, route) {
             Ok(()) => {
                 self.routes.push(info);

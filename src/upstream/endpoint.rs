@@ -64,6 +64,18 @@ enum Transport {
     Hyper(Client<EndpointConnector, ProxyBody>),
     /// HTTP/3: one multiplexed QUIC connection.
     H3(H3Upstream),
+    /// A stand-in backend for in-process tests of the request pipeline.
+    #[cfg(test)]
+    Stub(Arc<dyn StubTransport>),
+}
+
+/// A backend the pipeline's tests script: answers, fails or stalls as a test says.
+#[cfg(test)]
+pub trait StubTransport: Send + Sync {
+    fn send(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> futures::future::BoxFuture<'static, Result<http::Response<UpstreamBody>, SendError>>;
 }
 
 /// Why a request got no response from the backend.
@@ -85,6 +97,8 @@ pub enum SendError {
 pub enum UpstreamBody {
     Hyper(Incoming),
     H3(H3Body),
+    #[cfg(test)]
+    Stub(ProxyBody),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -98,6 +112,8 @@ impl http_body::Body for UpstreamBody {
         match self.get_mut() {
             Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H3(b) => std::pin::Pin::new(b).poll_frame(cx),
+            #[cfg(test)]
+            Self::Stub(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -105,6 +121,8 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::H3(_) => false,
+            #[cfg(test)]
+            Self::Stub(b) => b.is_end_stream(),
         }
     }
 
@@ -112,6 +130,8 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::H3(_) => http_body::SizeHint::default(),
+            #[cfg(test)]
+            Self::Stub(b) => b.size_hint(),
         }
     }
 }
@@ -130,7 +150,20 @@ impl Endpoint {
     fn new(spec: &EndpointSpec, transitions: Option<mpsc::UnboundedSender<Transition>>) -> Result<Self, UpstreamError> {
         let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
         let counts = Arc::new(ConnCounts::new(open));
-        let client = match spec.url.protocol {
+        let client = Self::transport(spec, &counts)?;
+        Ok(Self::with_client(spec, transitions, counts, client))
+    }
+
+    /// An endpoint whose requests go to a scripted stand-in instead of the network.
+    #[cfg(test)]
+    pub fn stub(spec: &EndpointSpec, transport: Arc<dyn StubTransport>) -> Arc<Self> {
+        let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
+        let counts = Arc::new(ConnCounts::new(open));
+        Arc::new(Self::with_client(spec, None, counts, Transport::Stub(transport)))
+    }
+
+    fn transport(spec: &EndpointSpec, counts: &Arc<ConnCounts>) -> Result<Transport, UpstreamError> {
+        Ok(match spec.url.protocol {
             Protocol::H3 => {
                 let (config, name) = client_tls(&spec.url, &spec.tls, &[b"h3"])?;
                 let h3 = H3Upstream::new(
@@ -168,12 +201,20 @@ impl Endpoint {
                     .http2_only(h2c);
                 Transport::Hyper(builder.build(connector))
             }
-        };
+        })
+    }
+
+    fn with_client(
+        spec: &EndpointSpec,
+        transitions: Option<mpsc::UnboundedSender<Transition>>,
+        counts: Arc<ConnCounts>,
+        client: Transport,
+    ) -> Self {
         let address = spec.url.address();
         let active_gauge = METRICS.active_connections.with_label_values(&[address.as_str()]);
         let healthy_gauge = METRICS.backend_healthy.with_label_values(&[address.as_str()]);
         healthy_gauge.set(1);
-        Ok(Self {
+        Self {
             active_gauge,
             healthy_gauge,
             address,
@@ -188,7 +229,7 @@ impl Endpoint {
             transitions,
             counts,
             client,
-        })
+        }
     }
 
     /// The pool's open connections as (active, idle).
@@ -313,6 +354,8 @@ impl Endpoint {
         match &self.client {
             Transport::Hyper(client) => Ok(client.request(req).await?.map(UpstreamBody::Hyper)),
             Transport::H3(h3) => Ok(h3.send(req).await?.map(UpstreamBody::H3)),
+            #[cfg(test)]
+            Transport::Stub(stub) => stub.send(req).await,
         }
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
+#[cfg(test)]
+pub use endpoint::StubTransport;
 pub use endpoint::{
     Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody, pool_connections,
 };
