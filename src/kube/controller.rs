@@ -27,8 +27,10 @@ use super::world::World;
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::{self, CertSet, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
+use prometheus::IntCounterVec;
 
 /// Quiet time that ends a burst of watch events before a rebuild.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -68,6 +70,8 @@ pub enum ControllerError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 impl ControllerError {
@@ -104,20 +108,22 @@ struct Stores {
 }
 
 impl Stores {
-    fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> Self {
+    fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>, metrics: &Metrics) -> Self {
         let cfg = watcher::Config::default();
+        let events = &metrics.watch_events;
         Self {
-            ingresses: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
-            classes: watch_kind(Api::all(client.clone()), cfg.clone(), changed.clone()),
-            services: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
-            slices: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
+            ingresses: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone(), events),
+            classes: watch_kind(Api::all(client.clone()), cfg.clone(), changed.clone(), events),
+            services: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone(), events),
+            slices: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone(), events),
             // Only TLS Secrets matter; the field selector keeps the rest out of memory.
             secrets: watch_kind(
                 scoped(client, namespace),
                 cfg.clone().fields("type=kubernetes.io/tls"),
                 changed.clone(),
+                events,
             ),
-            groups: watch_kind(scoped(client, namespace), cfg, changed),
+            groups: watch_kind(scoped(client, namespace), cfg, changed, events),
         }
     }
 
@@ -158,20 +164,21 @@ where
 /// Starts a reflector for `K`; every event wakes the rebuild loop. The watcher retries with
 /// backoff forever, so a lost API server is reconnected to and re-listed when it returns,
 /// while the store keeps the last state it saw.
-fn watch_kind<K>(api: Api<K>, cfg: watcher::Config, changed: Arc<Notify>) -> Store<K>
+fn watch_kind<K>(api: Api<K>, cfg: watcher::Config, changed: Arc<Notify>, events: &IntCounterVec) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).to_string();
+    let counted = events.with_label_values(&[kind.as_str()]);
     let stream = reflector::reflector(writer, watcher(api, cfg)).backoff(WatchBackoff::default());
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => {
-                    crate::telemetry::metrics::METRICS.watch_events.with_label_values(&[kind.as_str()]).inc();
+                    counted.inc();
                     changed.notify_one()
                 }
                 Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
@@ -226,9 +233,16 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let tables = crate::proxy::tables(RouteTable::empty(CertSet::with_default(default_cert.clone())));
     let ready = Arc::new(Readiness::default());
     let stop_admin = CancellationToken::new();
-    admin::start(opts.admin_listen, tables.clone(), ready.clone(), stop_admin.clone())
-        .await
-        .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| ControllerError::Metrics(e.to_string()))?);
+    admin::start(
+        opts.admin_listen,
+        crate::proxy::routes_view(&tables),
+        ready.clone(),
+        metrics.clone(),
+        stop_admin.clone(),
+    )
+    .await
+    .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
     let resumption = match &opts.ticket_key_secret {
         Some((namespace, name)) => {
             let ticketer = Arc::new(tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?);
@@ -243,10 +257,10 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         congestion: opts.congestion,
         resumption,
     };
-    let plane = DataPlane::start(&listen, tables.clone()).await?;
+    let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 
     let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, opts.namespace.as_deref(), changed.clone());
+    let stores = Stores::start(&client, opts.namespace.as_deref(), changed.clone(), &metrics);
     let (feed_tx, feed_rx) = watch::channel(Arc::new(Feed::default()));
     let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
     let settings = Settings { ingress_class: opts.ingress_class.clone(), default_cert: Some(default_cert) };
@@ -269,7 +283,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
     tokio::spawn(status::run(client.clone(), reporter, opts.publish.clone(), leading_rx, feed_rx, transitions_rx));
 
-    let registry = EndpointRegistry::with_transitions(transitions_tx);
+    let registry = EndpointRegistry::new(metrics, Some(transitions_tx));
     let rebuild = tokio::spawn(rebuild_loop(stores, changed, settings, tables, ready.clone(), feed_tx, registry));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
@@ -298,7 +312,7 @@ async fn rebuild_loop(
     registry: EndpointRegistry,
 ) {
     let mut last_good = LastGoodCerts::default();
-    let mut checker = HealthChecker::new();
+    let mut checker = HealthChecker::new(registry.metrics().clone());
     let mut generation = 0u64;
     tracing::info!("waiting for the initial list of watched objects");
     stores.wait_ready().await;
@@ -317,7 +331,7 @@ async fn rebuild_loop(
         for p in &t.problems {
             tracing::info!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = p.reason, error = %p.message, "skipping part of an object");
         }
-        checker.sync(&t.table);
+        checker.sync(t.table.groups());
         let routes = t.table.route_count();
         let invalid_groups = t
             .problems
@@ -344,10 +358,10 @@ async fn rebuild_loop(
                 released.push((key.0, key.1, current));
             }
         }
-        crate::telemetry::metrics::record_table(&t.table, started.elapsed());
+        registry.metrics().record_table(t.table.generation, routes, started.elapsed());
         tables.store(Arc::new(t.table));
         // burst_start is when the first event of this burst woke the loop.
-        crate::telemetry::metrics::METRICS.change_to_serving.observe(burst_start.elapsed().as_secs_f64());
+        registry.metrics().change_to_serving.observe(burst_start.elapsed().as_secs_f64());
         ready.set(true);
         tracing::info!(
             generation,

@@ -15,15 +15,17 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::early_data::Handshake;
-use super::pipeline::{self, ConnInfo, Downstream, Tables};
+use super::pipeline::{self, ConnInfo, Downstream, Shared};
 use crate::body::{BoxError, ProxyBody};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
+use std::sync::Arc;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
 /// Accepts QUIC connections until `shutdown`; then each connection is sent GOAWAY and
 /// finishes the requests it has.
-pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken, tracker: TaskTracker) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -37,10 +39,10 @@ pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: Cancella
         } else {
             tracing::debug_span!("quic_connection", %remote)
         };
-        let (tables, shutdown, t) = (tables.clone(), shutdown.clone(), tracker.clone());
+        let (shared, shutdown, t) = (shared.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(
             async move {
-                if let Err(e) = connection(incoming, tables, shutdown, t).await {
+                if let Err(e) = connection(incoming, shared, shutdown, t).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
@@ -53,11 +55,11 @@ pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: Cancella
 
 async fn connection(
     incoming: quinn::Incoming,
-    tables: Tables,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
-    let m = &crate::telemetry::metrics::METRICS;
+    let m = &shared.metrics;
     // Serve from the first flight: requests that came as 0-RTT early data are handled
     // while the handshake completes (see early_data for which ones are forwarded).
     let accepted = incoming.accept().map(|connecting| connecting.into_0rtt());
@@ -76,14 +78,14 @@ async fn connection(
         }
     };
     // Count the outcome when it is known, without holding up early requests.
-    let (outcome, watched) = (handshake.clone(), conn.clone());
+    let (outcome, watched, counted) = (handshake.clone(), conn.clone(), m.clone());
     tokio::spawn(async move {
         outcome.finished().await;
         let label = if watched.close_reason().is_none() { "ok" } else { "error" };
-        m.quic_handshakes.with_label_values(&[label]).inc();
+        counted.quic_handshakes.with_label_values(&[label]).inc();
     });
     m.quic_connections_open.inc();
-    let open = ConnectionGauge { conn: conn.clone(), lost_counted: std::cell::Cell::new(0) };
+    let open = ConnectionGauge { conn: conn.clone(), metrics: m.clone(), lost_counted: std::cell::Cell::new(0) };
     let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATS_EVERY, STATS_EVERY);
     let mut client = conn.remote_address();
     let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
@@ -105,7 +107,7 @@ async fn connection(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let tables = tables.clone();
+                let shared = shared.clone();
                 // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has
                 // validated the new path, so requests now come from the new address.
                 let now_at = open.conn.remote_address();
@@ -119,7 +121,7 @@ async fn connection(
                 let early_data = !handshake.complete();
                 let conn_span = tracing::Span::current();
                 tracker.spawn(async move {
-                    if let Err(e) = request(resolver, tables, client, early_data, conn_span).await {
+                    if let Err(e) = request(resolver, &shared, client, early_data, conn_span).await {
                         tracing::debug!(error = %e, "request stream failed");
                     }
                 });
@@ -138,6 +140,7 @@ const STATS_EVERY: Duration = Duration::from_secs(10);
 /// counted as they accrue, so long-lived connections show in the rate.
 struct ConnectionGauge {
     conn: quinn::Connection,
+    metrics: Arc<Metrics>,
     lost_counted: std::cell::Cell<u64>,
 }
 
@@ -145,13 +148,13 @@ impl ConnectionGauge {
     fn count_lost(&self) {
         let lost = self.conn.stats().path.lost_packets;
         let new = lost.saturating_sub(self.lost_counted.replace(lost));
-        crate::telemetry::metrics::METRICS.quic_lost_packets.inc_by(new);
+        self.metrics.quic_lost_packets.inc_by(new);
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        let m = &crate::telemetry::metrics::METRICS;
+        let m = &self.metrics;
         m.quic_connections_open.dec();
         self.count_lost();
         m.quic_rtt.observe(self.conn.stats().path.rtt.as_secs_f64());
@@ -160,7 +163,7 @@ impl Drop for ConnectionGauge {
 
 async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
-    tables: Tables,
+    shared: &Shared,
     client: std::net::SocketAddr,
     early_data: bool,
     conn_span: tracing::Span,
@@ -179,7 +182,7 @@ async fn request(
         body.peek_end(Duration::from_millis(100)).await;
     }
     let req = Request::from_parts(parts, crate::body::boxed(body));
-    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3, early_data })
+    let resp = pipeline::handle(shared, req, ConnInfo { client, protocol: Downstream::H3, early_data })
         .instrument(request_span.clone())
         .await;
     let send_span = traces::span!(parent: &request_span, "response_send");

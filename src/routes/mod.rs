@@ -72,6 +72,29 @@ impl RouteTable {
     pub fn route_count(&self) -> usize {
         self.index.len()
     }
+
+    /// What `/debug/routes` shows: the routes as declared, each group's endpoints with
+    /// their weight, health and load, and the certificates' hosts.
+    pub fn debug_view(&self) -> serde_json::Value {
+        let groups: Vec<_> = self
+            .groups()
+            .map(|g| {
+                serde_json::json!({
+                    "id": g.id,
+                    "strategy": g.strategy,
+                    "endpoints": g.members().map(|(e, w)| serde_json::json!({
+                        "url": e.url.to_string(), "weight": w, "healthy": e.is_healthy(), "in_flight": e.in_flight(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "generation": self.generation,
+            "routes": self.routes(),
+            "backend_groups": groups,
+            "certificates": self.certs.hosts().collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// A route whose host and path another route already claims.

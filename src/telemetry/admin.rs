@@ -11,8 +11,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::Metrics;
 use crate::body::{ProxyBody, full};
-use crate::proxy::Tables;
+
+/// The live route table as JSON, for `/debug/routes`; the caller knows the table, the
+/// admin server only shows it.
+pub type RoutesView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Whether the process is ready to take traffic.
 #[derive(Debug, Default)]
@@ -30,8 +34,9 @@ impl Readiness {
 /// Binds the admin address and serves until `shutdown`.
 pub async fn start(
     addr: SocketAddr,
-    tables: Tables,
+    routes: RoutesView,
     ready: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
@@ -42,10 +47,10 @@ pub async fn start(
                 accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                 () = shutdown.cancelled() => return,
             };
-            let (tables, ready) = (tables.clone(), ready.clone());
+            let (routes, ready, metrics) = (routes.clone(), ready.clone(), metrics.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let resp = route(&req, &tables, &ready);
+                    let resp = route(&req, &routes, &ready, &metrics);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -58,14 +63,14 @@ pub async fn start(
     Ok(local)
 }
 
-fn route<B>(req: &Request<B>, tables: &Tables, ready: &Readiness) -> Response<ProxyBody> {
+fn route<B>(req: &Request<B>, routes: &RoutesView, ready: &Readiness, metrics: &Metrics) -> Response<ProxyBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
-            let mut resp = Response::new(full(super::metrics::METRICS.render()));
+            let mut resp = Response::new(full(metrics.render()));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
@@ -73,25 +78,7 @@ fn route<B>(req: &Request<B>, tables: &Tables, ready: &Readiness) -> Response<Pr
         "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/debug/routes" => {
-            let table = tables.load();
-            let groups: Vec<_> = table
-                .groups()
-                .map(|g| {
-                    serde_json::json!({
-                        "id": g.id,
-                        "strategy": g.strategy,
-                        "endpoints": g.members().map(|(e, w)| serde_json::json!({
-                            "url": e.url.to_string(), "weight": w, "healthy": e.is_healthy(), "in_flight": e.in_flight(),
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            let body = serde_json::json!({
-                "generation": table.generation,
-                "routes": table.routes(),
-                "backend_groups": groups,
-                "certificates": table.certs.hosts().collect::<Vec<_>>(),
-            });
+            let body = routes();
             let mut resp = Response::new(full(body.to_string()));
             resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             resp

@@ -85,6 +85,7 @@ pub fn server_config(
     alpn: &[&[u8]],
     quic: bool,
     resumption: &Resumption,
+    metrics: &crate::telemetry::metrics::Metrics,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let tls13_only = quic;
     let versions: &[&rustls::SupportedProtocolVersion] =
@@ -95,6 +96,6 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    resumption.apply(&mut config, quic);
+    resumption.apply(&mut config, quic, metrics);
     Ok(config)
 }

@@ -6,6 +6,7 @@ mod connector;
 mod endpoint;
 mod h3;
 pub mod health;
+mod retry_budget;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,10 +15,9 @@ use std::time::Duration;
 pub use balancer::{Balancer, Strategy};
 #[cfg(test)]
 pub use endpoint::StubTransport;
-pub use endpoint::{
-    Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody, pool_connections,
-};
+pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
+pub use retry_budget::RetryBudget;
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,7 @@ pub struct BackendGroup {
     /// Passive checks from real traffic, if enabled.
     pub passive: Option<PassiveCheck>,
     /// Shared by this group's requests: retries allowed as a share of traffic.
-    pub retry_budget: crate::proxy::RetryBudget,
+    pub retry_budget: RetryBudget,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,

@@ -16,7 +16,7 @@ use crate::proxy::headers::{EARLY_DATA, set_forwarded, strip_hop_by_hop};
 use crate::proxy::retry::lend;
 use crate::proxy::upgrade;
 use crate::routes::Route;
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
 use crate::upstream::{BackendGroup, Endpoint, Protocol};
 
@@ -38,6 +38,7 @@ pub async fn forward(
     ctx: &mut RequestContext,
     route: &Route,
     req: Request<ProxyBody>,
+    metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let group = &route.group;
     group.retry_budget.deposit();
@@ -53,7 +54,7 @@ pub async fn forward(
             if !group.retry_budget.withdraw() {
                 break;
             }
-            METRICS.retries.with_label_values(&[route.id.as_str()]).inc();
+            metrics.retries.with_label_values(&[route.id.as_str()]).inc();
         }
         tried.push(endpoint.clone());
         ctx.backend = Some(endpoint.address.clone());

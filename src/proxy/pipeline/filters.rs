@@ -9,7 +9,7 @@ use super::error::ProxyError;
 use crate::body::ProxyBody;
 use crate::proxy::early_data::safe_in_early_data;
 use crate::routes::{Filter, Route};
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 
 /// What a filter decided.
 pub enum Flow {
@@ -20,8 +20,8 @@ pub enum Flow {
 }
 
 /// Runs the filter phase for `route`.
-pub fn apply(ctx: &RequestContext, route: &Route, req: Request<ProxyBody>) -> Flow {
-    if let Err(too_early) = early_data(ctx) {
+pub fn apply(ctx: &RequestContext, route: &Route, req: Request<ProxyBody>, metrics: &Metrics) -> Flow {
+    if let Err(too_early) = early_data(ctx, metrics) {
         return Flow::Respond(super::error::respond_error(too_early));
     }
     let mut flow = Flow::Continue(req);
@@ -35,12 +35,12 @@ pub fn apply(ctx: &RequestContext, route: &Route, req: Request<ProxyBody>) -> Fl
 /// RFC 8470: a request that came in 0-RTT early data may be a replay, so only methods safe
 /// to run twice are forwarded; the others get 425 and the client sends them again after
 /// the handshake.
-fn early_data(ctx: &RequestContext) -> Result<(), ProxyError> {
+fn early_data(ctx: &RequestContext, metrics: &Metrics) -> Result<(), ProxyError> {
     if !ctx.conn.early_data {
         return Ok(());
     }
     let safe = safe_in_early_data(&ctx.method);
-    METRICS.early_data_requests.with_label_values(&[if safe { "forwarded" } else { "too_early" }]).inc();
+    metrics.early_data_requests.with_label_values(&[if safe { "forwarded" } else { "too_early" }]).inc();
     if safe { Ok(()) } else { Err(ProxyError::TooEarly) }
 }
 

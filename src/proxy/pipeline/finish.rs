@@ -9,7 +9,7 @@ use super::context::RequestContext;
 use crate::body::ProxyBody;
 use crate::proxy::headers::{X_REQUEST_ID, strip_hop_by_hop};
 use crate::proxy::upgrade;
-use crate::telemetry::metrics::{METRICS, method_label};
+use crate::telemetry::metrics::{Metrics, method_label};
 
 /// Shapes the response for the client. `client_upgrade` is the client's side of an
 /// upgrade handshake, spliced to the backend if it agreed (101).
@@ -39,12 +39,12 @@ pub fn respond(
 }
 
 /// Counts the request and writes its access-log line.
-pub fn log(ctx: &RequestContext, resp: &Response<ProxyBody>) {
+pub fn log(ctx: &RequestContext, resp: &Response<ProxyBody>, metrics: &Metrics) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route_id();
     let backend = ctx.backend.as_deref().unwrap_or("");
-    METRICS.http_requests.with_label_values(&[method_label(&ctx.method), resp.status().as_str(), backend, route]).inc();
-    METRICS.http_request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    metrics.http_requests.with_label_values(&[method_label(&ctx.method), resp.status().as_str(), backend, route]).inc();
+    metrics.http_request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = ctx.request_id.to_str().unwrap_or(""),

@@ -29,6 +29,7 @@ use http::{Request, Response};
 
 use crate::body::ProxyBody;
 use crate::routes::{Route, RouteTable};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
 pub use context::RequestContext;
 use error::ProxyError;
@@ -48,36 +49,42 @@ pub enum Downstream {
     Tcp,
 }
 
-/// Shared state handed to listeners.
+/// The route table being served, swapped whole on every change.
 pub type Tables = Arc<ArcSwap<RouteTable>>;
 
+/// What every request reads: the table being served and the metrics it records into.
+pub struct Shared {
+    pub tables: Tables,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Serves one request from the current route table.
-pub async fn handle(tables: &ArcSwap<RouteTable>, mut req: Request<ProxyBody>, conn: ConnInfo) -> Response<ProxyBody> {
+pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo) -> Response<ProxyBody> {
     let mut ctx = RequestContext::new(&mut req, conn);
     // A WebSocket (or other HTTP/1.1 upgrade) handshake: the client's connection is taken
     // over once the backend agrees.
     let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let resp = match serve(tables, &mut ctx, req).await {
+    let resp = match serve(shared, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => error::respond_error(err),
     };
     let resp = finish::respond(&ctx, resp, client_upgrade);
-    finish::log(&ctx, &resp);
+    finish::log(&ctx, &resp, &shared.metrics);
     resp
 }
 
 /// The phases up to a response: route, filters, then attempts at backends.
 async fn serve(
-    tables: &ArcSwap<RouteTable>,
+    shared: &Shared,
     ctx: &mut RequestContext,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let route = route(tables, ctx, &req)?;
-    let req = match filters::apply(ctx, &route, req) {
+    let route = route(&shared.tables, ctx, &req)?;
+    let req = match filters::apply(ctx, &route, req, &shared.metrics) {
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
     };
-    attempt::forward(ctx, &route, req).await
+    attempt::forward(ctx, &route, req, &shared.metrics).await
 }
 
 /// The route phase: one load per request, so the whole request sees one table.

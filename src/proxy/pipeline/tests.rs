@@ -12,9 +12,10 @@ use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{ConnInfo, Downstream, handle};
+use super::{ConnInfo, Downstream, Shared, handle};
 use crate::body::{ProxyBody, empty, full};
 use crate::routes::{PathRule, PathType, RouteTable, RouteTableBuilder};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::CertSet;
 use crate::upstream::{
     BackendGroup, BackendUrl, Endpoint, EndpointSpec, PassiveCheck, PoolSettings, SendError, Strategy, StubTransport,
@@ -99,7 +100,7 @@ fn spec(port: u16) -> EndpointSpec {
 
 /// A table with one catch-all route to a round-robin group of `backends`, in order,
 /// without passive health checks (so failures never eject).
-fn table(backends: &[Arc<Scripted>], timeouts: Timeouts) -> (ArcSwap<RouteTable>, Vec<Arc<Endpoint>>) {
+fn table(backends: &[Arc<Scripted>], timeouts: Timeouts) -> (Shared, Vec<Arc<Endpoint>>) {
     table_with(backends, timeouts, None)
 }
 
@@ -107,7 +108,7 @@ fn table_with(
     backends: &[Arc<Scripted>],
     timeouts: Timeouts,
     passive: Option<PassiveCheck>,
-) -> (ArcSwap<RouteTable>, Vec<Arc<Endpoint>>) {
+) -> (Shared, Vec<Arc<Endpoint>>) {
     let endpoints: Vec<Arc<Endpoint>> = backends
         .iter()
         .enumerate()
@@ -118,7 +119,11 @@ fn table_with(
     let group =
         builder.add_group(BackendGroup::new("g".into(), Strategy::RoundRobin, timeouts, members).with_passive(passive));
     builder.add_route("r", None, PathRule::new("/", PathType::Prefix).unwrap(), group).unwrap();
-    (ArcSwap::from_pointee(builder.build(1)), endpoints)
+    (shared(builder.build(1)), endpoints)
+}
+
+fn shared(table: RouteTable) -> Shared {
+    Shared { tables: Arc::new(ArcSwap::from_pointee(table)), metrics: Arc::new(Metrics::new().unwrap()) }
 }
 
 fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
@@ -254,7 +259,7 @@ async fn a_full_endpoint_sends_the_request_to_one_with_room() {
 
 #[tokio::test(start_paused = true)]
 async fn no_route_is_404_and_no_healthy_backend_is_503_with_retry_after() {
-    let empty_table = ArcSwap::from_pointee(RouteTable::empty(CertSet::default()));
+    let empty_table = shared(RouteTable::empty(CertSet::default()));
     let resp = handle(&empty_table, request(Method::GET, empty()), conn(false)).await;
     assert_eq!(resp.status(), 404);
 
