@@ -7,6 +7,7 @@ mod endpoint;
 mod h3;
 pub mod health;
 mod retry_budget;
+mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +19,10 @@ pub use endpoint::StubTransport;
 pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
 pub use retry_budget::RetryBudget;
+pub use spec::{
+    BackendSpec, Field, GroupSpec, HealthCheckSpec, MAX_BACKENDS, MAX_FAILURES, MAX_POOL_SIZE, MAX_ROUTES,
+    MAX_THRESHOLD, MAX_WEIGHT, MIN_HEALTH_INTERVAL, Members, PassiveSpec, SpecError, millis,
+};
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
