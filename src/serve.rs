@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, Listen};
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::routes::CertSet;
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
 use crate::telemetry::metrics::Metrics;
-use crate::tls::{self, CertSet, TlsError};
+use crate::tls::{self, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
 
 /// Why standalone mode stopped.

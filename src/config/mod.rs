@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, parse_duration};
 
+use crate::routes::CertSet;
 use crate::routes::{self, HostRule, PathRule, RouteTable, RouteTableBuilder};
-use crate::tls::CertSet;
 use crate::upstream::{
     self, BackendSpec, EndpointRegistry, GroupSpec, HealthCheckSpec, Members, PassiveCheck, PassiveSpec, PoolSettings,
     SpecError, Timeouts, UpstreamTls,

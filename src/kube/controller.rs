@@ -25,10 +25,11 @@ use super::status::{self, Feed, Publish};
 use super::translate::{LastGoodCerts, Settings, translate};
 use super::world::World;
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::routes::CertSet;
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
 use crate::telemetry::metrics::Metrics;
-use crate::tls::{self, CertSet, TlsError};
+use crate::tls::{self, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
 use prometheus::IntCounterVec;
 

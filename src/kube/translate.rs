@@ -13,8 +13,8 @@ use rustls::sign::CertifiedKey;
 use super::crd::BackendGroup as BackendGroupCr;
 use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_port};
 use super::world::{Indexed, World};
+use crate::routes::CertSet;
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
-use crate::tls::CertSet;
 use crate::upstream::{BackendGroup, BackendUrl, EndpointRegistry, GroupSpec, Members, UpstreamTls};
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";

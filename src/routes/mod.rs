@@ -3,6 +3,7 @@
 //! sources, the standalone YAML and Kubernetes, compile into it; the data plane reads it
 //! through one `ArcSwap` load per request.
 
+mod certs;
 mod filter;
 mod index;
 mod matching;
@@ -10,11 +11,11 @@ mod matching;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use certs::CertSet;
 pub use filter::Filter;
 pub use index::HostIndex;
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
 
-use crate::tls::CertSet;
 use crate::upstream::BackendGroup;
 
 /// A matched route: its id (for logs and metrics), the filters its requests pass through

@@ -5,7 +5,7 @@ mod certs;
 mod tickets;
 mod verify;
 
-pub use certs::{CertSet, DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
+pub use certs::{DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
 pub use tickets::{Resumption, SharedTicketer, TICKET_KEY_LEN, TicketKeyError, parse_ticket_keys};
 pub use verify::insecure_client_config;
 

@@ -14,9 +14,9 @@ use http_body_util::BodyExt;
 
 use super::{ConnInfo, Downstream, Shared, handle};
 use crate::body::{ProxyBody, empty, full};
+use crate::routes::CertSet;
 use crate::routes::{PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::telemetry::metrics::Metrics;
-use crate::tls::CertSet;
 use crate::upstream::{
     BackendGroup, BackendUrl, Endpoint, EndpointSpec, PassiveCheck, PoolSettings, SendError, Strategy, StubTransport,
     Timeouts, UpstreamBody, UpstreamTls,
