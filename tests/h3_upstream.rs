@@ -1,6 +1,7 @@
 //! `h3://` backends: the proxy speaks HTTP/3 upstream, to a third-party server (aioquic)
 //! and to a second quic-ingress, with bodies streamed both ways, trust from a CA bundle,
 //! and failover when an HTTP/3 backend is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

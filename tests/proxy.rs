@@ -1,5 +1,6 @@
 //! The standalone data plane over loopback with real backends and real clients: routing,
 //! balancing, error statuses, streaming, concurrency on one connection, Alt-Svc, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 
