@@ -7,6 +7,10 @@ mod headers;
 mod pipeline;
 mod retry;
 mod tcp;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
 mod upgrade;
 
 use std::net::SocketAddr;
