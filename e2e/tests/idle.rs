@@ -4,7 +4,8 @@
 //!   writes come back through its watch);
 //! - started before the BackendGroup CRD exists, it serves Ingresses, says in `/readyz`
 //!   and a metric that the BackendGroup watch fails, and picks the CRD up once installed,
-//!   without a restart.
+//!   without a restart;
+//! - with `--publish-service`, Ingresses follow that Service's address through a watch.
 //!
 //! The idle window is `QUIC_INGRESS_IDLE_SECS` seconds (default 25; the figure in the
 //! issue's report was taken with 120).
@@ -16,7 +17,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::ListParams;
 use quic_ingress::kube::crd::BackendGroup;
-use quic_ingress_e2e::controller::install_crd;
+use quic_ingress_e2e::controller::{ControllerOptions, install_crd};
 use quic_ingress_e2e::objects::{backend_group, endpoint_slice, ingress, service};
 use quic_ingress_e2e::process::{free_tcp_port, repo_root};
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
@@ -118,6 +119,7 @@ async fn an_idle_controller_with_1000_ingresses_builds_nothing_while_status_is_w
 
     // Nothing changes from here on.
     let rebuilds_before = wait_for_no_rebuilds(&c).await?;
+    ensure!(rebuilds_before >= 1.0, "no {REBUILDS} exported");
     let bg_events = r#"quic_ingress_watch_events_total{kind="BackendGroup"}"#;
     let bg_changes = r#"quic_ingress_watch_changes_total{kind="BackendGroup"}"#;
     let ingress_changes = r#"quic_ingress_watch_changes_total{kind="Ingress"}"#;
@@ -217,4 +219,58 @@ async fn without_the_crd_ingresses_are_served_and_the_crd_is_picked_up_once_inst
     ns.cleanup().await?;
     let mut env = env;
     env.stop().await
+}
+
+/// `--publish-service`: the Service's address is followed through a watch, so a Service
+/// created later, or given an external IP, shows on the Ingresses without a poll.
+#[tokio::test]
+async fn ingresses_show_the_published_service_address_as_it_changes() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, "publish").await?;
+    install_crd(env).await?;
+    let rbac = ControllerRbac::grant(env, &ns).await?;
+    let mut opts = ControllerOptions::new(ns.name());
+    opts.publish_address = None;
+    opts.extra_args = vec!["--publish-service".into(), format!("{}/front", ns.name())];
+    let c = Controller::start_with(env, opts).await?;
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.create(&ingress("shop").class("quic").rule("shop.example.com", "/", "Prefix", "web", 80).build()).await?;
+    let ingresses = ns.api::<Ingress>();
+    let shown = || async {
+        let ing = ingresses.get("shop").await?;
+        let lb = ing.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
+        Ok::<_, anyhow::Error>(lb.into_iter().filter_map(|i| i.ip).collect::<Vec<_>>())
+    };
+    // Served, but no Service to take an address from yet.
+    eventually("the Ingress to be routed", TIMEOUT, || async {
+        Ok((c.get("shop.example.com", "/").await?.status == 503).then_some(()))
+    })
+    .await?;
+    assert_eq!(shown().await?, Vec::<String>::new());
+
+    let front = ns.create(&service("front").port("https", 443).build()).await?;
+    let cluster_ip = front.spec.and_then(|s| s.cluster_ip).context("no cluster IP")?;
+    eventually("the Ingress to show the Service's cluster IP", TIMEOUT, || async {
+        let ips = shown().await?;
+        if ips == [cluster_ip.clone()] { Ok(Some(())) } else { Err(anyhow!("shows {ips:?}")) }
+    })
+    .await?;
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .patch(
+            "front",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"externalIPs": ["198.51.100.7"]}})),
+        )
+        .await?;
+    eventually("the Ingress to follow the external IP", TIMEOUT, || async {
+        let ips = shown().await?;
+        if ips == ["198.51.100.7"] { Ok(Some(())) } else { Err(anyhow!("shows {ips:?}")) }
+    })
+    .await?;
+    let (status, body) = c.readyz().await?;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+
+    drop(c);
+    drop(rbac);
+    ns.cleanup().await
 }

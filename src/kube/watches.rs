@@ -100,11 +100,11 @@ impl Relevant for Ingress {
 }
 
 impl Relevant for IngressClass {
-    /// The default-class annotation matters and does not bump `generation`.
+    /// The default-class annotation matters and does not bump `generation`. Classes are few
+    /// and small, so the spec itself is compared.
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
-        let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, &m.annotations, &self.spec), m.resource_version.as_ref())
     }
 }
 
@@ -473,6 +473,22 @@ mod tests {
         let mut again = ingress("c", 1);
         again.metadata.uid = Some("uid-c-2".into());
         assert!(c.observe(&Event::Apply(again)));
+    }
+
+    #[test]
+    fn the_default_class_annotation_of_an_ingress_class_is_a_change() {
+        let class = |default: &str, rv: &str| IngressClass {
+            metadata: ObjectMeta {
+                name: Some("quic".into()),
+                generation: Some(1),
+                resource_version: Some(rv.into()),
+                annotations: Some([("ingressclass.kubernetes.io/is-default-class".into(), default.into())].into()),
+                ..ObjectMeta::default()
+            },
+            ..IngressClass::default()
+        };
+        assert_eq!(class("true", "1").fingerprint(), class("true", "2").fingerprint());
+        assert_ne!(class("true", "1").fingerprint(), class("false", "2").fingerprint());
     }
 
     #[test]
