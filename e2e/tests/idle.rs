@@ -125,6 +125,8 @@ async fn an_idle_controller_with_1000_ingresses_builds_nothing_while_status_is_w
     let ingress_changes = r#"quic_ingress_watch_changes_total{kind="Ingress"}"#;
     let (events_before, changes_before) = (c.metric(bg_events).await?, c.metric(bg_changes).await?);
     let ingress_changes_before = c.metric(ingress_changes).await?;
+    let ingress_events = r#"quic_ingress_watch_events_total{kind="Ingress"}"#;
+    let ingress_events_before = c.metric(ingress_events).await?;
     let rv_before = groups.get("watched").await?.metadata.resource_version;
     let cpu_before = c.cpu_seconds()?;
     let started = Instant::now();
@@ -151,6 +153,8 @@ async fn an_idle_controller_with_1000_ingresses_builds_nothing_while_status_is_w
     ensure!(status_events >= 2.0, "the controller saw {status_events} of its own status writes");
     assert_eq!(c.metric(bg_changes).await?, changes_before, "a status write counted as a change");
     assert_eq!(c.metric(ingress_changes).await?, ingress_changes_before);
+    // Ingress status, once written, is not written again (which would come back as events).
+    assert_eq!(c.metric(ingress_events).await?, ingress_events_before, "Ingress status rewritten while idle");
     // Not a speed assertion: a loop that spins would use a core, this uses a few per cent.
     ensure!(cpu < 0.1 * elapsed.as_secs_f64(), "{cpu:.2} CPU seconds in {elapsed:?}");
 
