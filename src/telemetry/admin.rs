@@ -1,10 +1,12 @@
 //! The admin HTTP server: `/healthz` (alive), `/readyz` (a route table is loaded and the
-//! listeners are bound) and `/debug/routes` (the live route table, read-only).
+//! listeners are bound; the body also names what is degraded, such as a failing watch)
+//! and `/debug/routes` (the live route table, read-only).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,16 +20,43 @@ use crate::body::{ProxyBody, full};
 /// admin server only shows it.
 pub type RoutesView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// Whether the process is ready to take traffic.
+/// Whether the process is ready to take traffic, and what is degraded while it serves.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    ready: AtomicBool,
+    /// One line each; shown in the `/readyz` body without changing its status, because a
+    /// degraded process still serves what it has (taking it out of a load balancer would
+    /// serve nothing instead).
+    degraded: ArcSwap<Vec<String>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::Relaxed);
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+    }
+    pub fn set_degraded(&self, lines: Vec<String>) {
+        self.degraded.store(Arc::new(lines));
+    }
+    pub fn degraded(&self) -> Vec<String> {
+        self.degraded.load().as_ref().clone()
+    }
+
+    /// The `/readyz` answer.
+    fn report(&self) -> (StatusCode, String) {
+        let (status, mut body) = if self.is_ready() {
+            (StatusCode::OK, "ready\n".to_string())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
+        };
+        for line in self.degraded.load().iter() {
+            body.push_str("degraded: ");
+            body.push_str(line);
+            body.push('\n');
+        }
+        (status, body)
     }
 }
 
@@ -75,8 +104,12 @@ fn route<B>(req: &Request<B>, routes: &RoutesView, ready: &Readiness, metrics: &
                 .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
-        "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" => {
+            let (status, body) = ready.report();
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = status;
+            resp
+        }
         "/debug/routes" => {
             let body = routes();
             let mut resp = Response::new(full(body.to_string()));
@@ -91,4 +124,26 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_stays_ready_and_names_what_is_degraded() {
+        let r = Readiness::default();
+        assert_eq!(r.report(), (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()));
+        r.set(true);
+        assert_eq!(r.report(), (StatusCode::OK, "ready\n".to_string()));
+        r.set_degraded(vec!["BackendGroup watch failing (routes are built without BackendGroup objects): 404".into()]);
+        let (status, body) = r.report();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            "ready\ndegraded: BackendGroup watch failing (routes are built without BackendGroup objects): 404\n"
+        );
+        r.set_degraded(Vec::new());
+        assert_eq!(r.report().1, "ready\n");
+    }
 }

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub route_table_build_seconds: Histogram,
     pub watch_events: IntCounterVec,
     pub change_to_serving: Histogram,
+    pub route_table_rebuilds: IntCounter,
+    pub watch_changes: IntCounterVec,
+    pub watch_failing: IntGaugeVec,
+    pub watch_errors: IntCounterVec,
     /// How many endpoints hold a lease on each backend address.
     backend_leases: Mutex<HashMap<String, usize>>,
 }
@@ -127,6 +131,28 @@ impl Metrics {
                 ))
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            route_table_rebuilds: IntCounter::with_opts(opts(
+                "route_table_rebuilds_total",
+                "Route tables built by the controller (each follows a relevant watch change or relist)",
+            ))?,
+            watch_changes: IntCounterVec::new(
+                opts(
+                    "watch_changes_total",
+                    "Watch events that changed what the route table is built from (status writes do not), by kind",
+                ),
+                &["kind"],
+            )?,
+            watch_failing: IntGaugeVec::new(
+                opts(
+                    "watch_failing",
+                    "1 while a watch fails (e.g. its CRD is not installed or RBAC forbids it), by kind",
+                ),
+                &["kind"],
+            )?,
+            watch_errors: IntCounterVec::new(
+                opts("watch_errors_total", "Failed watch or list attempts, by kind"),
+                &["kind"],
+            )?,
             registry: Registry::new(),
             backend_leases: Mutex::default(),
         };
@@ -149,6 +175,10 @@ impl Metrics {
         r(Box::new(m.route_table_build_seconds.clone()))?;
         r(Box::new(m.watch_events.clone()))?;
         r(Box::new(m.change_to_serving.clone()))?;
+        r(Box::new(m.route_table_rebuilds.clone()))?;
+        r(Box::new(m.watch_changes.clone()))?;
+        r(Box::new(m.watch_failing.clone()))?;
+        r(Box::new(m.watch_errors.clone()))?;
         // Fixed outcomes start at zero, so rates and dashboards work before the first event.
         for outcome in ["accepted", "rejected"] {
             m.quic_zero_rtt.with_label_values(&[outcome]);
@@ -455,6 +485,10 @@ mod tests {
             &m.watch_events,
             &m.change_to_serving,
             &gauges,
+            &m.route_table_rebuilds,
+            &m.watch_changes,
+            &m.watch_failing,
+            &m.watch_errors,
         ];
         collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
     }
