@@ -53,6 +53,8 @@ pub struct ControllerOptions {
     pub congestion: crate::config::CongestionControl,
     /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
     pub ticket_key_secret: Option<(String, String)>,
+    /// Proxies in front whose forwarding headers are believed.
+    pub trusted_proxies: crate::net::TrustedProxies,
 }
 
 /// Why the controller stopped.
@@ -132,6 +134,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         alt_svc_port: opts.alt_svc_port,
         congestion: opts.congestion,
         resumption,
+        trusted_proxies: opts.trusted_proxies.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 
