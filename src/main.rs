@@ -91,6 +91,10 @@ enum Command {
         /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
         trusted_proxies: Vec<quic_ingress::net::Cidr>,
+        /// Serve /debug/routes (every tenant's hosts and backends) to any peer of the admin
+        /// address; by default only loopback peers (kubectl port-forward) get it.
+        #[arg(long)]
+        debug_routes_from_anywhere: bool,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -207,6 +211,7 @@ async fn run(command: Command) -> ExitCode {
             ticket_key_secret,
             congestion_control,
             trusted_proxies,
+            debug_routes_from_anywhere,
         } => {
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
@@ -250,6 +255,7 @@ async fn run(command: Command) -> ExitCode {
                 ticket_key_secret,
                 congestion: congestion_control,
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
+                debug_routes_from_anywhere,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

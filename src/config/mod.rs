@@ -133,11 +133,14 @@ pub struct TelemetryConfig {
     pub admin_address: String,
     /// OpenTelemetry traces over OTLP/HTTP; off when absent.
     pub tracing: Option<crate::telemetry::traces::TracingConfig>,
+    /// Serve `/debug/routes` to any peer of the admin address, not only loopback ones.
+    #[serde(default)]
+    pub debug_routes_from_anywhere: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { admin_address: default_admin_address(), tracing: None }
+        Self { admin_address: default_admin_address(), tracing: None, debug_routes_from_anywhere: false }
     }
 }
 

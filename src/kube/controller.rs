@@ -55,6 +55,8 @@ pub struct ControllerOptions {
     pub ticket_key_secret: Option<(String, String)>,
     /// Proxies in front whose forwarding headers are believed.
     pub trusted_proxies: crate::net::TrustedProxies,
+    /// Serve `/debug/routes` to any peer, not only loopback ones.
+    pub debug_routes_from_anywhere: bool,
 }
 
 /// Why the controller stopped.
@@ -114,7 +116,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| ControllerError::Metrics(e.to_string()))?);
     admin::start(
         opts.admin_listen,
-        crate::proxy::routes_view(&tables),
+        crate::proxy::debug_routes(&tables, opts.debug_routes_from_anywhere),
         ready.clone(),
         metrics.clone(),
         stop_admin.clone(),

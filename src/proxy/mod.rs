@@ -175,7 +175,7 @@ pub fn tables(initial: RouteTable) -> Tables {
 }
 
 /// `/debug/routes` for the admin server: whatever table `tables` serves when asked.
-pub fn routes_view(tables: &Tables) -> crate::telemetry::admin::RoutesView {
+pub fn debug_routes(tables: &Tables, from_anywhere: bool) -> crate::telemetry::admin::DebugRoutes {
     let tables = tables.clone();
-    Arc::new(move || tables.load().debug_view())
+    crate::telemetry::admin::DebugRoutes { view: Arc::new(move || tables.load().debug_view()), from_anywhere }
 }
