@@ -95,6 +95,11 @@ enum Command {
         /// address; by default only loopback peers (kubectl port-forward) get it.
         #[arg(long)]
         debug_routes_from_anywhere: bool,
+        /// With --ticket-key-secret: the leader creates the Secret if it is missing and puts a
+        /// new key first on this schedule, keeping older keys for a ticket lifetime (12 h).
+        /// Off unless given.
+        #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
+        ticket_key_rotation: Option<std::time::Duration>,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -212,6 +217,7 @@ async fn run(command: Command) -> ExitCode {
             congestion_control,
             trusted_proxies,
             debug_routes_from_anywhere,
+            ticket_key_rotation,
         } => {
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
@@ -256,6 +262,7 @@ async fn run(command: Command) -> ExitCode {
                 congestion: congestion_control,
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
                 debug_routes_from_anywhere,
+                ticket_key_rotation: ticket_key_rotation.filter(|d| !d.is_zero()),
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -50,7 +50,7 @@ pub struct Checked {
     pub certs: CertSet,
     pub table: RouteTable,
     /// Session-ticket keys from `server.ticket_key_file`.
-    pub ticket_keys: Option<Vec<[u8; tls::TICKET_KEY_LEN]>>,
+    pub ticket_keys: Option<tls::TicketKeys>,
 }
 
 impl Checked {

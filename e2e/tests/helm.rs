@@ -108,9 +108,11 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         .map(|p| (p.port, p.protocol.unwrap_or_default()))
         .collect();
     ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "one address, TCP and UDP 443: {ports:?}");
-    let tickets = ns.api::<Secret>().get(&format!("{FULLNAME}-session-tickets")).await?;
-    let key = tickets.data.and_then(|d| d.get("ticket.key").cloned()).context("no ticket.key")?;
-    ensure!(key.0.len() == 48, "a 48-byte ticket key, got {}", key.0.len());
+    // The chart renders no key material: the controller keeps the ticket Secret (below).
+    ensure!(
+        ns.api::<Secret>().get_opt(&format!("{FULLNAME}-session-tickets")).await?.is_none(),
+        "the chart made a ticket key"
+    );
     let chart_rules = serde_json::to_value(Api::<ClusterRole>::all(client.clone()).get(FULLNAME).await?.rules)?;
     ensure!(chart_rules == manifest_rules(env).await?, "the chart's ClusterRole differs from deploy/rbac.yaml");
 
@@ -184,9 +186,23 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     })
     .await
     .with_context(|| controller.borrow().log_tail(30))?;
+    // The leader, as the chart's ServiceAccount, created the ticket Secret and every
+    // replica loaded it.
+    let tickets = ns.api::<Secret>();
+    let key = eventually("the controller to create the ticket Secret", TIMEOUT, || async {
+        let secret = tickets.get_opt(&format!("{FULLNAME}-session-tickets")).await?;
+        Ok(secret.and_then(|s| s.data).and_then(|d| d.get("ticket.key").cloned()))
+    })
+    .await
+    .with_context(|| controller.borrow().log_tail(30))?;
+    ensure!(key.0.len() == 48, "a 48-byte ticket key, got {}", key.0.len());
+    eventually("the ticket keys to be loaded", TIMEOUT, || async {
+        Ok(std::fs::read_to_string(controller.borrow().log_path())?
+            .contains("session-ticket keys loaded")
+            .then_some(()))
+    })
+    .await?;
     let controller = controller.into_inner();
-    let log = std::fs::read_to_string(controller.log_path())?;
-    ensure!(log.contains("session-ticket keys loaded"), "the chart's ticket Secret was read");
 
     drop(controller);
     helm(env, &["uninstall", RELEASE, "-n", ns.name()])?;

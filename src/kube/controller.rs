@@ -57,6 +57,8 @@ pub struct ControllerOptions {
     pub trusted_proxies: crate::net::TrustedProxies,
     /// Serve `/debug/routes` to any peer, not only loopback ones.
     pub debug_routes_from_anywhere: bool,
+    /// The leader keeps the ticket-key Secret (creates it, rotates it) on this schedule.
+    pub ticket_key_rotation: Option<Duration>,
 }
 
 /// Why the controller stopped.
@@ -164,6 +166,16 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         identity.clone(),
         leading_tx,
     ));
+    if let (Some((namespace, name)), Some(interval)) = (&opts.ticket_key_secret, opts.ticket_key_rotation) {
+        let rotation = super::ticket_keys::Rotation { interval };
+        tokio::spawn(super::ticket_keys::rotate(
+            client.clone(),
+            namespace.clone(),
+            name.clone(),
+            rotation,
+            leading_rx.clone(),
+        ));
+    }
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
     let sources = status::Sources { published, ingresses: stores.ingresses.clone() };
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));

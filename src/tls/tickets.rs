@@ -14,6 +14,7 @@ use base64::Engine;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use zeroize::Zeroizing;
 
 use crate::telemetry::metrics::Metrics;
 
@@ -23,7 +24,7 @@ pub const TICKET_KEY_LEN: usize = 48;
 const NAME_LEN: usize = 16;
 /// How long clients may keep a ticket (seconds); keys should live at least this long
 /// after they stop being the first.
-const TICKET_LIFETIME: u32 = 12 * 60 * 60;
+pub const TICKET_LIFETIME: u32 = 12 * 60 * 60;
 /// Sessions remembered per replica for single-use resumption.
 const SESSION_CACHE_SIZE: usize = 10_000;
 
@@ -150,12 +151,13 @@ pub enum TicketKeyError {
 /// Splits key material into keys: raw bytes or base64 text, a multiple of 48 bytes. The
 /// first key seals new tickets; all of them open tickets, so keys can be rotated by
 /// putting a new key first and dropping the oldest later.
-pub fn parse_ticket_keys(material: &[u8]) -> Result<Vec<[u8; TICKET_KEY_LEN]>, TicketKeyError> {
-    let text = std::str::from_utf8(material).ok().map(|t| t.split_whitespace().collect::<String>());
-    let decoded = text.and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok());
+pub fn parse_ticket_keys(material: &[u8]) -> Result<TicketKeys, TicketKeyError> {
+    let text = Zeroizing::new(std::str::from_utf8(material).ok().map(|t| t.split_whitespace().collect::<String>()));
+    let decoded =
+        text.as_ref().and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok()).map(Zeroizing::new);
     let bytes = match decoded {
         Some(d) if !d.is_empty() && d.len() % TICKET_KEY_LEN == 0 => d,
-        _ => material.to_vec(),
+        _ => Zeroizing::new(material.to_vec()),
     };
     if bytes.is_empty() {
         return Err(TicketKeyError::Empty);
@@ -163,14 +165,31 @@ pub fn parse_ticket_keys(material: &[u8]) -> Result<Vec<[u8; TICKET_KEY_LEN]>, T
     if bytes.len() % TICKET_KEY_LEN != 0 {
         return Err(TicketKeyError::Length(bytes.len()));
     }
-    Ok(bytes
-        .chunks_exact(TICKET_KEY_LEN)
-        .map(|c| {
-            let mut key = [0u8; TICKET_KEY_LEN];
-            key.copy_from_slice(c);
-            key
-        })
-        .collect())
+    Ok(Zeroizing::new(
+        bytes
+            .chunks_exact(TICKET_KEY_LEN)
+            .map(|c| {
+                let mut key = [0u8; TICKET_KEY_LEN];
+                key.copy_from_slice(c);
+                key
+            })
+            .collect(),
+    ))
+}
+
+/// Ticket keys, wiped from memory when dropped.
+pub type TicketKeys = Zeroizing<Vec<[u8; TICKET_KEY_LEN]>>;
+
+/// Concatenates keys for storage (first seals), wiped when dropped.
+pub fn encode_ticket_keys(keys: &[[u8; TICKET_KEY_LEN]]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(keys.iter().flatten().copied().collect())
+}
+
+/// A new random key.
+pub fn random_ticket_key() -> Result<Zeroizing<[u8; TICKET_KEY_LEN]>, TicketKeyError> {
+    let mut key = Zeroizing::new([0u8; TICKET_KEY_LEN]);
+    SystemRandom::new().fill(key.as_mut()).map_err(|_| TicketKeyError::Empty)?;
+    Ok(key)
 }
 
 struct TicketKey {
@@ -209,9 +228,7 @@ impl SharedTicketer {
 
     /// A ticketer with one random key, until the shared keys arrive.
     pub fn ephemeral() -> Result<Self, TicketKeyError> {
-        let mut key = [0u8; TICKET_KEY_LEN];
-        SystemRandom::new().fill(&mut key).map_err(|_| TicketKeyError::Empty)?;
-        Self::new(&[key])
+        Self::new(&[*random_ticket_key()?])
     }
 
     /// Replaces the keys; tickets sealed with a key no longer listed stop resuming.
@@ -315,9 +332,9 @@ mod tests {
     #[test]
     fn key_material_is_raw_or_base64_in_whole_keys() {
         let two = [key(1), key(2)].concat();
-        assert_eq!(parse_ticket_keys(&two).unwrap(), vec![key(1), key(2)]);
+        assert_eq!(*parse_ticket_keys(&two).unwrap(), vec![key(1), key(2)]);
         let text = base64::engine::general_purpose::STANDARD.encode(&two) + "\n";
-        assert_eq!(parse_ticket_keys(text.as_bytes()).unwrap(), vec![key(1), key(2)]);
+        assert_eq!(*parse_ticket_keys(text.as_bytes()).unwrap(), vec![key(1), key(2)]);
         assert_eq!(parse_ticket_keys(b""), Err(TicketKeyError::Empty));
         assert_eq!(parse_ticket_keys(&[0u8; 47]), Err(TicketKeyError::Length(47)));
     }
