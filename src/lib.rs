@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod demo_backend;
 pub mod kube;
+pub mod net;
 pub mod proxy;
 pub mod routes;
 pub mod serve;
@@ -23,7 +24,7 @@ mod layers {
     use std::path::Path;
 
     /// Lowest first: each may import only modules before it.
-    const LOWER: &[&str] = &["body", "telemetry", "tls", "upstream", "routes"];
+    const LOWER: &[&str] = &["body", "net", "telemetry", "tls", "upstream", "routes"];
     const UPPER: &[&str] = &["proxy", "config", "kube", "serve", "client", "demo_backend"];
 
     /// `crate::X` names in every file of module `module` (a file or a directory).

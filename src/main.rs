@@ -106,6 +106,14 @@ enum Command {
         /// (loopback, link-local, metadata, Service and pod ranges); repeatable.
         #[arg(long = "allow-backend-cidr", value_name = "CIDR")]
         allow_backend_cidrs: Vec<quic_ingress::kube::policy::Cidr>,
+        /// A proxy or load balancer in front (address or CIDR range) whose X-Forwarded-For
+        /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
+        #[arg(long = "trusted-proxy", value_name = "CIDR")]
+        trusted_proxies: Vec<quic_ingress::net::Cidr>,
+        /// Serve /debug/routes (every tenant's hosts and backends) to any peer of the admin
+        /// address; by default only loopback peers (kubectl port-forward) get it.
+        #[arg(long)]
+        debug_routes_from_anywhere: bool,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -225,6 +233,8 @@ async fn run(command: Command) -> ExitCode {
             service_cidrs,
             pod_cidrs,
             allow_backend_cidrs,
+            trusted_proxies,
+            debug_routes_from_anywhere,
         } => {
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
@@ -273,6 +283,8 @@ async fn run(command: Command) -> ExitCode {
                     &pod_cidrs,
                     &allow_backend_cidrs,
                 ),
+                trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
+                debug_routes_from_anywhere,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -168,7 +168,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
     let stop_admin = CancellationToken::new();
     admin::start(
         listen.admin_address,
-        crate::proxy::routes_view(&tables),
+        crate::proxy::debug_routes(&tables, config.telemetry.debug_routes_from_anywhere),
         ready.clone(),
         metrics.clone(),
         stop_admin.clone(),
@@ -181,6 +181,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         alt_svc_port: config.server.alt_svc_port,
         congestion: config.server.congestion_control,
         resumption,
+        trusted_proxies: listen.trusted_proxies.clone(),
     };
     let plane = DataPlane::start(&options, tables, metrics).await?;
     ready.set(true);

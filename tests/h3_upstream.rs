@@ -142,7 +142,7 @@ async fn a_second_quic_ingress_is_an_http3_backend_and_untrusted_certificates_ge
     let inner = Proxy::start_with(
         &catch_all(&origin.url("http")),
         &format!(
-            "  cert_file: {}\n  key_file: {}\n",
+            "  cert_file: {}\n  key_file: {}\n  trusted_proxies: [\"127.0.0.1\"]\n",
             certs.join("cert.pem").display(),
             certs.join("key.pem").display()
         ),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, parse_duration};
 
+use crate::net::{Cidr, TrustedProxies};
 use crate::routes::CertSet;
 use crate::routes::{self, HostRule, PathRule, RouteTable, RouteTableBuilder};
 use crate::upstream::{
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     /// Session-ticket keys shared by every replica (48-byte keys, raw or base64; the first
     /// seals, all open), so resumption works behind a load balancer.
     pub ticket_key_file: Option<PathBuf>,
+    /// Proxies and load balancers in front (addresses or CIDR ranges) whose
+    /// `X-Forwarded-For` and `Forwarded` are believed; from anyone else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -128,11 +133,14 @@ pub struct TelemetryConfig {
     pub admin_address: String,
     /// OpenTelemetry traces over OTLP/HTTP; off when absent.
     pub tracing: Option<crate::telemetry::traces::TracingConfig>,
+    /// Serve `/debug/routes` to any peer of the admin address, not only loopback ones.
+    #[serde(default)]
+    pub debug_routes_from_anywhere: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { admin_address: default_admin_address(), tracing: None }
+        Self { admin_address: default_admin_address(), tracing: None, debug_routes_from_anywhere: false }
     }
 }
 
@@ -356,6 +364,7 @@ pub struct Listen {
     pub address: SocketAddr,
     pub admin_address: SocketAddr,
     pub alt_svc_port: u16,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -366,6 +375,13 @@ impl Config {
         let address = self.server.address.parse::<SocketAddr>();
         if let Err(e) = &address {
             err("server.address".into(), format!("{:?} is not an address with a port: {e}", self.server.address));
+        }
+        let mut trusted = Vec::new();
+        for (i, range) in self.server.trusted_proxies.iter().enumerate() {
+            match range.parse::<Cidr>() {
+                Ok(cidr) => trusted.push(cidr),
+                Err(e) => err(format!("server.trusted_proxies[{i}]"), e.to_string()),
+            }
         }
         let admin = self.telemetry.admin_address.parse::<SocketAddr>();
         if let Err(e) = &admin {
@@ -447,9 +463,12 @@ impl Config {
         }
 
         match (address, admin) {
-            (Ok(address), Ok(admin_address)) if errors.is_empty() => {
-                Ok(Listen { address, admin_address, alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()) })
-            }
+            (Ok(address), Ok(admin_address)) if errors.is_empty() => Ok(Listen {
+                address,
+                admin_address,
+                alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()),
+                trusted_proxies: TrustedProxies::new(trusted),
+            }),
             _ => Err(errors),
         }
     }

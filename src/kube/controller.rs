@@ -58,6 +58,10 @@ pub struct ControllerOptions {
     /// Where static BackendGroup URLs may point (`--service-cidr`, `--pod-cidr`,
     /// `--allow-backend-cidr`).
     pub backend_policy: super::policy::BackendPolicy,
+    /// Proxies in front whose forwarding headers are believed.
+    pub trusted_proxies: crate::net::TrustedProxies,
+    /// Serve `/debug/routes` to any peer, not only loopback ones.
+    pub debug_routes_from_anywhere: bool,
 }
 
 /// Why the controller stopped.
@@ -117,7 +121,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| ControllerError::Metrics(e.to_string()))?);
     admin::start(
         opts.admin_listen,
-        crate::proxy::routes_view(&tables),
+        crate::proxy::debug_routes(&tables, opts.debug_routes_from_anywhere),
         ready.clone(),
         metrics.clone(),
         stop_admin.clone(),
@@ -137,6 +141,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         alt_svc_port: opts.alt_svc_port,
         congestion: opts.congestion,
         resumption,
+        trusted_proxies: opts.trusted_proxies.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 

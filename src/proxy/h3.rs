@@ -174,7 +174,10 @@ async fn request(
         parent: &conn_span, "http_request",
         otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
     );
-    traces::set_remote_parent(&request_span, req.headers());
+    // A trace is continued only from a trusted proxy: anyone else could force sampling.
+    if shared.trusted.trusts(client.ip()) {
+        traces::set_remote_parent(&request_span, req.headers());
+    }
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let mut body = H3RequestBody::new(recv, content_length(&parts.headers));

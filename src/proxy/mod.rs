@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 pub use pipeline::{ConnInfo, Downstream, Shared, Tables, handle};
 
 use crate::config::CongestionControl;
+use crate::net::TrustedProxies;
 use crate::routes::RouteTable;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::Resumption;
@@ -49,6 +50,8 @@ pub struct ListenOptions {
     pub congestion: CongestionControl,
     /// Session resumption and 0-RTT.
     pub resumption: Resumption,
+    /// Proxies in front whose `X-Forwarded-For`/`Forwarded` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -109,7 +112,7 @@ impl DataPlane {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let shared = Arc::new(Shared { tables: tables.clone(), metrics });
+        let shared = Arc::new(Shared { tables: tables.clone(), metrics, trusted: options.trusted_proxies.clone() });
         tracker.spawn(h3::serve(endpoint.clone(), shared.clone(), shutdown.clone(), tracker.clone()));
         tracker.spawn(tcp::serve(tcp, acceptor, shared, alt_svc, shutdown.clone(), tracker.clone()));
         tracing::info!(
@@ -172,7 +175,7 @@ pub fn tables(initial: RouteTable) -> Tables {
 }
 
 /// `/debug/routes` for the admin server: whatever table `tables` serves when asked.
-pub fn routes_view(tables: &Tables) -> crate::telemetry::admin::RoutesView {
+pub fn debug_routes(tables: &Tables, from_anywhere: bool) -> crate::telemetry::admin::DebugRoutes {
     let tables = tables.clone();
-    Arc::new(move || tables.load().debug_view())
+    crate::telemetry::admin::DebugRoutes { view: Arc::new(move || tables.load().debug_view()), from_anywhere }
 }

@@ -71,7 +71,10 @@ pub async fn serve(
                             "http_request",
                             otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
                         );
-                        traces::set_remote_parent(&span, req.headers());
+                        // Continued only from a trusted proxy: anyone else could force sampling.
+                        if shared.trusted.trusts(client.ip()) {
+                            traces::set_remote_parent(&span, req.headers());
+                        }
                         let req = req.map(crate::body::boxed);
                         let mut resp = pipeline::handle(
                             &shared,

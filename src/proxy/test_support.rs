@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 
 use super::Shared;
 use crate::body::{ProxyBody, full};
+use crate::net::TrustedProxies;
 use crate::routes::{CertSet, PathRule, PathType, RouteTable, RouteTableBuilder};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::{
@@ -134,5 +135,9 @@ pub fn route_table(
 }
 
 pub fn shared(table: RouteTable) -> Shared {
-    Shared { tables: Arc::new(ArcSwap::from_pointee(table)), metrics: Arc::new(Metrics::new().unwrap()) }
+    Shared {
+        tables: Arc::new(ArcSwap::from_pointee(table)),
+        metrics: Arc::new(Metrics::new().unwrap()),
+        trusted: TrustedProxies::default(),
+    }
 }

@@ -1,6 +1,7 @@
 //! The admin HTTP server: `/healthz` (alive), `/readyz` (a route table is loaded and the
 //! listeners are bound; the body also names what is degraded, such as a failing watch)
-//! and `/debug/routes` (the live route table, read-only).
+//! and `/debug/routes` (the live route table, read-only; loopback peers only unless
+//! allowed from anywhere, since it lists every tenant's hosts and backend addresses).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,15 @@ use crate::body::{ProxyBody, full};
 /// The live route table as JSON, for `/debug/routes`; the caller knows the table, the
 /// admin server only shows it.
 pub type RoutesView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// `/debug/routes` and who may read it. It shows every tenant's hosts, paths and backend
+/// addresses, so by default only peers on loopback get it (someone on the node, or
+/// `kubectl port-forward`); `/metrics`, `/healthz` and `/readyz` are for anyone.
+#[derive(Clone)]
+pub struct DebugRoutes {
+    pub view: RoutesView,
+    pub from_anywhere: bool,
+}
 
 /// Whether the process is ready to take traffic, and what is degraded while it serves.
 #[derive(Debug, Default)]
@@ -63,7 +73,7 @@ impl Readiness {
 /// Binds the admin address and serves until `shutdown`.
 pub async fn start(
     addr: SocketAddr,
-    routes: RoutesView,
+    routes: DebugRoutes,
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -72,14 +82,23 @@ pub async fn start(
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
                 () = shutdown.cancelled() => return,
             };
-            let (routes, ready, metrics) = (routes.clone(), ready.clone(), metrics.clone());
+            let (ready, metrics) = (ready.clone(), metrics.clone());
+            let routes = (routes.from_anywhere || peer.ip().to_canonical().is_loopback()).then(|| routes.view.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let resp = route(&req, &routes, &ready, &metrics);
+                    let resp = route(&req, routes.as_ref(), &ready, &metrics);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -92,7 +111,13 @@ pub async fn start(
     Ok(local)
 }
 
-fn route<B>(req: &Request<B>, routes: &RoutesView, ready: &Readiness, metrics: &Metrics) -> Response<ProxyBody> {
+/// Answers one admin request; `routes` is `None` for a peer not allowed `/debug/routes`.
+fn route<B>(
+    req: &Request<B>,
+    routes: Option<&RoutesView>,
+    ready: &Readiness,
+    metrics: &Metrics,
+) -> Response<ProxyBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -111,6 +136,9 @@ fn route<B>(req: &Request<B>, routes: &RoutesView, ready: &Readiness, metrics: &
             resp
         }
         "/debug/routes" => {
+            let Some(routes) = routes else {
+                return text(StatusCode::FORBIDDEN, "/debug/routes is served to loopback peers only\n");
+            };
             let body = routes();
             let mut resp = Response::new(full(body.to_string()));
             resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
@@ -129,6 +157,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_routes_only_for_peers_allowed_it() {
+        let (ready, metrics) = (Readiness::default(), Metrics::new().unwrap());
+        let view: RoutesView = Arc::new(|| serde_json::json!({"routes": []}));
+        let req = Request::get("/debug/routes").body(()).unwrap();
+        assert_eq!(route(&req, Some(&view), &ready, &metrics).status(), StatusCode::OK);
+        assert_eq!(route(&req, None, &ready, &metrics).status(), StatusCode::FORBIDDEN);
+        let metrics_req = Request::get("/metrics").body(()).unwrap();
+        assert_eq!(route(&metrics_req, None, &ready, &metrics).status(), StatusCode::OK, "metrics for anyone");
+    }
 
     #[test]
     fn readyz_stays_ready_and_names_what_is_degraded() {

@@ -142,7 +142,7 @@ fn retryable_error(error: ProxyError, idempotent: bool) -> bool {
 fn upstream_request(req: Request<ProxyBody>, endpoint: &Endpoint, ctx: &RequestContext) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    set_forwarded(&mut parts.headers, ctx.conn.client.ip(), ctx.host.as_deref());
+    set_forwarded(&mut parts.headers, &ctx.hop, ctx.host.as_deref());
     if ctx.conn.early_data {
         // RFC 8470: the backend may answer 425 itself if it cannot take the replay risk.
         parts.headers.insert(EARLY_DATA.clone(), HeaderValue::from_static("1"));

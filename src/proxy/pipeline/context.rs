@@ -9,7 +9,8 @@ use http::{Method, Request};
 
 use super::ConnInfo;
 use crate::body::ProxyBody;
-use crate::proxy::headers::ensure_request_id;
+use crate::net::TrustedProxies;
+use crate::proxy::headers::{Hop, ensure_request_id};
 use crate::proxy::retry::is_idempotent;
 use crate::proxy::upgrade;
 use crate::routes::Route;
@@ -19,6 +20,8 @@ use crate::routes::Route;
 pub struct RequestContext {
     pub started: Instant,
     pub conn: ConnInfo,
+    /// Who sent it: the peer, whether it is a trusted proxy, the client behind it.
+    pub hop: Hop,
     pub request_id: HeaderValue,
     /// The authority the client asked for: `:authority` (HTTP/2, HTTP/3, absolute-form) or Host.
     pub host: Option<String>,
@@ -36,12 +39,13 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// Reads what the phases need from the request, giving it an `x-request-id` if it has none.
-    pub fn new(req: &mut Request<ProxyBody>, conn: ConnInfo) -> Self {
+    pub fn new(req: &mut Request<ProxyBody>, conn: ConnInfo, trusted: &TrustedProxies) -> Self {
         let request_id = ensure_request_id(req.headers_mut());
         let method = req.method().clone();
         Self {
             started: Instant::now(),
             conn,
+            hop: Hop::resolve(req.headers(), conn.client.ip(), trusted),
             request_id,
             host: request_host(req),
             idempotent: is_idempotent(&method),

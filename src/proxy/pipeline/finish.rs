@@ -55,7 +55,8 @@ pub fn log(ctx: &RequestContext, resp: &Response<ProxyBody>, metrics: &Metrics) 
         backend,
         status = resp.status().as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        client_ip = %ctx.conn.client.ip(),
+        client_ip = %ctx.hop.client,
+        peer_ip = %ctx.hop.peer,
         protocol = ?ctx.conn.protocol,
         early_data = ctx.conn.early_data,
         "request"

@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 
 use crate::body::ProxyBody;
+use crate::net::TrustedProxies;
 use crate::routes::{Route, RouteTable};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
@@ -52,15 +53,17 @@ pub enum Downstream {
 /// The route table being served, swapped whole on every change.
 pub type Tables = Arc<ArcSwap<RouteTable>>;
 
-/// What every request reads: the table being served and the metrics it records into.
+/// What every request reads: the table being served, the metrics it records into, and
+/// the proxies whose forwarding headers are believed.
 pub struct Shared {
     pub tables: Tables,
     pub metrics: Arc<Metrics>,
+    pub trusted: TrustedProxies,
 }
 
 /// Serves one request from the current route table.
 pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo) -> Response<ProxyBody> {
-    let mut ctx = RequestContext::new(&mut req, conn);
+    let mut ctx = RequestContext::new(&mut req, conn, &shared.trusted);
     // A WebSocket (or other HTTP/1.1 upgrade) handshake: the client's connection is taken
     // over once the backend agrees.
     let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
