@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use quic_ingress::client::{self, H3Client, RequestBody, TrustOptions};
 use quic_ingress::demo_backend::{self, DemoProtocol};
 use quic_ingress::kube::controller::{self, ControllerOptions};
+use quic_ingress::kube::ownership::HostOwnership;
 use quic_ingress::kube::status::Publish;
 use quic_ingress::telemetry::traces::TracingConfig;
 use quic_ingress::telemetry::{self, LogFormat};
@@ -28,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up; boxing the controller's flags would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Standalone mode: serve the routes of a YAML file.
@@ -87,6 +90,22 @@ enum Command {
         /// QUIC congestion control.
         #[arg(long, value_enum, default_value = "cubic")]
         congestion_control: quic_ingress::config::CongestionControl,
+        /// `namespace`: the first namespace to claim a host owns it, other namespaces'
+        /// rules for it are refused; `none`: no ownership (single-tenant clusters).
+        #[arg(long, default_value = "namespace", value_parser = |s: &str| s.parse::<HostOwnership>())]
+        host_ownership: HostOwnership,
+        /// The cluster's Service range(s), refused as static BackendGroup backends
+        /// (repeatable; default kubeadm's 10.96.0.0/12).
+        #[arg(long = "service-cidr", value_name = "CIDR", default_values = quic_ingress::kube::policy::DEFAULT_SERVICE_CIDRS)]
+        service_cidrs: Vec<quic_ingress::kube::policy::Cidr>,
+        /// The cluster's pod range(s), refused as static BackendGroup backends
+        /// (repeatable; default 10.244.0.0/16).
+        #[arg(long = "pod-cidr", value_name = "CIDR", default_values = quic_ingress::kube::policy::DEFAULT_POD_CIDRS)]
+        pod_cidrs: Vec<quic_ingress::kube::policy::Cidr>,
+        /// Ranges static BackendGroup backends may use although refused otherwise
+        /// (loopback, link-local, metadata, Service and pod ranges); repeatable.
+        #[arg(long = "allow-backend-cidr", value_name = "CIDR")]
+        allow_backend_cidrs: Vec<quic_ingress::kube::policy::Cidr>,
         /// A proxy or load balancer in front (address or CIDR range) whose X-Forwarded-For
         /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
@@ -215,6 +234,10 @@ async fn run(command: Command) -> ExitCode {
             early_data,
             ticket_key_secret,
             congestion_control,
+            host_ownership,
+            service_cidrs,
+            pod_cidrs,
+            allow_backend_cidrs,
             trusted_proxies,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -260,6 +283,12 @@ async fn run(command: Command) -> ExitCode {
                 early_data: early_data.unwrap_or(true),
                 ticket_key_secret,
                 congestion: congestion_control,
+                host_ownership,
+                backend_policy: quic_ingress::kube::policy::BackendPolicy::new(
+                    &service_cidrs,
+                    &pod_cidrs,
+                    &allow_backend_cidrs,
+                ),
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
                 debug_routes_from_anywhere,
                 ticket_key_rotation: ticket_key_rotation.filter(|d| !d.is_zero()),

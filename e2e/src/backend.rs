@@ -51,7 +51,8 @@ impl Backend {
     }
 
     /// Starts backend `name` on 127.0.0.1 on a free port (for static BackendGroup
-    /// backends, which may be loopback).
+    /// backends; loopback is allowed only with `--allow-backend-cidr`, which
+    /// `ControllerOptions` passes by default).
     pub async fn start_local(name: &str) -> anyhow::Result<Backend> {
         let mut attempt = 0;
         loop {

@@ -151,6 +151,12 @@ pub struct ControllerOptions {
     pub identity: &'static str,
     /// More arguments for `quic-ingress controller`.
     pub extra_args: Vec<String>,
+    /// Confine the watches to `namespace` (`--namespace`); otherwise every namespace is
+    /// watched (for tests of several tenants) and `namespace` only holds the leader Lease.
+    pub watch_namespace: bool,
+    /// `--allow-backend-cidr 127.0.0.0/8`: static BackendGroup backends of tests
+    /// ([`crate::Backend::start_local`]) listen on loopback, which is refused by default.
+    pub allow_loopback_backends: bool,
     /// Deadline for `/readyz`.
     pub ready_timeout: Duration,
 }
@@ -162,6 +168,8 @@ impl ControllerOptions {
             publish_address: Some("192.0.2.10".into()),
             identity: identity::CONTROLLER,
             extra_args: Vec::new(),
+            watch_namespace: true,
+            allow_loopback_backends: true,
             ready_timeout: Duration::from_secs(30),
         }
     }
@@ -202,10 +210,17 @@ impl Controller {
         let mut cmd = Command::new(quic_ingress_bin()?);
         cmd.args(["--log-format", "text", "controller", "--kubeconfig"])
             .arg(env.kubeconfig_for(opts.identity)?)
-            .args(["--namespace", &opts.namespace])
             .args(["--listen", &listen.to_string(), "--admin-listen", &admin.to_string()])
-            .args(["--drain-timeout", "1s"])
-            .args(&opts.extra_args);
+            .args(["--drain-timeout", "1s"]);
+        if opts.watch_namespace {
+            cmd.args(["--namespace", &opts.namespace]);
+        } else {
+            cmd.env("POD_NAMESPACE", &opts.namespace);
+        }
+        if opts.allow_loopback_backends {
+            cmd.args(["--allow-backend-cidr", "127.0.0.0/8"]);
+        }
+        cmd.args(&opts.extra_args);
         // The controller writes its self-signed default certificate and key under the
         // temporary directory and leaves them there; keep them in this run's directory,
         // which the next run removes, rather than in /tmp.

@@ -286,6 +286,7 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
         json!({
             "strategy": "round_robin",
             "backends": [{"url": w1.url(), "weight": 3}, {"url": w2.url(), "weight": 1}],
+            "ingressClassName": "quic",
             "routes": [{"host": "bg.example.com", "path": "/", "pathType": "Prefix"}],
         }),
     )?)
@@ -308,6 +309,7 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
         json!({
             "service": {"name": "h2svc", "port": 8080},
             "protocol": "h2",
+            "ingressClassName": "quic",
             "routes": [{"host": "h2.example.com", "path": "/", "pathType": "Prefix"}],
         }),
     )?)
@@ -475,6 +477,7 @@ async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
         json!({
             "backends": [{"url": h1.url()}, {"url": h2.url()}],
             "healthCheck": {"interval": "1s", "timeout": "500ms", "healthyThreshold": 1, "unhealthyThreshold": 2, "path": "/health"},
+            "ingressClassName": "quic",
             "routes": [{"host": "health.example.com", "path": "/"}],
         }),
     )?)
@@ -924,6 +927,7 @@ async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
         json!({
             "backends": [{"url": origin_url}],
             "tls": {"caSecret": "origin-ca", "serverName": "origin.internal"},
+            "ingressClassName": "quic",
             "routes": [{"host": "h3up.example.com", "path": "/", "pathType": "Prefix"}],
         }),
     )?)
@@ -937,6 +941,7 @@ async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
         "untrusted-h3",
         json!({
             "backends": [{"url": origin_url}],
+            "ingressClassName": "quic",
             "routes": [{"host": "untrusted.example.com", "path": "/", "pathType": "Prefix"}],
         }),
     )?)

@@ -92,6 +92,9 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
             "sessionTickets.shared=true",
             "--set",
             "controller.congestionControl=bbr",
+            // The static backend below listens on loopback, refused by default.
+            "--set",
+            "controller.allowBackendCidrs={127.0.0.0/8}",
         ],
     )?;
     let client = ns.client().clone();

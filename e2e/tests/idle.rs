@@ -71,6 +71,7 @@ async fn an_idle_controller_with_1000_ingresses_builds_nothing_while_status_is_w
         json!({
             "backends": [{"url": live.url()}, {"url": dead}],
             "healthCheck": {"interval": "1s", "timeout": "500ms", "healthyThreshold": 1, "unhealthyThreshold": 1, "path": "/health"},
+            "ingressClassName": "quic",
             "routes": [{"host": "bg.idle.example", "path": "/", "pathType": "Prefix"}],
         }),
     )?)
@@ -203,7 +204,7 @@ async fn without_the_crd_ingresses_are_served_and_the_crd_is_picked_up_once_inst
     let installed = Instant::now();
     ns.create(&backend_group(
         "late",
-        json!({"backends": [{"url": late.url()}], "routes": [{"host": "late.example.com", "path": "/", "pathType": "Prefix"}]}),
+        json!({"backends": [{"url": late.url()}], "ingressClassName": "quic", "routes": [{"host": "late.example.com", "path": "/", "pathType": "Prefix"}]}),
     )?)
     .await?;
     c.wait_for_backend("late.example.com", "/", "nocrd-bg", TIMEOUT).await?;

@@ -53,6 +53,11 @@ pub struct ControllerOptions {
     pub congestion: crate::config::CongestionControl,
     /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
     pub ticket_key_secret: Option<(String, String)>,
+    /// `--host-ownership`.
+    pub host_ownership: super::ownership::HostOwnership,
+    /// Where static BackendGroup URLs may point (`--service-cidr`, `--pod-cidr`,
+    /// `--allow-backend-cidr`).
+    pub backend_policy: super::policy::BackendPolicy,
     /// Proxies in front whose forwarding headers are believed.
     pub trusted_proxies: crate::net::TrustedProxies,
     /// Serve `/debug/routes` to any peer, not only loopback ones.
@@ -149,7 +154,13 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     tokio::spawn(report_watches(board.clone(), ready.clone(), metrics.clone()));
     let (feed_tx, feed_rx) = watch::channel(Arc::new(Feed::default()));
     let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
-    let settings = Settings { ingress_class: opts.ingress_class.clone(), default_cert: Some(default_cert) };
+    let settings = Settings {
+        ingress_class: opts.ingress_class.clone(),
+        default_cert: Some(default_cert),
+        host_ownership: opts.host_ownership,
+        watch_namespace: opts.namespace.clone(),
+        backend_policy: opts.backend_policy.clone(),
+    };
 
     // Leader election and status.
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
@@ -271,19 +282,7 @@ fn build(
 ) -> Built {
     let started = Instant::now();
     let mut t = translate(&world, settings, registry, &mut last_good, generation);
-    let invalid_groups = t
-        .problems
-        .iter()
-        .filter(|p| p.reason == "InvalidBackendGroup")
-        .map(|p| {
-            let generation = world
-                .groups
-                .iter()
-                .find(|g| g.namespace().as_deref() == Some(p.namespace.as_str()) && g.name_any() == p.name)
-                .and_then(|g| g.metadata.generation);
-            (p.namespace.clone(), p.name.clone(), generation, p.message.clone())
-        })
-        .collect();
+    let invalid_groups = std::mem::take(&mut t.refused_groups);
     let served: std::collections::HashSet<(String, String)> =
         std::mem::take(&mut t.served_ingresses).into_iter().collect();
     let unserved = world

@@ -51,6 +51,11 @@ fn positive() -> Rule {
     .message("set exactly one of service or backends"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackendGroupSpec {
+    /// The IngressClass whose controller serves this group's `routes`; unset: the
+    /// cluster's default IngressClass, as for Ingress. A group naming another class is
+    /// ignored by this one's controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
     /// round_robin (smooth weighted), least_connections or random (weighted).
     #[serde(default)]
     pub strategy: Strategy,

@@ -5,6 +5,8 @@ pub mod controller;
 pub mod crd;
 pub mod endpoints;
 pub mod leader;
+pub mod ownership;
+pub mod policy;
 pub mod status;
 pub mod ticket_keys;
 pub mod translate;

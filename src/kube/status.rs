@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use super::crd::{BackendGroup as BackendGroupCr, BackendGroupStatus, BackendStatus};
-use super::translate::{GroupStatusSource, Problem};
+use super::translate::{GroupStatusSource, Problem, RefusedGroup};
 use super::watches::{Board, WatchBackoff};
 use crate::upstream::Transition;
 
@@ -49,8 +49,8 @@ pub struct Feed {
     pub served: Vec<(String, String)>,
     /// Ingresses of the same translation not served: ours to clear if they show our address.
     pub unserved: Vec<(String, String)>,
-    /// BackendGroup objects that failed to compile: (namespace, name, generation).
-    pub invalid_groups: Vec<(String, String, Option<i64>, String)>,
+    /// BackendGroup objects that could not be built (invalid, or an address refused).
+    pub invalid_groups: Vec<RefusedGroup>,
 }
 
 /// Runs forever; acts only while `leading` is true.
@@ -149,7 +149,8 @@ pub fn group_status(src: &GroupStatusSource, previous: &[Condition]) -> BackendG
                 address: ep.address.clone(),
                 healthy: ep.is_healthy(),
                 last_check: record.last_check.and_then(rfc3339),
-                last_error: record.last_error,
+                // The details (which could map another tenant's network) stay in the log.
+                last_error: record.last_error.as_deref().map(|e| generic_probe_error(e).to_string()),
                 consecutive_failures: record.consecutive_failures,
             }
         })
@@ -161,17 +162,80 @@ pub fn group_status(src: &GroupStatusSource, previous: &[Condition]) -> BackendG
         (_, 0) => ("False", "NoHealthyBackends", format!("0 of {total} backends are healthy")),
         _ => ("True", "BackendsHealthy", format!("{healthy} of {total} backends are healthy")),
     };
+    let mut conditions = vec![ready_condition("Ready", status, reason, message, src.generation, previous)];
+    if src.has_routes {
+        let (status, reason, message) = match src.route_problems.as_slice() {
+            [] => ("True", "RoutesAccepted", "every route is served".to_string()),
+            [(reason, _), ..] => {
+                ("False", *reason, src.route_problems.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "))
+            }
+        };
+        conditions.push(ready_condition("Accepted", status, reason, message, src.generation, previous));
+    }
     BackendGroupStatus {
         observed_generation: src.generation,
         healthy_backends: healthy,
         total_backends: total,
         healthy: format!("{healthy}/{total}"),
         backends,
-        conditions: vec![ready_condition(status, reason, message, src.generation, previous)],
+        conditions,
     }
 }
 
+/// What a tenant is told about a failed probe: the kind of failure only. The full error
+/// ("No route to host", a resolver's message, a certificate's names) would tell whoever
+/// can read the status what lies behind an address, a port-scan oracle.
+pub fn generic_probe_error(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if let Some(code) = d.strip_prefix("status ")
+        && let Some(known) = STATUS_TEXTS.iter().find(|s| s.ends_with(code.trim()))
+    {
+        return known;
+    }
+    if d.contains("timed out") || d.contains("timeout") || d.contains("deadline") {
+        "timeout"
+    } else if d.contains("refused") {
+        "connection refused"
+    } else if d.contains("tls") || d.contains("certificate") || d.contains("handshake") || d.contains("alert") {
+        "TLS error"
+    } else if d.starts_with("status ") {
+        "unexpected status"
+    } else if d.contains("reset") || d.contains("closed") || d.contains("broken pipe") || d.contains("eof") {
+        "connection closed"
+    } else {
+        "connection failed"
+    }
+}
+
+/// Statuses shown as they are: what the backend answered is the tenant's own business.
+const STATUS_TEXTS: &[&str] = &[
+    "status 300",
+    "status 301",
+    "status 302",
+    "status 303",
+    "status 304",
+    "status 307",
+    "status 308",
+    "status 400",
+    "status 401",
+    "status 403",
+    "status 404",
+    "status 405",
+    "status 408",
+    "status 409",
+    "status 410",
+    "status 421",
+    "status 425",
+    "status 429",
+    "status 500",
+    "status 501",
+    "status 502",
+    "status 503",
+    "status 504",
+];
+
 fn ready_condition(
+    type_: &str,
     status: &str,
     reason: &str,
     message: String,
@@ -181,11 +245,11 @@ fn ready_condition(
     // The transition time moves only when the status does.
     let last_transition_time = previous
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
+        .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     Condition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
@@ -234,14 +298,15 @@ impl Writer {
             let status = group_status(src, &previous);
             self.patch_group_status(&src.namespace, &src.name, status).await;
         }
-        for (ns, name, generation, message) in &feed.invalid_groups {
+        for g in &feed.invalid_groups {
+            let condition = ready_condition("Ready", "False", g.reason, g.message.clone(), g.generation, &[]);
             let status = BackendGroupStatus {
-                observed_generation: *generation,
+                observed_generation: g.generation,
                 healthy: "0/0".into(),
-                conditions: vec![ready_condition("False", "InvalidBackendGroup", message.clone(), *generation, &[])],
+                conditions: vec![condition],
                 ..Default::default()
             };
-            self.patch_group_status(ns, name, status).await;
+            self.patch_group_status(&g.namespace, &g.name, status).await;
         }
     }
 
@@ -267,12 +332,13 @@ impl Writer {
     async fn health_event(&self, feed: &Feed, t: &Transition) {
         let (reason, kind) =
             if t.healthy { ("BackendHealthy", EventType::Normal) } else { ("BackendUnhealthy", EventType::Warning) };
-        let note = format!(
-            "backend {} is {}: {}",
-            t.endpoint.address,
-            if t.healthy { "healthy" } else { "unhealthy" },
-            t.reason
-        );
+        // Probe errors are made generic as in status; the endpoint logged the details.
+        // The health checkers' own summaries ("3 consecutive failed requests") stay.
+        let ours =
+            t.reason.contains("consecutive") || t.reason == "a trial request succeeded" || t.reason == "failed checks";
+        let why = if ours { t.reason.as_str() } else { generic_probe_error(&t.reason) };
+        let note =
+            format!("backend {} is {}: {why}", t.endpoint.address, if t.healthy { "healthy" } else { "unhealthy" });
         for src in &feed.groups {
             if src.group.members().any(|(ep, _)| Arc::ptr_eq(ep, &t.endpoint)) {
                 self.publish(&group_ref(&src.namespace, &src.name, src.uid.as_ref()), kind, reason, &note).await;
@@ -456,6 +522,24 @@ mod tests {
                 ..ServiceStatus::default()
             }),
             ..Service::default()
+        }
+    }
+
+    #[test]
+    fn probe_errors_in_status_say_only_what_kind_of_failure() {
+        for (detail, shown) in [
+            ("Connection refused (os error 111)", "connection refused"),
+            ("timed out after 5s", "timeout"),
+            ("connect timed out", "timeout"),
+            ("invalid peer certificate: NotValidForName (names: db.internal, 10.3.4.5)", "TLS error"),
+            ("received fatal alert: HandshakeFailure", "TLS error"),
+            ("status 503", "status 503"),
+            ("status 418", "unexpected status"),
+            ("Connection reset by peer (os error 104)", "connection closed"),
+            ("No route to host (os error 113)", "connection failed"),
+            ("failed to lookup address information: Name or service not known", "connection failed"),
+        ] {
+            assert_eq!(generic_probe_error(detail), shown, "{detail}");
         }
     }
 

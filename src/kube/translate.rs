@@ -3,7 +3,7 @@
 //! builders. Invalid or dangling objects become `Problem`s and are skipped; the rest of the
 //! table is built as usual.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
@@ -12,9 +12,11 @@ use rustls::sign::CertifiedKey;
 
 use super::crd::BackendGroup as BackendGroupCr;
 use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_port};
+use super::ownership::{Claim, Grants, HostOwnership, Owners};
+use super::policy::BackendPolicy;
 use super::world::{Indexed, World};
 use crate::routes::CertSet;
-use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
+use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder, wildcard_suffix};
 use crate::upstream::{BackendGroup, BackendUrl, EndpointRegistry, GroupSpec, Members, UpstreamTls};
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
@@ -28,7 +30,33 @@ pub struct Settings {
     pub ingress_class: String,
     /// Served to clients whose SNI matches no Ingress TLS host.
     pub default_cert: Option<Arc<CertifiedKey>>,
+    /// `--host-ownership`.
+    pub host_ownership: HostOwnership,
+    /// `--namespace`: a controller watching one namespace serves one tenant, whose
+    /// catch-alls can take no one else's traffic.
+    pub watch_namespace: Option<String>,
+    /// Where static BackendGroup URLs may point.
+    pub backend_policy: BackendPolicy,
 }
+
+impl Settings {
+    /// The defaults of `quic-ingress controller` for `class`.
+    pub fn new(class: &str) -> Self {
+        Settings {
+            ingress_class: class.to_string(),
+            default_cert: None,
+            host_ownership: HostOwnership::default(),
+            watch_namespace: None,
+            backend_policy: BackendPolicy::default(),
+        }
+    }
+}
+
+/// Problem reasons (Event reasons, condition reasons) of the tenancy rules.
+pub const HOST_OWNED: &str = "HostOwnedByOtherNamespace";
+pub const CATCH_ALL_REFUSED: &str = "CatchAllNotAllowed";
+pub const ADDRESS_REFUSED: &str = "BackendAddressNotAllowed";
+pub const INVALID_GROUP: &str = "InvalidBackendGroup";
 
 /// An object that was skipped, in whole or in part, and why (becomes an Event and a log).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +78,8 @@ pub struct Translation {
     pub served_ingresses: Vec<(String, String)>,
     /// BackendGroup objects → the compiled group, for status.
     pub groups: Vec<GroupStatusSource>,
+    /// BackendGroup objects that could not be built, for status.
+    pub refused_groups: Vec<RefusedGroup>,
 }
 
 /// What the status writer needs for one BackendGroup object.
@@ -59,6 +89,21 @@ pub struct GroupStatusSource {
     pub uid: Option<String>,
     pub generation: Option<i64>,
     pub group: Arc<BackendGroup>,
+    /// Whether the object declares routes of its own (then it gets an `Accepted` condition).
+    pub has_routes: bool,
+    /// Why some of its routes are not served: `(reason, message)`, oldest problem first.
+    pub route_problems: Vec<(&'static str, String)>,
+}
+
+/// A BackendGroup object that could not be built at all, for its `Ready=False` status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedGroup {
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// `InvalidBackendGroup` or `BackendAddressNotAllowed`.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// Remembers the last certificate each Secret produced, so a Secret turning invalid keeps
@@ -69,15 +114,43 @@ pub struct LastGoodCerts(HashMap<(String, String), Arc<CertifiedKey>>);
 /// Whether `ingress` belongs to this controller.
 pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>], class: &str) -> bool {
     let spec_class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
-    match spec_class.or_else(|| ingress.annotations().get(LEGACY_CLASS_ANNOTATION).map(String::as_str)) {
+    class_is_ours(
+        spec_class.or_else(|| ingress.annotations().get(LEGACY_CLASS_ANNOTATION).map(String::as_str)),
+        classes,
+        class,
+    )
+}
+
+/// Whether an object of class `named` (`None`: no class given) is this controller's.
+fn class_is_ours(named: Option<&str>, classes: &[Arc<IngressClass>], class: &str) -> bool {
+    match named {
         Some(name) => name == class,
         // No class at all: ours only when our class is the cluster default.
-        None => classes.iter().any(|c| {
-            c.name_any() == class
-                && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
-                && c.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true")
-        }),
+        None => our_class(classes, class)
+            .is_some_and(|c| c.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true")),
     }
+}
+
+/// Our IngressClass object, where the admin's grants are written.
+fn our_class<'a>(classes: &'a [Arc<IngressClass>], class: &str) -> Option<&'a IngressClass> {
+    classes
+        .iter()
+        .find(|c| {
+            c.name_any() == class && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER_NAME)
+        })
+        .map(AsRef::as_ref)
+}
+
+/// Whether this controller serves the routes of BackendGroup `bg`: its
+/// `spec.ingressClassName`, or the default class when it names none (as for Ingress).
+pub fn bg_routes_are_ours(bg: &BackendGroupCr, classes: &[Arc<IngressClass>], class: &str) -> bool {
+    class_is_ours(bg.spec.ingress_class_name.as_deref(), classes, class)
+}
+
+/// Whether BackendGroup `bg` names another class: then it is not ours to build, route,
+/// reference or write status for.
+fn bg_of_other_class(bg: &BackendGroupCr, class: &str) -> bool {
+    bg.spec.ingress_class_name.as_deref().is_some_and(|c| c != class)
 }
 
 /// Builds the route table from `world`.
@@ -89,30 +162,43 @@ pub fn translate(
     generation: u64,
 ) -> Translation {
     let idx = world.index();
+    let class = settings.ingress_class.as_str();
+    let grants = Grants::from_class(our_class(&world.classes, class));
+
+    // Oldest first: the first object to claim a host and path keeps it.
+    let mut ingresses: Vec<&Ingress> =
+        world.ingresses.iter().map(AsRef::as_ref).filter(|i| is_ours(i, &world.classes, class)).collect();
+    ingresses.sort_by_key(|i| (i.metadata.creation_timestamp.clone(), i.namespace(), i.name_any()));
+    let mut bg_objects: Vec<&BackendGroupCr> =
+        world.groups.iter().map(AsRef::as_ref).filter(|g| !bg_of_other_class(g, class)).collect();
+    bg_objects.sort_by_key(|g| (g.metadata.creation_timestamp.clone(), g.namespace(), g.name_any()));
+    let routed_bgs: Vec<&BackendGroupCr> =
+        bg_objects.iter().copied().filter(|g| bg_routes_are_ours(g, &world.classes, class)).collect();
+
+    let owners = match settings.host_ownership {
+        HostOwnership::Namespace => Some(Owners::decide(claims(&ingresses, &routed_bgs), &grants)),
+        HostOwnership::None => None,
+    };
     let mut t = Translator {
         idx: &idx,
         registry,
+        settings,
+        grants: &grants,
+        owners: owners.as_ref(),
         builder: RouteTableBuilder::new(settings.default_cert.clone().map(CertSet::with_default).unwrap_or_default()),
         problems: Vec::new(),
         groups_by_id: BTreeMap::new(),
         service_failures: BTreeMap::new(),
+        refused_groups: Vec::new(),
+        accepted_hosts: HashMap::new(),
+        cert_claims: HashMap::new(),
+        group_route_problems: HashMap::new(),
     };
-
-    // Oldest first: the first object to claim a host and path keeps it.
-    let mut ingresses: Vec<&Ingress> = world
-        .ingresses
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|i| is_ours(i, &world.classes, &settings.ingress_class))
-        .collect();
-    ingresses.sort_by_key(|i| (i.metadata.creation_timestamp.clone(), i.namespace(), i.name_any()));
-    let mut bg_objects: Vec<&BackendGroupCr> = world.groups.iter().map(AsRef::as_ref).collect();
-    bg_objects.sort_by_key(|g| (g.metadata.creation_timestamp.clone(), g.namespace(), g.name_any()));
 
     for ing in &ingresses {
         t.ingress_rules(ing);
     }
-    for bg in &bg_objects {
+    for bg in &routed_bgs {
         t.backend_group_routes(bg);
     }
     // Default backends last, so explicit rules of any Ingress win.
@@ -123,14 +209,18 @@ pub fn translate(
         t.ingress_tls(ing, last_good);
     }
 
-    // Every BackendGroup object gets a compiled group for status, routed or not.
+    // Every BackendGroup object of ours (or of no class) gets a compiled group for status,
+    // routed or not.
     let groups = bg_objects
         .iter()
         .filter_map(|bg| {
             let group = t.group_for_resource(bg)?;
+            let key = (bg.namespace().unwrap_or_default(), bg.name_any());
             Some(GroupStatusSource {
-                namespace: bg.namespace().unwrap_or_default(),
-                name: bg.name_any(),
+                has_routes: !bg.spec.routes.is_empty() && routed_bgs.iter().any(|r| std::ptr::eq(*r, *bg)),
+                route_problems: t.group_route_problems.remove(&key).unwrap_or_default(),
+                namespace: key.0,
+                name: key.1,
                 uid: bg.metadata.uid.clone(),
                 generation: bg.metadata.generation,
                 group,
@@ -141,18 +231,52 @@ pub fn translate(
     let mut problems = t.problems;
     problems.sort();
     problems.dedup();
-    Translation { table: t.builder.build(generation), problems, served_ingresses, groups }
+    let mut refused_groups = t.refused_groups;
+    refused_groups.dedup();
+    Translation { table: t.builder.build(generation), problems, served_ingresses, groups, refused_groups }
+}
+
+/// Every host an object of ours declares, for ownership.
+fn claims(ingresses: &[&Ingress], groups: &[&BackendGroupCr]) -> Vec<Claim> {
+    let mut claims = Vec::new();
+    for ing in ingresses {
+        for host in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.as_deref()) {
+            if let Ok(rule) = HostRule::parse(host) {
+                claims.push(Claim::new("Ingress", *ing, rule));
+            }
+        }
+    }
+    for bg in groups {
+        for host in bg.spec.routes.iter().filter_map(|r| r.host.as_deref()) {
+            if let Ok(rule) = HostRule::parse(host) {
+                claims.push(Claim::new("BackendGroup", *bg, rule));
+            }
+        }
+    }
+    claims
 }
 
 struct Translator<'a> {
     idx: &'a Indexed<'a>,
     registry: &'a EndpointRegistry,
+    settings: &'a Settings,
+    grants: &'a Grants,
+    /// `None` with `--host-ownership=none`.
+    owners: Option<&'a Owners>,
     builder: RouteTableBuilder,
     problems: Vec<Problem>,
     /// Groups compiled so far by id; `None` records a group that could not be built.
     groups_by_id: BTreeMap<String, Option<Arc<BackendGroup>>>,
     /// Why a Service group could not be built, so every Ingress naming it is told.
     service_failures: BTreeMap<String, (&'static str, String)>,
+    refused_groups: Vec<RefusedGroup>,
+    /// Hosts each Ingress `(namespace, name)` may route (its namespace owns or shares them):
+    /// the only hosts its TLS Secrets are served for.
+    accepted_hosts: HashMap<(String, String), BTreeSet<HostRule>>,
+    /// Which Secret `(namespace, name)` a host's certificate came from: the oldest claim keeps it.
+    cert_claims: HashMap<HostRule, (String, String)>,
+    /// Route problems of BackendGroup objects, for their `Accepted` condition.
+    group_route_problems: HashMap<(String, String), Vec<(&'static str, String)>>,
 }
 
 impl Translator<'_> {
@@ -167,9 +291,54 @@ impl Translator<'_> {
         });
     }
 
+    /// Whether `obj`'s namespace may route `host`; tells the object why not.
+    fn host_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, host: Option<&HostRule>) -> bool {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let Some(host) = host else { return self.catch_all_allowed(kind, obj, "a rule without a host") };
+        let Some(owner) = self.owners.and_then(|o| o.refusal(kind, &ns, &name, host)) else { return true };
+        let message = format!(
+            "host {host} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
+        );
+        self.refuse(kind, obj, HOST_OWNED, message);
+        false
+    }
+
+    /// Host-less rules, default backends and host-less BackendGroup routes serve every
+    /// host's unrouted paths, so in namespace mode only the namespaces the admin lists
+    /// (or the one namespace a controller watches) may declare them.
+    fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, what: &str) -> bool {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        if self.owners.is_none()
+            || self.settings.watch_namespace.as_deref() == Some(ns.as_str())
+            || self.grants.catch_all(&ns)
+        {
+            return true;
+        }
+        let message = format!(
+            "{what} would catch other namespaces' hosts; only namespaces listed in the IngressClass annotation {} may declare one",
+            super::ownership::CATCH_ALL_ANNOTATION
+        );
+        self.refuse(kind, obj, CATCH_ALL_REFUSED, message);
+        false
+    }
+
+    /// A problem that also goes into a BackendGroup's `Accepted` condition.
+    fn refuse(&mut self, kind: &'static str, obj: &impl kube::Resource, reason: &'static str, message: String) {
+        if kind == "BackendGroup" {
+            let key = (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+            let list = self.group_route_problems.entry(key).or_default();
+            if !list.iter().any(|(r, m)| *r == reason && *m == message) {
+                list.push((reason, message.clone()));
+            }
+        }
+        self.problem(kind, obj, reason, message);
+    }
+
     fn ingress_rules(&mut self, ing: &Ingress) {
         let Some(spec) = &ing.spec else { return };
-        let id = format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any());
+        let ns = ing.namespace().unwrap_or_default();
+        let id = format!("{ns}/{}", ing.name_any());
         for rule in spec.rules.iter().flatten() {
             let host = match rule.host.as_deref().map(HostRule::parse).transpose() {
                 Ok(h) => h,
@@ -178,6 +347,12 @@ impl Translator<'_> {
                     continue;
                 }
             };
+            if !self.host_allowed("Ingress", ing, host.as_ref()) {
+                continue;
+            }
+            if let Some(h) = &host {
+                self.accepted_hosts.entry((ns.clone(), ing.name_any())).or_default().insert(h.clone());
+            }
             for p in rule.http.iter().flat_map(|h| &h.paths) {
                 let path_type = match p.path_type.as_str() {
                     "Exact" => PathType::Exact,
@@ -201,6 +376,9 @@ impl Translator<'_> {
 
     fn ingress_default_backend(&mut self, ing: &Ingress) {
         let Some(backend) = ing.spec.as_ref().and_then(|s| s.default_backend.as_ref()) else { return };
+        if !self.catch_all_allowed("Ingress", ing, "a default backend") {
+            return;
+        }
         let Some(group) = self.ingress_backend(ing, backend) else { return };
         let id = format!("{}/{}#default", ing.namespace().unwrap_or_default(), ing.name_any());
         let root = PathRule::Prefix(String::new());
@@ -219,19 +397,22 @@ impl Translator<'_> {
             let host = match r.host.as_deref().map(HostRule::parse).transpose() {
                 Ok(h) => h,
                 Err(e) => {
-                    self.problem("BackendGroup", bg, "InvalidHost", e.to_string());
+                    self.refuse("BackendGroup", bg, "InvalidHost", e.to_string());
                     continue;
                 }
             };
+            if !self.host_allowed("BackendGroup", bg, host.as_ref()) {
+                continue;
+            }
             let path = match PathRule::new(&r.path, r.path_type.into()) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.problem("BackendGroup", bg, "InvalidPath", e.to_string());
+                    self.refuse("BackendGroup", bg, "InvalidPath", e.to_string());
                     continue;
                 }
             };
             if let Err(conflict) = self.builder.add_route(&id, host.as_ref(), path, group.clone()) {
-                self.problem("BackendGroup", bg, "RouteConflict", format!("{conflict} (the oldest object wins)"));
+                self.refuse("BackendGroup", bg, "RouteConflict", format!("{conflict} (the oldest object wins)"));
             }
         }
     }
@@ -269,6 +450,19 @@ impl Translator<'_> {
                 );
                 return None;
             };
+            if bg_of_other_class(bg, &self.settings.ingress_class) {
+                self.problem(
+                    "Ingress",
+                    ing,
+                    "BackendGroupOfOtherClass",
+                    format!(
+                        "BackendGroup {ns}/{} belongs to IngressClass {}",
+                        res.name,
+                        bg.spec.ingress_class_name.as_deref().unwrap_or_default()
+                    ),
+                );
+                return None;
+            }
             return self.group_for_resource(bg);
         }
         self.problem("Ingress", ing, "InvalidBackend", "a backend needs a service or a resource".into());
@@ -335,8 +529,15 @@ impl Translator<'_> {
         }
         let group = match self.build_resource_group(bg, &ns, &id) {
             Ok(g) => Some(g),
-            Err(message) => {
-                self.problem("BackendGroup", bg, "InvalidBackendGroup", message);
+            Err((reason, message)) => {
+                self.problem("BackendGroup", bg, reason, message.clone());
+                self.refused_groups.push(RefusedGroup {
+                    namespace: ns.clone(),
+                    name: bg.name_any(),
+                    generation: bg.metadata.generation,
+                    reason,
+                    message,
+                });
                 None
             }
         };
@@ -347,23 +548,41 @@ impl Translator<'_> {
         group
     }
 
-    fn build_resource_group(&self, bg: &BackendGroupCr, ns: &str, id: &str) -> Result<Arc<BackendGroup>, String> {
+    fn build_resource_group(
+        &self,
+        bg: &BackendGroupCr,
+        ns: &str,
+        id: &str,
+    ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
         let spec = &bg.spec;
+        let invalid = |message: String| (INVALID_GROUP, message);
+        // Before anything else: a refused address must not be dialled, not even by probes.
+        let refused: Vec<String> = spec
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let url = BackendUrl::parse(&b.url).ok()?;
+                let why = self.settings.backend_policy.check_host(&url.host).err()?;
+                Some(format!("spec.backends[{i}].url: {why}; not allowed as a backend (see --allow-backend-cidr)"))
+            })
+            .collect();
+        if !refused.is_empty() {
+            return Err((ADDRESS_REFUSED, refused.join("; ")));
+        }
         let tls = match &spec.tls {
-            Some(t) => self.upstream_tls(t, ns)?,
+            Some(t) => self.upstream_tls(t, ns).map_err(invalid)?,
             None => UpstreamTls::default(),
         };
         let members = match (&spec.service, spec.listed_members()) {
-            (Some(svc), None) => Members::Discovered(self.service_endpoints(
-                ns,
-                &svc.name,
-                &PortRef::Number(svc.port),
-                Some(spec.protocol.scheme()),
-            )?),
+            (Some(svc), None) => Members::Discovered(
+                self.service_endpoints(ns, &svc.name, &PortRef::Number(svc.port), Some(spec.protocol.scheme()))
+                    .map_err(invalid)?,
+            ),
             (None, Some(listed)) => listed,
-            _ => return Err("set exactly one of spec.service or spec.backends".into()),
+            _ => return Err(invalid("set exactly one of spec.service or spec.backends".into())),
         };
-        spec.compile(id.to_string(), members, tls, self.registry).map(Arc::new).map_err(join)
+        spec.compile(id.to_string(), members, tls, self.registry).map(Arc::new).map_err(|e| invalid(join(e)))
     }
 
     /// A group's upstream TLS settings, with the CA bundle read from its Secret.
@@ -396,12 +615,13 @@ impl Translator<'_> {
         let ns = ing.namespace().unwrap_or_default();
         let rule_hosts: Vec<String> =
             ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
+        let accepted = self.accepted_hosts.get(&(ns.clone(), ing.name_any())).cloned().unwrap_or_default();
         for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
             let Some(secret_name) = tls.secret_name.as_deref() else { continue };
             let cache_key = (ns.clone(), secret_name.to_string());
             let key = match self.idx.secrets.get(&(ns.as_str(), secret_name)).map(|s| secret_cert(s)) {
                 Some(Ok(key)) => {
-                    last_good.0.insert(cache_key, key.clone());
+                    last_good.0.insert(cache_key.clone(), key.clone());
                     Some(key)
                 }
                 Some(Err(e)) => {
@@ -418,13 +638,45 @@ impl Translator<'_> {
             let Some(key) = key else { continue };
             let hosts = tls.hosts.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| rule_hosts.clone());
             for host in hosts {
-                match HostRule::parse(&host) {
-                    Ok(rule) => self.builder.certs_mut().insert(&rule, key.clone()),
-                    Err(e) => self.problem("Ingress", ing, "InvalidHost", e.to_string()),
+                let rule = match HostRule::parse(&host) {
+                    Ok(rule) => rule,
+                    Err(e) => {
+                        self.problem("Ingress", ing, "InvalidHost", e.to_string());
+                        continue;
+                    }
+                };
+                // In namespace mode a certificate is served only for a host this very
+                // Ingress routes (and so its namespace owns), exactly or by its wildcard.
+                if self.owners.is_some() && !covers(&accepted, &rule) {
+                    let message = format!(
+                        "tls host {rule} is not a host this Ingress routes; secret {ns}/{secret_name} is not served for it"
+                    );
+                    self.problem("Ingress", ing, "TLSHostNotRouted", message);
+                    continue;
+                }
+                match self.cert_claims.get(&rule) {
+                    None => {
+                        self.cert_claims.insert(rule.clone(), cache_key.clone());
+                        self.builder.certs_mut().insert(&rule, key.clone());
+                    }
+                    Some(holder) if *holder == cache_key => {}
+                    Some((hns, hname)) => {
+                        let message = format!(
+                            "the certificate for {rule} comes from secret {hns}/{hname} of an older Ingress; secret {ns}/{secret_name} is not served for it"
+                        );
+                        self.problem("Ingress", ing, "TLSHostConflict", message);
+                    }
                 }
             }
         }
     }
+}
+
+/// Whether routing `accepted` hosts covers `host`: the same rule, or an exact host one
+/// label under an accepted wildcard.
+fn covers(accepted: &BTreeSet<HostRule>, host: &HostRule) -> bool {
+    accepted.contains(host)
+        || matches!(host, HostRule::Exact(h) if wildcard_suffix(h).is_some_and(|s| accepted.contains(&HostRule::Wildcard(s.to_string()))))
 }
 
 fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<CertifiedKey>, String> {

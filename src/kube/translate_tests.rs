@@ -173,14 +173,28 @@ fn tls_secret(ns: &str, name: &str, host: &str) -> Arc<Secret> {
     })
 }
 
-fn backend_group(ns: &str, name: &str, spec: BackendGroupSpec) -> Arc<BackendGroupCr> {
+/// A BackendGroup of class `quic` (as `ingress()` builds Ingresses of class `quic`).
+fn backend_group(ns: &str, name: &str, mut spec: BackendGroupSpec) -> Arc<BackendGroupCr> {
+    spec.ingress_class_name.get_or_insert_with(|| "quic".into());
+    classless_group(ns, name, spec)
+}
+
+/// A BackendGroup as `spec` has it: without `ingressClassName` unless `spec` names one.
+fn classless_group(ns: &str, name: &str, spec: BackendGroupSpec) -> Arc<BackendGroupCr> {
     let mut bg = BackendGroupCr::new(name, spec);
     bg.metadata = meta(ns, name, 50);
     Arc::new(bg)
 }
 
+/// The rules' own tests run as a controller watching namespace `shop` (so its host-less
+/// rules are its own business), with static test backends on loopback allowed.
 fn settings() -> Settings {
-    Settings { ingress_class: "quic".into(), default_cert: None }
+    let loopback = ["127.0.0.0/8".parse().unwrap()];
+    Settings {
+        watch_namespace: Some("shop".into()),
+        backend_policy: crate::kube::policy::BackendPolicy::new(&[], &[], &loopback),
+        ..Settings::new("quic")
+    }
 }
 
 fn run(world: &World) -> Translation {
@@ -589,4 +603,310 @@ fn timeouts_and_passive_settings_of_a_backend_group_reach_the_group() {
         })
     );
     assert_eq!(group("off").passive, None, "passiveHealthCheck.enabled: false turns passive checks off");
+}
+
+// === Tenancy: host ownership, catch-alls, certificates, classes, backend addresses ===
+
+/// Two tenants: namespaces `a` and `b`, each with a Service `web` (a: 10.1.0.1, b: 10.2.0.1).
+fn tenants_world() -> World {
+    World {
+        services: vec![service("a", "web", &[("http", 80)]), service("b", "web", &[("http", 80)])],
+        slices: vec![
+            slice("a", "web-1", "web", "IPv4", &[("http", 8080)], &[("10.1.0.1", true)]),
+            slice("b", "web-1", "web", "IPv4", &[("http", 8080)], &[("10.2.0.1", true)]),
+        ],
+        ..World::default()
+    }
+}
+
+/// A multi-namespace controller with the defaults of `quic-ingress controller`.
+fn tenant_settings() -> Settings {
+    Settings::new("quic")
+}
+
+fn run_with(world: &World, settings: &Settings) -> Translation {
+    translate(world, settings, &EndpointRegistry::default(), &mut LastGoodCerts::default(), 1)
+}
+
+fn reasons_of<'a>(t: &'a Translation, ns: &str, name: &str) -> Vec<&'a Problem> {
+    t.problems.iter().filter(|p| p.namespace == ns && p.name == name).collect()
+}
+
+/// Our IngressClass `quic` with annotations.
+fn quic_class(annotations: &[(&str, &str)]) -> Arc<IngressClass> {
+    let mut class = IngressClass {
+        metadata: meta("", "quic", 100),
+        spec: Some(IngressClassSpec { controller: Some(CONTROLLER_NAME.into()), parameters: None }),
+    };
+    class.metadata.namespace = None;
+    class.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    Arc::new(class)
+}
+
+const A_WEB: &str = "http://10.1.0.1:8080";
+const B_WEB: &str = "http://10.2.0.1:8080";
+
+fn hijack_world() -> World {
+    let mut world = tenants_world();
+    world.ingresses = vec![
+        ingress("b", "login")
+            .age(10)
+            .rule(Some("shop.example.com"), "/login", "Prefix", svc_backend("web", 80))
+            .rule(Some("shop.example.com"), "/cart", "Exact", svc_backend("web", 80))
+            .rule(Some("b.example.com"), "/", "Prefix", svc_backend("web", 80))
+            .build(),
+        ingress("a", "shop").age(500).rule(Some("shop.example.com"), "/", "Prefix", svc_backend("web", 80)).build(),
+    ];
+    world
+}
+
+#[test]
+fn another_namespace_cannot_take_paths_of_an_owned_host() {
+    let t = run_with(&hijack_world(), &tenant_settings());
+    for path in ["/login", "/login/x", "/cart", "/"] {
+        assert_eq!(endpoints_for(&t, "shop.example.com", path).unwrap(), vec![A_WEB], "{path}");
+    }
+    assert_eq!(endpoints_for(&t, "b.example.com", "/").unwrap(), vec![B_WEB], "b's own host still routes");
+    let refused = reasons_of(&t, "b", "login");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].reason, HOST_OWNED);
+    assert!(refused[0].message.contains("host shop.example.com belongs to namespace a"), "{}", refused[0].message);
+    assert!(reasons_of(&t, "a", "shop").is_empty());
+}
+
+#[test]
+fn the_oldest_claim_owns_the_host_not_the_first_seen() {
+    let mut world = hijack_world();
+    world.ingresses.reverse();
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![A_WEB]);
+
+    // b's Ingress is the older one now: b owns the host and a is refused.
+    world.ingresses[1] = ingress("b", "login")
+        .age(900)
+        .rule(Some("shop.example.com"), "/login", "Prefix", svc_backend("web", 80))
+        .build();
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![B_WEB]);
+    assert!(endpoints_for(&t, "shop.example.com", "/").is_none(), "a's rule for b's host is refused");
+    assert_eq!(reasons_of(&t, "a", "shop")[0].reason, HOST_OWNED);
+}
+
+#[test]
+fn namespaces_the_admin_lists_on_the_class_share_hosts() {
+    let mut world = hijack_world();
+    world.classes = vec![quic_class(&[(crate::kube::ownership::SHARED_HOSTS_ANNOTATION, "a,b")])];
+    let t = run_with(&world, &tenant_settings());
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![B_WEB]);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/").unwrap(), vec![A_WEB]);
+
+    // The annotation on another controller's class grants nothing.
+    let mut foreign = (*quic_class(&[(crate::kube::ownership::SHARED_HOSTS_ANNOTATION, "a,b")])).clone();
+    foreign.spec.as_mut().unwrap().controller = Some("example.com/other".into());
+    world.classes = vec![Arc::new(foreign)];
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![A_WEB]);
+}
+
+#[test]
+fn a_wildcard_owner_blocks_other_namespaces_under_it() {
+    let mut world = tenants_world();
+    world.ingresses = vec![
+        ingress("a", "wild").age(500).rule(Some("*.example.com"), "/", "Prefix", svc_backend("web", 80)).build(),
+        ingress("b", "shop").age(10).rule(Some("shop.example.com"), "/", "Prefix", svc_backend("web", 80)).build(),
+    ];
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/").unwrap(), vec![A_WEB]);
+    assert!(reasons_of(&t, "b", "shop")[0].message.contains("belongs to namespace a"));
+}
+
+#[test]
+fn catch_alls_are_served_only_from_namespaces_the_admin_lists() {
+    let mut world = tenants_world();
+    world.groups = vec![backend_group(
+        "b",
+        "any",
+        BackendGroupSpec {
+            backends: vec![StaticBackend { url: "http://192.0.2.7:80".into(), weight: 1 }],
+            routes: vec![BackendGroupRoute { host: None, path: "/bg".into(), path_type: PathType::Prefix }],
+            ..Default::default()
+        },
+    )];
+    world.ingresses = vec![
+        ingress("a", "shop").age(500).rule(Some("shop.example.com"), "/app", "Prefix", svc_backend("web", 80)).build(),
+        ingress("b", "catch")
+            .age(10)
+            .rule(None, "/any", "Prefix", svc_backend("web", 80))
+            .default_backend(svc_backend("web", 80))
+            .build(),
+    ];
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/app").unwrap(), vec![A_WEB]);
+    for path in ["/", "/any", "/other", "/bg/x"] {
+        assert!(endpoints_for(&t, "shop.example.com", path).is_none(), "b caught a's unrouted {path}");
+    }
+    let ing: Vec<_> = reasons_of(&t, "b", "catch").iter().map(|p| p.reason).collect();
+    assert_eq!(ing, vec![CATCH_ALL_REFUSED, CATCH_ALL_REFUSED], "the host-less rule and the default backend");
+    assert_eq!(reasons_of(&t, "b", "any")[0].reason, CATCH_ALL_REFUSED);
+    let status = t.groups.iter().find(|g| g.name == "any").unwrap();
+    assert_eq!(status.route_problems[0].0, CATCH_ALL_REFUSED, "the BackendGroup's Accepted condition says why");
+
+    // Listed on the class: served.
+    world.classes = vec![quic_class(&[(crate::kube::ownership::CATCH_ALL_ANNOTATION, "b")])];
+    let t = run_with(&world, &tenant_settings());
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/other").unwrap(), vec![B_WEB]);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/bg").unwrap(), vec!["http://192.0.2.7:80"]);
+
+    // A controller watching only `b` serves one tenant: its catch-alls are its own.
+    world.classes.clear();
+    let t = run_with(&world, &Settings { watch_namespace: Some("b".into()), ..tenant_settings() });
+    assert!(reasons_of(&t, "b", "catch").is_empty(), "{:?}", t.problems);
+}
+
+fn cert_der(t: &Translation, host: &str) -> Vec<u8> {
+    t.table.certs.resolve(Some(host)).expect("a certificate").cert[0].as_ref().to_vec()
+}
+
+fn secret_der(secret: &Secret) -> Vec<u8> {
+    let pem = &secret.data.as_ref().unwrap()["tls.crt"].0;
+    let key = crate::tls::certified_key_from_pem(pem, &secret.data.as_ref().unwrap()["tls.key"].0).unwrap();
+    key.cert[0].as_ref().to_vec()
+}
+
+#[test]
+fn certificates_only_for_hosts_the_ingress_routes_and_the_oldest_claim_wins() {
+    let mut world = tenants_world();
+    let (a_tls, b_tls) = (tls_secret("a", "tls", "shop.example.com"), tls_secret("b", "tls", "shop.example.com"));
+    world.secrets = vec![a_tls.clone(), b_tls.clone()];
+    world.ingresses = vec![
+        ingress("a", "shop")
+            .age(500)
+            .rule(Some("shop.example.com"), "/", "Prefix", svc_backend("web", 80))
+            .tls(&["shop.example.com"], "tls")
+            .build(),
+        // Newer, from another namespace: lists a's host only in tls.hosts.
+        ingress("b", "steal")
+            .age(10)
+            .rule(Some("b.example.com"), "/", "Prefix", svc_backend("web", 80))
+            .tls(&["shop.example.com", "b.example.com"], "tls")
+            .build(),
+    ];
+    let t = run_with(&world, &tenant_settings());
+    assert_eq!(cert_der(&t, "shop.example.com"), secret_der(&a_tls), "a keeps its certificate");
+    assert_eq!(cert_der(&t, "b.example.com"), secret_der(&b_tls), "b's own host gets b's");
+    let p = reasons_of(&t, "b", "steal");
+    assert_eq!(p[0].reason, "TLSHostNotRouted", "{p:?}");
+
+    // Within one namespace (or with no ownership) the oldest Ingress's Secret wins.
+    let a_new = tls_secret("a", "newer-tls", "shop.example.com");
+    world.secrets.push(a_new);
+    world.ingresses[1] = ingress("a", "newer")
+        .age(10)
+        .rule(Some("shop.example.com"), "/new", "Prefix", svc_backend("web", 80))
+        .tls(&["shop.example.com"], "newer-tls")
+        .build();
+    for settings in [tenant_settings(), Settings { host_ownership: HostOwnership::None, ..tenant_settings() }] {
+        let t = run_with(&world, &settings);
+        assert_eq!(cert_der(&t, "shop.example.com"), secret_der(&a_tls));
+        assert_eq!(reasons_of(&t, "a", "newer")[0].reason, "TLSHostConflict");
+    }
+}
+
+#[test]
+fn backend_groups_obey_the_ingress_class() {
+    let mut world = tenants_world();
+    let spec = |class: Option<&str>, host: &str| BackendGroupSpec {
+        ingress_class_name: class.map(Into::into),
+        backends: vec![StaticBackend { url: "http://192.0.2.7:80".into(), weight: 1 }],
+        routes: vec![BackendGroupRoute { host: Some(host.into()), path: "/".into(), path_type: PathType::Prefix }],
+        ..Default::default()
+    };
+    world.groups = vec![
+        classless_group("a", "other", spec(Some("internal"), "other.example.com")),
+        classless_group("a", "none", spec(None, "none.example.com")),
+        classless_group("a", "ours", spec(Some("quic"), "ours.example.com")),
+    ];
+    world.ingresses = vec![
+        ingress("a", "refs")
+            .rule(Some("ref-other.example.com"), "/", "Prefix", bg_backend("other"))
+            .rule(Some("ref-none.example.com"), "/", "Prefix", bg_backend("none"))
+            .build(),
+    ];
+    let t = run_with(&world, &tenant_settings());
+    assert!(t.table.lookup(Some("other.example.com"), "/").is_none(), "another class's group is ignored");
+    assert!(t.table.lookup(Some("ref-other.example.com"), "/").is_none());
+    assert_eq!(reasons_of(&t, "a", "refs")[0].reason, "BackendGroupOfOtherClass");
+    assert!(t.table.lookup(Some("none.example.com"), "/").is_none(), "no class and no default class");
+    assert!(t.table.lookup(Some("ref-none.example.com"), "/").is_some(), "our Ingress may use a classless group");
+    assert!(t.table.lookup(Some("ours.example.com"), "/").is_some());
+    let mut with_status: Vec<_> = t.groups.iter().map(|g| g.name.as_str()).collect();
+    with_status.sort();
+    assert_eq!(with_status, vec!["none", "ours"], "no status for another class's group");
+
+    world.classes = vec![quic_class(&[("ingressclass.kubernetes.io/is-default-class", "true")])];
+    let t = run_with(&world, &tenant_settings());
+    assert!(t.table.lookup(Some("none.example.com"), "/").is_some(), "our class is the default");
+}
+
+#[test]
+fn static_backends_at_internal_addresses_are_refused_naming_the_field() {
+    let mut world = tenants_world();
+    world.groups = vec![
+        backend_group(
+            "b",
+            "sneaky",
+            BackendGroupSpec {
+                backends: vec![
+                    StaticBackend { url: "http://192.0.2.7:80".into(), weight: 1 },
+                    StaticBackend { url: "http://127.0.0.1:9090".into(), weight: 1 },
+                    StaticBackend { url: "http://169.254.169.254:80".into(), weight: 1 },
+                ],
+                routes: vec![BackendGroupRoute {
+                    host: Some("b.example.com".into()),
+                    path: "/".into(),
+                    path_type: PathType::Prefix,
+                }],
+                ..Default::default()
+            },
+        ),
+        // A Service reference is always allowed, whatever its endpoints' range.
+        backend_group(
+            "b",
+            "svc",
+            BackendGroupSpec {
+                service: Some(crate::kube::crd::ServiceRef { name: "web".into(), port: 80 }),
+                routes: vec![BackendGroupRoute {
+                    host: Some("svc.example.com".into()),
+                    path: "/".into(),
+                    path_type: PathType::Prefix,
+                }],
+                ..Default::default()
+            },
+        ),
+    ];
+    let policy = crate::kube::policy::BackendPolicy::new(&[], &["10.2.0.0/16".parse().unwrap()], &[]);
+    let t = run_with(&world, &Settings { backend_policy: policy, ..tenant_settings() });
+    assert!(t.table.lookup(Some("b.example.com"), "/").is_none(), "the group is not built at all");
+    assert_eq!(endpoints_for(&t, "svc.example.com", "/").unwrap(), vec![B_WEB]);
+    let refused = &t.refused_groups;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].name.as_str(), refused[0].reason), ("sneaky", ADDRESS_REFUSED));
+    let m = &refused[0].message;
+    assert!(m.contains("spec.backends[1].url: 127.0.0.1 is loopback"), "{m}");
+    assert!(m.contains("spec.backends[2].url: 169.254.169.254 is a cloud metadata address"), "{m}");
+    assert!(!m.contains("spec.backends[0]"), "{m}");
+    assert!(t.groups.iter().all(|g| g.name != "sneaky"));
+}
+
+#[test]
+fn host_ownership_none_is_the_single_tenant_behaviour() {
+    let mut world = hijack_world();
+    world.ingresses.push(ingress("b", "catch").age(5).default_backend(svc_backend("web", 80)).build());
+    let t = run_with(&world, &Settings { host_ownership: HostOwnership::None, ..tenant_settings() });
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![B_WEB]);
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/").unwrap(), vec![A_WEB]);
+    assert_eq!(endpoints_for(&t, "elsewhere.example.com", "/").unwrap(), vec![B_WEB]);
 }
