@@ -16,7 +16,7 @@ NODE_DIR   ?= target/node
 IMAGE_DIR  ?= target/image
 NODE_BIN = $(TESTENV_CACHE)/bin/node-$(NODE_HASH)
 NODE_HASH = $(eval NODE_HASH := $(shell { go env GOVERSION; echo '$(TESTENV_LDFLAGS)'; \
-  cat $(NODE_SRC)/go.mod $(NODE_SRC)/go.sum $(NODE_SRC)/*.go; } | sha256sum | cut -c1-16))$(NODE_HASH)
+  cat $(NODE_SRC)/go.mod $(NODE_SRC)/go.sum $(filter-out %_test.go,$(wildcard $(NODE_SRC)/*.go)); } | sha256sum | cut -c1-16))$(NODE_HASH)
 
 .PHONY: node-build node-print-bin
 

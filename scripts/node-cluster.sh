@@ -272,6 +272,9 @@ up() {
   for d in /var/lib/cni /var/log/containers; do
     [ -e "$d" ] || echo "$d" >>"$DIR/created-dirs"
   done
+  # iptables-nft makes the nftables tables it needs; `down` removes the ones that were not
+  # there before and are empty again.
+  [ -f "$DIR/nft-tables.before" ] || nft list tables 2>/dev/null >"$DIR/nft-tables.before" || true
   setup_network
 
   start containerd containerd --config "$DIR/containerd/config.toml"
@@ -366,6 +369,16 @@ down() {
   remove_rules iptables
   remove_rules ip6tables
   for fam in ip ip6; do nft delete table "$fam" kube-proxy 2>/dev/null || true; done
+  if [ -f "$DIR/nft-tables.before" ]; then
+    local fam name
+    nft list tables 2>/dev/null | while read -r _ fam name; do
+      grep -qx "table $fam $name" "$DIR/nft-tables.before" && continue
+      # Only base chains left (no rule of anyone's): the table came with the cluster.
+      if [ -z "$(nft list table "$fam" "$name" | grep -vE '^[[:space:]]*(table |chain |type |\}|$)')" ]; then
+        nft delete table "$fam" "$name" 2>/dev/null || true
+      fi
+    done
+  fi
   ip link del "$BRIDGE" 2>/dev/null || true
   ip link del "$LB_IF" 2>/dev/null || true
   command -v conntrack >/dev/null && {
