@@ -84,10 +84,17 @@ cluster-down:
 	scripts/node-cluster.sh down $(NODE_DIR) $(NODE_BIN)
 
 # The node tests (e2e/tests/node.rs, ignored by plain cargo test) against the cluster of
-# cluster-up, which stays up afterwards for inspection (make cluster-down removes it).
+# cluster-up. A cluster this target started is removed afterwards, whatever the result
+# (NODE_KEEP=1 keeps it for inspection); one that was already up stays up.
 NODE_TEST_ARGS ?=
-test-node: $(HELM_BIN) image cluster-up
+NODE_KEEP ?=
+test-node: $(HELM_BIN) image $(NODE_BIN) $(TESTENV_BIN)
+	@was_up=$$(scripts/node-cluster.sh status $(NODE_DIR) $(NODE_BIN) && echo yes); \
+	$(MAKE) --no-print-directory cluster-up || exit 1; \
+	rc=0; \
 	QUIC_INGRESS_TEST_KUBECONFIG=$(abspath $(NODE_DIR))/kubeconfig QUIC_INGRESS_IMAGE=$(IMAGE) \
 	QUIC_INGRESS_HELM=$(HELM_BIN) QUIC_INGRESS_KUBECTL=$(abspath $(NODE_DIR))/bin/kubectl \
 	QUIC_INGRESS_TESTENV_DIR=$(abspath $(TESTENV_DIR))/runs \
-	  cargo test -p quic-ingress-e2e --test node $(NODE_TEST_ARGS) -- --ignored --nocapture
+	  cargo test -p quic-ingress-e2e --test node $(NODE_TEST_ARGS) -- --ignored --nocapture || rc=$$?; \
+	if [ -z "$$was_up" ] && [ -z "$(NODE_KEEP)" ]; then $(MAKE) --no-print-directory cluster-down; fi; \
+	exit $$rc

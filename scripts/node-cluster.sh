@@ -8,6 +8,7 @@
 #
 #   scripts/node-cluster.sh up   DIR NODE_BIN TESTENV_BIN IMAGE_DIR
 #   scripts/node-cluster.sh down DIR NODE_BIN
+#   scripts/node-cluster.sh status DIR NODE_BIN     # exit 0 when it runs
 #
 # Addresses, all on this machine: pods 10.244.0.0/24 on bridge qi-cni0 (10.244.0.1 is the
 # node: API server, kubelet); Services 10.0.0.0/24 (virtual, kube-proxy's NAT only);
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 cmd=${1:-}
-DIR=${2:?usage: $0 up|down DIR NODE_BIN [TESTENV_BIN IMAGE_DIR]}
+DIR=${2:?usage: $0 up|down|status DIR NODE_BIN [TESTENV_BIN IMAGE_DIR]}
 NODE_BIN=${3:?node binary}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
@@ -64,7 +65,8 @@ wait_for() {
 node_ready() {
   [ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
-no_containers() { [ -z "$(ctr -a "$SOCK" -n k8s.io containers ls -q)" ]; }
+# Exited containers stay listed until kubelet collects them; running tasks are what matter.
+no_running_tasks() { ! ctr -a "$SOCK" -n k8s.io tasks ls 2>/dev/null | grep -qw RUNNING; }
 
 stop_pid() { # stop_pid NAME SECS: SIGTERM, then SIGKILL after SECS
   local name=$1 secs=$2 pid
@@ -335,7 +337,7 @@ down() {
   if alive kubelet && alive apiserver; then
     kubectl cordon "$NODE_NAME" >/dev/null 2>&1 || true
     kubectl delete pods --all --all-namespaces --grace-period=1 --wait=true --timeout=60s >/dev/null 2>&1 || true
-    wait_for "pod sandboxes gone" 30 no_containers || true
+    wait_for "pods stopped" 30 no_running_tasks || true
   fi
   for c in "${COMPONENTS[@]}"; do stop_pid "$c" 10; done
   # kube-proxy's own cleanup of its iptables and nftables rules.
@@ -403,5 +405,7 @@ down() {
 case $cmd in
   up) up "${4:-}" "${5:-}" ;;
   down) down ;;
-  *) echo "usage: $0 up|down DIR NODE_BIN [TESTENV_BIN IMAGE_DIR]" >&2; exit 2 ;;
+  # Exit 0 when the cluster is running (containerd, API server and kubelet alive).
+  status) alive containerd && alive apiserver && alive kubelet ;;
+  *) echo "usage: $0 up|down|status DIR NODE_BIN [TESTENV_BIN IMAGE_DIR]" >&2; exit 2 ;;
 esac

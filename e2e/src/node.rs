@@ -351,7 +351,12 @@ pub fn cluster_rss_kib(cluster_dir: &Path) -> Vec<(String, u64)> {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let ours = cmdline.contains(&dir) || cgroup.contains("/kubepods");
-        if !ours {
+        // Shells and build tools that merely name the directory (make's recipe) are not
+        // part of the cluster.
+        let tool = ["sh", "bash", "make", "cargo"]
+            .iter()
+            .any(|t| cmdline.split(' ').next().is_some_and(|a| a.ends_with(&format!("/{t}")) || a == *t));
+        if !ours || tool {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
