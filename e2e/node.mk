@@ -98,3 +98,9 @@ test-node: $(HELM_BIN) image $(NODE_BIN) $(TESTENV_BIN)
 	  cargo test -p quic-ingress-e2e --test node $(NODE_TEST_ARGS) -- --ignored --nocapture || rc=$$?; \
 	if [ -z "$$was_up" ] && [ -z "$(NODE_KEEP)" ]; then $(MAKE) --no-print-directory cluster-down; fi; \
 	exit $$rc
+
+# The node module's own unit tests (the LoadBalancer helper's address choice). Not part of
+# make test: the test binary needs the whole module compiled for tests, minutes the first time.
+.PHONY: node-unit
+node-unit:
+	cd $(NODE_SRC) && $(TESTENV_GOENV) go test -trimpath .
