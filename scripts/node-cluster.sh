@@ -43,7 +43,10 @@ COMPONENTS=(lb-addresses kube-proxy kubelet kube-scheduler kube-controller-manag
 
 log() { echo "cluster: $*" >&2; }
 kubectl() { "$DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
-alive() { [ -f "$DIR/pids/$1" ] && kill -0 "$(cat "$DIR/pids/$1")" 2>/dev/null; }
+# A pid runs when it exists and is not a zombie: the components are reparented to this
+# machine's init, which may not reap them promptly, and kill -0 succeeds on a zombie.
+running() { [ -r "/proc/$1/stat" ] && ! awk '{ exit ($3 == "Z") ? 0 : 1 }' "/proc/$1/stat" 2>/dev/null; }
+alive() { [ -f "$DIR/pids/$1" ] && running "$(cat "$DIR/pids/$1")"; }
 
 # start NAME CMD...: in its own session, log in logs/NAME.log, pid in pids/NAME.
 start() {
@@ -72,10 +75,10 @@ stop_pid() { # stop_pid NAME SECS: SIGTERM, then SIGKILL after SECS
   local name=$1 secs=$2 pid
   [ -f "$DIR/pids/$name" ] || return 0
   pid=$(cat "$DIR/pids/$name")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
     local i=0
-    while kill -0 "$pid" 2>/dev/null; do
+    while running "$pid"; do
       i=$((i + 1)); if [ $i -gt $((secs * 10)) ]; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; break; fi
       sleep 0.1
     done
@@ -264,6 +267,14 @@ up() {
     import_images "$image_dir"
     log "already running (kubeconfig $KUBECONFIG_FILE)"; return 0
   fi
+  # Leftovers of a run that did not end with `down` (a crash, a reboot): clean them first,
+  # so this run starts from nothing (old etcd data would bring back old pods).
+  if [ -d "$DIR/pids" ]; then log "cleaning up after an earlier run"; down; fi
+  # One node cluster per machine: the interface names, node ports and kubelet ports are fixed.
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    log "$BRIDGE exists: another node cluster runs on this machine (make cluster-down in its checkout)"
+    return 1
+  fi
   local t0; t0=$(date +%s.%N)
   ensure_packages
   write_configs
@@ -342,8 +353,15 @@ down() {
   for c in "${COMPONENTS[@]}"; do stop_pid "$c" 10; done
   # kube-proxy's own cleanup of its iptables and nftables rules.
   [ -x "$NODE_BIN" ] && "$NODE_BIN" kube-proxy --cleanup >/dev/null 2>&1 || true
+  # A containerd that died left its shims and their containers running: start it again so
+  # it reconnects to them and they can be stopped the regular way.
+  if ! alive containerd && [ -f "$DIR/containerd/config.toml" ] && pgrep -f "containerd-shim.*$DIR" >/dev/null; then
+    mkdir -p "$DIR/logs" "$DIR/pids"
+    start containerd containerd --config "$DIR/containerd/config.toml"
+    wait_for containerd 30 ctr -a "$SOCK" version || true
+  fi
   # Whatever containers remain (a kubelet that died early): kill and delete them.
-  if [ -S "$SOCK" ]; then
+  if alive containerd; then
     for id in $(ctr -a "$SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
       ctr -a "$SOCK" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
     done
