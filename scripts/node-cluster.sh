@@ -182,10 +182,13 @@ resolvConf: ""
 clusterDomain: cluster.local
 maxPods: 40
 # The images were imported, not pulled: garbage collection must never delete them, and
-# the shared machine's disk use must not evict test pods.
+# the shared machine's disk use (other builds fill and free gigabytes) must not evict or
+# keep out test pods: absolute floors only, and a DiskPressure condition (with its
+# NoSchedule taint) lifts 10 s after the disk recovers, not after the default 5 min.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 1%, imagefs.inodesFree: 1%}
+evictionPressureTransitionPeriod: 10s
 serializeImagePulls: false
 shutdownGracePeriod: 0s
 # Not -999: lowering a score needs CAP_SYS_RESOURCE, which this sandbox lacks.

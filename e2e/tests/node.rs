@@ -80,6 +80,19 @@ async fn helm_install_runs_the_chart_and_serves_http3_and_http2_through_the_load
     let env = TestEnv::shared().await?;
     let ns = TestNamespace::new(env, "node").await?;
     let result = install_and_serve(env, &ns).await;
+    if result.is_err() {
+        // What the pods said, before the namespace (and their logs) go away.
+        for args in [
+            &["get", "pods,endpointslices,events", "-o", "wide", "-n", ns.name()][..],
+            &["logs", "-l", "app.kubernetes.io/name=quic-ingress", "--prefix", "--tail", "40", "-n", ns.name()][..],
+            &["logs", "-l", "app=web", "--prefix", "--tail", "20", "-n", ns.name()][..],
+        ] {
+            match kubectl_out(env, args).await {
+                Ok(out) => eprintln!("kubectl {}:\n{out}", args.join(" ")),
+                Err(e) => eprintln!("kubectl {}: {e:#}", args.join(" ")),
+            }
+        }
+    }
     // The release owns cluster-scoped objects (IngressClass, ClusterRole): uninstall it
     // whatever happened, or the next install meets them.
     let uninstalled = helm(env, &["uninstall", RELEASE, "-n", ns.name(), "--wait", "--timeout", "2m"]).await;
