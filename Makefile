@@ -22,7 +22,7 @@ export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
-	@echo "make test  - install test dependencies, lint, and run every test (including cluster and node tests)"
+	@echo "make test  - install test dependencies, lint, and run every test (including cluster tests; the node tests: make test-node)"
 
 build:
 	cargo build --bins
@@ -69,5 +69,5 @@ test-unit:
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
-test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e) $(if $(wildcard e2e/node.mk),test-node)
+test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e)
 	@echo "make test: all suites passed"
