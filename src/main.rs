@@ -87,6 +87,14 @@ enum Command {
         /// QUIC congestion control.
         #[arg(long, value_enum, default_value = "cubic")]
         congestion_control: quic_ingress::config::CongestionControl,
+        /// A proxy or load balancer in front (address or CIDR range) whose X-Forwarded-For
+        /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
+        #[arg(long = "trusted-proxy", value_name = "CIDR")]
+        trusted_proxies: Vec<quic_ingress::net::Cidr>,
+        /// Serve /debug/routes (every tenant's hosts and backends) to any peer of the admin
+        /// address; by default only loopback peers (kubectl port-forward) get it.
+        #[arg(long)]
+        debug_routes_from_anywhere: bool,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -202,6 +210,8 @@ async fn run(command: Command) -> ExitCode {
             early_data,
             ticket_key_secret,
             congestion_control,
+            trusted_proxies,
+            debug_routes_from_anywhere,
         } => {
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
@@ -244,6 +254,8 @@ async fn run(command: Command) -> ExitCode {
                 early_data: early_data.unwrap_or(true),
                 ticket_key_secret,
                 congestion: congestion_control,
+                trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
+                debug_routes_from_anywhere,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

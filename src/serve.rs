@@ -8,9 +8,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, Listen};
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::routes::CertSet;
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
-use crate::tls::{self, CertSet, TlsError};
+use crate::telemetry::metrics::Metrics;
+use crate::tls::{self, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
 
 /// Why standalone mode stopped.
@@ -26,6 +28,8 @@ pub enum ServeError {
     Admin { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 impl ServeError {
@@ -130,7 +134,7 @@ pub fn check(
     let build_started = std::time::Instant::now();
     let table =
         config.compile(registry, certs.clone(), generation).map_err(|errors| ConfigError::Invalid { file, errors })?;
-    crate::telemetry::metrics::record_table(&table, build_started.elapsed());
+    registry.metrics().record_table(table.generation, table.route_count(), build_started.elapsed());
     Ok(Checked { config, listen, certs, table, ticket_keys })
 }
 
@@ -149,29 +153,37 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs standalone mode until SIGTERM or SIGINT, then drains. SIGHUP or a change of the
 /// file reloads the configuration; an invalid file is logged and the old one keeps serving.
 pub async fn run(path: &Path) -> Result<(), ServeError> {
-    let registry = Arc::new(EndpointRegistry::default());
+    let metrics = Arc::new(Metrics::new().map_err(|e| ServeError::Metrics(e.to_string()))?);
+    let registry = Arc::new(EndpointRegistry::new(metrics.clone(), None));
     let checked = check(path, &registry, 1, DefaultCert::Generate)?;
     let resumption = checked.resumption()?;
     let Checked { config, listen, certs, table, .. } = checked;
     tracing::info!(routes = table.route_count(), groups = table.groups().count(), "route table loaded");
     // Health changes are logged by the endpoints; standalone mode has no one else to tell.
-    let mut checker = HealthChecker::new();
-    checker.sync(&table);
+    let mut checker = HealthChecker::new(metrics.clone());
+    checker.sync(table.groups());
     let tables = crate::proxy::tables(table);
 
     let ready = Arc::new(Readiness::default());
     let stop_admin = CancellationToken::new();
-    admin::start(listen.admin_address, tables.clone(), ready.clone(), stop_admin.clone())
-        .await
-        .map_err(|source| ServeError::Admin { addr: listen.admin_address, source })?;
+    admin::start(
+        listen.admin_address,
+        crate::proxy::debug_routes(&tables, config.telemetry.debug_routes_from_anywhere),
+        ready.clone(),
+        metrics.clone(),
+        stop_admin.clone(),
+    )
+    .await
+    .map_err(|source| ServeError::Admin { addr: listen.admin_address, source })?;
 
     let options = ListenOptions {
         address: listen.address,
         alt_svc_port: config.server.alt_svc_port,
         congestion: config.server.congestion_control,
         resumption,
+        trusted_proxies: listen.trusted_proxies.clone(),
     };
-    let plane = DataPlane::start(&options, tables).await?;
+    let plane = DataPlane::start(&options, tables, metrics).await?;
     ready.set(true);
 
     let mut reloader = Reloader {
@@ -303,7 +315,7 @@ impl Reloader {
             _ => tracing::warn!("server.ticket_key_file and server.early_data changes take effect on restart"),
         }
         self.generation += 1;
-        checker.sync(&table);
+        checker.sync(table.groups());
         tracing::info!(generation = self.generation, routes = table.route_count(), "configuration reloaded");
         plane.publish(table);
         Some(config.server.drain_timeout.0)

@@ -1,4 +1,5 @@
 //! The command line as users drive it: check-config, get, and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! with session tickets; early GET/HEAD/OPTIONS are forwarded with `Early-Data: 1`, other
 //! early methods get 425; a replayed ticket gets no 0-RTT; replicas sharing ticket keys
 //! resume each other's sessions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `h3://` backends: the proxy speaks HTTP/3 upstream, to a third-party server (aioquic)
 //! and to a second quic-ingress, with bodies streamed both ways, trust from a CA bundle,
 //! and failover when an HTTP/3 backend is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 
@@ -141,7 +142,7 @@ async fn a_second_quic_ingress_is_an_http3_backend_and_untrusted_certificates_ge
     let inner = Proxy::start_with(
         &catch_all(&origin.url("http")),
         &format!(
-            "  cert_file: {}\n  key_file: {}\n",
+            "  cert_file: {}\n  key_file: {}\n  trusted_proxies: [\"127.0.0.1\"]\n",
             certs.join("cert.pem").display(),
             certs.join("key.pem").display()
         ),

@@ -1,5 +1,6 @@
 //! Health checking, failover and zero-downtime reloads with real backends that die, come
 //! back and get reconfigured under a steady, bounded load.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

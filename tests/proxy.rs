@@ -1,5 +1,6 @@
 //! The standalone data plane over loopback with real backends and real clients: routing,
 //! balancing, error statuses, streaming, concurrency on one connection, Alt-Svc, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 
@@ -295,10 +296,50 @@ async fn hundred_mib_up_and_down_stream_with_bounded_memory() {
 }
 
 #[tokio::test]
+async fn a_client_cannot_pose_as_another_address() {
+    let b = Backend::start("one").await;
+    let proxy = Proxy::start(&one_route(&group("g", "round_robin", &[(&b, 1)], ""))).await;
+    let c = proxy.h3().await;
+    let req = http::Request::get("https://shop.example.com/who")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .header("forwarded", "for=203.0.113.9")
+        .body(())
+        .unwrap();
+    let a = h3_send(&c, req, RequestBody::Empty).await;
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted client's claim is replaced: {h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;host=\"shop.example.com\";proto=https");
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    let line = log.lines().find(|l| l.contains("\"/who\"")).expect("an access line");
+    assert!(line.contains("\"client_ip\":\"127.0.0.1\""), "{line}");
+
+    // Behind a trusted proxy the client is the hop before it, in headers and the log alike.
+    let trusting = Proxy::start_with(
+        &one_route(&group("g", "round_robin", &[(&b, 1)], "")),
+        "  trusted_proxies: [\"127.0.0.0/8\"]\n",
+    )
+    .await;
+    let req = http::Request::get("https://shop.example.com/who-behind")
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.9")
+        .body(())
+        .unwrap();
+    let a = h3_send(&trusting.h3().await, req, RequestBody::Empty).await;
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "203.0.113.9", "the first untrusted hop from the right");
+    let log = std::fs::read_to_string(&trusting.log).unwrap();
+    let line = log.lines().find(|l| l.contains("\"/who-behind\"")).expect("an access line");
+    assert!(line.contains("\"client_ip\":\"203.0.113.9\"") && line.contains("\"peer_ip\":\"127.0.0.1\""), "{line}");
+}
+
+#[tokio::test]
 async fn headers_are_rewritten_as_a_proxy_should() {
     let b = Backend::start("one").await;
     let config = one_route(&group("g", "round_robin", &[(&b, 1)], ""));
-    let proxy = Proxy::start(&config).await;
+    // The test client stands for a load balancer in front, so what it says is believed.
+    let proxy = Proxy::start_with(&config, "  trusted_proxies: [\"127.0.0.1\"]\n").await;
     let c = proxy.h3().await;
     let req = http::Request::get("https://shop.example.com/h")
         .header("x-request-id", "req-123")
@@ -371,7 +412,11 @@ async fn https_backends_with_a_ca_bundle() {
     let origin = Backend::start("origin").await;
     let inner = Proxy::start_with(
         &one_route(&group("g", "round_robin", &[(&origin, 1)], "")),
-        &format!("  cert_file: {}\n  key_file: {}\n", dir.join("cert.pem").display(), dir.join("key.pem").display()),
+        &format!(
+            "  cert_file: {}\n  key_file: {}\n  trusted_proxies: [\"127.0.0.1\"]\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ),
     )
     .await;
     let outer = Proxy::start(&format!(

@@ -1,6 +1,7 @@
 //! Telemetry as operators consume it: a real Prometheus scrapes `/metrics` and its query
 //! API returns the counts of known traffic; access logs are JSON lines with the fields of
 //! SPEC.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! OpenTelemetry traces received by a real OTLP receiver (Jaeger): the spans of a proxied
 //! request, their parent/child relations, and the `traceparent` the backend saw.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

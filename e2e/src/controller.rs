@@ -275,6 +275,37 @@ impl Controller {
             .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid()))
     }
 
+    /// CPU time the controller process has used so far (user + system, in seconds), from
+    /// `/proc/PID/stat`.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // After "pid (comm) ": state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields.get(i).ok_or_else(|| anyhow!("short /proc/{}/stat", self.pid()))?.parse::<f64>()?)
+        };
+        // SAFETY: sysconf only reads a constant of the running system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((ticks(11)? + ticks(12)?) / per_second.max(1.0))
+    }
+
+    /// One sample's value from `/metrics` (`series` as printed, labels included), 0 when
+    /// absent (a labelled counter appears only once counted).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (_, body) = admin_get(self.admin, "/metrics").await?;
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// `/readyz`: status and body.
+    pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        let (status, body) = admin_get(self.admin, "/readyz").await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// `GET https://HOST/PATH` over HTTP/3, with SNI `host`, accepting any certificate.
     /// One connection per host is kept and made again after an error.
     pub async fn get(&self, host: &str, path: &str) -> anyhow::Result<Reply> {

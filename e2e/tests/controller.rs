@@ -900,7 +900,7 @@ async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
     std::fs::write(
         dir.join("origin.yaml"),
         format!(
-            "server: {{address: \"{origin_addr}\", cert_file: cert.pem, key_file: key.pem}}\ntelemetry: {{admin_address: \"{admin}\"}}\nroutes: [{{id: r, path: /, backend_group: g}}]\nbackend_groups: [{{id: g, backends: [{{url: \"{}\"}}]}}]\n",
+            "server: {{address: \"{origin_addr}\", cert_file: cert.pem, key_file: key.pem, trusted_proxies: [\"127.0.0.1\"]}}\ntelemetry: {{admin_address: \"{admin}\"}}\nroutes: [{{id: r, path: /, backend_group: g}}]\nbackend_groups: [{{id: g, backends: [{{url: \"{}\"}}]}}]\n",
             demo.url()
         ),
     )?;

@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, parse_duration};
 
-use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
-use crate::tls::CertSet;
+use crate::net::{Cidr, TrustedProxies};
+use crate::routes::CertSet;
+use crate::routes::{self, HostRule, PathRule, RouteTable, RouteTableBuilder};
 use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck, PoolSettings, Strategy,
-    Timeouts, UpstreamTls,
+    self, BackendSpec, EndpointRegistry, GroupSpec, HealthCheckSpec, Members, PassiveCheck, PassiveSpec, PoolSettings,
+    SpecError, Timeouts, UpstreamTls,
 };
 
 /// A problem with one field of the configuration.
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     /// Session-ticket keys shared by every replica (48-byte keys, raw or base64; the first
     /// seals, all open), so resumption works behind a load balancer.
     pub ticket_key_file: Option<PathBuf>,
+    /// Proxies and load balancers in front (addresses or CIDR ranges) whose
+    /// `X-Forwarded-For` and `Forwarded` are believed; from anyone else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -84,6 +89,43 @@ pub enum CongestionControl {
     Bbr,
 }
 
+/// `strategy` of a backend group, as the file spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+    Random,
+}
+
+impl From<Strategy> for upstream::Strategy {
+    fn from(s: Strategy) -> Self {
+        match s {
+            Strategy::RoundRobin => Self::RoundRobin,
+            Strategy::LeastConnections => Self::LeastConnections,
+            Strategy::Random => Self::Random,
+        }
+    }
+}
+
+/// `path_type` of a route, as the file spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PathType {
+    Exact,
+    #[default]
+    Prefix,
+}
+
+impl From<PathType> for routes::PathType {
+    fn from(p: PathType) -> Self {
+        match p {
+            PathType::Exact => Self::Exact,
+            PathType::Prefix => Self::Prefix,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -91,11 +133,14 @@ pub struct TelemetryConfig {
     pub admin_address: String,
     /// OpenTelemetry traces over OTLP/HTTP; off when absent.
     pub tracing: Option<crate::telemetry::traces::TracingConfig>,
+    /// Serve `/debug/routes` to any peer of the admin address, not only loopback ones.
+    #[serde(default)]
+    pub debug_routes_from_anywhere: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { admin_address: default_admin_address(), tracing: None }
+        Self { admin_address: default_admin_address(), tracing: None, debug_routes_from_anywhere: false }
     }
 }
 
@@ -319,6 +364,7 @@ pub struct Listen {
     pub address: SocketAddr,
     pub admin_address: SocketAddr,
     pub alt_svc_port: u16,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -329,6 +375,13 @@ impl Config {
         let address = self.server.address.parse::<SocketAddr>();
         if let Err(e) = &address {
             err("server.address".into(), format!("{:?} is not an address with a port: {e}", self.server.address));
+        }
+        let mut trusted = Vec::new();
+        for (i, range) in self.server.trusted_proxies.iter().enumerate() {
+            match range.parse::<Cidr>() {
+                Ok(cidr) => trusted.push(cidr),
+                Err(e) => err(format!("server.trusted_proxies[{i}]"), e.to_string()),
+            }
         }
         let admin = self.telemetry.admin_address.parse::<SocketAddr>();
         if let Err(e) = &admin {
@@ -374,51 +427,9 @@ impl Config {
             } else if !group_ids.insert(g.id.as_str()) {
                 err(format!("{at}.id"), format!("duplicate backend group id {:?}", g.id));
             }
-            if g.backends.is_empty() {
-                err(format!("{at}.backends"), "at least one backend is required".into());
-            }
-            for (j, b) in g.backends.iter().enumerate() {
-                if let Err(e) = BackendUrl::parse(&b.url) {
-                    err(format!("{at}.backends[{j}].url"), e.to_string());
-                }
-            }
-            if let Some(hc) = &g.health_check {
-                if hc.interval.0.is_zero() {
-                    err(format!("{at}.health_check.interval"), "must be greater than 0".into());
-                }
-                if hc.timeout.0.is_zero() {
-                    err(format!("{at}.health_check.timeout"), "must be greater than 0".into());
-                }
-                if hc.healthy_threshold == 0 {
-                    err(format!("{at}.health_check.healthy_threshold"), "must be at least 1".into());
-                }
-                if hc.unhealthy_threshold == 0 {
-                    err(format!("{at}.health_check.unhealthy_threshold"), "must be at least 1".into());
-                }
-                if let Err(e) = crate::upstream::parse_status_range(&hc.expected_status) {
-                    err(format!("{at}.health_check.expected_status"), e);
-                }
-                if !hc.path.starts_with('/') {
-                    err(format!("{at}.health_check.path"), format!("{:?} must start with '/'", hc.path));
-                }
-            }
-            if let Some(p) = &g.passive
-                && p.max_failures == 0
-            {
-                err(format!("{at}.passive.max_failures"), "must be at least 1".into());
-            }
-            if g.connection_pool.max_connections_per_host == 0 {
-                err(format!("{at}.connection_pool.max_connections_per_host"), "must be at least 1".into());
-            }
-            for (name, d) in [
-                ("connect", g.timeouts.connect),
-                ("response_headers", g.timeouts.response_headers),
-                ("pool_wait", g.timeouts.pool_wait),
-                ("idle", g.timeouts.idle),
-            ] {
-                if d.0.is_zero() {
-                    err(format!("{at}.timeouts.{name}"), "must be greater than 0".into());
-                }
+            for e in g.group_spec().validate().err().unwrap_or_default() {
+                let e = group_field_error(i, e);
+                err(e.field, e.message);
             }
         }
 
@@ -438,7 +449,7 @@ impl Config {
                     None
                 }
             };
-            match PathRule::new(&r.path, r.path_type) {
+            match PathRule::new(&r.path, r.path_type.into()) {
                 Ok(path) => {
                     if let Some(first) = claimed.insert((host.clone(), path.clone()), r.id.clone()) {
                         err(format!("{at}.path"), format!("host and path are already routed by route {first:?}"));
@@ -452,15 +463,19 @@ impl Config {
         }
 
         match (address, admin) {
-            (Ok(address), Ok(admin_address)) if errors.is_empty() => {
-                Ok(Listen { address, admin_address, alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()) })
-            }
+            (Ok(address), Ok(admin_address)) if errors.is_empty() => Ok(Listen {
+                address,
+                admin_address,
+                alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()),
+                trusted_proxies: TrustedProxies::new(trusted),
+            }),
             _ => Err(errors),
         }
     }
 
-    /// Builds the route table. Call `validate` first; what it checks is not repeated here,
-    /// but anything that can still fail (reading CA bundles) is reported by field.
+    /// Builds the route table. Call `validate` first: the file-wide checks (addresses, ids,
+    /// routes) are not repeated here. Groups are validated again by `GroupSpec::compile`,
+    /// and anything that can still fail (reading CA bundles) is reported by field.
     pub fn compile(
         &self,
         registry: &EndpointRegistry,
@@ -469,55 +484,18 @@ impl Config {
     ) -> Result<RouteTable, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut builder = RouteTableBuilder::new(certs);
+        // Groups that failed are reported once, not again by each route naming them.
+        let mut failed = HashSet::new();
         for (i, g) in self.backend_groups.iter().enumerate() {
-            let mut members = Vec::new();
-            for (j, b) in g.backends.iter().enumerate() {
-                let spec = match BackendUrl::parse(&b.url) {
-                    Ok(url) => group_endpoint_spec(g, url),
-                    Err(e) => {
-                        errors.push(FieldError {
-                            field: format!("backend_groups[{i}].backends[{j}].url"),
-                            message: e.to_string(),
-                        });
-                        continue;
-                    }
-                };
-                match registry.endpoint(&spec) {
-                    Ok(ep) => members.push((ep, b.weight)),
-                    Err(e) => {
-                        errors.push(FieldError { field: format!("backend_groups[{i}].tls"), message: e.to_string() })
-                    }
+            match g.group_spec().compile(registry) {
+                Ok(group) => {
+                    builder.add_group(group);
+                }
+                Err(e) => {
+                    failed.insert(g.id.as_str());
+                    errors.extend(e.into_iter().map(|e| group_field_error(i, e)));
                 }
             }
-            let timeouts = Timeouts {
-                connect: g.timeouts.connect.0,
-                response_headers: g.timeouts.response_headers.0,
-                pool_wait: g.timeouts.pool_wait.0,
-                idle: g.timeouts.idle.0,
-            };
-            let health_check = g.health_check.as_ref().filter(|hc| hc.enabled).map(|hc| HealthCheck {
-                interval: hc.interval.0,
-                timeout: hc.timeout.0,
-                healthy_threshold: hc.healthy_threshold,
-                unhealthy_threshold: hc.unhealthy_threshold,
-                path: hc.path.clone(),
-                expected_status: crate::upstream::parse_status_range(&hc.expected_status).unwrap_or((200, 399)),
-            });
-            // Passive checks are on unless a group turns them off.
-            let passive = match &g.passive {
-                Some(p) if !p.enabled => None,
-                Some(p) => Some(PassiveCheck {
-                    max_failures: p.max_failures,
-                    window: p.observation_window.0,
-                    cooldown: p.cooldown.0,
-                }),
-                None => Some(PassiveCheck::default()),
-            };
-            builder.add_group(
-                BackendGroup::new(g.id.clone(), g.strategy, timeouts, members)
-                    .with_health_check(health_check)
-                    .with_passive(passive),
-            );
         }
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
@@ -528,7 +506,7 @@ impl Config {
                     continue;
                 }
             };
-            let path = match PathRule::new(&r.path, r.path_type) {
+            let path = match PathRule::new(&r.path, r.path_type.into()) {
                 Ok(p) => p,
                 Err(e) => {
                     errors.push(FieldError { field: field("path"), message: e.to_string() });
@@ -536,6 +514,9 @@ impl Config {
                 }
             };
             let Some(group) = builder.group(&r.backend_group) else {
+                if failed.contains(r.backend_group.as_str()) {
+                    continue;
+                }
                 errors.push(FieldError {
                     field: field("backend_group"),
                     message: format!("unknown backend group {:?}", r.backend_group),
@@ -555,22 +536,57 @@ impl Config {
     }
 }
 
-fn group_endpoint_spec(g: &BackendGroupConfig, url: BackendUrl) -> EndpointSpec {
-    EndpointSpec {
-        url,
-        pool: PoolSettings {
-            max_idle_connections: g.connection_pool.max_idle_connections,
-            max_connections_per_host: g.connection_pool.max_connections_per_host,
-            max_pending_requests: g.connection_pool.max_pending_requests,
-            idle_timeout: g.connection_pool.idle_timeout.0,
-        },
-        connect_timeout: g.timeouts.connect.0,
-        tls: UpstreamTls {
-            ca_file: g.tls.ca_file.clone(),
-            ca_pem: None,
-            server_name: g.tls.server_name.clone(),
-            insecure_skip_verify: g.tls.insecure_skip_verify,
-        },
+/// A group's error, named by its path in the file.
+fn group_field_error(i: usize, e: SpecError) -> FieldError {
+    FieldError { field: format!("backend_groups[{i}].{}", e.field), message: e.message }
+}
+
+impl BackendGroupConfig {
+    /// The group in the model both configuration sources share (validated and compiled
+    /// there, so YAML and BackendGroup objects follow the same rules).
+    pub fn group_spec(&self) -> GroupSpec {
+        let backends = self.backends.iter().map(|b| BackendSpec { url: b.url.clone(), weight: b.weight }).collect();
+        GroupSpec {
+            id: self.id.clone(),
+            strategy: self.strategy.into(),
+            members: Members::Listed(backends),
+            health_check: self.health_check.as_ref().map(|hc| HealthCheckSpec {
+                enabled: hc.enabled,
+                interval: hc.interval.0,
+                timeout: hc.timeout.0,
+                healthy_threshold: hc.healthy_threshold,
+                unhealthy_threshold: hc.unhealthy_threshold,
+                path: hc.path.clone(),
+                expected_status: hc.expected_status.clone(),
+            }),
+            // Passive checks are on unless a group turns them off.
+            passive: self.passive.as_ref().map_or_else(PassiveSpec::default, |p| PassiveSpec {
+                enabled: p.enabled,
+                check: PassiveCheck {
+                    max_failures: p.max_failures,
+                    window: p.observation_window.0,
+                    cooldown: p.cooldown.0,
+                },
+            }),
+            pool: PoolSettings {
+                max_idle_connections: self.connection_pool.max_idle_connections,
+                max_connections_per_host: self.connection_pool.max_connections_per_host,
+                max_pending_requests: self.connection_pool.max_pending_requests,
+                idle_timeout: self.connection_pool.idle_timeout.0,
+            },
+            timeouts: Timeouts {
+                connect: self.timeouts.connect.0,
+                response_headers: self.timeouts.response_headers.0,
+                pool_wait: self.timeouts.pool_wait.0,
+                idle: self.timeouts.idle.0,
+            },
+            tls: UpstreamTls {
+                ca_file: self.tls.ca_file.clone(),
+                ca_pem: None,
+                server_name: self.tls.server_name.clone(),
+                insecure_skip_verify: self.tls.insecure_skip_verify,
+            },
+        }
     }
 }
 

@@ -124,3 +124,22 @@ fn a_missing_ca_bundle_is_a_compile_error_on_the_tls_field() {
     let errors = config.compile(&EndpointRegistry::default(), CertSet::default(), 1).unwrap_err();
     assert_eq!(fields(&errors), vec!["backend_groups[1].tls"]);
 }
+
+#[test]
+fn groups_follow_the_rules_the_backend_group_resource_follows() {
+    let yaml = GOOD
+        .replace("interval: 10s", "interval: 50ms")
+        .replace("weight: 100", "weight: 2000000")
+        .replace("passive: {max_failures: 5, observation_window: 60s}", "passive: {max_failures: 5, cooldown: 0s}");
+    let errors = errors_of(&yaml);
+    assert_eq!(
+        fields(&errors),
+        vec![
+            "backend_groups[0].backends[0].weight",
+            "backend_groups[0].health_check.interval",
+            "backend_groups[0].passive.cooldown"
+        ],
+        "{errors:?}"
+    );
+    assert_eq!(errors[1].message, "must be at least 100ms");
+}

@@ -1,39 +1,39 @@
 //! `quic-ingress controller`: watches the cluster through reflectors, rebuilds the route
-//! table when something relevant changes (debounced), and hot-swaps it into the data plane
-//! running in the same process. Status is written by the elected leader only.
+//! table when something it is built from changes (debounced; status writes do not count),
+//! off the data plane's worker threads, and hot-swaps it into the data plane running in the
+//! same process. Status is written by the elected leader only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::crd::BackendGroup as BackendGroupCr;
 use super::status::{self, Feed, Publish};
-use super::translate::{LastGoodCerts, Settings, translate};
+use super::translate::{LastGoodCerts, Settings, Translation, translate};
+use super::watches::{self, Board, Stores};
 use super::world::World;
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::routes::CertSet;
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
-use crate::tls::{self, CertSet, TlsError};
+use crate::telemetry::metrics::Metrics;
+use crate::tls::{self, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
 
 /// Quiet time that ends a burst of watch events before a rebuild.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A steady stream of events still rebuilds at least this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long the first table waits for a watch that fails (a CRD not installed, a kind
+/// RBAC forbids) before it is built without that kind; a transient error is usually over
+/// by the first retry.
+const INITIAL_LIST_GRACE: Duration = Duration::from_secs(3);
 
 /// Command-line settings of the controller.
 #[derive(Debug, Clone)]
@@ -53,6 +53,10 @@ pub struct ControllerOptions {
     pub congestion: crate::config::CongestionControl,
     /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
     pub ticket_key_secret: Option<(String, String)>,
+    /// Proxies in front whose forwarding headers are believed.
+    pub trusted_proxies: crate::net::TrustedProxies,
+    /// Serve `/debug/routes` to any peer, not only loopback ones.
+    pub debug_routes_from_anywhere: bool,
 }
 
 /// Why the controller stopped.
@@ -68,6 +72,8 @@ pub enum ControllerError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 impl ControllerError {
@@ -93,125 +99,6 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, ControllerError>
     Client::try_from(config).map_err(|e| err(&e))
 }
 
-/// The reflector stores of everything translation reads.
-struct Stores {
-    ingresses: Store<Ingress>,
-    classes: Store<IngressClass>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    secrets: Store<Secret>,
-    groups: Store<BackendGroupCr>,
-}
-
-impl Stores {
-    fn start(client: &Client, namespace: Option<&str>, changed: Arc<Notify>) -> Self {
-        let cfg = watcher::Config::default();
-        Self {
-            ingresses: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
-            classes: watch_kind(Api::all(client.clone()), cfg.clone(), changed.clone()),
-            services: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
-            slices: watch_kind(scoped(client, namespace), cfg.clone(), changed.clone()),
-            // Only TLS Secrets matter; the field selector keeps the rest out of memory.
-            secrets: watch_kind(
-                scoped(client, namespace),
-                cfg.clone().fields("type=kubernetes.io/tls"),
-                changed.clone(),
-            ),
-            groups: watch_kind(scoped(client, namespace), cfg, changed),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let _ = futures::join!(
-            self.ingresses.wait_until_ready(),
-            self.classes.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.slices.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.groups.wait_until_ready(),
-        );
-    }
-
-    fn snapshot(&self) -> World {
-        World {
-            ingresses: self.ingresses.state(),
-            classes: self.classes.state(),
-            services: self.services.state(),
-            slices: self.slices.state(),
-            secrets: self.secrets.state(),
-            groups: self.groups.state(),
-        }
-    }
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-/// Starts a reflector for `K`; every event wakes the rebuild loop. The watcher retries with
-/// backoff forever, so a lost API server is reconnected to and re-listed when it returns,
-/// while the store keeps the last state it saw.
-fn watch_kind<K>(api: Api<K>, cfg: watcher::Config, changed: Arc<Notify>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, cfg)).backoff(WatchBackoff::default());
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    crate::telemetry::metrics::METRICS.watch_events.with_label_values(&[kind.as_str()]).inc();
-                    changed.notify_one()
-                }
-                Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
-            }
-        }
-    });
-    reader
-}
-
-/// Watch retry delays: 0.5 s doubling up to 5 s (kube's default goes to 30 s), so watches
-/// resume within seconds of the API server coming back. Reset after each success.
-struct WatchBackoff {
-    next: Duration,
-}
-
-const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self { next: WATCH_RETRY_MIN }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
-        self.next = (self.next * 2).min(WATCH_RETRY_MAX);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WATCH_RETRY_MIN;
-    }
-}
-
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let client = client(opts.kubeconfig.as_ref()).await?;
@@ -226,9 +113,16 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let tables = crate::proxy::tables(RouteTable::empty(CertSet::with_default(default_cert.clone())));
     let ready = Arc::new(Readiness::default());
     let stop_admin = CancellationToken::new();
-    admin::start(opts.admin_listen, tables.clone(), ready.clone(), stop_admin.clone())
-        .await
-        .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| ControllerError::Metrics(e.to_string()))?);
+    admin::start(
+        opts.admin_listen,
+        crate::proxy::debug_routes(&tables, opts.debug_routes_from_anywhere),
+        ready.clone(),
+        metrics.clone(),
+        stop_admin.clone(),
+    )
+    .await
+    .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
     let resumption = match &opts.ticket_key_secret {
         Some((namespace, name)) => {
             let ticketer = Arc::new(tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?);
@@ -242,11 +136,15 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         alt_svc_port: opts.alt_svc_port,
         congestion: opts.congestion,
         resumption,
+        trusted_proxies: opts.trusted_proxies.clone(),
     };
-    let plane = DataPlane::start(&listen, tables.clone()).await?;
+    let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 
     let changed = Arc::new(Notify::new());
-    let stores = Stores::start(&client, opts.namespace.as_deref(), changed.clone());
+    let board = Board::new(metrics.clone());
+    let stores = Stores::start(&client, opts.namespace.as_deref(), changed.clone(), &board);
+    let published = status::follow_published(&client, &opts.publish, &board);
+    tokio::spawn(report_watches(board.clone(), ready.clone(), metrics.clone()));
     let (feed_tx, feed_rx) = watch::channel(Arc::new(Feed::default()));
     let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
     let settings = Settings { ingress_class: opts.ingress_class.clone(), default_cert: Some(default_cert) };
@@ -267,10 +165,12 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         leading_tx,
     ));
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
-    tokio::spawn(status::run(client.clone(), reporter, opts.publish.clone(), leading_rx, feed_rx, transitions_rx));
+    let sources = status::Sources { published, ingresses: stores.ingresses.clone() };
+    tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
-    let registry = EndpointRegistry::with_transitions(transitions_tx);
-    let rebuild = tokio::spawn(rebuild_loop(stores, changed, settings, tables, ready.clone(), feed_tx, registry));
+    let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
+    let rebuild =
+        tokio::spawn(rebuild_loop(stores, board, changed, settings, tables, ready.clone(), feed_tx, registry));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
     ready.set(false);
@@ -288,20 +188,125 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "quic-ingress".into())
 }
 
+/// Keeps `/readyz`, the `watch_failing` gauge and the log in step with the watch board:
+/// the log says when a watch starts failing (and what is served meanwhile) and when it
+/// works again.
+async fn report_watches(board: Board, ready: Arc<Readiness>, metrics: Arc<Metrics>) {
+    let mut rx = board.subscribe();
+    let mut failing: std::collections::BTreeSet<&'static str> = Default::default();
+    loop {
+        let now = Instant::now();
+        let statuses = rx.borrow_and_update().clone();
+        for (kind, s) in &statuses {
+            let error = s.failing(now);
+            metrics.watch_failing.with_label_values(&[kind]).set(i64::from(error.is_some()));
+            match error {
+                Some(error) if failing.insert(kind) => {
+                    let serving = if s.listed { "the last objects seen" } else { "without them" };
+                    tracing::warn!(%kind, %error, "watch failing; serving {serving} and retrying");
+                }
+                None if failing.remove(kind) => tracing::info!(%kind, "watch works again"),
+                _ => {}
+            }
+        }
+        ready.set_degraded(watches::failing_report(&statuses, now));
+        let decay = watches::next_decay(&statuses, now);
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            () = sleep_until_or_forever(decay) => {}
+        }
+    }
+}
+
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until the first table can be built (see [`watches::initial_lists_settled`]).
+async fn wait_for_initial_lists(board: &Board) {
+    let mut rx = board.subscribe();
+    let grace_ends = tokio::time::Instant::now() + INITIAL_LIST_GRACE;
+    loop {
+        let grace_over = tokio::time::Instant::now() >= grace_ends;
+        if watches::initial_lists_settled(&rx.borrow_and_update(), grace_over) {
+            return;
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep_until(grace_ends), if !grace_over => {}
+        }
+    }
+}
+
+/// One table build: translation plus what status needs from it. Pure CPU work on owned
+/// data, so it runs on the blocking pool and a large build never holds a data-plane worker.
+struct Built {
+    t: Translation,
+    feed: Feed,
+    last_good: LastGoodCerts,
+    build: Duration,
+}
+
+fn build(
+    world: World,
+    settings: &Settings,
+    registry: &EndpointRegistry,
+    mut last_good: LastGoodCerts,
+    generation: u64,
+) -> Built {
+    let started = Instant::now();
+    let mut t = translate(&world, settings, registry, &mut last_good, generation);
+    let invalid_groups = t
+        .problems
+        .iter()
+        .filter(|p| p.reason == "InvalidBackendGroup")
+        .map(|p| {
+            let generation = world
+                .groups
+                .iter()
+                .find(|g| g.namespace().as_deref() == Some(p.namespace.as_str()) && g.name_any() == p.name)
+                .and_then(|g| g.metadata.generation);
+            (p.namespace.clone(), p.name.clone(), generation, p.message.clone())
+        })
+        .collect();
+    let served: std::collections::HashSet<(String, String)> =
+        std::mem::take(&mut t.served_ingresses).into_iter().collect();
+    let unserved = world
+        .ingresses
+        .iter()
+        .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
+        .filter(|key| !served.contains(key))
+        .collect();
+    let feed = Feed {
+        problems: t.problems.clone(),
+        groups: std::mem::take(&mut t.groups),
+        served: served.into_iter().collect(),
+        unserved,
+        invalid_groups,
+    };
+    Built { t, feed, last_good, build: started.elapsed() }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn rebuild_loop(
     stores: Stores,
+    board: Board,
     changed: Arc<Notify>,
     settings: Settings,
     tables: crate::proxy::Tables,
     ready: Arc<Readiness>,
     feed: watch::Sender<Arc<Feed>>,
-    registry: EndpointRegistry,
+    registry: Arc<EndpointRegistry>,
 ) {
+    let settings = Arc::new(settings);
     let mut last_good = LastGoodCerts::default();
-    let mut checker = HealthChecker::new();
+    let mut checker = HealthChecker::new(registry.metrics().clone());
     let mut generation = 0u64;
     tracing::info!("waiting for the initial list of watched objects");
-    stores.wait_ready().await;
+    wait_for_initial_lists(&board).await;
     loop {
         // Debounce: rebuild once a burst of events has been quiet for DEBOUNCE.
         let burst_start = Instant::now();
@@ -311,73 +316,41 @@ async fn rebuild_loop(
             }
         }
         generation += 1;
-        let started = Instant::now();
         let world = stores.snapshot();
-        let t = translate(&world, &settings, &registry, &mut last_good, generation);
+        let (settings_b, registry_b) = (settings.clone(), registry.clone());
+        let job = tokio::task::spawn_blocking(move || build(world, &settings_b, &registry_b, last_good, generation));
+        let Built { t, feed: new_feed, last_good: kept, build } = match job.await {
+            Ok(built) => built,
+            Err(e) => {
+                // A panic in translation is a bug; the last table keeps serving, and the
+                // next change tries again from empty certificate memory.
+                tracing::error!(error = %e, generation, "route table build failed; the previous table stays");
+                last_good = LastGoodCerts::default();
+                changed.notified().await;
+                continue;
+            }
+        };
+        last_good = kept;
         for p in &t.problems {
             tracing::info!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = p.reason, error = %p.message, "skipping part of an object");
         }
-        checker.sync(&t.table);
+        checker.sync(t.table.groups());
         let routes = t.table.route_count();
-        let invalid_groups = t
-            .problems
-            .iter()
-            .filter(|p| p.reason == "InvalidBackendGroup")
-            .map(|p| {
-                let generation = world
-                    .groups
-                    .iter()
-                    .find(|g| g.namespace().as_deref() == Some(p.namespace.as_str()) && g.name_any() == p.name)
-                    .and_then(|g| g.metadata.generation);
-                (p.namespace.clone(), p.name.clone(), generation, p.message.clone())
-            })
-            .collect();
-        let served: std::collections::HashSet<(String, String)> = t.served_ingresses.into_iter().collect();
-        let (mut ingresses, mut released) = (Vec::new(), Vec::new());
-        for i in &world.ingresses {
-            let key = (i.namespace().unwrap_or_default(), i.name_any());
-            let current = status::current_lb(i);
-            if served.contains(&key) {
-                ingresses.push((key.0, key.1, current));
-            } else if !current.is_empty() {
-                // Another class's now, or no class: ours to clear if it shows our address.
-                released.push((key.0, key.1, current));
-            }
-        }
-        crate::telemetry::metrics::record_table(&t.table, started.elapsed());
+        let metrics = registry.metrics();
+        metrics.record_table(t.table.generation, routes, build);
+        metrics.route_table_rebuilds.inc();
         tables.store(Arc::new(t.table));
         // burst_start is when the first event of this burst woke the loop.
-        crate::telemetry::metrics::METRICS.change_to_serving.observe(burst_start.elapsed().as_secs_f64());
+        metrics.change_to_serving.observe(burst_start.elapsed().as_secs_f64());
         ready.set(true);
         tracing::info!(
             generation,
             routes,
             problems = t.problems.len(),
-            build_ms = started.elapsed().as_secs_f64() * 1000.0,
+            build_ms = build.as_secs_f64() * 1000.0,
             "route table published"
         );
-        feed.send_replace(Arc::new(Feed {
-            problems: t.problems,
-            groups: t.groups,
-            ingresses,
-            released,
-            invalid_groups,
-        }));
+        feed.send_replace(Arc::new(new_feed));
         changed.notified().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::runtime::utils::Backoff;
-
-    #[test]
-    fn watch_retries_back_off_to_five_seconds_and_reset() {
-        let mut b = WatchBackoff::default();
-        let delays: Vec<u64> = (0..6).filter_map(|_| b.next()).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(delays, vec![500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 }

@@ -8,4 +8,5 @@ pub mod leader;
 pub mod status;
 pub mod ticket_keys;
 pub mod translate;
+pub mod watches;
 pub mod world;

@@ -1,26 +1,34 @@
 //! What the leader writes back: BackendGroup `.status` (per-backend health, healthy/total,
 //! Ready condition), Ingress `status.loadBalancer`, and Events for skipped objects and
-//! health transitions.
+//! health transitions. The published Service's address is watched, not polled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use super::crd::{BackendGroup as BackendGroupCr, BackendGroupStatus, BackendStatus};
 use super::translate::{GroupStatusSource, Problem};
+use super::watches::{Board, WatchBackoff};
 use crate::upstream::Transition;
 
 /// How often status is refreshed even when nothing changed (for `lastCheck`).
 const REFRESH: Duration = Duration::from_secs(30);
+/// How often health is compared with the status written (in memory: no API call unless
+/// something differs).
 const TICK: Duration = Duration::from_secs(2);
+/// The board's name for the published Service's watch.
+pub const PUBLISHED_SERVICE: &str = "PublishedService";
 
 /// Where Ingresses say they can be reached.
 #[derive(Debug, Clone)]
@@ -36,36 +44,59 @@ pub enum Publish {
 pub struct Feed {
     pub problems: Vec<Problem>,
     pub groups: Vec<GroupStatusSource>,
-    /// Served Ingresses with their current `status.loadBalancer` addresses.
-    pub ingresses: Vec<(String, String, Vec<String>)>,
-    /// Ingresses not served (any more) that still show load-balancer addresses.
-    pub released: Vec<(String, String, Vec<String>)>,
+    /// Served Ingresses, `(namespace, name)`; their current status is read from the
+    /// store when written, since status changes do not rebuild (and so refresh no feed).
+    pub served: Vec<(String, String)>,
+    /// Ingresses of the same translation not served: ours to clear if they show our address.
+    pub unserved: Vec<(String, String)>,
     /// BackendGroup objects that failed to compile: (namespace, name, generation).
     pub invalid_groups: Vec<(String, String, Option<i64>, String)>,
+}
+
+/// Runs forever; acts only while `leading` is true.
+/// Where the status writer reads what it needs besides the feed.
+pub struct Sources {
+    /// The addresses to publish (`None`: nothing to publish), kept current by
+    /// [`follow_published`].
+    pub published: watch::Receiver<Option<Vec<String>>>,
+    /// The Ingress reflector's store, for their current `status.loadBalancer`.
+    pub ingresses: Store<Ingress>,
 }
 
 /// Runs forever; acts only while `leading` is true.
 pub async fn run(
     client: Client,
     reporter: Reporter,
-    publish: Publish,
+    sources: Sources,
     mut leading: watch::Receiver<bool>,
     mut feed: watch::Receiver<Arc<Feed>>,
     mut transitions: mpsc::UnboundedReceiver<Transition>,
 ) {
     let recorder = Recorder::new(client.clone(), reporter);
-    let mut writer = Writer { client, recorder, publish, written: HashMap::new(), reported: HashSet::new() };
+    let mut published = sources.published.clone();
+    let mut writer = Writer {
+        client,
+        recorder,
+        sources,
+        written: HashMap::new(),
+        lb_written: HashMap::new(),
+        reported: HashSet::new(),
+    };
     let mut tick = tokio::time::interval(TICK);
+    // A fixed address (or none) has no sender left: its value never changes.
+    let mut published_follows = true;
     loop {
         let mut transition = None;
         tokio::select! {
             _ = tick.tick() => {}
             r = feed.changed() => if r.is_err() { return },
             r = leading.changed() => if r.is_err() { return },
+            r = published.changed(), if published_follows => published_follows = r.is_ok(),
             t = transitions.recv() => match t { Some(t) => transition = Some(t), None => return },
         }
         if !*leading.borrow() {
             writer.written.clear();
+            writer.lb_written.clear();
             continue;
         }
         let current = feed.borrow().clone();
@@ -81,9 +112,12 @@ pub async fn run(
 struct Writer {
     client: Client,
     recorder: Recorder,
-    publish: Publish,
+    sources: Sources,
     /// Last status written per object, and when.
     written: HashMap<(String, String), (BackendGroupStatus, Instant)>,
+    /// Load-balancer addresses last written per Ingress, with the resourceVersion the store
+    /// showed then: until the store has seen the write, it is not made again.
+    lb_written: HashMap<(String, String), (Vec<String>, Option<String>)>,
     /// Problems already reported as Events.
     reported: HashSet<Problem>,
 }
@@ -259,13 +293,14 @@ impl Writer {
         }
     }
 
-    async fn ingress_statuses(&self, feed: &Feed) {
-        let Some(addresses) = self.published_addresses().await else { return };
-        for (ns, name, current) in &feed.ingresses {
-            if *current == addresses {
+    async fn ingress_statuses(&mut self, feed: &Feed) {
+        let Some(addresses) = self.sources.published.borrow().clone() else { return };
+        for (ns, name) in &feed.served {
+            let Some(ingress) = self.sources.ingresses.get(&ObjectRef::new(name).within(ns)) else { continue };
+            if current_lb(&ingress) == addresses {
                 continue;
             }
-            let ingress: Vec<IngressLoadBalancerIngress> = addresses
+            let lb: Vec<IngressLoadBalancerIngress> = addresses
                 .iter()
                 .map(|a| {
                     if a.parse::<std::net::IpAddr>().is_ok() {
@@ -275,53 +310,112 @@ impl Writer {
                     }
                 })
                 .collect();
-            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
-            self.patch_ingress_status(ns, name, &patch).await;
+            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": lb } } });
+            self.patch_ingress_status(&ingress, &addresses, &patch).await;
         }
         // An Ingress that moved to another class (or lost its class) keeps no address of
         // ours; one showing another controller's addresses is left alone.
-        for (ns, name, current) in &feed.released {
-            if *current == addresses {
+        for (ns, name) in &feed.unserved {
+            let Some(ingress) = self.sources.ingresses.get(&ObjectRef::new(name).within(ns)) else { continue };
+            let current = current_lb(&ingress);
+            if !current.is_empty() && current == addresses {
                 let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": null } } });
-                self.patch_ingress_status(ns, name, &patch).await;
+                self.patch_ingress_status(&ingress, &[], &patch).await;
             }
+        }
+        if self.lb_written.len() > feed.served.len() + feed.unserved.len() {
+            let known: HashSet<&(String, String)> = feed.served.iter().chain(&feed.unserved).collect();
+            self.lb_written.retain(|k, _| known.contains(k));
         }
     }
 
-    async fn patch_ingress_status(&self, ns: &str, name: &str, patch: &serde_json::Value) {
-        let api: Api<Ingress> = Api::namespaced(self.client.clone(), ns);
-        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await {
-            tracing::warn!(namespace = %ns, name = %name, error = %e, "cannot write Ingress status");
+    /// Writes `status.loadBalancer` of `ingress` (as the store shows it) to `target`, unless
+    /// that very write was made and the store has not caught up with it yet.
+    async fn patch_ingress_status(&mut self, ingress: &Ingress, target: &[String], patch: &serde_json::Value) {
+        let (ns, name) = (ingress.namespace().unwrap_or_default(), ingress.name_any());
+        let key = (ns.clone(), name.clone());
+        let seen = (target.to_vec(), ingress.resource_version());
+        if self.lb_written.get(&key) == Some(&seen) {
+            return;
         }
-    }
-
-    /// The addresses to publish, or `None` when nothing is to be published.
-    async fn published_addresses(&self) -> Option<Vec<String>> {
-        match &self.publish {
-            Publish::None => None,
-            Publish::Address(a) => Some(a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
-            Publish::Service(ns, name) => {
-                let svc = Api::<Service>::namespaced(self.client.clone(), ns).get_opt(name).await.ok()??;
-                let lb: Vec<String> = svc
-                    .status
-                    .and_then(|s| s.load_balancer)
-                    .and_then(|lb| lb.ingress)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|i| i.ip.or(i.hostname))
-                    .collect();
-                if !lb.is_empty() {
-                    return Some(lb);
-                }
-                let spec = svc.spec?;
-                let external = spec.external_ips.unwrap_or_default();
-                if !external.is_empty() {
-                    return Some(external);
-                }
-                spec.cluster_ip.filter(|ip| ip != "None").map(|ip| vec![ip])
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {
+                self.lb_written.insert(key, seen);
             }
+            Err(e) => tracing::warn!(namespace = %ns, name = %name, error = %e, "cannot write Ingress status"),
         }
     }
+}
+
+/// Follows where Ingresses say they can be reached: a fixed address, nothing, or the
+/// published Service's addresses, which are watched (one object, by field selector)
+/// rather than fetched on every status pass.
+pub fn follow_published(client: &Client, publish: &Publish, board: &Board) -> watch::Receiver<Option<Vec<String>>> {
+    let (tx, rx) = watch::channel(None);
+    match publish {
+        Publish::None => {}
+        Publish::Address(a) => {
+            tx.send_replace(Some(a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()));
+        }
+        Publish::Service(ns, name) => {
+            board.register(PUBLISHED_SERVICE, false);
+            let api = Api::<Service>::namespaced(client.clone(), ns);
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let stream = watcher(api, cfg).backoff(WatchBackoff::default());
+            let board = board.clone();
+            tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                // The Service as the watch shows it, and during a relist as it is listed.
+                let (mut current, mut relisted): (Option<Service>, Option<Service>) = (None, None);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(watcher::Event::Init) => relisted = None,
+                        Ok(watcher::Event::InitApply(svc)) => relisted = Some(svc),
+                        Ok(watcher::Event::InitDone) => current = relisted.take(),
+                        Ok(watcher::Event::Apply(svc)) => current = Some(svc),
+                        Ok(watcher::Event::Delete(_)) => current = None,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "watching the published Service failed; retrying");
+                            board.failed(PUBLISHED_SERVICE, e.to_string());
+                            continue;
+                        }
+                    }
+                    board.ok(PUBLISHED_SERVICE, true);
+                    let addresses = current.as_ref().and_then(service_addresses);
+                    tx.send_if_modified(|old| {
+                        let changed = *old != addresses;
+                        *old = addresses;
+                        changed
+                    });
+                }
+            });
+        }
+    }
+    rx
+}
+
+/// The addresses a Service in front of the controller offers: its load balancer's, else
+/// its external IPs, else its cluster IP; `None` when it has none.
+pub fn service_addresses(svc: &Service) -> Option<Vec<String>> {
+    let lb: Vec<String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect();
+    if !lb.is_empty() {
+        return Some(lb);
+    }
+    let spec = svc.spec.as_ref()?;
+    let external = spec.external_ips.clone().unwrap_or_default();
+    if !external.is_empty() {
+        return Some(external);
+    }
+    spec.cluster_ip.clone().filter(|ip| ip != "None").map(|ip| vec![ip])
 }
 
 /// The `status.loadBalancer` addresses an Ingress shows now.
@@ -333,4 +427,47 @@ pub fn current_lb(ingress: &Ingress) -> Vec<String> {
         .and_then(|lb| lb.ingress.as_ref())
         .map(|v| v.iter().filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone())).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus};
+
+    fn svc(cluster_ip: Option<&str>, external: &[&str], lb: &[(&str, bool)]) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: cluster_ip.map(str::to_string),
+                external_ips: Some(external.iter().map(|s| s.to_string()).collect()),
+                ..ServiceSpec::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        lb.iter()
+                            .map(|(a, is_ip)| LoadBalancerIngress {
+                                ip: is_ip.then(|| a.to_string()),
+                                hostname: (!is_ip).then(|| a.to_string()),
+                                ..LoadBalancerIngress::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..ServiceStatus::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn the_published_address_prefers_the_load_balancer_then_external_ips_then_the_cluster_ip() {
+        let both = svc(Some("10.0.0.5"), &["198.51.100.1"], &[("203.0.113.7", true), ("lb.example.com", false)]);
+        assert_eq!(service_addresses(&both), Some(vec!["203.0.113.7".into(), "lb.example.com".into()]));
+        assert_eq!(
+            service_addresses(&svc(Some("10.0.0.5"), &["198.51.100.1"], &[])),
+            Some(vec!["198.51.100.1".into()])
+        );
+        assert_eq!(service_addresses(&svc(Some("10.0.0.5"), &[], &[])), Some(vec!["10.0.0.5".into()]));
+        assert_eq!(service_addresses(&svc(Some("None"), &[], &[])), None, "headless");
+    }
 }

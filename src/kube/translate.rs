@@ -10,15 +10,12 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
-use super::crd::{BackendGroup as BackendGroupCr, BackendProtocol};
+use super::crd::BackendGroup as BackendGroupCr;
 use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_port};
 use super::world::{Indexed, World};
+use crate::routes::CertSet;
 use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder};
-use crate::tls::CertSet;
-use crate::upstream::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck, PoolSettings, Strategy,
-    Timeouts, UpstreamTls,
-};
+use crate::upstream::{BackendGroup, BackendUrl, EndpointRegistry, GroupSpec, Members, UpstreamTls};
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -226,7 +223,7 @@ impl Translator<'_> {
                     continue;
                 }
             };
-            let path = match PathRule::new(&r.path, r.path_type) {
+            let path = match PathRule::new(&r.path, r.path_type.into()) {
                 Ok(p) => p,
                 Err(e) => {
                     self.problem("BackendGroup", bg, "InvalidPath", e.to_string());
@@ -288,15 +285,12 @@ impl Translator<'_> {
         if let Some(existing) = self.groups_by_id.get(&id) {
             return existing.clone();
         }
+        // The defaults of the shared model: round robin, passive checks only.
         let built = match self.service_endpoints(ns, name, port, None) {
-            Ok(urls) => {
-                let specs = urls
-                    .into_iter()
-                    .map(|u| (endpoint_spec(u, PoolSettings::default(), UpstreamTls::default()), 1))
-                    .collect();
-                self.compile_group(id.clone(), Strategy::RoundRobin, specs, None, PassiveCheck::default())
-                    .map_err(|e| ("InvalidBackend", e))
-            }
+            Ok(urls) => GroupSpec::new(id.clone(), Members::Discovered(urls))
+                .compile(self.registry)
+                .map(Arc::new)
+                .map_err(|errors| ("InvalidBackend", join(errors))),
             Err(e) => Err(("ServiceNotFound", e)),
         };
         let group = match built {
@@ -355,48 +349,21 @@ impl Translator<'_> {
 
     fn build_resource_group(&self, bg: &BackendGroupCr, ns: &str, id: &str) -> Result<Arc<BackendGroup>, String> {
         let spec = &bg.spec;
-        let pool = pool_settings(spec.connection_pool.as_ref())?;
         let tls = match &spec.tls {
             Some(t) => self.upstream_tls(t, ns)?,
             None => UpstreamTls::default(),
         };
-        let members: Vec<(EndpointSpec, u32)> = match (&spec.service, spec.backends.is_empty()) {
-            (Some(svc), true) => {
-                let scheme = match spec.protocol {
-                    BackendProtocol::Http1 => "http",
-                    BackendProtocol::H2 => "h2c",
-                    BackendProtocol::Https => "https",
-                    BackendProtocol::H3 => "h3",
-                };
-                self.service_endpoints(ns, &svc.name, &PortRef::Number(svc.port), Some(scheme))?
-                    .into_iter()
-                    .map(|u| (endpoint_spec(u, pool.clone(), tls.clone()), 1))
-                    .collect()
-            }
-            (None, false) => spec
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    BackendUrl::parse(&b.url)
-                        .map(|u| (endpoint_spec(u, pool.clone(), tls.clone()), b.weight))
-                        .map_err(|e| format!("spec.backends[{i}].url: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
+        let members = match (&spec.service, spec.listed_members()) {
+            (Some(svc), None) => Members::Discovered(self.service_endpoints(
+                ns,
+                &svc.name,
+                &PortRef::Number(svc.port),
+                Some(spec.protocol.scheme()),
+            )?),
+            (None, Some(listed)) => listed,
             _ => return Err("set exactly one of spec.service or spec.backends".into()),
         };
-        let health_check = spec.health_check.as_ref().map(health_check).transpose()?;
-        let mut passive = PassiveCheck::default();
-        if let Some(p) = &spec.passive_health_check {
-            if let Some(n) = p.max_failures {
-                passive.max_failures = n.max(1);
-            }
-            if let Some(w) = &p.observation_window {
-                passive.window = crate::config::parse_duration(w)
-                    .map_err(|e| format!("spec.passiveHealthCheck.observationWindow: {e}"))?;
-            }
-        }
-        self.compile_group(id.to_string(), spec.strategy, members, health_check, passive)
+        spec.compile(id.to_string(), members, tls, self.registry).map(Arc::new).map_err(join)
     }
 
     /// A group's upstream TLS settings, with the CA bundle read from its Secret.
@@ -423,25 +390,6 @@ impl Translator<'_> {
             server_name: spec.server_name.clone(),
             insecure_skip_verify: spec.insecure_skip_verify,
         })
-    }
-
-    fn compile_group(
-        &self,
-        id: String,
-        strategy: Strategy,
-        members: Vec<(EndpointSpec, u32)>,
-        health_check: Option<HealthCheck>,
-        passive: PassiveCheck,
-    ) -> Result<Arc<BackendGroup>, String> {
-        let mut eps = Vec::with_capacity(members.len());
-        for (spec, weight) in members {
-            eps.push((self.registry.endpoint(&spec).map_err(|e| e.to_string())?, weight));
-        }
-        Ok(Arc::new(
-            BackendGroup::new(id, strategy, Timeouts::default(), eps)
-                .with_health_check(health_check)
-                .with_passive(Some(passive)),
-        ))
     }
 
     fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut LastGoodCerts) {
@@ -489,48 +437,10 @@ fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<Certif
     crate::tls::certified_key_from_pem(&crt.0, &key.0).map_err(|e| e.to_string())
 }
 
-fn endpoint_spec(url: BackendUrl, pool: PoolSettings, tls: UpstreamTls) -> EndpointSpec {
-    EndpointSpec { url, pool, connect_timeout: Timeouts::default().connect, tls }
-}
-
-fn health_check(spec: &super::crd::HealthCheckSpec) -> Result<HealthCheck, String> {
-    let mut check = HealthCheck::default();
-    let duration = |field: &str, text: &str| {
-        crate::config::parse_duration(text).map_err(|e| format!("spec.healthCheck.{field}: {e}"))
-    };
-    if let Some(d) = &spec.interval {
-        check.interval = duration("interval", d)?;
-    }
-    if let Some(d) = &spec.timeout {
-        check.timeout = duration("timeout", d)?;
-    }
-    check.healthy_threshold = spec.healthy_threshold.unwrap_or(check.healthy_threshold).max(1);
-    check.unhealthy_threshold = spec.unhealthy_threshold.unwrap_or(check.unhealthy_threshold).max(1);
-    if let Some(p) = &spec.path {
-        check.path = p.clone();
-    }
-    if let Some(r) = &spec.expected_status {
-        check.expected_status =
-            crate::upstream::parse_status_range(r).map_err(|e| format!("spec.healthCheck.expectedStatus: {e}"))?;
-    }
-    Ok(check)
-}
-
-fn pool_settings(spec: Option<&super::crd::ConnectionPoolSpec>) -> Result<PoolSettings, String> {
-    let mut pool = PoolSettings::default();
-    if let Some(p) = spec {
-        if let Some(n) = p.max_idle_connections {
-            pool.max_idle_connections = n as usize;
-        }
-        if let Some(n) = p.max_connections_per_host {
-            pool.max_connections_per_host = n.max(1) as usize;
-        }
-        if let Some(d) = &p.idle_timeout {
-            pool.idle_timeout =
-                crate::config::parse_duration(d).map_err(|e| format!("spec.connectionPool.idleTimeout: {e}"))?;
-        }
-    }
-    Ok(pool)
+/// Every problem of a group in one message (one status condition, one Event), each
+/// naming its field.
+fn join<E: std::fmt::Display>(errors: Vec<E>) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]

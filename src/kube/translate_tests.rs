@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
-use crate::kube::crd::{BackendGroupRoute, BackendGroupSpec, StaticBackend};
+use crate::kube::crd::{BackendGroupRoute, BackendGroupSpec, BackendProtocol, PathType, StaticBackend, Strategy};
 use crate::kube::world::SERVICE_NAME_LABEL;
 
 fn meta(ns: &str, name: &str, age_secs: i64) -> ObjectMeta {
@@ -385,7 +385,7 @@ fn backend_groups_by_resource_and_by_their_own_routes() {
     let t = run(&world);
     assert!(t.problems.is_empty(), "{:?}", t.problems);
     let r = t.table.lookup(Some("bg.example.com"), "/v1/users").unwrap();
-    assert_eq!(r.group.strategy, Strategy::LeastConnections);
+    assert_eq!(r.group.strategy, crate::upstream::Strategy::LeastConnections);
     assert_eq!(r.group.members().map(|(_, w)| w).collect::<Vec<_>>(), vec![3, 1]);
     assert_eq!(endpoints_for(&t, "x.com", "/").unwrap()[0], "h2c://10.0.0.1:8080", "spec.protocol sets the scheme");
     assert_eq!(t.groups.len(), 2, "every BackendGroup object gets status");
@@ -501,4 +501,92 @@ fn upstream_tls_trusts_the_ca_of_a_secret_and_names_a_missing_one() {
     let t = run(&world);
     assert_eq!(t.problems[0].reason, "InvalidBackendGroup");
     assert!(t.problems[0].message.contains("spec.tls.caSecret"), "{}", t.problems[0].message);
+}
+
+fn static_group(spec: BackendGroupSpec) -> BackendGroupSpec {
+    BackendGroupSpec { backends: vec![StaticBackend { url: "http://127.0.0.1:8001".into(), weight: 1 }], ..spec }
+}
+
+#[test]
+fn zero_intervals_and_thresholds_are_refused_by_field_not_clamped() {
+    let mut world = shop_world();
+    let spec = static_group(BackendGroupSpec {
+        health_check: Some(crate::kube::crd::HealthCheckSpec {
+            interval: Some("0s".into()),
+            healthy_threshold: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    world.groups = vec![backend_group("shop", "hot", spec)];
+    let t = run(&world);
+    assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+    assert_eq!(t.problems[0].reason, "InvalidBackendGroup");
+    assert_eq!(
+        t.problems[0].message,
+        "spec.healthCheck.interval: must be at least 100ms; spec.healthCheck.healthyThreshold: must be between 1 and 100"
+    );
+    assert!(t.groups.is_empty(), "an invalid group is not compiled");
+}
+
+#[test]
+fn unreadable_durations_name_their_field() {
+    let mut world = shop_world();
+    let spec = static_group(BackendGroupSpec {
+        timeouts: Some(crate::kube::crd::TimeoutsSpec { response_headers: Some("soon".into()), ..Default::default() }),
+        ..Default::default()
+    });
+    world.groups = vec![backend_group("shop", "bad", spec)];
+    let t = run(&world);
+    assert!(t.problems[0].message.starts_with("spec.timeouts.responseHeaders: invalid duration"), "{:?}", t.problems);
+}
+
+#[test]
+fn timeouts_and_passive_settings_of_a_backend_group_reach_the_group() {
+    use std::time::Duration;
+    let mut world = shop_world();
+    let spec = static_group(BackendGroupSpec {
+        timeouts: Some(crate::kube::crd::TimeoutsSpec {
+            connect: Some("300ms".into()),
+            response_headers: Some("2s".into()),
+            pool_wait: Some("50ms".into()),
+            idle: Some("1m".into()),
+        }),
+        passive_health_check: Some(crate::kube::crd::PassiveHealthCheckSpec {
+            max_failures: Some(3),
+            cooldown: Some("2s".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let off = static_group(BackendGroupSpec {
+        passive_health_check: Some(crate::kube::crd::PassiveHealthCheckSpec {
+            enabled: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    world.groups = vec![backend_group("shop", "tuned", spec), backend_group("shop", "off", off)];
+    let t = run(&world);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let group = |name: &str| t.groups.iter().find(|g| g.name == name).map(|g| g.group.clone()).unwrap();
+    let tuned = group("tuned");
+    assert_eq!(
+        tuned.timeouts,
+        crate::upstream::Timeouts {
+            connect: Duration::from_millis(300),
+            response_headers: Duration::from_secs(2),
+            pool_wait: Duration::from_millis(50),
+            idle: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        tuned.passive,
+        Some(crate::upstream::PassiveCheck {
+            max_failures: 3,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(2)
+        })
+    );
+    assert_eq!(group("off").passive, None, "passiveHealthCheck.enabled: false turns passive checks off");
 }

@@ -19,7 +19,7 @@ use quinn::{ConnectionId, Side, ZeroRttAccepted};
 use quinn_proto::TransportError;
 use quinn_proto::transport_parameters::TransportParameters;
 
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 
 /// Methods forwarded when they arrive in early data; RFC 8470 leaves the choice to the
 /// server, and only these are safe to run twice.
@@ -59,20 +59,24 @@ impl Handshake {
 }
 
 /// The QUIC TLS configuration, wrapped to count 0-RTT offers and their outcome.
-pub struct ObservedServerCrypto(pub Arc<dyn crypto::ServerConfig>);
+pub struct ObservedServerCrypto {
+    pub inner: Arc<dyn crypto::ServerConfig>,
+    pub metrics: Arc<Metrics>,
+}
 
 impl crypto::ServerConfig for ObservedServerCrypto {
     fn initial_keys(&self, version: u32, dst_cid: &ConnectionId) -> Result<Keys, UnsupportedVersion> {
-        self.0.initial_keys(version, dst_cid)
+        self.inner.initial_keys(version, dst_cid)
     }
 
     fn retry_tag(&self, version: u32, orig_dst_cid: &ConnectionId, packet: &[u8]) -> [u8; 16] {
-        self.0.retry_tag(version, orig_dst_cid, packet)
+        self.inner.retry_tag(version, orig_dst_cid, packet)
     }
 
     fn start_session(self: Arc<Self>, version: u32, params: &TransportParameters) -> Box<dyn Session> {
         Box::new(ObservedSession {
-            inner: self.0.clone().start_session(version, params),
+            metrics: self.metrics.clone(),
+            inner: self.inner.clone().start_session(version, params),
             hello: Vec::new(),
             offered: None,
             recorded: AtomicBool::new(false),
@@ -87,6 +91,7 @@ const MAX_HELLO: usize = 16 * 1024;
 /// the outcome when quinn asks for 0-RTT keys (once, right after the ClientHello).
 struct ObservedSession {
     inner: Box<dyn Session>,
+    metrics: Arc<Metrics>,
     hello: Vec<u8>,
     offered: Option<bool>,
     recorded: AtomicBool,
@@ -109,7 +114,7 @@ impl Session for ObservedSession {
         let keys = self.inner.early_crypto();
         if self.offered == Some(true) && !self.recorded.swap(true, Ordering::Relaxed) {
             let outcome = if keys.is_some() { "accepted" } else { "rejected" };
-            METRICS.quic_zero_rtt.with_label_values(&[outcome]).inc();
+            self.metrics.quic_zero_rtt.with_label_values(&[outcome]).inc();
         }
         keys
     }

@@ -15,16 +15,17 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::early_data::Handshake;
-use super::pipeline::{self, ConnInfo, Downstream, Tables};
+use super::pipeline::{self, ConnInfo, Downstream, Shared};
 use crate::body::{BoxError, ProxyBody};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
-use tracing::Span;
+use std::sync::Arc;
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
 /// Accepts QUIC connections until `shutdown`; then each connection is sent GOAWAY and
 /// finishes the requests it has.
-pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken, tracker: TaskTracker) {
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -38,10 +39,10 @@ pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: Cancella
         } else {
             tracing::debug_span!("quic_connection", %remote)
         };
-        let (tables, shutdown, t) = (tables.clone(), shutdown.clone(), tracker.clone());
+        let (shared, shutdown, t) = (shared.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(
             async move {
-                if let Err(e) = connection(incoming, tables, shutdown, t).await {
+                if let Err(e) = connection(incoming, shared, shutdown, t).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
@@ -54,11 +55,11 @@ pub async fn serve(endpoint: quinn::Endpoint, tables: Tables, shutdown: Cancella
 
 async fn connection(
     incoming: quinn::Incoming,
-    tables: Tables,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
-    let m = &crate::telemetry::metrics::METRICS;
+    let m = &shared.metrics;
     // Serve from the first flight: requests that came as 0-RTT early data are handled
     // while the handshake completes (see early_data for which ones are forwarded).
     let accepted = incoming.accept().map(|connecting| connecting.into_0rtt());
@@ -77,14 +78,14 @@ async fn connection(
         }
     };
     // Count the outcome when it is known, without holding up early requests.
-    let (outcome, watched) = (handshake.clone(), conn.clone());
+    let (outcome, watched, counted) = (handshake.clone(), conn.clone(), m.clone());
     tokio::spawn(async move {
         outcome.finished().await;
         let label = if watched.close_reason().is_none() { "ok" } else { "error" };
-        m.quic_handshakes.with_label_values(&[label]).inc();
+        counted.quic_handshakes.with_label_values(&[label]).inc();
     });
     m.quic_connections_open.inc();
-    let open = ConnectionGauge { conn: conn.clone(), lost_counted: std::cell::Cell::new(0) };
+    let open = ConnectionGauge { conn: conn.clone(), metrics: m.clone(), lost_counted: std::cell::Cell::new(0) };
     let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATS_EVERY, STATS_EVERY);
     let mut client = conn.remote_address();
     let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
@@ -106,7 +107,7 @@ async fn connection(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let tables = tables.clone();
+                let shared = shared.clone();
                 // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has
                 // validated the new path, so requests now come from the new address.
                 let now_at = open.conn.remote_address();
@@ -120,7 +121,7 @@ async fn connection(
                 let early_data = !handshake.complete();
                 let conn_span = tracing::Span::current();
                 tracker.spawn(async move {
-                    if let Err(e) = request(resolver, tables, client, early_data, conn_span).await {
+                    if let Err(e) = request(resolver, &shared, client, early_data, conn_span).await {
                         tracing::debug!(error = %e, "request stream failed");
                     }
                 });
@@ -139,6 +140,7 @@ const STATS_EVERY: Duration = Duration::from_secs(10);
 /// counted as they accrue, so long-lived connections show in the rate.
 struct ConnectionGauge {
     conn: quinn::Connection,
+    metrics: Arc<Metrics>,
     lost_counted: std::cell::Cell<u64>,
 }
 
@@ -146,13 +148,13 @@ impl ConnectionGauge {
     fn count_lost(&self) {
         let lost = self.conn.stats().path.lost_packets;
         let new = lost.saturating_sub(self.lost_counted.replace(lost));
-        crate::telemetry::metrics::METRICS.quic_lost_packets.inc_by(new);
+        self.metrics.quic_lost_packets.inc_by(new);
     }
 }
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
-        let m = &crate::telemetry::metrics::METRICS;
+        let m = &self.metrics;
         m.quic_connections_open.dec();
         self.count_lost();
         m.quic_rtt.observe(self.conn.stats().path.rtt.as_secs_f64());
@@ -161,24 +163,21 @@ impl Drop for ConnectionGauge {
 
 async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
-    tables: Tables,
+    shared: &Shared,
     client: std::net::SocketAddr,
     early_data: bool,
     conn_span: tracing::Span,
 ) -> Result<(), BoxError> {
-    let tracing_on = traces::enabled();
-    let parse_span = if tracing_on { tracing::info_span!(parent: &conn_span, "http3_parse") } else { Span::none() };
+    let parse_span = traces::span!(parent: &conn_span, "http3_parse");
     let (req, stream) = resolver.resolve_request().instrument(parse_span).await?;
-    let request_span = if tracing_on {
-        let span = tracing::info_span!(
-            parent: &conn_span, "http_request",
-            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
-        );
-        traces::set_remote_parent(&span, req.headers());
-        span
-    } else {
-        Span::none()
-    };
+    let request_span = traces::span!(
+        parent: &conn_span, "http_request",
+        otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+    );
+    // A trace is continued only from a trusted proxy: anyone else could force sampling.
+    if shared.trusted.trusts(client.ip()) {
+        traces::set_remote_parent(&request_span, req.headers());
+    }
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let mut body = H3RequestBody::new(recv, content_length(&parts.headers));
@@ -186,10 +185,10 @@ async fn request(
         body.peek_end(Duration::from_millis(100)).await;
     }
     let req = Request::from_parts(parts, crate::body::boxed(body));
-    let resp = pipeline::handle(&tables, req, ConnInfo { client, protocol: Downstream::H3, early_data })
+    let resp = pipeline::handle(shared, req, ConnInfo { client, protocol: Downstream::H3, early_data })
         .instrument(request_span.clone())
         .await;
-    let send_span = if tracing_on { tracing::info_span!(parent: &request_span, "response_send") } else { Span::none() };
+    let send_span = traces::span!(parent: &request_span, "response_send");
     send_response(&mut send, resp).instrument(send_span).await
 }
 

@@ -1,10 +1,12 @@
 //! Header rules applied at the proxy boundary: hop-by-hop stripping, `X-Forwarded-*`,
-//! and `x-request-id`.
+//! `Forwarded` and `X-Real-IP` (trusting only the proxies configured), and `x-request-id`.
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
+
+use crate::net::TrustedProxies;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Marks a request that arrived in TLS early data (RFC 8470); kept end to end.
@@ -12,6 +14,8 @@ pub static EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -47,21 +51,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` (each proxy adds the peer it saw) and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` to what this proxy received.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+/// Sets the forwarding headers for the next hop. What a trusted proxy in front said is
+/// kept and this hop appended (`X-Forwarded-For`, `Forwarded`); from anyone else those
+/// claims are replaced by the peer itself, so a client cannot pose as another address.
+/// `X-Real-IP` is the resolved client; `X-Forwarded-Proto` and `X-Forwarded-Host` are what
+/// this proxy received.
+pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>) {
+    let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let joined = values.join(", ");
+        (!joined.trim().is_empty()).then_some(joined)
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    let peer = hop.peer.to_string();
+    let xff = match joined(&X_FORWARDED_FOR, headers).filter(|_| hop.peer_trusted) {
+        Some(prev) => format!("{prev}, {peer}"),
+        None => peer,
+    };
+    let element = forwarded_element(hop.peer, host);
+    let forwarded = match joined(&FORWARDED, headers).filter(|_| hop.peer_trusted) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    for (name, value) in [(&X_FORWARDED_FOR, xff), (&FORWARDED, forwarded), (&X_REAL_IP, hop.client.to_string())] {
+        match HeaderValue::from_str(&value) {
+            Ok(v) => headers.insert(name.clone(), v),
+            Err(_) => headers.remove(name),
+        };
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// Who sent a request: the peer of the connection, whether it is a trusted proxy, and the
+/// client address resolved through the trusted hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client: IpAddr,
+}
+
+impl Hop {
+    pub fn resolve(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> Self {
+        let forwarded_for = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+        Self { peer, peer_trusted: trusted.trusts(peer), client: trusted.client(peer, forwarded_for) }
+    }
+}
+
+/// This hop's `Forwarded` element (RFC 7239): `for` the peer, the host asked for, https.
+fn forwarded_element(peer: IpAddr, host: Option<&str>) -> String {
+    let node = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    match host.filter(|h| h.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')) {
+        Some(h) => format!("for={node};host=\"{h}\";proto=https"),
+        None => format!("for={node};proto=https"),
+    }
 }
 
 /// The request's `x-request-id` if it has a usable one, otherwise a new one (set on the
@@ -115,17 +164,42 @@ mod tests {
         assert_eq!(h.get("te").unwrap(), "trailers");
     }
 
+    fn hop(headers: &HeaderMap, peer: &str, trusted: &[&str]) -> Hop {
+        let trusted = TrustedProxies::new(trusted.iter().map(|r| r.parse().unwrap()).collect());
+        Hop::resolve(headers, peer.parse().unwrap(), &trusted)
+    }
+
     #[test]
-    fn forwarded_for_appends_and_proto_host_are_set() {
-        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "http")]);
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"));
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4, 127.0.0.1");
+    fn from_a_trusted_proxy_forwarding_headers_are_appended_to() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        let from = hop(&h, "10.0.0.2", &["10.0.0.0/8"]);
+        assert_eq!(from.client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        set_forwarded(&mut h, &from, Some("api.example.com"));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.2");
+        assert_eq!(h.get("forwarded").unwrap(), "for=203.0.113.9, for=10.0.0.2;host=\"api.example.com\";proto=https");
+        assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
-        let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::1".parse().unwrap(), None);
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+    }
+
+    #[test]
+    fn from_anyone_else_their_claims_are_replaced_by_the_peer() {
+        let mut h =
+            headers(&[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "1.2.3.4"), ("forwarded", "for=1.2.3.4;by=spoof")]);
+        let from = hop(&h, "198.51.100.7", &["10.0.0.0/8"]);
+        set_forwarded(&mut h, &from, None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.7");
+        assert_eq!(h.get("forwarded").unwrap(), "for=198.51.100.7;proto=https");
+        assert_eq!(h.get("x-real-ip").unwrap(), "198.51.100.7");
         assert!(!h.contains_key("x-forwarded-host"));
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &hop(&HeaderMap::new(), "::1", &[]), None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+        assert_eq!(h.get("forwarded").unwrap(), "for=\"[::1]\";proto=https");
     }
 
     #[test]

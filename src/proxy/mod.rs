@@ -7,6 +7,10 @@ mod headers;
 mod pipeline;
 mod retry;
 mod tcp;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -20,11 +24,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use pipeline::{ConnInfo, Downstream, Tables, handle};
-pub use retry::RetryBudget;
+pub use pipeline::{ConnInfo, Downstream, Shared, Tables, handle};
 
 use crate::config::CongestionControl;
+use crate::net::TrustedProxies;
 use crate::routes::RouteTable;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::Resumption;
 
 /// Why the data plane could not start.
@@ -45,6 +50,8 @@ pub struct ListenOptions {
     pub congestion: CongestionControl,
     /// Session resumption and 0-RTT.
     pub resumption: Resumption,
+    /// Proxies in front whose `X-Forwarded-For`/`Forwarded` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -70,16 +77,16 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// Binds UDP and TCP on the same address (with port 0, TCP takes UDP's port) and
-    /// starts serving `tables`.
-    pub async fn start(options: &ListenOptions, tables: Tables) -> Result<Self, ListenError> {
+    /// starts serving `tables`, recording into `metrics`.
+    pub async fn start(options: &ListenOptions, tables: Tables, metrics: Arc<Metrics>) -> Result<Self, ListenError> {
         let resolver: Arc<dyn ResolvesServerCert> = Arc::new(TableCerts(tables.clone()));
         let tls_err = |e: &dyn std::fmt::Display| ListenError::Tls(e.to_string());
 
         let resumption = &options.resumption;
-        let quic_tls =
-            crate::tls::server_config(resolver.clone(), &[b"h3"], true, resumption).map_err(|e| tls_err(&e))?;
+        let quic_tls = crate::tls::server_config(resolver.clone(), &[b"h3"], true, resumption, &metrics)
+            .map_err(|e| tls_err(&e))?;
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
-        let observed = early_data::ObservedServerCrypto(Arc::new(quic_crypto));
+        let observed = early_data::ObservedServerCrypto { inner: Arc::new(quic_crypto), metrics: metrics.clone() };
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(observed));
         server_config.transport_config(Arc::new(transport_config(options.congestion)));
         let endpoint = quinn::Endpoint::server(server_config, options.address).map_err(|source| ListenError::Bind {
@@ -98,15 +105,16 @@ impl DataPlane {
             source,
         })?;
 
-        let tcp_tls =
-            crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption).map_err(|e| tls_err(&e))?;
+        let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption, &metrics)
+            .map_err(|e| tls_err(&e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
         let alt_svc = tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port()));
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(h3::serve(endpoint.clone(), tables.clone(), shutdown.clone(), tracker.clone()));
-        tracker.spawn(tcp::serve(tcp, acceptor, tables.clone(), alt_svc, shutdown.clone(), tracker.clone()));
+        let shared = Arc::new(Shared { tables: tables.clone(), metrics, trusted: options.trusted_proxies.clone() });
+        tracker.spawn(h3::serve(endpoint.clone(), shared.clone(), shutdown.clone(), tracker.clone()));
+        tracker.spawn(tcp::serve(tcp, acceptor, shared, alt_svc, shutdown.clone(), tracker.clone()));
         tracing::info!(
             address = %local_addr,
             early_data = resumption.early_data(),
@@ -164,4 +172,10 @@ fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
 /// A new, empty set of tables to publish into.
 pub fn tables(initial: RouteTable) -> Tables {
     Arc::new(ArcSwap::from_pointee(initial))
+}
+
+/// `/debug/routes` for the admin server: whatever table `tables` serves when asked.
+pub fn debug_routes(tables: &Tables, from_anywhere: bool) -> crate::telemetry::admin::DebugRoutes {
+    let tables = tables.clone();
+    crate::telemetry::admin::DebugRoutes { view: Arc::new(move || tables.load().debug_view()), from_anywhere }
 }

@@ -1,8 +1,8 @@
 //! Failover support: a request body that can be taken back if the upstream never read it,
-//! which methods may be retried after a response, and a per-group retry budget.
+//! and which methods may be retried after a response. (The per-group retry budget lives
+//! with the group, in `upstream`.)
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -74,37 +74,6 @@ impl Body for Lent {
     }
 }
 
-/// Retries allowed as a share of requests (Finagle/Linkerd style): each request deposits
-/// 0.2 of a retry, each retry costs 1, and the balance is capped. Keeps retries from
-/// multiplying load on a struggling backend.
-#[derive(Debug)]
-pub struct RetryBudget {
-    /// Thousandths of a retry.
-    balance: AtomicI64,
-}
-
-const DEPOSIT: i64 = 200;
-const COST: i64 = 1000;
-const CAP: i64 = 100 * COST;
-const INITIAL: i64 = 10 * COST;
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        Self { balance: AtomicI64::new(INITIAL) }
-    }
-}
-
-impl RetryBudget {
-    pub fn deposit(&self) {
-        let _ = self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + DEPOSIT).min(CAP)));
-    }
-
-    /// Spends one retry if the budget has it.
-    pub fn withdraw(&self) -> bool {
-        self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b >= COST).then_some(b - COST)).is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,22 +90,6 @@ mod tests {
         let (mut lent, lender) = lend(crate::body::full("payload"));
         let _first = lent.frame().await;
         assert!(lender.take_back().is_none(), "a body that started streaming is never replayed");
-    }
-
-    #[test]
-    fn budget_allows_a_share_of_requests() {
-        let b = RetryBudget::default();
-        let mut allowed = 0;
-        for _ in 0..100 {
-            if b.withdraw() {
-                allowed += 1;
-            }
-        }
-        assert_eq!(allowed, 10, "the initial allowance");
-        for _ in 0..50 {
-            b.deposit();
-        }
-        assert_eq!((0..100).filter(|_| b.withdraw()).count(), 10, "20% of 50 requests");
     }
 
     #[test]

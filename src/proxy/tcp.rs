@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::pipeline::{self, ConnInfo, Downstream, Tables};
+use super::pipeline::{self, ConnInfo, Downstream, Shared};
+use crate::telemetry::traces;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,7 +31,7 @@ pub fn alt_svc(port: u16) -> HeaderValue {
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    tables: Tables,
+    shared: Arc<Shared>,
     alt_svc: HeaderValue,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -52,8 +53,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, tables, alt_svc, watcher) =
-            (acceptor.clone(), tables.clone(), alt_svc.clone(), graceful.watcher());
+        let (acceptor, shared, alt_svc, watcher) =
+            (acceptor.clone(), shared.clone(), alt_svc.clone(), graceful.watcher());
         let span = tracing::debug_span!("tcp_connection", %client);
         tracker.spawn(
             async move {
@@ -62,22 +63,21 @@ pub async fn serve(
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 };
+                let open = shared.metrics.tcp_connections_open.clone();
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (tables, alt_svc) = (tables.clone(), alt_svc.clone());
+                    let (shared, alt_svc) = (shared.clone(), alt_svc.clone());
                     async move {
-                        let span = if crate::telemetry::traces::enabled() {
-                            let span = tracing::info_span!(
-                                "http_request",
-                                otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
-                            );
-                            crate::telemetry::traces::set_remote_parent(&span, req.headers());
-                            span
-                        } else {
-                            tracing::Span::none()
-                        };
+                        let span = traces::span!(
+                            "http_request",
+                            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+                        );
+                        // Continued only from a trusted proxy: anyone else could force sampling.
+                        if shared.trusted.trusts(client.ip()) {
+                            traces::set_remote_parent(&span, req.headers());
+                        }
                         let req = req.map(crate::body::boxed);
                         let mut resp = pipeline::handle(
-                            &tables,
+                            &shared,
                             req,
                             ConnInfo { client, protocol: Downstream::Tcp, early_data: false },
                         )
@@ -93,14 +93,13 @@ pub async fn serve(
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let m = &crate::telemetry::metrics::METRICS;
-                m.tcp_connections_open.inc();
+                open.inc();
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(error = %e, "connection error");
                 }
-                m.tcp_connections_open.dec();
+                open.dec();
             }
             .instrument(span),
         );

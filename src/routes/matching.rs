@@ -101,9 +101,7 @@ pub enum PathRule {
 }
 
 /// How a path in a route is to be compared, as in Ingress v1 `pathType`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PathType {
     Exact,
     #[default]

@@ -3,22 +3,27 @@
 //! sources, the standalone YAML and Kubernetes, compile into it; the data plane reads it
 //! through one `ArcSwap` load per request.
 
+mod certs;
+mod filter;
 mod index;
 mod matching;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use certs::CertSet;
+pub use filter::Filter;
 pub use index::HostIndex;
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
 
-use crate::tls::CertSet;
 use crate::upstream::BackendGroup;
 
-/// A matched route: its id (for logs and metrics) and the group that serves it.
+/// A matched route: its id (for logs and metrics), the filters its requests pass through
+/// in order, and the group that serves it.
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
+    pub filters: Vec<Filter>,
     pub group: Arc<BackendGroup>,
 }
 
@@ -67,6 +72,29 @@ impl RouteTable {
 
     pub fn route_count(&self) -> usize {
         self.index.len()
+    }
+
+    /// What `/debug/routes` shows: the routes as declared, each group's endpoints with
+    /// their weight, health and load, and the certificates' hosts.
+    pub fn debug_view(&self) -> serde_json::Value {
+        let groups: Vec<_> = self
+            .groups()
+            .map(|g| {
+                serde_json::json!({
+                    "id": g.id,
+                    "strategy": g.strategy,
+                    "endpoints": g.members().map(|(e, w)| serde_json::json!({
+                        "url": e.url.to_string(), "weight": w, "healthy": e.is_healthy(), "in_flight": e.in_flight(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "generation": self.generation,
+            "routes": self.routes(),
+            "backend_groups": groups,
+            "certificates": self.certs.hosts().collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -128,7 +156,7 @@ impl RouteTableBuilder {
             path: path.to_string(),
             backend_group: group.id.clone(),
         };
-        let route = Arc::new(Route { id: id.to_string(), group });
+        let route = Arc::new(Route { id: id.to_string(), filters: Vec::new(), group });
         match self.index.insert(host, path, route) {
             Ok(()) => {
                 self.routes.push(info);

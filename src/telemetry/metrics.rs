@@ -1,10 +1,16 @@
-//! Prometheus metrics, served at `/metrics` on the admin address. One process-wide
-//! registry; hot-path handles (per-endpoint gauges) are resolved when endpoints are
-//! created, so a request does at most one label look-up. Labels are bounded: routes and
-//! backends come from configuration, methods are folded to a fixed set, no paths or
-//! client addresses.
+//! Prometheus metrics, served at `/metrics` on the admin address. A `Metrics` value is
+//! made once at start-up and handed to what records into it (listeners, the endpoint
+//! registry, health checks, the controller); nothing here is a process-wide static, so
+//! tests each get their own. Labels are bounded: routes and backends come from
+//! configuration, methods are folded to a fixed set, no paths or client addresses.
+//!
+//! Per-backend series outlive no backend: each endpoint holds a [`BackendSeries`] lease
+//! on its address, and when the last lease on an address goes, its series go too. Gauges
+//! that describe live endpoints (in flight, health, pooled connections) are not stored at
+//! all: the endpoint registry computes them when scraped.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -16,8 +22,6 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
-    pub active_connections: IntGaugeVec,
-    pub backend_healthy: IntGaugeVec,
     pub retries: IntCounterVec,
     pub quic_connections_open: IntGauge,
     pub quic_handshakes: IntCounterVec,
@@ -27,7 +31,6 @@ pub struct Metrics {
     pub quic_zero_rtt: IntCounterVec,
     pub early_data_requests: IntCounterVec,
     pub tls_resumptions: IntCounterVec,
-    pub upstream_connections: IntGaugeVec,
     pub tcp_connections_open: IntGauge,
     pub health_checks: IntCounterVec,
     pub passive_ejections: IntCounterVec,
@@ -36,6 +39,12 @@ pub struct Metrics {
     pub route_table_build_seconds: Histogram,
     pub watch_events: IntCounterVec,
     pub change_to_serving: Histogram,
+    pub route_table_rebuilds: IntCounter,
+    pub watch_changes: IntCounterVec,
+    pub watch_failing: IntGaugeVec,
+    pub watch_errors: IntCounterVec,
+    /// How many endpoints hold a lease on each backend address.
+    backend_leases: Mutex<HashMap<String, usize>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -45,7 +54,9 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Metrics {
-    fn new() -> Result<Self, prometheus::Error> {
+    /// Every metric, registered. Fails only on a duplicate or malformed name, a programming
+    /// error the unit tests catch.
+    pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let r = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
         let m = Self {
@@ -57,14 +68,6 @@ impl Metrics {
                 HistogramOpts::from(opts("http_request_duration_seconds", "Time from request to response headers"))
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"],
-            )?,
-            active_connections: IntGaugeVec::new(
-                opts("active_connections", "Requests in flight to a backend (HTTP/1.1: connections in use)"),
-                &["backend"],
-            )?,
-            backend_healthy: IntGaugeVec::new(
-                opts("backend_healthy", "1 when the backend takes traffic"),
-                &["backend"],
             )?,
             retries: IntCounterVec::new(opts("retries_total", "Requests sent again to another backend"), &["route"])?,
             quic_connections_open: IntGauge::with_opts(opts("quic_connections_open", "Open QUIC connections"))?,
@@ -102,13 +105,6 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
-            upstream_connections: IntGaugeVec::new(
-                opts(
-                    "upstream_connections",
-                    "Open pooled connections to a backend (upstream_pool_connections splits them into active and idle)",
-                ),
-                &["backend"],
-            )?,
             tcp_connections_open: IntGauge::with_opts(opts("tcp_connections_open", "Open HTTPS-over-TCP connections"))?,
             health_checks: IntCounterVec::new(
                 opts("health_checks_total", "Active health probes by result"),
@@ -135,12 +131,33 @@ impl Metrics {
                 ))
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            route_table_rebuilds: IntCounter::with_opts(opts(
+                "route_table_rebuilds_total",
+                "Route tables built by the controller (each follows a relevant watch change or relist)",
+            ))?,
+            watch_changes: IntCounterVec::new(
+                opts(
+                    "watch_changes_total",
+                    "Watch events that changed what the route table is built from (status writes do not), by kind",
+                ),
+                &["kind"],
+            )?,
+            watch_failing: IntGaugeVec::new(
+                opts(
+                    "watch_failing",
+                    "1 while a watch fails (e.g. its CRD is not installed or RBAC forbids it), by kind",
+                ),
+                &["kind"],
+            )?,
+            watch_errors: IntCounterVec::new(
+                opts("watch_errors_total", "Failed watch or list attempts, by kind"),
+                &["kind"],
+            )?,
             registry: Registry::new(),
+            backend_leases: Mutex::default(),
         };
         r(Box::new(m.http_requests.clone()))?;
         r(Box::new(m.http_request_duration.clone()))?;
-        r(Box::new(m.active_connections.clone()))?;
-        r(Box::new(m.backend_healthy.clone()))?;
         r(Box::new(m.retries.clone()))?;
         r(Box::new(m.quic_connections_open.clone()))?;
         r(Box::new(m.quic_handshakes.clone()))?;
@@ -150,7 +167,6 @@ impl Metrics {
         r(Box::new(m.quic_zero_rtt.clone()))?;
         r(Box::new(m.early_data_requests.clone()))?;
         r(Box::new(m.tls_resumptions.clone()))?;
-        r(Box::new(m.upstream_connections.clone()))?;
         r(Box::new(m.tcp_connections_open.clone()))?;
         r(Box::new(m.health_checks.clone()))?;
         r(Box::new(m.passive_ejections.clone()))?;
@@ -159,7 +175,10 @@ impl Metrics {
         r(Box::new(m.route_table_build_seconds.clone()))?;
         r(Box::new(m.watch_events.clone()))?;
         r(Box::new(m.change_to_serving.clone()))?;
-        r(Box::new(PoolCollector::new()?))?;
+        r(Box::new(m.route_table_rebuilds.clone()))?;
+        r(Box::new(m.watch_changes.clone()))?;
+        r(Box::new(m.watch_failing.clone()))?;
+        r(Box::new(m.watch_errors.clone()))?;
         // Fixed outcomes start at zero, so rates and dashboards work before the first event.
         for outcome in ["accepted", "rejected"] {
             m.quic_zero_rtt.with_label_values(&[outcome]);
@@ -181,54 +200,173 @@ impl Metrics {
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
-}
 
-/// `upstream_pool_connections{backend,state}`: each live endpoint's pooled connections,
-/// active or idle, computed when scraped (so idle connections closing show without a request).
-struct PoolCollector(IntGaugeVec);
+    /// Records a route table about to be published and how long it took to build.
+    pub fn record_table(&self, generation: u64, routes: usize, build: std::time::Duration) {
+        self.route_table_generation.set(generation as i64);
+        self.route_table_routes.set(routes as i64);
+        self.route_table_build_seconds.observe(build.as_secs_f64());
+    }
 
-impl PoolCollector {
-    fn new() -> Result<Self, prometheus::Error> {
-        Ok(Self(IntGaugeVec::new(
-            opts(
-                "upstream_pool_connections",
-                "Pooled connections to a backend: active (carrying a request) or idle (kept for reuse)",
-            ),
-            &["backend", "state"],
-        )?))
+    /// Registers a collector whose series are computed when scraped.
+    pub fn register_collector(&self, collector: Box<dyn prometheus::core::Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
+    }
+
+    /// A lease on `address`'s per-backend series, held by each endpoint at that address.
+    pub fn backend_series(self: &Arc<Self>, address: &str) -> BackendSeries {
+        let mut leases = self.backend_leases.lock().unwrap_or_else(|p| p.into_inner());
+        *leases.entry(address.to_string()).or_insert(0) += 1;
+        BackendSeries {
+            metrics: self.clone(),
+            passive_ejections: self.passive_ejections.with_label_values(&[address]),
+            address: address.to_string(),
+        }
+    }
+
+    /// How many series `vec` has for `backend` (for tests and checks of cardinality).
+    pub fn series_of_backend(&self, family: &dyn prometheus::core::Collector, backend: &str) -> usize {
+        labelled(family, "backend", backend).len()
+    }
+
+    fn drop_backend_series(&self, address: &str) {
+        for values in labelled(&self.http_requests, "backend", address) {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            let _ = self.http_requests.remove_label_values(&values);
+        }
+        let _ = self.passive_ejections.remove_label_values(&[address]);
     }
 }
 
-impl prometheus::core::Collector for PoolCollector {
+/// The label values, in the metric's label order, of every series of `family` whose
+/// `label` is `value`.
+fn labelled(family: &dyn prometheus::core::Collector, label: &str, value: &str) -> Vec<Vec<String>> {
+    let Some(desc) = family.desc().into_iter().next() else { return Vec::new() };
+    let order = desc.variable_labels.clone();
+    family
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_label().iter().any(|l| l.name() == label && l.value() == value))
+        .map(|m| {
+            order
+                .iter()
+                .map(|name| {
+                    m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string()).unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// An endpoint's claim on its address's series, with the handles it records into. When
+/// the last claim on an address is dropped, every series labelled with it is removed, so
+/// pods coming and going do not grow the metric set.
+pub struct BackendSeries {
+    metrics: Arc<Metrics>,
+    address: String,
+    pub passive_ejections: IntCounter,
+}
+
+impl Drop for BackendSeries {
+    fn drop(&mut self) {
+        let mut leases = self.metrics.backend_leases.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(count) = leases.get_mut(&self.address) else { return };
+        *count -= 1;
+        if *count == 0 {
+            leases.remove(&self.address);
+            // Still under the lock, so a new lease on the address cannot race the removal.
+            self.metrics.drop_backend_series(&self.address);
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSeries").field("address", &self.address).finish()
+    }
+}
+
+/// One live endpoint as a scrape sees it.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSample {
+    pub backend: String,
+    pub in_flight: i64,
+    pub healthy: bool,
+    /// Open pooled connections, and how many of them carry a request now.
+    pub open: i64,
+    pub active: i64,
+}
+
+/// The per-backend gauges, computed when scraped from the endpoints alive at that moment
+/// (`sample` lists them). Endpoints at one address add up (two groups with their own pool
+/// settings may name the same Service); a backend is healthy only while every endpoint at
+/// that address takes traffic; a removed endpoint simply stops being listed.
+pub struct EndpointGauges {
+    sample: Box<dyn Fn() -> Vec<EndpointSample> + Send + Sync>,
+    active_connections: IntGaugeVec,
+    backend_healthy: IntGaugeVec,
+    upstream_connections: IntGaugeVec,
+    pool_connections: IntGaugeVec,
+}
+
+impl EndpointGauges {
+    pub fn new(sample: impl Fn() -> Vec<EndpointSample> + Send + Sync + 'static) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            sample: Box::new(sample),
+            active_connections: IntGaugeVec::new(
+                opts("active_connections", "Requests in flight to a backend (HTTP/1.1: connections in use)"),
+                &["backend"],
+            )?,
+            backend_healthy: IntGaugeVec::new(
+                opts("backend_healthy", "1 when the backend takes traffic (0 when any group took it out)"),
+                &["backend"],
+            )?,
+            upstream_connections: IntGaugeVec::new(
+                opts(
+                    "upstream_connections",
+                    "Open pooled connections to a backend (upstream_pool_connections splits them into active and idle)",
+                ),
+                &["backend"],
+            )?,
+            pool_connections: IntGaugeVec::new(
+                opts(
+                    "upstream_pool_connections",
+                    "Pooled connections to a backend: active (carrying a request) or idle (kept for reuse)",
+                ),
+                &["backend", "state"],
+            )?,
+        })
+    }
+
+    fn families(&self) -> [&IntGaugeVec; 4] {
+        [&self.active_connections, &self.backend_healthy, &self.upstream_connections, &self.pool_connections]
+    }
+}
+
+impl prometheus::core::Collector for EndpointGauges {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
+        self.families().into_iter().flat_map(|f| f.desc()).collect()
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.reset();
-        for (backend, active, idle) in crate::upstream::pool_connections() {
-            self.0.with_label_values(&[backend.as_str(), "active"]).add(active);
-            self.0.with_label_values(&[backend.as_str(), "idle"]).add(idle);
+        for family in self.families() {
+            family.reset();
         }
-        self.0.collect()
+        let mut healthy: HashMap<String, bool> = HashMap::new();
+        for e in (self.sample)() {
+            let b = e.backend.as_str();
+            self.active_connections.with_label_values(&[b]).add(e.in_flight);
+            self.upstream_connections.with_label_values(&[b]).add(e.open);
+            self.pool_connections.with_label_values(&[b, "active"]).add(e.active);
+            self.pool_connections.with_label_values(&[b, "idle"]).add(e.open.max(e.active) - e.active);
+            *healthy.entry(e.backend).or_insert(true) &= e.healthy;
+        }
+        for (backend, up) in healthy {
+            self.backend_healthy.with_label_values(&[backend.as_str()]).set(i64::from(up));
+        }
+        self.families().into_iter().flat_map(|f| f.collect()).collect()
     }
-}
-
-/// The process-wide metrics. Registration only fails on duplicate names, which would be a
-/// programming error caught by the first test; a broken set falls back to an empty one.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| match Metrics::new() {
-    Ok(m) => m,
-    Err(e) => {
-        eprintln!("error: metrics registration failed: {e}");
-        std::process::abort()
-    }
-});
-
-/// Records a route table about to be published and how long it took to build.
-pub fn record_table(table: &crate::routes::RouteTable, build: std::time::Duration) {
-    METRICS.route_table_generation.set(table.generation as i64);
-    METRICS.route_table_routes.set(table.route_count() as i64);
-    METRICS.route_table_build_seconds.observe(build.as_secs_f64());
 }
 
 /// Folds a method into a bounded label value.
@@ -251,26 +389,84 @@ pub fn method_label(method: &http::Method) -> &'static str {
 mod tests {
     use super::*;
 
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new().unwrap())
+    }
+
     #[test]
     fn every_metric_registers_and_renders_with_the_prefix() {
-        METRICS.http_requests.with_label_values(&["GET", "200", "b", "r"]).inc();
-        METRICS.quic_connections_open.set(0);
-        let text = METRICS.render();
+        let m = metrics();
+        m.http_requests.with_label_values(&["GET", "200", "b", "r"]).inc();
+        m.quic_connections_open.set(0);
+        let text = m.render();
         assert!(
             text.contains("quic_ingress_http_requests_total{backend=\"b\",method=\"GET\",route=\"r\",status=\"200\"}")
         );
         assert!(text.contains("quic_ingress_quic_connections_open 0"));
     }
 
-    /// Every metric family name registered.
+    #[test]
+    fn two_values_keep_their_own_counts() {
+        let (a, b) = (metrics(), metrics());
+        a.quic_lost_packets.inc_by(3);
+        assert_eq!((a.quic_lost_packets.get(), b.quic_lost_packets.get()), (3, 0));
+    }
+
+    #[test]
+    fn a_backends_series_go_with_its_last_lease() {
+        let m = metrics();
+        let first = m.backend_series("10.0.0.1:80");
+        let second = m.backend_series("10.0.0.1:80");
+        m.http_requests.with_label_values(&["GET", "200", "10.0.0.1:80", "r"]).inc();
+        m.http_requests.with_label_values(&["POST", "502", "10.0.0.1:80", "r"]).inc();
+        m.http_requests.with_label_values(&["GET", "200", "10.0.0.2:80", "r"]).inc();
+        first.passive_ejections.inc();
+        drop(first);
+        assert_eq!(m.series_of_backend(&m.http_requests, "10.0.0.1:80"), 2, "another endpoint still uses it");
+        assert_eq!(second.passive_ejections.get(), 1, "one series per address, shared");
+        drop(second);
+        assert_eq!(m.series_of_backend(&m.http_requests, "10.0.0.1:80"), 0);
+        assert_eq!(m.series_of_backend(&m.passive_ejections, "10.0.0.1:80"), 0);
+        assert_eq!(m.series_of_backend(&m.http_requests, "10.0.0.2:80"), 1, "other backends keep theirs");
+    }
+
+    #[test]
+    fn endpoint_gauges_add_up_per_address_and_health_needs_every_endpoint() {
+        let gauges = EndpointGauges::new(|| {
+            let e = |backend: &str, in_flight, healthy, open, active| EndpointSample {
+                backend: backend.into(),
+                in_flight,
+                healthy,
+                open,
+                active,
+            };
+            vec![e("a:1", 2, true, 3, 2), e("a:1", 1, false, 1, 1), e("b:1", 0, true, 1, 0)]
+        })
+        .unwrap();
+        let m = metrics();
+        m.register_collector(Box::new(gauges)).unwrap();
+        let text = m.render();
+        for line in [
+            "quic_ingress_active_connections{backend=\"a:1\"} 3",
+            "quic_ingress_backend_healthy{backend=\"a:1\"} 0",
+            "quic_ingress_backend_healthy{backend=\"b:1\"} 1",
+            "quic_ingress_upstream_connections{backend=\"a:1\"} 4",
+            "quic_ingress_upstream_pool_connections{backend=\"a:1\",state=\"active\"} 3",
+            "quic_ingress_upstream_pool_connections{backend=\"a:1\",state=\"idle\"} 1",
+            "quic_ingress_upstream_pool_connections{backend=\"b:1\",state=\"idle\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    /// Every metric family name exported.
     fn family_names() -> Vec<String> {
         use prometheus::core::Collector;
-        let m = &*METRICS;
+        let m = metrics();
+        let gauges = EndpointGauges::new(Vec::new).unwrap();
         let collectors: Vec<&dyn Collector> = vec![
             &m.http_requests,
             &m.http_request_duration,
-            &m.active_connections,
-            &m.backend_healthy,
             &m.retries,
             &m.quic_connections_open,
             &m.quic_handshakes,
@@ -280,7 +476,6 @@ mod tests {
             &m.quic_zero_rtt,
             &m.early_data_requests,
             &m.tls_resumptions,
-            &m.upstream_connections,
             &m.tcp_connections_open,
             &m.health_checks,
             &m.passive_ejections,
@@ -289,14 +484,13 @@ mod tests {
             &m.route_table_build_seconds,
             &m.watch_events,
             &m.change_to_serving,
+            &gauges,
+            &m.route_table_rebuilds,
+            &m.watch_changes,
+            &m.watch_failing,
+            &m.watch_errors,
         ];
-        let pool = PoolCollector::new().expect("pool collector");
-        collectors
-            .iter()
-            .chain([&pool as &dyn Collector].iter())
-            .flat_map(|c| c.desc())
-            .map(|d| d.fq_name.clone())
-            .collect()
+        collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
     }
 
     #[test]

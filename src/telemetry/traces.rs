@@ -40,6 +40,20 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// An info-level request span when traces are exported, `Span::none()` otherwise, so a
+/// request without an exporter pays for no span at all. Takes `tracing::info_span!`'s
+/// arguments.
+macro_rules! span {
+    ($($args:tt)*) => {
+        if $crate::telemetry::traces::enabled() {
+            ::tracing::info_span!($($args)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+pub(crate) use span;
+
 /// Builds the exporting layer. Must run inside the Tokio runtime (the batch exporter is a
 /// task on it).
 pub fn layer<S>(config: &TracingConfig) -> Result<impl tracing_subscriber::Layer<S>, TracingError>

@@ -1,7 +1,6 @@
-//! Server certificates: PEM loading, the self-signed development certificate, and the
-//! per-table set of certificates chosen by SNI.
+//! Server certificates: PEM loading and the self-signed development certificate. (The
+//! per-table set chosen by SNI is `routes::CertSet`.)
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +10,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{TlsError, provider};
-use crate::routes::HostRule;
 
 /// Loads a certificate chain and its private key from PEM files.
 pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -88,74 +86,9 @@ pub fn generate_dev_cert(names: &[String], dir: &Path) -> Result<DevCert, TlsErr
     })
 }
 
-/// Certificates of one route table: by exact host, by wildcard suffix, and a default for
-/// clients that send no (or an unknown) SNI name.
-#[derive(Clone, Default)]
-pub struct CertSet {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
-}
-
-impl std::fmt::Debug for CertSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertSet")
-            .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
-            .field("default", &self.default.is_some())
-            .finish()
-    }
-}
-
-impl CertSet {
-    pub fn with_default(default: Arc<CertifiedKey>) -> Self {
-        Self { default: Some(default), ..Self::default() }
-    }
-
-    pub fn insert(&mut self, host: &HostRule, key: Arc<CertifiedKey>) {
-        match host {
-            HostRule::Exact(h) => self.exact.insert(h.clone(), key),
-            HostRule::Wildcard(s) => self.wildcard.insert(s.clone(), key),
-        };
-    }
-
-    /// The certificate for an SNI name: exact, then wildcard, then the default.
-    pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let found = sni.map(|s| s.to_ascii_lowercase()).and_then(|name| {
-            self.exact
-                .get(&name)
-                .or_else(|| crate::routes::wildcard_suffix(&name).and_then(|s| self.wildcard.get(s)))
-                .cloned()
-        });
-        found.or_else(|| self.default.clone())
-    }
-
-    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
-        self.exact.keys().cloned().chain(self.wildcard.keys().map(|s| format!("*.{s}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key_for(name: &str) -> Arc<CertifiedKey> {
-        let g = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        certified_key_from_pem(g.cert.pem().as_bytes(), g.signing_key.serialize_pem().as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn sni_picks_exact_then_wildcard_then_default() {
-        let (a, w, d) = (key_for("a.example.com"), key_for("*.example.com"), key_for("default"));
-        let mut set = CertSet::with_default(d.clone());
-        set.insert(&HostRule::parse("a.example.com").unwrap(), a.clone());
-        set.insert(&HostRule::parse("*.example.com").unwrap(), w.clone());
-        assert!(Arc::ptr_eq(&set.resolve(Some("A.example.com")).unwrap(), &a));
-        assert!(Arc::ptr_eq(&set.resolve(Some("b.example.com")).unwrap(), &w));
-        assert!(Arc::ptr_eq(&set.resolve(Some("x.b.example.com")).unwrap(), &d));
-        assert!(Arc::ptr_eq(&set.resolve(None).unwrap(), &d));
-        assert!(CertSet::default().resolve(Some("a")).is_none());
-    }
 
     #[test]
     fn mismatched_or_garbage_pem_is_an_error() {

@@ -5,7 +5,7 @@ mod certs;
 mod tickets;
 mod verify;
 
-pub use certs::{CertSet, DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
+pub use certs::{DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
 pub use tickets::{Resumption, SharedTicketer, TICKET_KEY_LEN, TicketKeyError, parse_ticket_keys};
 pub use verify::insecure_client_config;
 
@@ -85,6 +85,7 @@ pub fn server_config(
     alpn: &[&[u8]],
     quic: bool,
     resumption: &Resumption,
+    metrics: &crate::telemetry::metrics::Metrics,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let tls13_only = quic;
     let versions: &[&rustls::SupportedProtocolVersion] =
@@ -95,6 +96,6 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    resumption.apply(&mut config, quic);
+    resumption.apply(&mut config, quic, metrics);
     Ok(config)
 }

@@ -15,7 +15,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::Metrics;
 
 /// Bytes in one ticket key: a 16-byte name (sent in clear in each ticket, so a replica
 /// knows which key sealed it) and a 32-byte AES-256-GCM key.
@@ -31,28 +31,29 @@ const SESSION_CACHE_SIZE: usize = 10_000;
 #[derive(Debug, Clone)]
 pub enum Resumption {
     /// Sessions kept in memory and usable once; 0-RTT allowed when `early_data`.
-    SingleUse { sessions: Arc<dyn StoresServerSessions>, early_data: bool },
+    SingleUse { sessions: Arc<ServerSessionMemoryCache>, early_data: bool },
     /// Stateless tickets sealed with shared keys.
     SharedKeys(Arc<SharedTicketer>),
 }
 
 impl Resumption {
     pub fn single_use(early_data: bool) -> Self {
-        let sessions = Arc::new(CountedSessions(ServerSessionMemoryCache::new(SESSION_CACHE_SIZE)));
-        Self::SingleUse { sessions, early_data }
+        Self::SingleUse { sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE), early_data }
     }
 
-    /// Applies this mode to a listener's configuration. `quic` listeners may accept early
-    /// data; TCP ones never do (TLS 1.3 early data over TCP is not offered).
-    pub fn apply(&self, config: &mut rustls::ServerConfig, quic: bool) {
+    /// Applies this mode to a listener's configuration, counting resumptions into
+    /// `metrics`. `quic` listeners may accept early data; TCP ones never do (TLS 1.3 early
+    /// data over TCP is not offered).
+    pub fn apply(&self, config: &mut rustls::ServerConfig, quic: bool, metrics: &Metrics) {
+        let counts = ResumptionCounts::new(metrics);
         match self {
             Self::SingleUse { sessions, early_data } => {
-                config.session_storage = sessions.clone();
+                config.session_storage = Arc::new(CountedSessions { inner: sessions.clone(), counts });
                 // QUIC allows only 0 or the maximum; the amount is flow-controlled by QUIC.
                 config.max_early_data_size = if quic && *early_data { u32::MAX } else { 0 };
             }
             Self::SharedKeys(ticketer) => {
-                config.ticketer = ticketer.clone();
+                config.ticketer = Arc::new(CountedTickets { inner: ticketer.clone(), counts });
                 config.max_early_data_size = 0;
             }
         }
@@ -63,36 +64,75 @@ impl Resumption {
     }
 }
 
-/// Counts a resumption attempt: the session was found, or the client's ticket is one this
+/// Counts resumption attempts: the session was found, or the client's ticket is one this
 /// replica cannot open (another replica's, expired, used already, or keys rotated away).
-fn count_resumption(found: bool) {
-    let outcome = if found { "resumed" } else { "unknown_ticket" };
-    METRICS.tls_resumptions.with_label_values(&[outcome]).inc();
+#[derive(Debug)]
+struct ResumptionCounts {
+    resumed: prometheus::IntCounter,
+    unknown_ticket: prometheus::IntCounter,
+}
+
+impl ResumptionCounts {
+    fn new(metrics: &Metrics) -> Self {
+        Self {
+            resumed: metrics.tls_resumptions.with_label_values(&["resumed"]),
+            unknown_ticket: metrics.tls_resumptions.with_label_values(&["unknown_ticket"]),
+        }
+    }
+
+    fn count<T>(&self, found: Option<T>) -> Option<T> {
+        if found.is_some() { &self.resumed } else { &self.unknown_ticket }.inc();
+        found
+    }
 }
 
 /// The in-memory session cache, counting look-ups.
 #[derive(Debug)]
-struct CountedSessions(Arc<ServerSessionMemoryCache>);
+struct CountedSessions {
+    inner: Arc<ServerSessionMemoryCache>,
+    counts: ResumptionCounts,
+}
 
 impl StoresServerSessions for CountedSessions {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.0.put(key, value)
+        self.inner.put(key, value)
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.0.get(key);
-        count_resumption(found.is_some());
-        found
+        self.counts.count(self.inner.get(key))
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.0.take(key);
-        count_resumption(found.is_some());
-        found
+        self.counts.count(self.inner.take(key))
     }
 
     fn can_cache(&self) -> bool {
-        self.0.can_cache()
+        self.inner.can_cache()
+    }
+}
+
+/// Shared-key tickets, counting the ones opened and refused.
+#[derive(Debug)]
+struct CountedTickets {
+    inner: Arc<SharedTicketer>,
+    counts: ResumptionCounts,
+}
+
+impl ProducesTickets for CountedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        self.counts.count(self.inner.decrypt(ticket))
     }
 }
 
@@ -211,9 +251,7 @@ impl ProducesTickets for SharedTicketer {
     }
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
-        let plain = self.open(ticket);
-        count_resumption(plain.is_some());
-        plain
+        self.open(ticket)
     }
 }
 

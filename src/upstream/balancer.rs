@@ -6,10 +6,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Which strategy a backend group uses.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
-)]
+/// Which strategy a backend group uses. (Serialized only for `/debug/routes`; the APIs
+/// that read a strategy have enums of their own.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     #[default]

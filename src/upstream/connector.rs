@@ -28,27 +28,24 @@ pub struct EndpointConnector {
 }
 
 /// Open connections to one endpoint, whichever client opened them.
+#[derive(Default)]
 pub struct ConnCounts {
-    /// All open connections (the `upstream_connections` gauge).
-    open: prometheus::IntGauge,
+    /// All open connections.
+    open: AtomicI64,
     /// Those that carry many requests at once (HTTP/2, HTTP/3).
     multiplexed: AtomicI64,
 }
 
 impl ConnCounts {
-    pub fn new(open: prometheus::IntGauge) -> Self {
-        Self { open, multiplexed: AtomicI64::new(0) }
-    }
-
     pub fn opened(&self, multiplexed: bool) {
-        self.open.inc();
+        self.open.fetch_add(1, Ordering::Relaxed);
         if multiplexed {
             self.multiplexed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn closed(&self, multiplexed: bool) {
-        self.open.dec();
+        self.open.fetch_sub(1, Ordering::Relaxed);
         if multiplexed {
             self.multiplexed.fetch_sub(1, Ordering::Relaxed);
         }
@@ -56,7 +53,7 @@ impl ConnCounts {
 
     /// (all, multiplexed).
     pub fn get(&self) -> (i64, i64) {
-        (self.open.get(), self.multiplexed.load(Ordering::Relaxed))
+        (self.open.load(Ordering::Relaxed), self.multiplexed.load(Ordering::Relaxed))
     }
 }
 

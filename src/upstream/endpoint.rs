@@ -19,7 +19,7 @@ use super::{
     BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, Transition, UpstreamError, UpstreamTls,
 };
 use crate::body::ProxyBody;
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::{BackendSeries, EndpointGauges, EndpointSample, Metrics};
 use tokio::sync::mpsc;
 
 /// Everything that identifies an endpoint's client: two groups naming the same URL with
@@ -40,9 +40,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     healthy: AtomicBool,
     slots: Arc<Semaphore>,
-    /// Metric handles resolved once, so requests do no label look-ups here.
-    active_gauge: prometheus::IntGauge,
-    healthy_gauge: prometheus::IntGauge,
+    /// This endpoint's claim on its address's metric series.
+    series: BackendSeries,
     /// Requests waiting for a slot, and how many may.
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -64,6 +63,18 @@ enum Transport {
     Hyper(Client<EndpointConnector, ProxyBody>),
     /// HTTP/3: one multiplexed QUIC connection.
     H3(H3Upstream),
+    /// A stand-in backend for in-process tests of the request pipeline.
+    #[cfg(test)]
+    Stub(Arc<dyn StubTransport>),
+}
+
+/// A backend the pipeline's tests script: answers, fails or stalls as a test says.
+#[cfg(test)]
+pub trait StubTransport: Send + Sync {
+    fn send(
+        &self,
+        req: http::Request<ProxyBody>,
+    ) -> futures::future::BoxFuture<'static, Result<http::Response<UpstreamBody>, SendError>>;
 }
 
 /// Why a request got no response from the backend.
@@ -85,6 +96,8 @@ pub enum SendError {
 pub enum UpstreamBody {
     Hyper(Incoming),
     H3(H3Body),
+    #[cfg(test)]
+    Stub(ProxyBody),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -98,6 +111,8 @@ impl http_body::Body for UpstreamBody {
         match self.get_mut() {
             Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::H3(b) => std::pin::Pin::new(b).poll_frame(cx),
+            #[cfg(test)]
+            Self::Stub(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -105,6 +120,8 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::H3(_) => false,
+            #[cfg(test)]
+            Self::Stub(b) => b.is_end_stream(),
         }
     }
 
@@ -112,6 +129,8 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::H3(_) => http_body::SizeHint::default(),
+            #[cfg(test)]
+            Self::Stub(b) => b.size_hint(),
         }
     }
 }
@@ -127,10 +146,25 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    fn new(spec: &EndpointSpec, transitions: Option<mpsc::UnboundedSender<Transition>>) -> Result<Self, UpstreamError> {
-        let open = METRICS.upstream_connections.with_label_values(&[spec.url.address().as_str()]);
-        let counts = Arc::new(ConnCounts::new(open));
-        let client = match spec.url.protocol {
+    fn new(
+        spec: &EndpointSpec,
+        metrics: &Arc<Metrics>,
+        transitions: Option<mpsc::UnboundedSender<Transition>>,
+    ) -> Result<Self, UpstreamError> {
+        let counts = Arc::new(ConnCounts::default());
+        let client = Self::transport(spec, &counts)?;
+        Ok(Self::with_client(spec, metrics, transitions, counts, client))
+    }
+
+    /// An endpoint whose requests go to a scripted stand-in instead of the network.
+    #[cfg(test)]
+    pub fn stub(spec: &EndpointSpec, transport: Arc<dyn StubTransport>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
+        Arc::new(Self::with_client(spec, &metrics, None, Arc::default(), Transport::Stub(transport)))
+    }
+
+    fn transport(spec: &EndpointSpec, counts: &Arc<ConnCounts>) -> Result<Transport, UpstreamError> {
+        Ok(match spec.url.protocol {
             Protocol::H3 => {
                 let (config, name) = client_tls(&spec.url, &spec.tls, &[b"h3"])?;
                 let h3 = H3Upstream::new(
@@ -168,14 +202,19 @@ impl Endpoint {
                     .http2_only(h2c);
                 Transport::Hyper(builder.build(connector))
             }
-        };
+        })
+    }
+
+    fn with_client(
+        spec: &EndpointSpec,
+        metrics: &Arc<Metrics>,
+        transitions: Option<mpsc::UnboundedSender<Transition>>,
+        counts: Arc<ConnCounts>,
+        client: Transport,
+    ) -> Self {
         let address = spec.url.address();
-        let active_gauge = METRICS.active_connections.with_label_values(&[address.as_str()]);
-        let healthy_gauge = METRICS.backend_healthy.with_label_values(&[address.as_str()]);
-        healthy_gauge.set(1);
-        Ok(Self {
-            active_gauge,
-            healthy_gauge,
+        Self {
+            series: metrics.backend_series(&address),
             address,
             url: spec.url.clone(),
             in_flight: AtomicUsize::new(0),
@@ -188,7 +227,7 @@ impl Endpoint {
             transitions,
             counts,
             client,
-        })
+        }
     }
 
     /// The pool's open connections as (active, idle).
@@ -207,7 +246,6 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
-        self.healthy_gauge.set(i64::from(healthy));
     }
 
     /// Whether a request may be sent here. An endpoint ejected by passive checks gets one
@@ -247,7 +285,7 @@ impl Endpoint {
         if state.consecutive_failures >= policy.max_failures && self.is_healthy() {
             state.ejected_until = Some(now + policy.cooldown);
             self.set_healthy(false);
-            METRICS.passive_ejections.with_label_values(&[self.address.as_str()]).inc();
+            self.series.passive_ejections.inc();
             return Some(false);
         }
         if !self.is_healthy() && state.ejected_until.is_some() {
@@ -303,7 +341,6 @@ impl Endpoint {
             }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.active_gauge.inc();
         Some(InFlight { endpoint: self.clone(), _permit: permit })
     }
 
@@ -313,6 +350,8 @@ impl Endpoint {
         match &self.client {
             Transport::Hyper(client) => Ok(client.request(req).await?.map(UpstreamBody::Hyper)),
             Transport::H3(h3) => Ok(h3.send(req).await?.map(UpstreamBody::H3)),
+            #[cfg(test)]
+            Transport::Stub(stub) => stub.send(req).await,
         }
     }
 }
@@ -344,16 +383,6 @@ impl Default for PassiveState {
     }
 }
 
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        // No table names this endpoint any more: drop its series so churn of endpoints
-        // does not grow the metric set.
-        let _ = METRICS.active_connections.remove_label_values(&[self.address.as_str()]);
-        let _ = METRICS.backend_healthy.remove_label_values(&[self.address.as_str()]);
-        let _ = METRICS.upstream_connections.remove_label_values(&[self.address.as_str()]);
-    }
-}
-
 /// A request's claim on an endpoint: counts toward least-connections and holds a connection
 /// slot until dropped (when the response body is done).
 pub struct InFlight {
@@ -370,7 +399,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.active_gauge.dec();
     }
 }
 
@@ -408,49 +436,60 @@ fn split_pool(open: i64, multiplexed: i64, in_flight: i64) -> (i64, i64) {
     (active, open.max(active) - active)
 }
 
-/// Every endpoint alive in the process, for the pool metrics read at scrape time.
-static ALL_ENDPOINTS: Mutex<Vec<Weak<Endpoint>>> = Mutex::new(Vec::new());
-
-/// (backend address, active, idle) for each live endpoint.
-pub fn pool_connections() -> Vec<(String, i64, i64)> {
-    let mut all = ALL_ENDPOINTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    all.retain(|w| w.strong_count() > 0);
-    all.iter()
-        .filter_map(Weak::upgrade)
-        .map(|e| {
-            let (active, idle) = e.pool_connections();
-            (e.address.clone(), active, idle)
-        })
-        .collect()
-}
+/// Live endpoints by spec, held weakly: an endpoint lives as long as some table names it.
+type LiveEndpoints = Arc<Mutex<HashMap<EndpointSpec, Weak<Endpoint>>>>;
 
 /// Hands out shared endpoints by spec; keeps only weak references so endpoints no table
-/// uses any more are dropped with their pools.
-#[derive(Default)]
+/// uses any more are dropped with their pools. Owns the per-backend gauges: they are read
+/// from its live endpoints when scraped.
 pub struct EndpointRegistry {
-    live: Mutex<HashMap<EndpointSpec, Weak<Endpoint>>>,
+    live: LiveEndpoints,
+    metrics: Arc<Metrics>,
     transitions: Option<mpsc::UnboundedSender<Transition>>,
 }
 
+impl Default for EndpointRegistry {
+    /// A registry with metrics of its own (for tests and one-off checks). `Metrics::new`
+    /// fails only on a malformed metric name, which the unit tests would have caught.
+    fn default() -> Self {
+        Self::new(Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}"))), None)
+    }
+}
+
 impl EndpointRegistry {
-    /// A registry whose endpoints announce health changes on `transitions`.
+    /// A registry recording into `metrics`, whose endpoints announce health changes on
+    /// `transitions` when given.
+    pub fn new(metrics: Arc<Metrics>, transitions: Option<mpsc::UnboundedSender<Transition>>) -> Self {
+        let live = LiveEndpoints::default();
+        let sampled = live.clone();
+        let registered =
+            EndpointGauges::new(move || sample(&sampled)).and_then(|g| metrics.register_collector(Box::new(g)));
+        if let Err(e) = registered {
+            tracing::warn!(error = %e, "per-backend gauges are not exported");
+        }
+        Self { live, metrics, transitions }
+    }
+
+    /// A registry with metrics of its own whose endpoints announce health changes.
     pub fn with_transitions(transitions: mpsc::UnboundedSender<Transition>) -> Self {
-        Self { live: Mutex::default(), transitions: Some(transitions) }
+        Self { transitions: Some(transitions), ..Self::default() }
     }
 
     pub fn endpoint(&self, spec: &EndpointSpec) -> Result<Arc<Endpoint>, UpstreamError> {
-        // Only table builds take this lock, never requests.
+        // Only table builds and scrapes take this lock, never requests.
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = live.get(spec).and_then(Weak::upgrade) {
             return Ok(existing);
         }
-        let endpoint = Arc::new(Endpoint::new(spec, self.transitions.clone())?);
+        let endpoint = Arc::new(Endpoint::new(spec, &self.metrics, self.transitions.clone())?);
         live.retain(|_, weak| weak.strong_count() > 0);
         live.insert(spec.clone(), Arc::downgrade(&endpoint));
-        let mut all = ALL_ENDPOINTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&endpoint));
         Ok(endpoint)
+    }
+
+    /// The metrics this registry's endpoints record into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Endpoints still referenced by some table.
@@ -458,6 +497,24 @@ impl EndpointRegistry {
         let live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         live.values().filter(|w| w.strong_count() > 0).count()
     }
+}
+
+/// What each live endpoint shows in the per-backend gauges.
+fn sample(live: &LiveEndpoints) -> Vec<EndpointSample> {
+    let live = live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    live.values()
+        .filter_map(Weak::upgrade)
+        .map(|e| {
+            let (active, idle) = e.pool_connections();
+            EndpointSample {
+                backend: e.address.clone(),
+                in_flight: e.in_flight() as i64,
+                healthy: e.is_healthy(),
+                open: active + idle,
+                active,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -481,6 +538,56 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             tls: UpstreamTls::default(),
         }
+    }
+
+    fn backend_lines(metrics: &Metrics) -> Vec<String> {
+        metrics.render().lines().filter(|l| l.contains("backend=")).map(str::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn endpoints_at_one_address_share_series_until_the_last_goes() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let reg = EndpointRegistry::new(metrics.clone(), None);
+        // A plain Service backend and a BackendGroup with its own pool settings, same pod.
+        let plain = reg.endpoint(&spec("http://10.1.0.5:8080")).unwrap();
+        let mut tuned = spec("http://10.1.0.5:8080");
+        tuned.pool.max_connections_per_host = 7;
+        let grouped = reg.endpoint(&tuned).unwrap();
+        assert!(!Arc::ptr_eq(&plain, &grouped), "two pools");
+        metrics.http_requests.with_label_values(&["GET", "200", "10.1.0.5:8080", "r"]).inc();
+        let _busy = grouped.acquire(&Timeouts::default()).await.unwrap();
+        grouped.set_healthy(false);
+        let text = metrics.render();
+        assert!(text.contains("quic_ingress_backend_healthy{backend=\"10.1.0.5:8080\"} 0"), "{text}");
+        assert!(text.contains("quic_ingress_active_connections{backend=\"10.1.0.5:8080\"} 1"), "{text}");
+
+        drop(_busy);
+        drop(grouped);
+        let text = metrics.render();
+        assert!(text.contains("quic_ingress_backend_healthy{backend=\"10.1.0.5:8080\"} 1"), "the one left: {text}");
+        assert!(text.contains("quic_ingress_http_requests_total{backend=\"10.1.0.5:8080\""), "still in use: {text}");
+        drop(plain);
+        assert_eq!(backend_lines(&metrics), Vec::<String>::new(), "gone with the last endpoint");
+    }
+
+    #[tokio::test]
+    async fn a_thousand_endpoint_changes_leave_only_the_live_endpoints_series() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let reg = EndpointRegistry::new(metrics.clone(), None);
+        let policy = PassiveCheck { max_failures: 1, ..PassiveCheck::default() };
+        let steady = reg.endpoint(&spec("http://10.2.0.1:80")).unwrap();
+        for i in 0..1000u16 {
+            // A pod replaced: a new address takes traffic, fails once, and goes.
+            let ep = reg.endpoint(&spec(&format!("http://10.3.{}.{}:80", i / 250, i % 250))).unwrap();
+            metrics.http_requests.with_label_values(&["GET", "200", &ep.address, "r"]).inc();
+            metrics.http_requests.with_label_values(&["GET", "502", &ep.address, "r"]).inc();
+            ep.report(false, &policy);
+        }
+        let lines = backend_lines(&metrics);
+        assert!(lines.iter().all(|l| l.contains("10.2.0.1:80")), "only the endpoint alive: {lines:?}");
+        assert!(lines.len() <= 6, "{lines:?}");
+        assert_eq!(reg.live_count(), 1);
+        drop(steady);
     }
 
     #[tokio::test]

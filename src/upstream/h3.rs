@@ -195,13 +195,10 @@ impl Drop for SilenceWatch {
 /// Streams a request body up the stream, ending it with trailers or FIN.
 async fn pump(mut body: ProxyBody, mut up: RequestStream<h3_quinn::SendStream<Bytes>, Bytes>) {
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(_) => {
-                // The client's body broke: the backend must not take a truncated one as whole.
-                up.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-                return;
-            }
+        let Ok(frame) = frame else {
+            // The client's body broke: the backend must not take a truncated one as whole.
+            up.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            return;
         };
         match frame.into_data() {
             Ok(data) => {

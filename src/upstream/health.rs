@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use http::Request;
 use tokio::task::JoinHandle;
 
-use super::Endpoint;
-use crate::routes::RouteTable;
+use super::{BackendGroup, Endpoint};
+use crate::telemetry::metrics::Metrics;
 
 /// How a group's endpoints are probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,21 +98,22 @@ pub struct Transition {
 }
 
 /// Keeps one probe task per endpoint that some group checks.
-#[derive(Default)]
 pub struct HealthChecker {
     tasks: HashMap<usize, (Arc<Endpoint>, HealthCheck, JoinHandle<()>)>,
+    metrics: Arc<Metrics>,
 }
 
 impl HealthChecker {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { tasks: HashMap::new(), metrics }
     }
 
-    /// Starts probing endpoints new to `table` and stops those it no longer has. An endpoint
-    /// shared by several groups is probed once, with the first group's settings.
-    pub fn sync(&mut self, table: &RouteTable) {
+    /// Starts probing endpoints new to `groups` (those of the table being published) and
+    /// stops those they no longer have. An endpoint shared by several groups is probed
+    /// once, with the first group's settings.
+    pub fn sync<'a>(&mut self, groups: impl IntoIterator<Item = &'a Arc<BackendGroup>>) {
         let mut wanted: HashMap<usize, (Arc<Endpoint>, HealthCheck)> = HashMap::new();
-        for group in table.groups() {
+        for group in groups {
             let Some(check) = &group.health_check else { continue };
             for (ep, _) in group.members() {
                 wanted.entry(Arc::as_ptr(ep) as usize).or_insert_with(|| (ep.clone(), check.clone()));
@@ -129,7 +130,7 @@ impl HealthChecker {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(ep.clone(), check.clone()));
+            let task = tokio::spawn(probe_loop(ep.clone(), check.clone(), self.metrics.clone()));
             self.tasks.insert(key, (ep, check, task));
         }
     }
@@ -148,11 +149,12 @@ impl Drop for HealthChecker {
     }
 }
 
-async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck) {
+async fn probe_loop(ep: Arc<Endpoint>, check: HealthCheck, metrics: Arc<Metrics>) {
+    let healthy = metrics.health_checks.with_label_values(&["healthy"]);
+    let unhealthy = metrics.health_checks.with_label_values(&["unhealthy"]);
     loop {
         let result = probe(&ep, &check).await;
-        let label = if result.is_ok() { "healthy" } else { "unhealthy" };
-        crate::telemetry::metrics::METRICS.health_checks.with_label_values(&[label]).inc();
+        if result.is_ok() { &healthy } else { &unhealthy }.inc();
         if let Some(healthy) = ep.observe_probe(result, &check) {
             let reason = if healthy {
                 format!("{} consecutive successful checks", check.healthy_threshold)

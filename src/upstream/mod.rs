@@ -6,16 +6,23 @@ mod connector;
 mod endpoint;
 mod h3;
 pub mod health;
+mod retry_budget;
+mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use balancer::{Balancer, Strategy};
-pub use endpoint::{
-    Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody, pool_connections,
-};
+#[cfg(test)]
+pub use endpoint::StubTransport;
+pub use endpoint::{Endpoint, EndpointRegistry, EndpointSpec, InFlight, PassiveCheck, SendError, UpstreamBody};
 pub use health::{HealthCheck, HealthChecker, HealthRecord, Transition, parse_status_range};
+pub use retry_budget::RetryBudget;
+pub use spec::{
+    BackendSpec, Field, GroupSpec, HealthCheckSpec, MAX_BACKENDS, MAX_FAILURES, MAX_POOL_SIZE, MAX_ROUTES,
+    MAX_THRESHOLD, MAX_WEIGHT, MIN_HEALTH_INTERVAL, Members, PassiveSpec, SpecError, millis,
+};
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +186,7 @@ pub struct BackendGroup {
     /// Passive checks from real traffic, if enabled.
     pub passive: Option<PassiveCheck>,
     /// Shared by this group's requests: retries allowed as a share of traffic.
-    pub retry_budget: crate::proxy::RetryBudget,
+    pub retry_budget: RetryBudget,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,

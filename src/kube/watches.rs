@@ -1,0 +1,578 @@
+//! The controller's watches: one reflector per kind that wakes the rebuild loop only when
+//! something translation reads has changed (not on status writes, the leader's own
+//! included), and a board of which watches work, so that one failing watch (a CRD not
+//! installed, a kind RBAC forbids) neither stops the others nor goes unnoticed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use super::crd::BackendGroup;
+use super::world::SERVICE_NAME_LABEL;
+use crate::telemetry::metrics::Metrics;
+
+/// A watch that has listed once counts as failing while its errors are this recent: kube's
+/// watcher does not say when a retried watch works again, but a failing one errs at least
+/// every `WATCH_RETRY_MAX`.
+const FAILING_WINDOW: Duration = Duration::from_secs(15);
+
+/// Watch retry delays: 0.5 s doubling up to 5 s (kube's default goes to 30 s), so watches
+/// resume within seconds of the API server coming back, and a CRD installed later is seen
+/// within 5 s. Reset after each success.
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: WATCH_RETRY_MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(WATCH_RETRY_MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_MIN;
+    }
+}
+
+// === Relevance ===
+
+/// The part of an object that translation (or status) reads, as a hash: two versions with
+/// the same fingerprint build the same table. Status, resourceVersion, managedFields and
+/// unrelated labels are left out, so status writes wake nothing.
+pub trait Relevant {
+    fn fingerprint(&self) -> u64;
+}
+
+/// Hashes the JSON form of `value` without building it in memory.
+fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
+    struct Sink(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Sink(std::collections::hash_map::DefaultHasher::new());
+    if serde_json::to_writer(&mut sink, value).is_err() {
+        // Cannot happen for API types; if it did, every new version counts as a change.
+        sink.0.write(resource_version.map(String::as_bytes).unwrap_or_default());
+    }
+    sink.0.finish()
+}
+
+impl Relevant for Ingress {
+    /// The spec bumps `generation`; the class annotation (and any annotation filters will
+    /// read) does not. The uid tells a re-created object (oldest wins a conflict).
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for IngressClass {
+    /// The default-class annotation matters and does not bump `generation`. Classes are few
+    /// and small, so the spec itself is compared.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &m.annotations, &self.spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for BackendGroup {
+    /// Status writes (every 30 s per group, by the leader) leave `generation` alone.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Service {
+    /// Ports and appProtocol live in the spec; the load-balancer status does not matter.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for EndpointSlice {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let service = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+        hash_json(&(&m.uid, service, &self.address_type, &self.endpoints, &self.ports), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Secret {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &self.type_, &self.data, &self.string_data), m.resource_version.as_ref())
+    }
+}
+
+type Key = (String, String);
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+}
+
+/// Remembers the fingerprint of every object of one kind, to tell which watch events
+/// change something. Deletions of known objects change something; a relist changes
+/// something when the relisted set differs from what was known (the first list always
+/// does, so the first table is built).
+#[derive(Default)]
+pub struct Changes {
+    seen: HashMap<Key, u64>,
+    relisting: Option<HashMap<Key, u64>>,
+    listed: bool,
+}
+
+impl Changes {
+    /// Whether `event` changed what translation reads.
+    pub fn observe<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Apply(obj) => {
+                let fp = obj.fingerprint();
+                self.seen.insert(key_of(obj), fp) != Some(fp)
+            }
+            watcher::Event::Delete(obj) => self.seen.remove(&key_of(obj)).is_some(),
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                self.relisting.get_or_insert_with(HashMap::new).insert(key_of(obj), obj.fingerprint());
+                false
+            }
+            watcher::Event::InitDone => {
+                let relisted = self.relisting.take().unwrap_or_default();
+                let changed = !self.listed || relisted != self.seen;
+                self.seen = relisted;
+                self.listed = true;
+                changed
+            }
+        }
+    }
+}
+
+// === The board ===
+
+/// How one watch is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchStatus {
+    /// Whether the route table is built from this kind (the published Service is not).
+    pub feeds_table: bool,
+    /// An initial list has completed at least once.
+    pub listed: bool,
+    /// The last error since the last event, and when.
+    pub error: Option<(Instant, String)>,
+}
+
+impl WatchStatus {
+    /// The error that makes this watch count as failing now, if any.
+    pub fn failing(&self, now: Instant) -> Option<&str> {
+        match &self.error {
+            Some((at, e)) if !self.listed || now.saturating_duration_since(*at) < FAILING_WINDOW => Some(e),
+            _ => None,
+        }
+    }
+
+    /// When a failing watch that has listed stops counting as failing if no error comes.
+    fn failing_until(&self) -> Option<Instant> {
+        match &self.error {
+            Some((at, _)) if self.listed => Some(*at + FAILING_WINDOW),
+            _ => None,
+        }
+    }
+}
+
+/// Every watch's status by kind, shared by the watch tasks, the rebuild loop and the
+/// readiness reporter, with the metrics the watches record into.
+#[derive(Clone)]
+pub struct Board {
+    statuses: Arc<watch::Sender<BTreeMap<&'static str, WatchStatus>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Board {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { statuses: Arc::new(watch::channel(BTreeMap::new()).0), metrics }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<&'static str, WatchStatus>> {
+        self.statuses.subscribe()
+    }
+
+    pub fn register(&self, kind: &'static str, feeds_table: bool) {
+        self.statuses.send_modify(|m| {
+            m.insert(kind, WatchStatus { feeds_table, listed: false, error: None });
+        });
+        self.metrics.watch_failing.with_label_values(&[kind]).set(0);
+    }
+
+    /// An object or the end of a list arrived: the watch works.
+    pub fn ok(&self, kind: &'static str, listed: bool) {
+        self.statuses.send_if_modified(|m| match m.get_mut(kind) {
+            Some(s) if s.error.is_some() || (listed && !s.listed) => {
+                s.error = None;
+                s.listed |= listed;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub fn failed(&self, kind: &'static str, error: String) {
+        self.metrics.watch_errors.with_label_values(&[kind]).inc();
+        self.statuses.send_modify(|m| {
+            if let Some(s) = m.get_mut(kind) {
+                s.error = Some((Instant::now(), error));
+            }
+        });
+    }
+}
+
+/// Whether the first table can be built: every watch the table needs has listed, or, once
+/// `grace_over`, has listed or failed (a missing CRD must not hold up the other kinds),
+/// with at least one listed (with none, the API server is unreachable and nothing is known).
+pub fn initial_lists_settled(statuses: &BTreeMap<&'static str, WatchStatus>, grace_over: bool) -> bool {
+    let table: Vec<&WatchStatus> = statuses.values().filter(|s| s.feeds_table).collect();
+    table.iter().all(|s| s.listed)
+        || (grace_over && table.iter().all(|s| s.listed || s.error.is_some()) && table.iter().any(|s| s.listed))
+}
+
+/// One line per failing watch, for `/readyz` and the log.
+pub fn failing_report(statuses: &BTreeMap<&'static str, WatchStatus>, now: Instant) -> Vec<String> {
+    statuses
+        .iter()
+        .filter_map(|(kind, s)| {
+            let error = s.failing(now)?;
+            let effect = match (s.feeds_table, s.listed) {
+                (true, false) => format!("routes are built without {kind} objects"),
+                (true, true) => format!("serving the last {kind} objects seen"),
+                (false, _) => "Ingress status is not updated".to_string(),
+            };
+            Some(format!("{kind} watch failing ({effect}): {error}"))
+        })
+        .collect()
+}
+
+/// When the report can next change without an event: the earliest decay of a failing watch.
+pub fn next_decay(statuses: &BTreeMap<&'static str, WatchStatus>, now: Instant) -> Option<Instant> {
+    statuses.values().filter_map(WatchStatus::failing_until).filter(|t| *t > now).min()
+}
+
+// === Watch tasks ===
+
+/// Starts a reflector for `K`; relevant changes (per [`Changes`]) wake `changed`, and the
+/// watch's health goes to `board` under `kind`. The watcher retries with backoff forever, so
+/// a lost API server is reconnected to and re-listed when it returns (the store keeps the
+/// last state it saw), and a kind not served yet (CRD missing) is picked up once it is.
+pub fn watch_kind<K>(
+    kind: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    changed: Arc<Notify>,
+    board: Board,
+) -> Store<K>
+where
+    K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    board.register(kind, true);
+    let stream = reflector::reflector(writer, watcher(api, cfg)).backoff(WatchBackoff::default());
+    let (events, changes_seen) =
+        (board.metrics.watch_events.with_label_values(&[kind]), board.metrics.watch_changes.with_label_values(&[kind]));
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut changes = Changes::default();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    events.inc();
+                    // Init only says a list is about to be tried; it may still fail.
+                    if !matches!(event, watcher::Event::Init) {
+                        board.ok(kind, matches!(event, watcher::Event::InitDone));
+                    }
+                    if changes.observe(&event) {
+                        changes_seen.inc();
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%kind, error = %e, "watch failed; retrying");
+                    board.failed(kind, e.to_string());
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// The six kinds translation reads.
+pub struct Stores {
+    pub ingresses: Store<Ingress>,
+    pub classes: Store<IngressClass>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub secrets: Store<Secret>,
+    pub groups: Store<BackendGroup>,
+}
+
+impl Stores {
+    pub fn start(client: &kube::Client, namespace: Option<&str>, changed: Arc<Notify>, board: &Board) -> Self {
+        let cfg = watcher::Config::default();
+        let (c, b) = (&changed, board);
+        Self {
+            ingresses: watch_kind("Ingress", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            classes: watch_kind("IngressClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
+            services: watch_kind("Service", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            slices: watch_kind("EndpointSlice", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            // Only TLS Secrets matter; the field selector keeps the rest out of memory.
+            secrets: watch_kind(
+                "Secret",
+                scoped(client, namespace),
+                cfg.clone().fields("type=kubernetes.io/tls"),
+                c.clone(),
+                b.clone(),
+            ),
+            groups: watch_kind("BackendGroup", scoped(client, namespace), cfg, c.clone(), b.clone()),
+        }
+    }
+
+    pub fn snapshot(&self) -> super::world::World {
+        super::world::World {
+            ingresses: self.ingresses.state(),
+            classes: self.classes.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            secrets: self.secrets.state(),
+            groups: self.groups.state(),
+        }
+    }
+}
+
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::utils::Backoff;
+    use watcher::Event;
+
+    #[test]
+    fn watch_retries_back_off_to_five_seconds_and_reset() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = (0..6).filter_map(|_| b.next()).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, vec![500, 1000, 2000, 4000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
+
+    fn ingress(name: &str, generation: i64) -> Ingress {
+        Ingress {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                uid: Some(format!("uid-{name}")),
+                generation: Some(generation),
+                resource_version: Some("1".into()),
+                ..ObjectMeta::default()
+            },
+            ..Ingress::default()
+        }
+    }
+
+    fn with_lb_status(mut i: Ingress, ip: &str, rv: &str) -> Ingress {
+        use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus};
+        i.metadata.resource_version = Some(rv.into());
+        i.status = Some(IngressStatus {
+            load_balancer: Some(IngressLoadBalancerStatus {
+                ingress: Some(vec![IngressLoadBalancerIngress { ip: Some(ip.into()), ..Default::default() }]),
+            }),
+        });
+        i
+    }
+
+    fn listed(changes: &mut Changes, objs: Vec<Ingress>) -> bool {
+        let mut changed = changes.observe(&Event::<Ingress>::Init);
+        for o in objs {
+            changed |= changes.observe(&Event::InitApply(o));
+        }
+        changed | changes.observe(&Event::<Ingress>::InitDone)
+    }
+
+    #[test]
+    fn status_writes_change_nothing_and_spec_or_annotation_changes_do() {
+        let mut c = Changes::default();
+        assert!(listed(&mut c, vec![ingress("a", 1)]), "the first list builds the first table");
+        assert!(!c.observe(&Event::Apply(with_lb_status(ingress("a", 1), "192.0.2.10", "2"))), "status write");
+        assert!(c.observe(&Event::Apply(ingress("a", 2))), "spec change (generation)");
+        let mut annotated = ingress("a", 2);
+        annotated.metadata.annotations = Some([("kubernetes.io/ingress.class".into(), "other".into())].into());
+        assert!(c.observe(&Event::Apply(annotated.clone())), "class annotation");
+        assert!(!c.observe(&Event::Apply(annotated)), "the same again");
+        assert!(c.observe(&Event::Apply(ingress("b", 1))), "a new object");
+        assert!(c.observe(&Event::Delete(ingress("b", 1))), "a deletion");
+        assert!(!c.observe(&Event::Delete(ingress("never-seen", 1))), "deleting what was never known");
+    }
+
+    #[test]
+    fn a_relist_changes_something_only_when_the_set_differs() {
+        let mut c = Changes::default();
+        let mut a = ingress("a", 1);
+        a.metadata.annotations = Some([("k".into(), "v".into())].into());
+        assert!(listed(&mut c, vec![a.clone(), ingress("b", 1)]));
+        // After a watch expired: the same objects, newer resourceVersions and status.
+        assert!(!listed(&mut c, vec![with_lb_status(a.clone(), "192.0.2.10", "9"), ingress("b", 1)]));
+        assert!(listed(&mut c, vec![a.clone()]), "b was deleted while the watch was down");
+        assert!(listed(&mut c, vec![a, ingress("c", 1)]), "c was created while the watch was down");
+        // Re-created under the same name: a new uid, a new object.
+        let mut again = ingress("c", 1);
+        again.metadata.uid = Some("uid-c-2".into());
+        assert!(c.observe(&Event::Apply(again)));
+    }
+
+    #[test]
+    fn the_default_class_annotation_of_an_ingress_class_is_a_change() {
+        let class = |default: &str, rv: &str| IngressClass {
+            metadata: ObjectMeta {
+                name: Some("quic".into()),
+                generation: Some(1),
+                resource_version: Some(rv.into()),
+                annotations: Some([("ingressclass.kubernetes.io/is-default-class".into(), default.into())].into()),
+                ..ObjectMeta::default()
+            },
+            ..IngressClass::default()
+        };
+        assert_eq!(class("true", "1").fingerprint(), class("true", "2").fingerprint());
+        assert_ne!(class("true", "1").fingerprint(), class("false", "2").fingerprint());
+    }
+
+    #[test]
+    fn objects_without_generation_are_compared_by_spec() {
+        use k8s_openapi::api::networking::v1::IngressSpec;
+        let mut a = ingress("a", 1);
+        a.metadata.generation = None;
+        let mut b = a.clone();
+        b.spec = Some(IngressSpec { ingress_class_name: Some("quic".into()), ..IngressSpec::default() });
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), with_lb_status(a.clone(), "192.0.2.1", "7").fingerprint());
+    }
+
+    #[test]
+    fn secrets_services_and_slices_are_compared_by_their_data() {
+        let secret = |data: &[u8], rv: &str| Secret {
+            metadata: ObjectMeta { name: Some("s".into()), resource_version: Some(rv.into()), ..ObjectMeta::default() },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some([("tls.crt".into(), k8s_openapi::ByteString(data.to_vec()))].into()),
+            ..Secret::default()
+        };
+        assert_eq!(secret(b"x", "1").fingerprint(), secret(b"x", "2").fingerprint());
+        assert_ne!(secret(b"x", "1").fingerprint(), secret(b"y", "1").fingerprint());
+
+        use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
+        let svc = Service { spec: Some(ServiceSpec::default()), ..Service::default() };
+        let with_status = Service { status: Some(ServiceStatus::default()), ..svc.clone() };
+        assert_eq!(svc.fingerprint(), with_status.fingerprint());
+
+        use k8s_openapi::api::discovery::v1::Endpoint;
+        let slice = |addr: &str, label: &str| EndpointSlice {
+            metadata: ObjectMeta {
+                labels: Some([(SERVICE_NAME_LABEL.into(), label.into()), ("other".into(), addr.into())].into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![Endpoint { addresses: vec![addr.into()], ..Endpoint::default() }],
+            ports: None,
+        };
+        assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.2", "web").fingerprint());
+        assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.1", "api").fingerprint());
+    }
+
+    fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {
+        WatchStatus { feeds_table, listed, error: error.map(|at| (at, "404 page not found".into())) }
+    }
+
+    #[test]
+    fn the_first_table_waits_for_every_list_or_a_failure_after_the_grace() {
+        let now = Instant::now();
+        let mut m = BTreeMap::new();
+        m.insert("Ingress", status(true, true, None));
+        m.insert("BackendGroup", status(true, false, None));
+        m.insert("PublishedService", status(false, false, None));
+        assert!(!initial_lists_settled(&m, true), "BackendGroup has neither listed nor failed");
+        m.insert("BackendGroup", status(true, false, Some(now)));
+        assert!(!initial_lists_settled(&m, false), "a failure may be transient: wait for the grace");
+        assert!(initial_lists_settled(&m, true), "the CRD is missing: build without BackendGroups");
+        m.insert("Ingress", status(true, false, Some(now)));
+        assert!(!initial_lists_settled(&m, true), "nothing listed: the API server is unreachable");
+        m.insert("Ingress", status(true, true, None));
+        m.insert("BackendGroup", status(true, true, None));
+        assert!(initial_lists_settled(&m, false), "the published Service does not hold up the table");
+    }
+
+    #[test]
+    fn failing_watches_are_reported_until_their_errors_stop() {
+        let start = Instant::now();
+        let mut m = BTreeMap::new();
+        m.insert("BackendGroup", status(true, false, Some(start)));
+        m.insert("Service", status(true, true, Some(start)));
+        m.insert("Ingress", status(true, true, None));
+        let report = failing_report(&m, start);
+        assert_eq!(report.len(), 2, "{report:?}");
+        assert!(
+            report[0].starts_with("BackendGroup watch failing (routes are built without BackendGroup objects)")
+                && report[0].ends_with("404 page not found"),
+            "{report:?}"
+        );
+        assert!(report[1].contains("serving the last Service objects seen"), "{report:?}");
+        // A watch that has listed recovers silently; its errors age out.
+        assert_eq!(next_decay(&m, start), Some(start + FAILING_WINDOW));
+        let later = start + FAILING_WINDOW;
+        assert_eq!(failing_report(&m, later).len(), 1, "one that never listed is failing until it lists");
+        assert_eq!(next_decay(&m, later), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! The request pipeline both listeners share, written against `http::Request`/`Response`
+//! with streaming bodies, so HTTP/3 and HTTP/1.1+2 requests take exactly the same path.
+//!
+//! A request goes through phases over one [`RequestContext`], each a small function:
+//!
+//! ```text
+//! route ─► filters ─► attempt ─► retry? ─► attempt ... ─► respond / respond_error ─► log
+//! ```
+//! - `route` ([`route`]): one table load, host and path lookup.
+//! - `filters` ([`filters`]): the 0-RTT rule, then the route's own filters in order.
+//! - `attempt` ([`attempt`]): balance, connection slot, send with timeouts, passive health;
+//!   each attempt says whether another may follow, and `forward` loops within the budget.
+//! - `respond_error` ([`error`]): why the proxy answered instead of a backend.
+//! - `respond` and `log` ([`finish`]): response headers, metrics and the access log.
+
+mod attempt;
+mod context;
+mod error;
+mod filters;
+mod finish;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+
+use crate::body::ProxyBody;
+use crate::net::TrustedProxies;
+use crate::routes::{Route, RouteTable};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces;
+pub use context::RequestContext;
+use error::ProxyError;
+
+/// What the pipeline knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub protocol: Downstream,
+    /// The request came before the TLS handshake completed (0-RTT), so it may be a replay.
+    pub early_data: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    H3,
+    Tcp,
+}
+
+/// The route table being served, swapped whole on every change.
+pub type Tables = Arc<ArcSwap<RouteTable>>;
+
+/// What every request reads: the table being served, the metrics it records into, and
+/// the proxies whose forwarding headers are believed.
+pub struct Shared {
+    pub tables: Tables,
+    pub metrics: Arc<Metrics>,
+    pub trusted: TrustedProxies,
+}
+
+/// Serves one request from the current route table.
+pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo) -> Response<ProxyBody> {
+    let mut ctx = RequestContext::new(&mut req, conn, &shared.trusted);
+    // A WebSocket (or other HTTP/1.1 upgrade) handshake: the client's connection is taken
+    // over once the backend agrees.
+    let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let resp = match serve(shared, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(err) => error::respond_error(err),
+    };
+    let resp = finish::respond(&ctx, resp, client_upgrade);
+    finish::log(&ctx, &resp, &shared.metrics);
+    resp
+}
+
+/// The phases up to a response: route, filters, then attempts at backends.
+async fn serve(
+    shared: &Shared,
+    ctx: &mut RequestContext,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let route = route(&shared.tables, ctx, &req)?;
+    let req = match filters::apply(ctx, &route, req, &shared.metrics) {
+        filters::Flow::Continue(req) => req,
+        filters::Flow::Respond(resp) => return Ok(resp),
+    };
+    attempt::forward(ctx, &route, req, &shared.metrics).await
+}
+
+/// The route phase: one load per request, so the whole request sees one table.
+fn route(
+    tables: &ArcSwap<RouteTable>,
+    ctx: &mut RequestContext,
+    req: &Request<ProxyBody>,
+) -> Result<Arc<Route>, ProxyError> {
+    let _span = traces::span!("route_match").entered();
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let route = tables.load().lookup(ctx.host.as_deref(), path_and_query).cloned().ok_or(ProxyError::NoRoute)?;
+    ctx.route = Some(route.clone());
+    Ok(route)
+}
