@@ -11,6 +11,7 @@ PYTHON := $(VENV)/bin/python3
 export QUIC_INGRESS_PYTHON := $(PYTHON)
 
 -include e2e/testenv.mk
+-include e2e/node.mk
 
 # Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
 # proxy once per machine and version (see tools/jaeger/go.mod).
@@ -21,7 +22,7 @@ export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
-	@echo "make test  - install test dependencies, lint, and run every test (including cluster tests)"
+	@echo "make test  - install test dependencies, lint, and run every test (including cluster tests; the node tests: make test-node)"
 
 build:
 	cargo build --bins

@@ -28,6 +28,7 @@ pub mod controller;
 pub mod env;
 pub mod namespace;
 pub mod netns;
+pub mod node;
 pub mod objects;
 pub mod process;
 pub mod wait;

@@ -103,6 +103,7 @@ type options struct {
 	readyTimeout  time.Duration
 	stopOnEOF     bool
 	keepData      bool
+	address       string
 	apiserverArgs []string
 }
 
@@ -115,6 +116,8 @@ func serve(args []string) error {
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up when /readyz is not OK by then")
 	fs.BoolVar(&o.stopOnEOF, "stop-on-stdin-eof", false, "shut down when stdin reaches EOF, i.e. when the parent process is gone")
 	fs.BoolVar(&o.keepData, "keep-data", false, "keep a temporary data directory on exit")
+	fs.StringVar(&o.address, "address", "127.0.0.1", "IPv4 address kube-apiserver binds to, advertises and has in its certificate; "+
+		"a non-loopback one (the node cluster's bridge address) also becomes the endpoint of the kubernetes Service, so pods reach the API server")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: testenv [flags] [-- extra kube-apiserver flags]\n"+
 			"       testenv kubectl ARGS...\n       testenv version\n\nflags:\n")
@@ -127,6 +130,9 @@ func serve(args []string) error {
 		return err
 	}
 	o.apiserverArgs = fs.Args()
+	if ip := net.ParseIP(o.address); ip == nil || ip.To4() == nil {
+		return fmt.Errorf("--address %q is not an IPv4 address", o.address)
+	}
 	return run(o)
 }
 
@@ -168,7 +174,7 @@ func run(o options) (err error) {
 		}()
 	}
 
-	ports, err := freePorts(3)
+	ports, err := freePorts(o.address, 3)
 	if err != nil {
 		return err
 	}
@@ -192,7 +198,7 @@ func run(o options) (err error) {
 	defer stopEtcd()
 
 	pki := filepath.Join(o.dataDir, "pki")
-	caPEM, err := writePKI(pki)
+	caPEM, err := writePKI(pki, net.ParseIP(o.address))
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -200,7 +206,14 @@ func run(o options) (err error) {
 	if err != nil {
 		return err
 	}
-	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	server := "https://" + net.JoinHostPort(o.address, strconv.Itoa(port))
+	// The kubernetes Service would point at a loopback address, which Endpoints
+	// validation rejects; tests that run no pods need no Service. On a reachable
+	// address, the lease reconciler publishes it as the Service's endpoint.
+	reconciler := "none"
+	if !net.ParseIP(o.address).IsLoopback() {
+		reconciler = "lease"
+	}
 	for _, id := range identities {
 		name := "kubeconfig"
 		if id.name != "admin" {
@@ -215,8 +228,8 @@ func run(o options) (err error) {
 
 	args := []string{
 		"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + o.address,
+		"--advertise-address=" + o.address,
 		"--secure-port=" + strconv.Itoa(port),
 		"--cert-dir=" + pki,
 		"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"),
@@ -228,9 +241,7 @@ func run(o options) (err error) {
 		"--authorization-mode=RBAC",
 		"--token-auth-file=" + filepath.Join(o.dataDir, "tokens.csv"),
 		"--allow-privileged=true",
-		// The kubernetes Service would point at 127.0.0.1, which Endpoints validation
-		// rejects; nothing in the tests needs it.
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
 		"--profiling=false",
 	}
 	args = append(args, o.apiserverArgs...)
@@ -276,13 +287,13 @@ func run(o options) (err error) {
 	return nil
 }
 
-// freePorts asks the kernel for distinct free ports on 127.0.0.1. Holding all listeners
+// freePorts asks the kernel for distinct free ports on the address. Holding all listeners
 // until every port is known keeps them distinct; the window before the servers bind is
 // short and only matters for concurrent starts.
-func freePorts(n int) ([]int, error) {
+func freePorts(address string, n int) ([]int, error) {
 	var ports []int
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(address, "0"))
 		if err != nil {
 			return nil, err
 		}
@@ -323,12 +334,12 @@ func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, error) {
 }
 
 // writePKI creates a CA, a serving certificate for 127.0.0.1/localhost/the in-cluster
-// names signed by it, and the service-account signing key. It returns the CA in PEM so
+// names (and the bind address) signed by it, and the service-account signing key. It returns the CA in PEM so
 // kubeconfigs can verify the server instead of skipping verification.
 //
 // A data directory that already holds them (a restart with --data-dir) keeps them, so
 // kubeconfigs written by the earlier run still verify the server.
-func writePKI(dir string) ([]byte, error) {
+func writePKI(dir string, address net.IP) ([]byte, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -371,6 +382,9 @@ func writePKI(dir string) ([]byte, error) {
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default",
 			"kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 0, 0, 1)},
+	}
+	if !address.IsLoopback() {
+		srvTmpl.IPAddresses = append(srvTmpl.IPAddresses, address)
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
 	if err != nil {
