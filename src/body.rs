@@ -71,12 +71,24 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: tokio::time::Sleep,
         idle: std::time::Duration,
+        // Counted in `quic_ingress_limit_hits_total{limit}` when the timer fires.
+        counted: Option<(std::sync::Arc<crate::telemetry::metrics::Metrics>, &'static str)>,
     }
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
-        Self { inner, timer: tokio::time::sleep(idle), idle }
+        Self { inner, timer: tokio::time::sleep(idle), idle, counted: None }
+    }
+
+    /// Counts a timeout as a hit of `limit`.
+    pub fn on_timeout(
+        mut self,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+        limit: &'static str,
+    ) -> Self {
+        self.counted = Some((metrics, limit));
+        self
     }
 }
 
@@ -102,10 +114,73 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleError(*this.idle))))),
+                Poll::Ready(()) => {
+                    if let Some((metrics, limit)) = this.counted.take() {
+                        metrics.limit_hit(limit);
+                    }
+                    Poll::Ready(Some(Err(Box::new(IdleError(*this.idle)))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Fails a body once it has carried more than `limit` bytes, and says so in `exceeded`
+    /// so the proxy can answer 413 instead of a generic upstream error.
+    pub struct SizeLimit<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+        exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl<B> SizeLimit<B> {
+    pub fn new(inner: B, limit: u64, exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { inner, remaining: limit, limit, exceeded }
+    }
+}
+
+/// The error a body over its size limit ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over {0} bytes")]
+pub struct TooLarge(pub u64);
+
+impl<B> Body for SizeLimit<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(other) => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > *this.remaining {
+                this.exceeded.store(true, std::sync::atomic::Ordering::Release);
+                return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
+            }
+            *this.remaining -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -128,6 +203,17 @@ mod tests {
         let mut body = Box::pin(IdleTimeout::new(silent, std::time::Duration::from_secs(5)));
         let err = body.as_mut().frame().await.expect("a frame").expect_err("an idle error");
         assert!(err.to_string().contains("no data for 5s"));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_its_limit_fails_and_says_so() {
+        let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = SizeLimit::new(full("0123456789"), 4, exceeded.clone());
+        let Err(err) = body.collect().await else { panic!("a body over its limit must fail") };
+        assert!(err.to_string().contains("over 4 bytes"));
+        assert!(exceeded.load(std::sync::atomic::Ordering::Acquire));
+        let fits = SizeLimit::new(full("0123"), 4, Default::default());
+        assert_eq!(fits.collect().await.unwrap().to_bytes(), "0123");
     }
 
     fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {

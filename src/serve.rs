@@ -180,6 +180,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         alt_svc_port: config.server.alt_svc_port,
         congestion: config.server.congestion_control,
         resumption,
+        limits: config.server.limits.clone(),
     };
     let plane = DataPlane::start(&options, tables, metrics).await?;
     ready.set(true);

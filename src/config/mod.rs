@@ -2,6 +2,7 @@
 //! problem reported with the field path), and its compilation into a `RouteTable`.
 
 mod duration;
+mod limits;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, parse_duration};
+pub use limits::{Limits, MAX_HEADER_BYTES_CEILING};
 
 use crate::routes::{self, HostRule, PathRule, RouteTable, RouteTableBuilder};
 use crate::tls::CertSet;
@@ -74,6 +76,9 @@ pub struct ServerConfig {
     /// Session-ticket keys shared by every replica (48-byte keys, raw or base64; the first
     /// seals, all open), so resumption works behind a load balancer.
     pub ticket_key_file: Option<PathBuf>,
+    /// What one client may take of the proxy (see `Limits`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -398,6 +403,9 @@ impl Config {
                  remove server.ticket_key_file or set early_data: false"
                     .into(),
             );
+        }
+        for e in self.server.limits.validate("server.limits") {
+            err(e.field, e.message);
         }
         if self.server.alt_svc_port == Some(0) {
             err("server.alt_svc_port".into(), "must be a port between 1 and 65535".into());

@@ -55,6 +55,8 @@ pub struct ControllerOptions {
     pub congestion: crate::config::CongestionControl,
     /// `namespace/name` of a Secret with session-ticket keys shared by the replicas.
     pub ticket_key_secret: Option<(String, String)>,
+    /// What one client may take of the data plane (the `--limit-*` flags).
+    pub limits: crate::config::Limits,
 }
 
 /// Why the controller stopped.
@@ -256,6 +258,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         alt_svc_port: opts.alt_svc_port,
         congestion: opts.congestion,
         resumption,
+        limits: opts.limits.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 

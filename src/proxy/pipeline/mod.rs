@@ -56,6 +56,8 @@ pub type Tables = Arc<ArcSwap<RouteTable>>;
 pub struct Shared {
     pub tables: Tables,
     pub metrics: Arc<Metrics>,
+    /// The limits every request obeys (body size, idle timeouts).
+    pub limits: Arc<crate::config::Limits>,
 }
 
 /// Serves one request from the current route table.
@@ -84,7 +86,35 @@ async fn serve(
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
     };
-    attempt::forward(ctx, &route, req, &shared.metrics).await
+    let (req, exceeded) = body_limit(req, shared.limits.max_request_body_bytes, &shared.metrics)?;
+    let forwarded = attempt::forward(ctx, &route, req, &shared.metrics).await;
+    if exceeded.load(std::sync::atomic::Ordering::Acquire) {
+        // The body was cut off on its way: whatever the backend made of it, say why.
+        shared.metrics.limit_hit("body_size");
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    forwarded
+}
+
+/// The request-body size limit: a declared length over it is refused before anything is
+/// sent; a streamed body is cut off when it passes it (the flag then says so).
+fn body_limit(
+    req: Request<ProxyBody>,
+    max: u64,
+    metrics: &Metrics,
+) -> Result<(Request<ProxyBody>, Arc<std::sync::atomic::AtomicBool>), ProxyError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        metrics.limit_hit("body_size");
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| crate::body::boxed(crate::body::SizeLimit::new(body, max, exceeded.clone())));
+    Ok((req, exceeded))
 }
 
 /// The route phase: one load per request, so the whole request sees one table.

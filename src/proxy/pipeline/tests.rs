@@ -123,7 +123,11 @@ fn table_with(
 }
 
 fn shared(table: RouteTable) -> Shared {
-    Shared { tables: Arc::new(ArcSwap::from_pointee(table)), metrics: Arc::new(Metrics::new().unwrap()) }
+    Shared {
+        tables: Arc::new(ArcSwap::from_pointee(table)),
+        metrics: Arc::new(Metrics::new().unwrap()),
+        limits: Arc::default(),
+    }
 }
 
 fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
