@@ -153,9 +153,9 @@ async fn an_oversized_headers_frame_is_refused_before_it_is_buffered() {
         }
     }
     let took = started.elapsed();
-    eprintln!("oversized HEADERS: stopped after {} KiB, {took:?}", sent / 1024);
-    assert!(sent < 8 << 20, "the client could send {sent} bytes of one HEADERS frame");
     let grown = rss_kib(&proxy).saturating_sub(before);
+    eprintln!("oversized HEADERS: stopped after {} KiB, {took:?}; RSS grew {} MiB", sent / 1024, grown / 1024);
+    assert!(sent < 8 << 20, "the client could send {sent} bytes of one HEADERS frame");
     assert!(grown < 20 * 1024, "RSS grew {grown} KiB");
     still_serving(&proxy, "oversized HEADERS", 100).await;
 }
@@ -272,11 +272,29 @@ async fn a_reader_that_takes_nothing_frees_its_backend_slot() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413() {
-    let (proxy, _b) = proxy_with("    max_request_body_bytes: 1000\n").await;
+    let backend = Backend::start("b").await;
+    let url = backend.url("http");
+    // The server allows 1000 bytes; group `roomy` allows 10000.
+    let routes = format!(
+        "routes:\n  - {{id: r, path: /, backend_group: g}}\n  - {{id: big, path: /roomy, backend_group: roomy}}\nbackend_groups:\n  - id: g\n    backends: [{{url: \"{url}\"}}]\n  - id: roomy\n    max_request_body_bytes: 10000\n    backends: [{{url: \"{url}\"}}]\n"
+    );
+    let proxy = Proxy::start_with(&routes, &format!("{LIMITS}    max_request_body_bytes: 1000\n")).await;
     let client = proxy.h3().await;
+    let post = |path: &str, n: usize| {
+        let req = http::Request::post(format!("https://localhost{path}")).body(()).unwrap();
+        (req, quic_ingress::client::RequestBody::Bytes(bytes::Bytes::from(vec![b'x'; n])))
+    };
+    let (req, body) = post("/up", 5000);
+    assert_eq!(common::h3_send(&client, req, body).await.status, 413, "a declared length over the limit");
+    let (req, body) = post("/roomy/up", 5000);
+    assert_eq!(common::h3_send(&client, req, body).await.status, 200, "the group's own limit is higher");
+    let (req, body) = post("/roomy/up", 20000);
+    assert_eq!(common::h3_send(&client, req, body).await.status, 413, "and still a limit");
+    // A streamed body (no content-length) is cut off once it passes the limit.
+    let chunks = futures::stream::iter((0..10).map(|_| bytes::Bytes::from(vec![b'y'; 500])));
     let req = http::Request::post("https://localhost/up").body(()).unwrap();
-    let big = quic_ingress::client::RequestBody::Bytes(bytes::Bytes::from(vec![b'x'; 5000]));
-    assert_eq!(common::h3_send(&client, req, big).await.status, 413, "a declared length over the limit");
+    let streamed = quic_ingress::client::RequestBody::Stream(Box::pin(chunks));
+    assert_eq!(common::h3_send(&client, req, streamed).await.status, 413, "a streamed body over the limit");
     let metric = common::metric(proxy.admin, "quic_ingress_limit_hits_total{limit=\"body_size\"}").await;
     assert!(metric >= 1.0, "the hit is counted");
 }

@@ -168,6 +168,8 @@ pub struct BackendGroupConfig {
     pub timeouts: TimeoutsConfig,
     #[serde(default)]
     pub tls: UpstreamTlsConfig,
+    /// The largest request body this group takes (413 beyond), over `server.limits`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -575,6 +577,7 @@ impl BackendGroupConfig {
                 server_name: self.tls.server_name.clone(),
                 insecure_skip_verify: self.tls.insecure_skip_verify,
             },
+            max_request_body_bytes: self.max_request_body_bytes,
         }
     }
 }

@@ -58,7 +58,6 @@ pub const LIMITS: &[&str] = &[
     "handshakes_per_ip",
     "request_body_idle",
     "response_write",
-    "upgrade_idle",
     "body_size",
 ];
 

@@ -70,7 +70,7 @@ pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo
         Ok(resp) => resp,
         Err(err) => error::respond_error(err),
     };
-    let resp = finish::respond(&ctx, resp, client_upgrade);
+    let resp = finish::respond(&ctx, resp, client_upgrade, shared.limits.upgrade_idle_timeout.0);
     finish::log(&ctx, &resp, &shared.metrics);
     resp
 }
@@ -86,7 +86,8 @@ async fn serve(
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
     };
-    let (req, exceeded) = body_limit(req, shared.limits.max_request_body_bytes, &shared.metrics)?;
+    let max_body = route.group.max_request_body_bytes.unwrap_or(shared.limits.max_request_body_bytes);
+    let (req, exceeded) = body_limit(req, max_body, &shared.metrics)?;
     let forwarded = attempt::forward(ctx, &route, req, &shared.metrics).await;
     if exceeded.load(std::sync::atomic::Ordering::Acquire) {
         // The body was cut off on its way: whatever the backend made of it, say why.
