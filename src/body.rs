@@ -71,6 +71,9 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: tokio::time::Sleep,
         idle: std::time::Duration,
+        // The clock starts at the first poll: a body may wait (for a connection slot)
+        // before anyone reads it, and that wait is not the peer's silence.
+        armed: bool,
         // Counted in `quic_ingress_limit_hits_total{limit}` when the timer fires.
         counted: Option<(std::sync::Arc<crate::telemetry::metrics::Metrics>, &'static str)>,
     }
@@ -78,7 +81,7 @@ pin_project_lite::pin_project! {
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
-        Self { inner, timer: tokio::time::sleep(idle), idle, counted: None }
+        Self { inner, timer: tokio::time::sleep(idle), idle, armed: false, counted: None }
     }
 
     /// Counts a timeout as a hit of `limit`.
@@ -107,6 +110,10 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
+        if !*this.armed {
+            *this.armed = true;
+            this.timer.as_mut().reset(tokio::time::Instant::now() + *this.idle);
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + *this.idle;
@@ -214,6 +221,20 @@ mod tests {
         assert!(exceeded.load(std::sync::atomic::Ordering::Acquire));
         let fits = SizeLimit::new(full("0123"), 4, Default::default());
         assert_eq!(fits.collect().await.unwrap().to_bytes(), "0123");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_starts_when_the_body_is_first_read() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let mut body = Box::pin(IdleTimeout::new(
+            http_body_util::StreamBody::new(tokio_stream_from(rx)),
+            std::time::Duration::from_secs(5),
+        ));
+        // Unread for longer than the timeout (waiting for a slot, say).
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        let first = body.as_mut().frame().await.expect("a frame");
+        assert!(first.is_ok(), "the wait before the first read does not count");
     }
 
     fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {

@@ -298,3 +298,11 @@ async fn a_body_over_the_limit_gets_413() {
     let metric = common::metric(proxy.admin, "quic_ingress_limit_hits_total{limit=\"body_size\"}").await;
     assert!(metric >= 1.0, "the hit is counted");
 }
+
+#[tokio::test]
+async fn with_retry_always_clients_prove_their_address_and_are_served() {
+    let (proxy, _b) = proxy_with("    retry_above_handshakes: 0\n").await;
+    still_serving(&proxy, "retry always", 100).await;
+    let retries = common::metric(proxy.admin, "quic_ingress_limit_hits_total{limit=\"retry_sent\"}").await;
+    assert!(retries >= 1.0, "a Retry was sent before the handshake ({retries})");
+}

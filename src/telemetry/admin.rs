@@ -44,7 +44,8 @@ pub async fn start(
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                // Out of file descriptors and the like: back off instead of spinning.
+                accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => { tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue } },
                 () = shutdown.cancelled() => return,
             };
             let (routes, ready, metrics) = (routes.clone(), ready.clone(), metrics.clone());
