@@ -306,3 +306,27 @@ async fn with_retry_always_clients_prove_their_address_and_are_served() {
     let retries = common::metric(proxy.admin, "quic_ingress_limit_hits_total{limit=\"retry_sent\"}").await;
     assert!(retries >= 1.0, "a Retry was sent before the handshake ({retries})");
 }
+
+#[tokio::test]
+async fn an_http2_client_that_withholds_its_window_frees_the_backend_slot() {
+    let backend = Backend::start("b").await;
+    let proxy = Proxy::start_with(&one_slot(&backend), LIMITS).await;
+    let io = tls(proxy.addr, b"h2").await;
+    // A stream window of 0: the server may send no body byte until we say so, and we never do.
+    let (mut h2, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(io).await.expect("h2");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/big?bytes=10000000").body(()).unwrap();
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp).await.expect("headers in time").expect("headers");
+    let _held = resp.into_body();
+    let started = Instant::now();
+    let client = proxy.h3().await;
+    let next = tokio::time::timeout(Duration::from_secs(15), h3_get(&client, "localhost", "/next")).await;
+    let took = started.elapsed();
+    eprintln!("HTTP/2 zero window: the next request was served after {took:?}");
+    assert_eq!(next.expect("served before the pool wait ran out").status, 200);
+    assert!(took < Duration::from_secs(5), "slot freed after {took:?}; the write timeout is 1s");
+    assert!(!driver.is_finished(), "the HTTP/2 connection itself stayed up: only the stream stalled");
+    still_serving(&proxy, "HTTP/2 zero window", 100).await;
+}

@@ -93,6 +93,7 @@ pub async fn serve(
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (shared, alt_svc) = (shared.clone(), alt_svc.clone());
                     let in_flight = seen.begin();
+                    let is_h2 = req.version() == http::Version::HTTP_2;
                     async move {
                         let span = traces::span!(
                             "http_request",
@@ -121,7 +122,18 @@ pub async fn serve(
                             resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, send)));
                         }
                         // The request is in flight until its response body is gone.
-                        let resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, in_flight)));
+                        let mut resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, in_flight)));
+                        if is_h2 {
+                            // HTTP/2 flow control can stall one stream while the connection
+                            // lives on; the socket's write deadline would never see it.
+                            let (limit, metrics) = (shared.limits.response_write_timeout.0, shared.metrics.clone());
+                            resp = resp.map(|body| {
+                                crate::body::boxed(crate::body::StallWatch::new(body, limit, move || {
+                                    metrics.limit_hit("response_write");
+                                    tracing::debug!("HTTP/2 client took nothing of a response in time: body dropped");
+                                }))
+                            });
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
