@@ -42,7 +42,7 @@ pub struct TrustOptions {
 }
 
 impl TrustOptions {
-    fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, ClientError> {
+    pub fn tls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, ClientError> {
         let tls_err = |e: crate::tls::TlsError| ClientError::Tls(e.to_string());
         let mut config = if self.insecure {
             crate::tls::insecure_client_config().map_err(tls_err)?

@@ -119,6 +119,8 @@ enum Command {
         /// Off unless given.
         #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
         ticket_key_rotation: Option<std::time::Duration>,
+        #[command(flatten)]
+        limits: Box<LimitFlags>,
     },
     /// Validate a standalone configuration file and exit.
     CheckConfig { file: PathBuf },
@@ -167,6 +169,96 @@ enum Command {
         #[arg(long, conflicts_with_all = ["http2", "http1"])]
         early_data: bool,
     },
+}
+
+/// The controller's `--limit-*` flags: `server.limits` of the standalone file, each
+/// defaulting to the same value.
+#[derive(clap::Args)]
+struct LimitFlags {
+    /// Largest request header section in bytes (HTTP/3 field section, HTTP/2 header list) [default: 65536].
+    #[arg(long)]
+    limit_max_header_bytes: Option<u64>,
+    /// Deadline for a request's headers [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_header_timeout: Option<std::time::Duration>,
+    /// Deadline for QUIC and TLS handshakes [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_handshake_timeout: Option<std::time::Duration>,
+    /// Send QUIC Retry to new clients once this many handshakes are in progress; 0: always [default: 128].
+    #[arg(long)]
+    limit_retry_above_handshakes: Option<u32>,
+    /// File with the key sealing QUIC Retry tokens, shared by replicas (32+ bytes, raw or base64).
+    #[arg(long)]
+    limit_retry_token_key_file: Option<PathBuf>,
+    /// Open connections, in total [default: 20000].
+    #[arg(long)]
+    limit_max_connections: Option<u32>,
+    /// Open connections from one IP address [default: 500].
+    #[arg(long)]
+    limit_max_connections_per_ip: Option<u32>,
+    /// Handshakes in progress, in total [default: 2000].
+    #[arg(long)]
+    limit_max_handshakes: Option<u32>,
+    /// Handshakes in progress from one IP address [default: 50].
+    #[arg(long)]
+    limit_max_handshakes_per_ip: Option<u32>,
+    /// QUIC receive window of one stream, bytes [default: 262144].
+    #[arg(long)]
+    limit_quic_stream_receive_window: Option<u32>,
+    /// QUIC receive window of one connection, bytes [default: 4194304].
+    #[arg(long)]
+    limit_quic_connection_receive_window: Option<u32>,
+    /// Close connections with nothing in flight for this long [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_idle_timeout: Option<std::time::Duration>,
+    /// HTTP/2 PING interval [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_http2_keep_alive_interval: Option<std::time::Duration>,
+    /// How long an HTTP/2 PING may go unanswered [default: 20s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_http2_keep_alive_timeout: Option<std::time::Duration>,
+    /// Cut off a request body silent for this long [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_request_body_idle_timeout: Option<std::time::Duration>,
+    /// Drop a client that takes nothing of a response for this long [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_response_write_timeout: Option<std::time::Duration>,
+    /// Close a WebSocket tunnel idle for this long [default: 600s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_upgrade_idle_timeout: Option<std::time::Duration>,
+    /// Largest request body in bytes (413 beyond) [default: 1073741824].
+    #[arg(long)]
+    limit_max_request_body_bytes: Option<u64>,
+}
+
+impl LimitFlags {
+    /// The limits the flags give, each unset one at its default.
+    fn limits(self) -> quic_ingress::config::Limits {
+        use quic_ingress::config::HumanDuration as D;
+        let d = quic_ingress::config::Limits::default();
+        quic_ingress::config::Limits {
+            max_header_bytes: self.limit_max_header_bytes.unwrap_or(d.max_header_bytes),
+            header_timeout: self.limit_header_timeout.map_or(d.header_timeout, D),
+            handshake_timeout: self.limit_handshake_timeout.map_or(d.handshake_timeout, D),
+            retry_above_handshakes: self.limit_retry_above_handshakes.unwrap_or(d.retry_above_handshakes),
+            retry_token_key_file: self.limit_retry_token_key_file.or(d.retry_token_key_file),
+            max_connections: self.limit_max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self.limit_max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+            max_handshakes: self.limit_max_handshakes.unwrap_or(d.max_handshakes),
+            max_handshakes_per_ip: self.limit_max_handshakes_per_ip.unwrap_or(d.max_handshakes_per_ip),
+            quic_stream_receive_window: self.limit_quic_stream_receive_window.unwrap_or(d.quic_stream_receive_window),
+            quic_connection_receive_window: self
+                .limit_quic_connection_receive_window
+                .unwrap_or(d.quic_connection_receive_window),
+            idle_timeout: self.limit_idle_timeout.map_or(d.idle_timeout, D),
+            http2_keep_alive_interval: self.limit_http2_keep_alive_interval.map_or(d.http2_keep_alive_interval, D),
+            http2_keep_alive_timeout: self.limit_http2_keep_alive_timeout.map_or(d.http2_keep_alive_timeout, D),
+            request_body_idle_timeout: self.limit_request_body_idle_timeout.map_or(d.request_body_idle_timeout, D),
+            response_write_timeout: self.limit_response_write_timeout.map_or(d.response_write_timeout, D),
+            upgrade_idle_timeout: self.limit_upgrade_idle_timeout.map_or(d.upgrade_idle_timeout, D),
+            max_request_body_bytes: self.limit_max_request_body_bytes.unwrap_or(d.max_request_body_bytes),
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -241,7 +333,17 @@ async fn run(command: Command) -> ExitCode {
             trusted_proxies,
             debug_routes_from_anywhere,
             ticket_key_rotation,
+            limits,
         } => {
+            let limits = limits.limits();
+            let problems = limits.validate("--limit");
+            if !problems.is_empty() {
+                for p in problems {
+                    // `--limit.max_header_bytes` reads as the flag `--limit-max-header-bytes`.
+                    eprintln!("error: {}: {}", p.field.replace(['.', '_'], "-"), p.message);
+                }
+                return ExitCode::from(2);
+            }
             let ticket_key_secret = match ticket_key_secret.as_deref().map(|s| s.split_once('/')) {
                 None => None,
                 Some(Some((ns, name))) if !ns.is_empty() && !name.is_empty() => {
@@ -292,6 +394,7 @@ async fn run(command: Command) -> ExitCode {
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
                 debug_routes_from_anywhere,
                 ticket_key_rotation: ticket_key_rotation.filter(|d| !d.is_zero()),
+                limits,
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

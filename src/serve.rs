@@ -182,6 +182,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         congestion: config.server.congestion_control,
         resumption,
         trusted_proxies: listen.trusted_proxies.clone(),
+        limits: config.server.limits.clone(),
     };
     let plane = DataPlane::start(&options, tables, metrics).await?;
     ready.set(true);

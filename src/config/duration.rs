@@ -44,7 +44,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => value * 3600.0,
             _ => return Err(bad()),
         };
-        total += Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+        // An absurd value (`99999999999999h`) is an error, never an overflow.
+        let part = Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+        total = total.checked_add(part).ok_or_else(bad)?;
         rest = tail;
     }
     Ok(total)
@@ -75,6 +77,13 @@ impl serde::Serialize for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_durations_are_errors_not_panics() {
+        assert!(parse_duration("99999999999999d").is_err(), "no such unit");
+        assert!(parse_duration("1e400s").is_err());
+        assert!(parse_duration("18446744073709551615s18446744073709551615s").is_err(), "the sum overflows");
+    }
 
     #[test]
     fn parses_units_and_compounds() {

@@ -2,6 +2,7 @@
 //! problem reported with the field path), and its compilation into a `RouteTable`.
 
 mod duration;
+mod limits;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use duration::{HumanDuration, parse_duration};
+pub use limits::{Limits, MAX_HEADER_BYTES_CEILING};
 
 use crate::net::{Cidr, TrustedProxies};
 use crate::routes::CertSet;
@@ -79,6 +81,9 @@ pub struct ServerConfig {
     /// `X-Forwarded-For` and `Forwarded` are believed; from anyone else they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// What one client may take of the proxy (see `Limits`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -171,6 +176,8 @@ pub struct BackendGroupConfig {
     pub timeouts: TimeoutsConfig,
     #[serde(default)]
     pub tls: UpstreamTlsConfig,
+    /// The largest request body this group takes (413 beyond), over `server.limits`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -415,6 +422,9 @@ impl Config {
                     .into(),
             );
         }
+        for e in self.server.limits.validate("server.limits") {
+            err(e.field, e.message);
+        }
         if self.server.alt_svc_port == Some(0) {
             err("server.alt_svc_port".into(), "must be a port between 1 and 65535".into());
         }
@@ -586,6 +596,7 @@ impl BackendGroupConfig {
                 server_name: self.tls.server_name.clone(),
                 insecure_skip_verify: self.tls.insecure_skip_verify,
             },
+            max_request_body_bytes: self.max_request_body_bytes,
         }
     }
 }

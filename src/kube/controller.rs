@@ -64,6 +64,8 @@ pub struct ControllerOptions {
     pub debug_routes_from_anywhere: bool,
     /// The leader keeps the ticket-key Secret (creates it, rotates it) on this schedule.
     pub ticket_key_rotation: Option<Duration>,
+    /// What one client may take of the data plane (the `--limit-*` flags).
+    pub limits: crate::config::Limits,
 }
 
 /// Why the controller stopped.
@@ -144,6 +146,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         congestion: opts.congestion,
         resumption,
         trusted_proxies: opts.trusted_proxies.clone(),
+        limits: opts.limits.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 

@@ -86,6 +86,11 @@ pub struct BackendGroupSpec {
     /// TLS to `https`/`h3` backends: which CA to trust and which name to verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsSpec>,
+    /// The largest request body this group takes, in bytes (413 beyond); the
+    /// controller's `--limit-max-request-body-bytes` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// How backends are balanced. This resource's own enum, so the versioned API does not
@@ -334,6 +339,7 @@ impl BackendGroupSpec {
         let mut group = GroupSpec::new(id, members);
         group.strategy = self.strategy.into();
         group.tls = tls;
+        group.max_request_body_bytes = self.max_request_body_bytes;
         if let Some(hc) = &self.health_check {
             let d = HealthSettings::default();
             group.health_check = Some(HealthSettings {
@@ -418,6 +424,7 @@ pub fn field_path(field: Field, from_service: bool) -> String {
         Field::TimeoutPoolWait => "timeouts.poolWait",
         Field::TimeoutIdle => "timeouts.idle",
         Field::Tls => "tls",
+        Field::MaxRequestBody => "maxRequestBodyBytes",
     };
     format!("spec.{path}")
 }
@@ -554,6 +561,7 @@ routes:
             Field::TimeoutPoolWait,
             Field::TimeoutIdle,
             Field::Tls,
+            Field::MaxRequestBody,
         ];
         for field in all {
             let path = field_path(field, false);

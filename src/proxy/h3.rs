@@ -14,18 +14,32 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::admission::{Admission, Handshaking};
 use super::early_data::Handshake;
+use super::h3_guard::{GuardedConnection, GuardedRecv};
 use super::pipeline::{self, ConnInfo, Downstream, Shared};
 use crate::body::{BoxError, ProxyBody};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
 use std::sync::Arc;
 
-type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Conn = h3::server::Connection<GuardedConnection, Bytes>;
+type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = RequestStream<GuardedRecv<h3_quinn::RecvStream>, Bytes>;
+
+/// H3_REQUEST_REJECTED, sent on a stream whose headers did not come in time.
+const H3_REQUEST_REJECTED: u32 = 0x010b;
 
 /// Accepts QUIC connections until `shutdown`; then each connection is sent GOAWAY and
 /// finishes the requests it has.
-pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let m = shared.metrics.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -33,6 +47,27 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
+        // Under a flood of handshakes, make new clients prove their address first (one
+        // round trip, no state kept here), so spoofed sources cannot take the slots.
+        if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && admission.handshakes() >= shared.limits.retry_above_handshakes
+        {
+            m.limit_hit("retry_sent");
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(error = %e, "cannot send Retry");
+            }
+            continue;
+        }
+        let admitted = match admission.handshake(remote.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                m.limit_hit(refusal.label());
+                tracing::debug!(%remote, limit = refusal.label(), "QUIC connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         // Exported spans are info level; without an exporter the span only tags debug logs.
         let span = if traces::enabled() {
             tracing::info_span!("quic_connection", %remote)
@@ -42,7 +77,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
         let (shared, shutdown, t) = (shared.clone(), shutdown.clone(), tracker.clone());
         tracker.spawn(
             async move {
-                if let Err(e) = connection(incoming, shared, shutdown, t).await {
+                if let Err(e) = connection(incoming, admitted, shared, shutdown, t).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
@@ -55,21 +90,43 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
 
 async fn connection(
     incoming: quinn::Incoming,
+    admitted: Handshaking,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
     let m = &shared.metrics;
+    let handshake_timeout = shared.limits.handshake_timeout.0;
     // Serve from the first flight: requests that came as 0-RTT early data are handled
     // while the handshake completes (see early_data for which ones are forwarded).
-    let accepted = incoming.accept().map(|connecting| connecting.into_0rtt());
+    let accepted = match incoming.accept() {
+        // Wait for the whole ClientHello first (Chromium's spans two Initial packets):
+        // until then the client's stream limits are unknown, and quinn does not wake an
+        // `open_uni` waiting on them, so h3's control stream, and with it the first request,
+        // would stall for good. Found by the browser tests.
+        Ok(mut connecting) => match tokio::time::timeout(handshake_timeout, connecting.handshake_data()).await {
+            Ok(Ok(_)) => Ok(connecting.into_0rtt()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                m.quic_handshakes.with_label_values(&["error"]).inc();
+                m.limit_hit("handshake_timeout");
+                return Err("QUIC handshake timed out".into());
+            }
+        },
+        Err(e) => Err(e),
+    };
     let (conn, handshake) = match accepted {
         Ok(Ok((conn, done))) => (conn, Handshake::pending(done)),
-        Ok(Err(connecting)) => match connecting.await {
-            Ok(conn) => (conn, Handshake::completed()),
-            Err(e) => {
+        Ok(Err(connecting)) => match tokio::time::timeout(handshake_timeout, connecting).await {
+            Ok(Ok(conn)) => (conn, Handshake::completed()),
+            Ok(Err(e)) => {
                 m.quic_handshakes.with_label_values(&["error"]).inc();
                 return Err(e.into());
+            }
+            Err(_) => {
+                m.quic_handshakes.with_label_values(&["error"]).inc();
+                m.limit_hit("handshake_timeout");
+                return Err("QUIC handshake timed out".into());
             }
         },
         Err(e) => {
@@ -77,18 +134,32 @@ async fn connection(
             return Err(e.into());
         }
     };
-    // Count the outcome when it is known, without holding up early requests.
+    // Count the outcome when it is known, without holding up early requests; a 0-RTT
+    // handshake that does not complete in time is closed. The connection counts against
+    // the caps as a handshake until then, as a connection until it closes.
     let (outcome, watched, counted) = (handshake.clone(), conn.clone(), m.clone());
     tokio::spawn(async move {
-        outcome.finished().await;
+        if tokio::time::timeout(handshake_timeout, outcome.finished()).await.is_err() {
+            counted.limit_hit("handshake_timeout");
+            watched.close(quinn::VarInt::from_u32(0x0100), b"handshake timeout");
+        }
         let label = if watched.close_reason().is_none() { "ok" } else { "error" };
         counted.quic_handshakes.with_label_values(&[label]).inc();
+        if label == "ok" {
+            let connected = admitted.established();
+            watched.closed().await;
+            drop(connected);
+        }
     });
     m.quic_connections_open.inc();
     let open = ConnectionGauge { conn: conn.clone(), metrics: m.clone(), lost_counted: std::cell::Cell::new(0) };
     let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATS_EVERY, STATS_EVERY);
     let mut client = conn.remote_address();
-    let mut h3: H3Conn = h3::server::builder().build(h3_quinn::Connection::new(conn)).await?;
+    let max_header = shared.limits.max_header_bytes;
+    let mut h3: H3Conn = h3::server::builder()
+        .max_field_section_size(max_header)
+        .build(GuardedConnection::new(conn, max_header, m.clone()))
+        .await?;
     let mut closing = false;
     loop {
         let accepted = tokio::select! {
@@ -162,14 +233,25 @@ impl Drop for ConnectionGauge {
 }
 
 async fn request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: RequestResolver<GuardedConnection, Bytes>,
     shared: &Shared,
     client: std::net::SocketAddr,
     early_data: bool,
     conn_span: tracing::Span,
 ) -> Result<(), BoxError> {
     let parse_span = traces::span!(parent: &conn_span, "http3_parse");
-    let (req, stream) = resolver.resolve_request().instrument(parse_span).await?;
+    let limits = &shared.limits;
+    let resolved =
+        tokio::time::timeout(limits.header_timeout.0, resolver.resolve_request()).instrument(parse_span).await;
+    let (req, stream) = match resolved {
+        Ok(resolved) => resolved?,
+        Err(_) => {
+            // Dropping the resolver stops the stream, so its slot goes back to the client.
+            shared.metrics.limit_hit("header_timeout");
+            tracing::debug!(code = H3_REQUEST_REJECTED, "no request headers in time");
+            return Err("request headers did not arrive in time".into());
+        }
+    };
     let request_span = traces::span!(
         parent: &conn_span, "http_request",
         otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
@@ -184,21 +266,50 @@ async fn request(
     if body.remaining.is_none() {
         body.peek_end(Duration::from_millis(100)).await;
     }
+    let body = crate::body::IdleTimeout::new(body, limits.request_body_idle_timeout.0)
+        .on_timeout(shared.body_idle_hits.clone());
     let req = Request::from_parts(parts, crate::body::boxed(body));
     let resp = pipeline::handle(shared, req, ConnInfo { client, protocol: Downstream::H3, early_data })
         .instrument(request_span.clone())
         .await;
     let send_span = traces::span!(parent: &request_span, "response_send");
-    send_response(&mut send, resp).instrument(send_span).await
+    let sent = send_response(&mut send, resp, limits.response_write_timeout.0).instrument(send_span).await;
+    match sent {
+        Ok(()) => Ok(()),
+        Err(Failed(e)) => Err(e),
+        Err(Stalled) => {
+            // A client that takes nothing is dropped, with the body and its backend slot.
+            shared.metrics.limit_hit("response_write");
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            Err("the client took nothing of the response in time".into())
+        }
+    }
 }
 
-/// Streams a response to the client frame by frame.
-async fn send_response(
-    send: &mut RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
-    resp: Response<ProxyBody>,
-) -> Result<(), BoxError> {
+/// A response could not be sent: the client stopped taking it, or something broke.
+enum SendFailure {
+    Stalled,
+    Failed(BoxError),
+}
+use SendFailure::{Failed, Stalled};
+
+/// Runs one write towards the client, which must make progress within `deadline`.
+async fn within<T, E: Into<BoxError>>(
+    deadline: Duration,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SendFailure> {
+    match tokio::time::timeout(deadline, write).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failed(e.into())),
+        Err(_) => Err(Stalled),
+    }
+}
+
+/// Streams a response to the client frame by frame; each write must finish within
+/// `deadline`.
+async fn send_response(send: &mut SendHalf, resp: Response<ProxyBody>, deadline: Duration) -> Result<(), SendFailure> {
     let (parts, mut body) = resp.into_parts();
-    send.send_response(Response::from_parts(parts, ())).await?;
+    within(deadline, send.send_response(Response::from_parts(parts, ()))).await?;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
@@ -206,20 +317,20 @@ async fn send_response(
                 // The upstream broke mid-body: reset the stream so the client sees a
                 // truncated response, never a clean end.
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return Err(e);
+                return Err(Failed(e));
             }
         };
         match frame.into_data() {
-            Ok(data) => send.send_data(data).await?,
+            Ok(data) => within(deadline, send.send_data(data)).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    send.send_trailers(trailers).await?;
+                    within(deadline, send.send_trailers(trailers)).await?;
                     return Ok(());
                 }
             }
         }
     }
-    send.finish().await?;
+    within(deadline, send.finish()).await?;
     Ok(())
 }
 
@@ -229,7 +340,7 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 
 /// An HTTP/3 request body as a streaming `http_body::Body`.
 struct H3RequestBody {
-    recv: RequestStream<h3_quinn::RecvStream, Bytes>,
+    recv: RecvHalf,
     /// Bytes still expected when the client sent `content-length`.
     remaining: Option<u64>,
     /// A chunk read early by `peek_end`.
@@ -238,7 +349,7 @@ struct H3RequestBody {
 }
 
 impl H3RequestBody {
-    fn new(recv: RequestStream<h3_quinn::RecvStream, Bytes>, remaining: Option<u64>) -> Self {
+    fn new(recv: RecvHalf, remaining: Option<u64>) -> Self {
         Self { recv, remaining, peeked: None, done: remaining == Some(0) }
     }
 

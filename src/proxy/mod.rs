@@ -1,8 +1,10 @@
 //! The data plane: HTTP/3 (QUIC) and HTTPS-over-TCP listeners on one port, feeding the
 //! shared request pipeline from the current route table.
 
+mod admission;
 mod early_data;
 mod h3;
+mod h3_guard;
 mod headers;
 mod pipeline;
 mod retry;
@@ -26,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use pipeline::{ConnInfo, Downstream, Shared, Tables, handle};
 
-use crate::config::CongestionControl;
+use crate::config::{CongestionControl, Limits};
 use crate::net::TrustedProxies;
 use crate::routes::RouteTable;
 use crate::telemetry::metrics::Metrics;
@@ -39,6 +41,8 @@ pub enum ListenError {
     Bind { proto: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("retry token key {path}: {reason}")]
+    RetryKey { path: String, reason: String },
 }
 
 /// How the listeners are set up.
@@ -52,6 +56,8 @@ pub struct ListenOptions {
     pub resumption: Resumption,
     /// Proxies in front whose `X-Forwarded-For`/`Forwarded` are believed.
     pub trusted_proxies: TrustedProxies,
+    /// What one client may take (sizes, deadlines, caps).
+    pub limits: Limits,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -88,7 +94,10 @@ impl DataPlane {
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
         let observed = early_data::ObservedServerCrypto { inner: Arc::new(quic_crypto), metrics: metrics.clone() };
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(observed));
-        server_config.transport_config(Arc::new(transport_config(options.congestion)));
+        server_config.transport_config(Arc::new(transport_config(options.congestion, &options.limits)));
+        if let Some(path) = &options.limits.retry_token_key_file {
+            server_config.token_key(retry_token_key(path)?);
+        }
         let endpoint = quinn::Endpoint::server(server_config, options.address).map_err(|source| ListenError::Bind {
             proto: "UDP",
             addr: options.address,
@@ -112,9 +121,23 @@ impl DataPlane {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let shared = Arc::new(Shared { tables: tables.clone(), metrics, trusted: options.trusted_proxies.clone() });
-        tracker.spawn(h3::serve(endpoint.clone(), shared.clone(), shutdown.clone(), tracker.clone()));
-        tracker.spawn(tcp::serve(tcp, acceptor, shared, alt_svc, shutdown.clone(), tracker.clone()));
+        let limits = Arc::new(options.limits.clone());
+        let shared = Arc::new(Shared {
+            tables: tables.clone(),
+            trusted: options.trusted_proxies.clone(),
+            limits: limits.clone(),
+            body_idle_hits: metrics.limit_counter("request_body_idle"),
+            metrics,
+        });
+        let admission = admission::Admission::new(&limits);
+        tracker.spawn(h3::serve(
+            endpoint.clone(),
+            shared.clone(),
+            admission.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        tracker.spawn(tcp::serve(tcp, acceptor, shared, admission, alt_svc, shutdown.clone(), tracker.clone()));
         tracing::info!(
             address = %local_addr,
             early_data = resumption.early_data(),
@@ -151,13 +174,30 @@ impl DataPlane {
     }
 }
 
-fn transport_config(congestion: CongestionControl) -> quinn::TransportConfig {
+/// The key sealing Retry tokens, from a file shared by the replicas: the file's bytes
+/// (raw, or base64 text) are the HKDF input key material.
+fn retry_token_key(path: &std::path::Path) -> Result<Arc<dyn quinn_proto::crypto::HandshakeTokenKey>, ListenError> {
+    use base64::Engine;
+    let bad = |reason: String| ListenError::RetryKey { path: path.display().to_string(), reason };
+    let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let material = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap_or(raw);
+    if material.len() < 32 {
+        return Err(bad(format!("{} bytes; at least 32 are needed", material.len())));
+    }
+    Ok(Arc::new(ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &material)))
+}
+
+fn transport_config(congestion: CongestionControl, limits: &Limits) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(256u32.into());
     transport.max_concurrent_uni_streams(16u32.into());
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout.0) {
         transport.max_idle_timeout(Some(idle));
     }
+    // What a client may make us buffer: quinn's connection window is unbounded by default.
+    transport.stream_receive_window(limits.quic_stream_receive_window.into());
+    transport.receive_window(limits.quic_connection_receive_window.into());
     match congestion {
         CongestionControl::Cubic => {
             transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))

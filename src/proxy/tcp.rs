@@ -1,25 +1,31 @@
 //! The HTTPS-over-TCP listener (HTTP/1.1 and HTTP/2 by ALPN). Its responses carry
 //! `Alt-Svc` so browsers discover the HTTP/3 listener on the same port.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::ALT_SVC;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::admission::Admission;
 use super::pipeline::{self, ConnInfo, Downstream, Shared};
+use crate::config::Limits;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `Alt-Svc` value advertising HTTP/3 on `port`.
 pub fn alt_svc(port: u16) -> HeaderValue {
@@ -32,6 +38,7 @@ pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
+    admission: Arc<Admission>,
     alt_svc: HeaderValue,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -52,20 +59,41 @@ pub async fn serve(
                 continue;
             }
         };
+        let admitted = match admission.handshake(client.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                // Closing at once is the polite refusal TCP has.
+                shared.metrics.limit_hit(refusal.label());
+                tracing::debug!(%client, limit = refusal.label(), "TCP connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (acceptor, shared, alt_svc, watcher) =
             (acceptor.clone(), shared.clone(), alt_svc.clone(), graceful.watcher());
         let span = tracing::debug_span!("tcp_connection", %client);
         tracker.spawn(
             async move {
-                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let limits = shared.limits.clone();
+                let stream = WriteDeadline::new(stream, limits.response_write_timeout.0, shared.metrics.clone());
+                let tls = match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    Err(_) => {
+                        shared.metrics.limit_hit("handshake_timeout");
+                        return tracing::debug!("TLS handshake timed out");
+                    }
                 };
+                let _connected = admitted.established();
+                let activity = Arc::new(Activity::new());
+                let metrics = shared.metrics.clone();
                 let open = shared.metrics.tcp_connections_open.clone();
+                let seen = activity.clone();
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (shared, alt_svc) = (shared.clone(), alt_svc.clone());
+                    let in_flight = seen.begin();
+                    let is_h2 = req.version() == http::Version::HTTP_2;
                     async move {
                         let span = traces::span!(
                             "http_request",
@@ -75,7 +103,13 @@ pub async fn serve(
                         if shared.trusted.trusts(client.ip()) {
                             traces::set_remote_parent(&span, req.headers());
                         }
-                        let req = req.map(crate::body::boxed);
+                        let body_idle = shared.limits.request_body_idle_timeout.0;
+                        let req = req.map(|body| {
+                            crate::body::boxed(
+                                crate::body::IdleTimeout::new(body, body_idle)
+                                    .on_timeout(shared.body_idle_hits.clone()),
+                            )
+                        });
                         let mut resp = pipeline::handle(
                             &shared,
                             req,
@@ -90,13 +124,42 @@ pub async fn serve(
                             let send = tracing::info_span!(parent: &span, "response_send");
                             resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, send)));
                         }
+                        // The request is in flight until its response body is gone.
+                        let mut resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, in_flight)));
+                        if is_h2 {
+                            // HTTP/2 flow control can stall one stream while the connection
+                            // lives on; the socket's write deadline would never see it.
+                            let (limit, metrics) = (shared.limits.response_write_timeout.0, shared.metrics.clone());
+                            resp = resp.map(|body| {
+                                crate::body::boxed(crate::body::StallWatch::new(body, limit, move || {
+                                    metrics.limit_hit("response_write");
+                                    tracing::debug!("HTTP/2 client took nothing of a response in time: body dropped");
+                                }))
+                            });
+                        }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
                 open.inc();
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let builder = builder(&limits);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                let mut conn = std::pin::pin!(watcher.watch(conn.into_owned()));
+                let ended = loop {
+                    let check = activity.deadline(&limits);
+                    tokio::select! {
+                        ended = conn.as_mut() => break ended,
+                        () = tokio::time::sleep_until(check) => {
+                            if let Some(why) = activity.expired(&limits) {
+                                if why == "header_timeout" {
+                                    metrics.limit_hit(why);
+                                }
+                                tracing::debug!(reason = why, "closing an idle connection");
+                                break Ok(());
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection error");
                 }
                 open.dec();
@@ -106,4 +169,143 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// hyper's connection settings from the limits: header deadline (HTTP/1.1; hyper also
+/// times the wait for the next request with it), HTTP/2 pings and header-list size.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout.0);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keep_alive_interval.0)
+        .keep_alive_timeout(limits.http2_keep_alive_timeout.0)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+// === Activity ===
+
+/// What a connection is doing, to close it when idle: requests in flight, and since when
+/// none has been.
+struct Activity {
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { in_flight: AtomicUsize::new(0), requests: AtomicU64::new(0), idle_since: Mutex::new(Instant::now()) }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When to look again: the first request must come within the header deadline (for
+    /// HTTP/2, whose frames hyper does not time), later ones within the idle timeout.
+    fn deadline(&self, limits: &Limits) -> Instant {
+        let wait =
+            if self.requests.load(Ordering::Relaxed) == 0 { limits.header_timeout.0 } else { limits.idle_timeout.0 };
+        if self.in_flight.load(Ordering::Acquire) > 0 { Instant::now() + wait } else { self.idle_since() + wait }
+    }
+
+    /// Why the connection should close now, if it should.
+    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let first = self.requests.load(Ordering::Relaxed) == 0;
+        let (wait, why) =
+            if first { (limits.header_timeout.0, "header_timeout") } else { (limits.idle_timeout.0, "idle") };
+        (self.idle_since().elapsed() >= wait).then_some(why)
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+    }
+}
+
+// === WriteDeadline ===
+
+/// A TCP stream whose writes must make progress within `limit`: a client that stops
+/// reading (zero window) gets its connection closed, and the response body with the
+/// backend slot it holds is dropped.
+struct WriteDeadline<T> {
+    inner: T,
+    /// Running while writes are blocked; made only when one is.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn new(inner: T, limit: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { inner, stall: None, limit, metrics }
+    }
+
+    /// Passes on a write's outcome, failing it once the writes have been blocked too long.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.stall = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.metrics.limit_hit("response_write");
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -135,9 +135,12 @@ pub fn route_table(
 }
 
 pub fn shared(table: RouteTable) -> Shared {
+    let metrics = Arc::new(Metrics::new().unwrap());
     Shared {
         tables: Arc::new(ArcSwap::from_pointee(table)),
-        metrics: Arc::new(Metrics::new().unwrap()),
+        body_idle_hits: metrics.limit_counter("request_body_idle"),
+        metrics,
         trusted: TrustedProxies::default(),
+        limits: Arc::default(),
     }
 }

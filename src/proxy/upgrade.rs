@@ -7,6 +7,13 @@ use http::{HeaderMap, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 use crate::body::ProxyBody;
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
@@ -37,6 +44,7 @@ pub fn take_over(
     mut resp: Response<ProxyBody>,
     client: OnUpgrade,
     protocol: HeaderValue,
+    idle: std::time::Duration,
 ) -> (Response<ProxyBody>, Option<HeaderValue>) {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return (resp, None);
@@ -44,25 +52,84 @@ pub fn take_over(
     let backend = hyper::upgrade::on(&mut resp);
     // The body holds the backend's connection slot: it goes with the tunnel.
     let (parts, body) = resp.into_parts();
-    splice(client, backend, body);
+    splice(client, backend, body, idle);
     (Response::from_parts(parts, crate::body::empty()), Some(protocol))
 }
 
 /// Splices the two upgraded connections until either side closes. `hold` (the backend's
-/// connection slot) lives as long as the tunnel.
-fn splice(client: OnUpgrade, backend: OnUpgrade, hold: impl Send + 'static) {
+/// connection slot) lives as long as the tunnel; a tunnel with no byte either way for
+/// `idle` is closed.
+fn splice(client: OnUpgrade, backend: OnUpgrade, hold: impl Send + 'static, idle: std::time::Duration) {
     tokio::spawn(async move {
         let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(both) => both,
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
         };
-        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-            Err(e) => tracing::debug!(error = %e, "upgraded connection broke"),
+        let last = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let mut client = Touched { inner: TokioIo::new(client), last: last.clone(), start };
+        let mut backend = Touched { inner: TokioIo::new(backend), last: last.clone(), start };
+        let idle_out = async {
+            loop {
+                let at = start + std::time::Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+                if tokio::time::Instant::now() >= at {
+                    return;
+                }
+                tokio::time::sleep_until(at).await;
+            }
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => match copied {
+                Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
+                Err(e) => tracing::debug!(error = %e, "upgraded connection broke"),
+            },
+            () = idle_out => tracing::debug!(?idle, "upgraded connection idle: closed"),
         }
         drop(hold);
     });
+}
+
+/// An upgraded connection that records when a byte last went through it.
+struct Touched<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    start: tokio::time::Instant,
+}
+
+impl<T> Touched<T> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

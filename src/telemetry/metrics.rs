@@ -43,9 +43,27 @@ pub struct Metrics {
     pub watch_changes: IntCounterVec,
     pub watch_failing: IntGaugeVec,
     pub watch_errors: IntCounterVec,
+    /// Times a limit refused or cut off a client, by `limit` (one of [`LIMITS`]).
+    pub limit_hits: IntCounterVec,
     /// How many endpoints hold a lease on each backend address.
     backend_leases: Mutex<HashMap<String, usize>>,
 }
+
+/// The `limit` label values of `quic_ingress_limit_hits_total`: a fixed set, so the
+/// series exist (at zero) from the start.
+pub const LIMITS: &[&str] = &[
+    "header_size",
+    "header_timeout",
+    "handshake_timeout",
+    "retry_sent",
+    "connections",
+    "connections_per_ip",
+    "handshakes",
+    "handshakes_per_ip",
+    "request_body_idle",
+    "response_write",
+    "body_size",
+];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -153,6 +171,10 @@ impl Metrics {
                 opts("watch_errors_total", "Failed watch or list attempts, by kind"),
                 &["kind"],
             )?,
+            limit_hits: IntCounterVec::new(
+                opts("limit_hits_total", "Clients refused or cut off by a limit, by limit"),
+                &["limit"],
+            )?,
             registry: Registry::new(),
             backend_leases: Mutex::default(),
         };
@@ -179,6 +201,10 @@ impl Metrics {
         r(Box::new(m.watch_changes.clone()))?;
         r(Box::new(m.watch_failing.clone()))?;
         r(Box::new(m.watch_errors.clone()))?;
+        r(Box::new(m.limit_hits.clone()))?;
+        for limit in LIMITS {
+            m.limit_hits.with_label_values(&[limit]);
+        }
         // Fixed outcomes start at zero, so rates and dashboards work before the first event.
         for outcome in ["accepted", "rejected"] {
             m.quic_zero_rtt.with_label_values(&[outcome]);
@@ -190,6 +216,18 @@ impl Metrics {
             m.tls_resumptions.with_label_values(&[outcome]);
         }
         Ok(Self { registry, ..m })
+    }
+
+    /// Counts one hit of `limit` (a name from [`LIMITS`]).
+    /// The counter of `limit`'s hits, for code that counts without knowing the metrics.
+    pub fn limit_counter(&self, limit: &'static str) -> IntCounter {
+        debug_assert!(LIMITS.contains(&limit), "{limit} is not in LIMITS");
+        self.limit_hits.with_label_values(&[limit])
+    }
+
+    pub fn limit_hit(&self, limit: &'static str) {
+        debug_assert!(LIMITS.contains(&limit), "{limit} is not in LIMITS");
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     /// The text exposition of every metric.
@@ -484,6 +522,7 @@ mod tests {
             &m.route_table_build_seconds,
             &m.watch_events,
             &m.change_to_serving,
+            &m.limit_hits,
             &gauges,
             &m.route_table_rebuilds,
             &m.watch_changes,

@@ -187,6 +187,8 @@ pub struct BackendGroup {
     pub passive: Option<PassiveCheck>,
     /// Shared by this group's requests: retries allowed as a share of traffic.
     pub retry_budget: RetryBudget,
+    /// This group's request-body size limit, over the server-wide one.
+    pub max_request_body_bytes: Option<u64>,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,
@@ -203,6 +205,7 @@ impl BackendGroup {
             health_check: None,
             passive: Some(PassiveCheck::default()),
             retry_budget: Default::default(),
+            max_request_body_bytes: None,
             members,
             weights,
             balancer,
@@ -216,6 +219,11 @@ impl BackendGroup {
 
     pub fn with_passive(mut self, passive: Option<PassiveCheck>) -> Self {
         self.passive = passive;
+        self
+    }
+
+    pub fn with_max_request_body(mut self, max: Option<u64>) -> Self {
+        self.max_request_body_bytes = max;
         self
     }
 

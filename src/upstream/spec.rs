@@ -60,6 +60,7 @@ pub enum Field {
     TimeoutPoolWait,
     TimeoutIdle,
     Tls,
+    MaxRequestBody,
 }
 
 impl fmt::Display for Field {
@@ -86,6 +87,7 @@ impl fmt::Display for Field {
             Self::TimeoutPoolWait => "timeouts.pool_wait",
             Self::TimeoutIdle => "timeouts.idle",
             Self::Tls => "tls",
+            Self::MaxRequestBody => "max_request_body_bytes",
         };
         f.write_str(name)
     }
@@ -169,6 +171,9 @@ pub struct GroupSpec {
     pub pool: PoolSettings,
     pub timeouts: Timeouts,
     pub tls: UpstreamTls,
+    /// The largest request body this group takes (413 beyond); the server-wide limit
+    /// when unset.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 impl GroupSpec {
@@ -183,6 +188,7 @@ impl GroupSpec {
             pool: PoolSettings::default(),
             timeouts: Timeouts::default(),
             tls: UpstreamTls::default(),
+            max_request_body_bytes: None,
         }
     }
 
@@ -242,6 +248,9 @@ impl GroupSpec {
         }
         if !(1..=MAX_POOL_SIZE).contains(&self.pool.max_connections_per_host) {
             err(Field::PoolMaxPerHost, format!("must be between 1 and {MAX_POOL_SIZE}"));
+        }
+        if self.max_request_body_bytes == Some(0) {
+            err(Field::MaxRequestBody, "must be at least 1".into());
         }
         if self.pool.max_pending_requests > MAX_POOL_SIZE {
             err(Field::PoolMaxPending, format!("must be between 0 and {MAX_POOL_SIZE}"));
@@ -308,7 +317,8 @@ impl GroupSpec {
         let passive = self.passive.enabled.then(|| self.passive.check.clone());
         Ok(BackendGroup::new(self.id.clone(), self.strategy, self.timeouts, endpoints)
             .with_health_check(health_check)
-            .with_passive(passive))
+            .with_passive(passive)
+            .with_max_request_body(self.max_request_body_bytes))
     }
 }
 

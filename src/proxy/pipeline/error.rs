@@ -20,6 +20,8 @@ pub enum ProxyError {
     /// An unsafe method in 0-RTT early data (RFC 8470): the client sends it again once the
     /// handshake is done.
     TooEarly,
+    /// The request body is over the size limit.
+    PayloadTooLarge,
 }
 
 impl ProxyError {
@@ -30,6 +32,7 @@ impl ProxyError {
             Self::Connect | Self::BadUpstream => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout | Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::TooEarly => StatusCode::TOO_EARLY,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -43,6 +46,7 @@ impl ProxyError {
             Self::ConnectTimeout => "connecting to the backend timed out",
             Self::BadUpstream => "bad response from the backend",
             Self::TooEarly => "this method is not accepted in TLS early data; send it again after the handshake",
+            Self::PayloadTooLarge => "request body too large",
         }
     }
 

@@ -17,6 +17,7 @@ pub fn respond(
     ctx: &RequestContext,
     mut resp: Response<ProxyBody>,
     client_upgrade: Option<OnUpgrade>,
+    upgrade_idle: std::time::Duration,
 ) -> Response<ProxyBody> {
     if ctx.method == http::Method::HEAD {
         // A response to HEAD has no body, whatever a backend sends after its headers.
@@ -24,7 +25,7 @@ pub fn respond(
     }
     let switched = match (client_upgrade, &ctx.upgrade) {
         (Some(client), Some(protocol)) => {
-            let (taken, switched) = upgrade::take_over(resp, client, protocol.clone());
+            let (taken, switched) = upgrade::take_over(resp, client, protocol.clone(), upgrade_idle);
             resp = taken;
             switched
         }

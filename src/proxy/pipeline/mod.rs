@@ -59,6 +59,10 @@ pub struct Shared {
     pub tables: Tables,
     pub metrics: Arc<Metrics>,
     pub trusted: TrustedProxies,
+    /// The limits every request obeys (body size, idle timeouts).
+    pub limits: Arc<crate::config::Limits>,
+    /// Request bodies cut off for silence, resolved once rather than per request.
+    pub body_idle_hits: prometheus::IntCounter,
 }
 
 /// Serves one request from the current route table.
@@ -71,7 +75,7 @@ pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo
         Ok(resp) => resp,
         Err(err) => error::respond_error(err),
     };
-    let resp = finish::respond(&ctx, resp, client_upgrade);
+    let resp = finish::respond(&ctx, resp, client_upgrade, shared.limits.upgrade_idle_timeout.0);
     finish::log(&ctx, &resp, &shared.metrics);
     resp
 }
@@ -87,7 +91,36 @@ async fn serve(
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
     };
-    attempt::forward(ctx, &route, req, &shared.metrics).await
+    let max_body = route.group.max_request_body_bytes.unwrap_or(shared.limits.max_request_body_bytes);
+    let (req, exceeded) = body_limit(req, max_body, &shared.metrics)?;
+    let forwarded = attempt::forward(ctx, &route, req, &shared.metrics).await;
+    if exceeded.load(std::sync::atomic::Ordering::Acquire) {
+        // The body was cut off on its way: whatever the backend made of it, say why.
+        shared.metrics.limit_hit("body_size");
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    forwarded
+}
+
+/// The request-body size limit: a declared length over it is refused before anything is
+/// sent; a streamed body is cut off when it passes it (the flag then says so).
+fn body_limit(
+    req: Request<ProxyBody>,
+    max: u64,
+    metrics: &Metrics,
+) -> Result<(Request<ProxyBody>, Arc<std::sync::atomic::AtomicBool>), ProxyError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        metrics.limit_hit("body_size");
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| crate::body::boxed(crate::body::SizeLimit::new(body, max, exceeded.clone())));
+    Ok((req, exceeded))
 }
 
 /// The route phase: one load per request, so the whole request sees one table.
