@@ -12,6 +12,7 @@ export QUIC_INGRESS_PYTHON := $(PYTHON)
 
 -include e2e/testenv.mk
 -include e2e/node.mk
+-include tests/h2spec.mk tests/browser/browser.mk
 
 # Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
 # proxy once per machine and version (see tools/jaeger/go.mod).
@@ -69,5 +70,5 @@ test-unit:
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
-test: deps lint test-unit test-integration $(if $(wildcard e2e/testenv.mk),test-e2e)
+test: deps lint test-unit test-integration test-browser $(if $(wildcard e2e/testenv.mk),test-e2e)
 	@echo "make test: all suites passed"
