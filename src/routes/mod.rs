@@ -6,6 +6,7 @@
 mod filter;
 mod index;
 mod matching;
+mod normalize;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 pub use filter::Filter;
 pub use index::HostIndex;
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
+pub use normalize::{PathError, normalize_path, normalize_path_and_query};
 
 use crate::tls::CertSet;
 use crate::upstream::BackendGroup;

@@ -39,6 +39,11 @@ pub struct Endpoint {
     pub address: String,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// Out of rotation because passive checks ejected it (not because an active check
+    /// failed): a group in panic mode sends to it anyway.
+    passive_ejected: AtomicBool,
+    /// Passive checks would have ejected it, but its group was at its ejection cap.
+    over_cap: AtomicBool,
     slots: Arc<Semaphore>,
     /// This endpoint's claim on its address's metric series.
     series: BackendSeries,
@@ -219,6 +224,8 @@ impl Endpoint {
             url: spec.url.clone(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            passive_ejected: AtomicBool::new(false),
+            over_cap: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: spec.pool.max_pending_requests,
@@ -246,6 +253,19 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        if healthy {
+            self.passive_ejected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejected by passive checks (and not since revived).
+    pub fn is_passively_ejected(&self) -> bool {
+        !self.is_healthy() && self.passive_ejected.load(Ordering::Relaxed)
+    }
+
+    /// Failing enough to be ejected, but kept because its group was at its ejection cap.
+    pub fn is_over_cap(&self) -> bool {
+        self.over_cap.load(Ordering::Relaxed)
     }
 
     /// Whether a request may be sent here. An endpoint ejected by passive checks gets one
@@ -267,9 +287,17 @@ impl Endpoint {
 
     /// Records the outcome of a real request; returns the new health when it changed.
     pub fn report(&self, ok: bool, policy: &PassiveCheck) -> Option<bool> {
+        self.report_capped(ok, policy, || true)
+    }
+
+    /// As [`report`](Self::report), but an ejection happens only if `may_eject` allows it
+    /// when the threshold is reached; otherwise the endpoint stays in rotation, marked as
+    /// over its group's cap, and the next failure asks again.
+    pub fn report_capped(&self, ok: bool, policy: &PassiveCheck, may_eject: impl FnOnce() -> bool) -> Option<bool> {
         let now = Instant::now();
         let mut state = self.passive.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
+            self.over_cap.store(false, Ordering::Relaxed);
             state.consecutive_failures = 0;
             if state.ejected_until.take().is_some() && !self.is_healthy() {
                 self.set_healthy(true);
@@ -283,8 +311,14 @@ impl Endpoint {
         }
         state.consecutive_failures += 1;
         if state.consecutive_failures >= policy.max_failures && self.is_healthy() {
+            if !may_eject() {
+                self.over_cap.store(true, Ordering::Relaxed);
+                return None;
+            }
+            self.over_cap.store(false, Ordering::Relaxed);
             state.ejected_until = Some(now + policy.cooldown);
             self.set_healthy(false);
+            self.passive_ejected.store(true, Ordering::Relaxed);
             self.series.passive_ejections.inc();
             return Some(false);
         }

@@ -18,7 +18,7 @@ use crate::proxy::upgrade;
 use crate::routes::Route;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
-use crate::upstream::{BackendGroup, Endpoint, Protocol};
+use crate::upstream::{BackendGroup, Endpoint, Protocol, counts_as_failure};
 
 /// Attempts per request: the first try and up to two retries on other endpoints.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -46,6 +46,9 @@ pub async fn forward(
     let mut body = Some(body);
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut last = ProxyError::NoHealthyBackend;
+    if group.in_panic() {
+        metrics.panic_requests.with_label_values(&[group.id.as_str()]).inc();
+    }
     for n in 0..MAX_ATTEMPTS {
         let balance_span = traces::span!("load_balance", attempt = n);
         let Some(endpoint) = balance_span.in_scope(|| group.pick(&tried).cloned()) else { break };
@@ -107,7 +110,7 @@ pub async fn attempt(
     match outcome {
         Ok(resp) => {
             let status = resp.status();
-            group.report(endpoint, !status.is_server_error());
+            group.report(endpoint, !counts_as_failure(status));
             if may_retry && retryable_status(status) && ctx.idempotent {
                 // Replay only a body the backend never read (an empty one, usually).
                 if let Some(body) = lender.take_back() {
