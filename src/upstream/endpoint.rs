@@ -14,6 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connector::{ConnCounts, EndpointConnector};
+use super::h2::H2Upstream;
 use super::h3::{H3Body, H3Upstream};
 use super::{
     BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, Transition, UpstreamError, UpstreamTls,
@@ -64,8 +65,13 @@ pub struct Endpoint {
 
 /// The client an endpoint's protocol needs.
 enum Transport {
-    /// HTTP/1.1 and HTTP/2, pooled by hyper.
+    /// HTTP/1.1 (`http://`), pooled by hyper.
     Hyper(Client<EndpointConnector, ProxyBody>),
+    /// HTTP/2 with prior knowledge (`h2c://`): one multiplexed connection.
+    H2(H2Upstream),
+    /// TLS (`https://`): HTTP/2 when the server's ALPN picks it, else HTTP/1.1 pooled by
+    /// hyper; which one is learnt on the first connection.
+    Https { h2: H2Upstream, http1: Client<EndpointConnector, ProxyBody>, http1_only: AtomicBool },
     /// HTTP/3: one multiplexed QUIC connection.
     H3(H3Upstream),
     /// A stand-in backend for in-process tests of the request pipeline.
@@ -185,27 +191,38 @@ impl Endpoint {
                 Transport::H3(h3)
             }
             Protocol::Http1 | Protocol::H2c | Protocol::Https => {
-                let tls = match spec.url.protocol {
-                    Protocol::Https => Some(client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?),
-                    _ => None,
+                let connector = |tls, h2c| {
+                    EndpointConnector::new(
+                        spec.url.host.clone(),
+                        spec.url.port,
+                        spec.connect_timeout,
+                        tls,
+                        counts.clone(),
+                        h2c,
+                    )
                 };
-                let h2c = spec.url.protocol == Protocol::H2c;
-                let connector = EndpointConnector::new(
-                    spec.url.host.clone(),
-                    spec.url.port,
-                    spec.connect_timeout,
-                    tls,
-                    counts.clone(),
-                    h2c,
-                );
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(spec.pool.idle_timeout)
-                    .pool_max_idle_per_host(spec.pool.max_idle_connections)
-                    .http2_only(h2c);
-                Transport::Hyper(builder.build(connector))
+                let http1 = |connector| {
+                    let mut builder = Client::builder(TokioExecutor::new());
+                    builder
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .pool_idle_timeout(spec.pool.idle_timeout)
+                        .pool_max_idle_per_host(spec.pool.max_idle_connections);
+                    builder.build(connector)
+                };
+                match spec.url.protocol {
+                    Protocol::H2c => Transport::H2(H2Upstream::new(connector(None, true), spec.pool.idle_timeout)),
+                    Protocol::Https => {
+                        let both = client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?;
+                        let only_http1 = client_tls(&spec.url, &spec.tls, &[b"http/1.1"])?;
+                        Transport::Https {
+                            h2: H2Upstream::new(connector(Some(both), false), spec.pool.idle_timeout),
+                            http1: http1(connector(Some(only_http1), false)),
+                            http1_only: AtomicBool::new(false),
+                        }
+                    }
+                    _ => Transport::Hyper(http1(connector(None, false))),
+                }
             }
         })
     }
@@ -378,15 +395,50 @@ impl Endpoint {
         Some(InFlight { endpoint: self.clone(), _permit: permit })
     }
 
-    /// Sends a request on the pooled client. The URI keeps the client's authority; the
-    /// connector dials this endpoint whatever the URI says.
+    /// Sends a request on the pooled client. The URI carries the client's authority, for
+    /// `:authority` on HTTP/2 and HTTP/3; connections go to this endpoint whatever it says.
     pub async fn send(&self, req: http::Request<ProxyBody>) -> Result<http::Response<UpstreamBody>, SendError> {
         match &self.client {
-            Transport::Hyper(client) => Ok(client.request(req).await?.map(UpstreamBody::Hyper)),
+            Transport::Hyper(client) => Ok(client.request(self.pool_keyed(req)).await?.map(UpstreamBody::Hyper)),
+            Transport::H2(h2) => match h2.send(req).await? {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Hyper)),
+                Err(_) => Err(SendError::NotSent("h2c endpoint did not speak HTTP/2".into())),
+            },
+            Transport::Https { h2, http1, http1_only } => {
+                let req = if http1_only.load(Ordering::Relaxed) {
+                    req
+                } else {
+                    match h2.send(req).await? {
+                        Ok(resp) => return Ok(resp.map(UpstreamBody::Hyper)),
+                        Err(req) => {
+                            http1_only.store(true, Ordering::Relaxed);
+                            req
+                        }
+                    }
+                };
+                Ok(http1.request(self.pool_keyed(req)).await?.map(UpstreamBody::Hyper))
+            }
             Transport::H3(h3) => Ok(h3.send(req).await?.map(UpstreamBody::H3)),
             #[cfg(test)]
             Transport::Stub(stub) => stub.send(req).await,
         }
+    }
+}
+
+impl Endpoint {
+    /// hyper's HTTP/1.1 pool is keyed by the URI's scheme and authority, so the URI gets
+    /// this endpoint's address: one pool per endpoint, however many hosts clients name.
+    /// The client's host travels in the Host header, set by the pipeline.
+    fn pool_keyed(&self, mut req: http::Request<ProxyBody>) -> http::Request<ProxyBody> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        if let Ok(authority) = http::uri::Authority::try_from(self.address.as_str()) {
+            parts.authority = Some(authority);
+        }
+        if parts.scheme.is_none() {
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+        }
+        *req.uri_mut() = http::Uri::from_parts(parts).unwrap_or_else(|_| http::Uri::from_static("/"));
+        req
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod balancer;
 mod connector;
 mod endpoint;
+mod h2;
 mod h3;
 pub mod health;
 mod retry_budget;
@@ -264,9 +265,20 @@ impl BackendGroup {
     /// Records a request outcome on `endpoint` for passive health. `ok` is false only for
     /// what [`counts_as_failure`] says a broken endpoint does.
     pub fn report(&self, endpoint: &Arc<Endpoint>, ok: bool) {
+        self.record(endpoint, ok, false);
+    }
+
+    /// Records that no connection to `endpoint` could be opened (refused, unreachable).
+    /// No client can cause that, so the ejection cap does not apply: a group whose pods
+    /// died keeps only the live ones in rotation.
+    pub fn report_unreachable(&self, endpoint: &Arc<Endpoint>) {
+        self.record(endpoint, false, true);
+    }
+
+    fn record(&self, endpoint: &Arc<Endpoint>, ok: bool, uncapped: bool) {
         let Some(policy) = &self.passive else { return };
         let was_over = endpoint.is_over_cap();
-        let flipped = endpoint.report_capped(ok, policy, || self.may_eject());
+        let flipped = endpoint.report_capped(ok, policy, || uncapped || self.may_eject());
         if !was_over && endpoint.is_over_cap() {
             tracing::warn!(
                 group = %self.id, backend = %endpoint.address, cap = self.ejection_cap(),
@@ -404,6 +416,17 @@ mod tests {
         group.report(&eps[1], false);
         assert!(eps[1].is_healthy() && group.in_panic(), "cap 1 is taken by the active check's verdict");
         assert!((0..6).filter_map(|_| group.pick(&[])).all(|e| !Arc::ptr_eq(e, &eps[0])));
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_ejected_past_the_cap() {
+        let (group, eps) = group_of(4, 50);
+        for e in &eps[..3] {
+            group.report_unreachable(e);
+        }
+        assert_eq!(eps.iter().filter(|e| !e.is_healthy()).count(), 3, "dead pods leave whatever the cap");
+        assert!(!group.in_panic());
+        assert!((0..6).filter_map(|_| group.pick(&[])).all(|e| Arc::ptr_eq(e, &eps[3])));
     }
 
     #[test]

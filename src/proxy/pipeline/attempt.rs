@@ -121,7 +121,11 @@ pub async fn attempt(
             Attempt::Served(resp.map(|b| boxed(IdleTimeout::new(Guarded::new(b, slot), idle))))
         }
         Err(error) => {
-            group.report(endpoint, false);
+            if error == ProxyError::Connect {
+                group.report_unreachable(endpoint);
+            } else {
+                group.report(endpoint, false);
+            }
             let retry = if may_retry && retryable_error(error, ctx.idempotent) { lender.take_back() } else { None };
             Attempt::Failed { error, retry }
         }
@@ -142,7 +146,11 @@ fn retryable_error(error: ProxyError, idempotent: bool) -> bool {
 
 /// Rewrites a downstream request for `endpoint`: same method, path and authority, header
 /// rules applied, the version the upstream protocol speaks.
-fn upstream_request(req: Request<ProxyBody>, endpoint: &Endpoint, ctx: &RequestContext) -> Request<ProxyBody> {
+pub(super) fn upstream_request(
+    req: Request<ProxyBody>,
+    endpoint: &Endpoint,
+    ctx: &RequestContext,
+) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, ctx.conn.client.ip(), ctx.host.as_deref());
