@@ -395,3 +395,29 @@ async fn a_group_whose_endpoints_all_fail_stays_in_rotation_in_panic_mode() {
     let text = tables.metrics.render();
     assert!(text.contains("quic_ingress_backend_group_panic_requests_total{group=\"g\"}"), "{text}");
 }
+
+// === Upgrades ===
+
+#[tokio::test(start_paused = true)]
+async fn an_h2c_upgrade_is_served_as_a_plain_request_and_websocket_is_passed_on() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let (tables, _) = table(std::slice::from_ref(&a), Timeouts::default());
+    let ask = |upgrade: &str| {
+        Request::builder()
+            .uri("/chat")
+            .header("host", "shop.example")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", upgrade)
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(handle(&tables, ask("h2c"), conn(false)).await.status(), 200);
+    assert_eq!(handle(&tables, ask("websocket"), conn(false)).await.status(), 200);
+    let seen = a.seen.lock().unwrap();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(!seen[0].headers().contains_key(name), "h2c: {name} must not reach the backend");
+    }
+    assert_eq!(seen[1].headers()["upgrade"], "websocket");
+    assert_eq!(seen[1].headers()["connection"], "upgrade");
+}
