@@ -11,6 +11,7 @@ PYTHON := $(VENV)/bin/python3
 export QUIC_INGRESS_PYTHON := $(PYTHON)
 
 -include e2e/testenv.mk
+-include fuzz/fuzz.mk
 
 # Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
 # proxy once per machine and version (see tools/jaeger/go.mod).

@@ -18,6 +18,8 @@ mod context;
 mod error;
 mod filters;
 mod finish;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
