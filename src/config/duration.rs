@@ -22,6 +22,9 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// The longest duration any setting takes: about ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
 /// Parses `<number><unit>` groups, units `ms`, `s`, `m`, `h` (e.g. `1m30s`, `0.5s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad =
@@ -48,6 +51,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let part = Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
         total = total.checked_add(part).ok_or_else(bad)?;
         rest = tail;
+    }
+    // Every duration ends up added to a clock reading (`Instant + d` panics on overflow),
+    // so an absurd one is refused here rather than crashing a request later.
+    if total > MAX_DURATION {
+        return Err(format!("duration {text:?} is longer than {} days", MAX_DURATION.as_secs() / 86_400));
     }
     Ok(total)
 }
@@ -76,6 +84,14 @@ impl serde::Serialize for HumanDuration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_past_ten_years_are_refused() {
+        for text in ["18446744073709551615s18446744073709551615s", "99999999999999999999h", "87840h1ms", "1e300s"] {
+            assert!(super::parse_duration(text).is_err(), "{text}");
+        }
+        assert_eq!(super::parse_duration("87840h"), Ok(super::MAX_DURATION));
+    }
+
     use super::*;
 
     #[test]

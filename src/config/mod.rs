@@ -220,6 +220,13 @@ pub struct PassiveConfig {
     /// Not in SPEC.md's example: how long an ejected backend rests before a trial request.
     #[serde(default = "default_cooldown")]
     pub cooldown: HumanDuration,
+    /// Not in SPEC.md's example: the most of the group (percent) passive checks may eject.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_max_ejection_percent() -> u32 {
+    upstream::DEFAULT_MAX_EJECTION_PERCENT
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -577,6 +584,7 @@ impl BackendGroupConfig {
                     window: p.observation_window.0,
                     cooldown: p.cooldown.0,
                 },
+                max_ejection_percent: p.max_ejection_percent,
             }),
             pool: PoolSettings {
                 max_idle_connections: self.connection_pool.max_idle_connections,

@@ -242,6 +242,11 @@ pub struct PassiveHealthCheckSpec {
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     #[x_kube(validation = positive())]
     pub cooldown: Option<String>,
+    /// The most of the group, in percent, passive checks may eject at once (at least one
+    /// backend; default 50). Beyond it the group balances over all backends (panic mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_ejection_percent: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -359,6 +364,8 @@ impl BackendGroupSpec {
             group.passive.check.window =
                 duration("passiveHealthCheck.observationWindow", &p.observation_window, d.window);
             group.passive.check.cooldown = duration("passiveHealthCheck.cooldown", &p.cooldown, d.cooldown);
+            group.passive.max_ejection_percent =
+                p.max_ejection_percent.unwrap_or(PassiveSpec::default().max_ejection_percent);
         }
         if let Some(p) = &self.connection_pool {
             let pool = &mut group.pool;
@@ -415,6 +422,7 @@ pub fn field_path(field: Field, from_service: bool) -> String {
         Field::PassiveMaxFailures => "passiveHealthCheck.maxFailures",
         Field::PassiveWindow => "passiveHealthCheck.observationWindow",
         Field::PassiveCooldown => "passiveHealthCheck.cooldown",
+        Field::PassiveMaxEjectionPercent => "passiveHealthCheck.maxEjectionPercent",
         Field::PoolMaxIdle => "connectionPool.maxIdleConnections",
         Field::PoolMaxPerHost => "connectionPool.maxConnectionsPerHost",
         Field::PoolMaxPending => "connectionPool.maxPendingRequests",

@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Hooks for the fuzz targets (`fuzz/`), not an API.
+#[doc(hidden)]
+pub use pipeline::fuzz as fuzz_hooks;
 pub use pipeline::{ConnInfo, Downstream, Shared, Tables, handle};
 
 use crate::config::{CongestionControl, Limits};

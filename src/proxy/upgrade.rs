@@ -16,19 +16,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::ProxyBody;
 
+/// The one protocol passed on to backends: `Upgrade: websocket` (RFC 6455).
+const WEBSOCKET: &str = "websocket";
+
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
-/// `Upgrade: X`), if any.
+/// `Upgrade: websocket`), if any.
+///
+/// Only WebSocket is passed on. Any other token (`h2c`, `TLS/1.0`, made-up ones) would let a
+/// client speak an unchecked protocol to the backend on a connection the proxy no longer
+/// parses (h2c smuggling), so such a request is served as a plain request: `Connection`
+/// and `Upgrade` are hop-by-hop and are stripped before it goes upstream.
 pub fn requested(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
     }
-    let asks = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks { headers.get(UPGRADE).cloned() } else { None }
+    let tokens =
+        |name| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
+    let asks = tokens(CONNECTION).any(|token| token.eq_ignore_ascii_case("upgrade"));
+    // A token may carry a version (`websocket/13`); the name alone decides.
+    let websocket = tokens(UPGRADE)
+        .any(|token| token.split('/').next().is_some_and(|name| name.trim().eq_ignore_ascii_case(WEBSOCKET)));
+    (asks && websocket).then(|| HeaderValue::from_static(WEBSOCKET))
 }
 
 /// Puts back the two headers hop-by-hop stripping removed, for the next hop.
@@ -147,5 +155,17 @@ mod tests {
         assert_eq!(requested(&ws, Version::HTTP_2), None, "HTTP/2 has no Upgrade");
         assert_eq!(requested(&headers(&[("upgrade", "websocket")]), Version::HTTP_11), None);
         assert_eq!(requested(&headers(&[("connection", "upgrade")]), Version::HTTP_11), None);
+    }
+
+    #[test]
+    fn only_websocket_is_passed_on() {
+        let ask = |upgrade| headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", upgrade)]);
+        for refused in ["h2c", "HTTP/2.0", "TLS/1.0", "h2c, http/1.1", "websockets", "", "web socket"] {
+            assert_eq!(requested(&ask(refused), Version::HTTP_11), None, "{refused:?} is served as a plain request");
+        }
+        let ws = HeaderValue::from_static("websocket");
+        for taken in ["websocket", "WebSocket", "h2c, websocket", "websocket/13"] {
+            assert_eq!(requested(&ask(taken), Version::HTTP_11), Some(ws.clone()), "{taken:?}");
+        }
     }
 }

@@ -118,6 +118,11 @@ impl PathRule {
         if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#') {
             return Err(RuleError::BadPathChars(path.to_string()));
         }
+        // Requests are matched in normal form, so a rule is kept in it too: `/%7Euser`
+        // must match the `/~user` a request for it becomes. A rule that cannot be
+        // normalised (an encoded slash) is kept as written; no request will match it.
+        let normal = super::normalize::normalize_path(path);
+        let path = normal.as_deref().unwrap_or(path);
         if let Some(prefix) = path.strip_suffix("/*") {
             return Ok(Self::Prefix(prefix.trim_end_matches('/').to_string()));
         }
@@ -170,6 +175,14 @@ pub fn strip_query(path_and_query: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_are_kept_in_the_normal_form_requests_are_matched_in() {
+        assert_eq!(PathRule::new("/%7Euser//x/", PathType::Exact).unwrap(), PathRule::Exact("/~user/x/".into()));
+        assert_eq!(PathRule::new("/a/../b", PathType::Prefix).unwrap(), PathRule::Prefix("/b".into()));
+        assert_eq!(PathRule::new("/api/*", PathType::Exact).unwrap(), PathRule::Prefix("/api".into()));
+        assert_eq!(PathRule::new("/", PathType::Prefix).unwrap(), PathRule::Prefix("".into()));
+    }
 
     fn prefix(p: &str) -> PathRule {
         PathRule::new(p, PathType::Prefix).unwrap()

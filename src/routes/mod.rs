@@ -7,6 +7,7 @@ mod certs;
 mod filter;
 mod index;
 mod matching;
+mod normalize;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub use certs::CertSet;
 pub use filter::Filter;
 pub use index::HostIndex;
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
+pub use normalize::{PathError, normalize_path, normalize_path_and_query};
 
 use crate::upstream::BackendGroup;
 

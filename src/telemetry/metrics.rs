@@ -23,6 +23,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_request_duration: HistogramVec,
     pub retries: IntCounterVec,
+    /// Requests balanced while their group was in panic mode (passive ejections ignored).
+    pub panic_requests: IntCounterVec,
     pub quic_connections_open: IntGauge,
     pub quic_handshakes: IntCounterVec,
     pub quic_rtt: Histogram,
@@ -88,6 +90,13 @@ impl Metrics {
                 &["route"],
             )?,
             retries: IntCounterVec::new(opts("retries_total", "Requests sent again to another backend"), &["route"])?,
+            panic_requests: IntCounterVec::new(
+                opts(
+                    "backend_group_panic_requests_total",
+                    "Requests balanced over all endpoints because more were failing than max_ejection_percent lets passive checks eject",
+                ),
+                &["group"],
+            )?,
             quic_connections_open: IntGauge::with_opts(opts("quic_connections_open", "Open QUIC connections"))?,
             quic_handshakes: IntCounterVec::new(
                 opts("quic_handshakes_total", "QUIC handshakes by outcome"),
@@ -181,6 +190,7 @@ impl Metrics {
         r(Box::new(m.http_requests.clone()))?;
         r(Box::new(m.http_request_duration.clone()))?;
         r(Box::new(m.retries.clone()))?;
+        r(Box::new(m.panic_requests.clone()))?;
         r(Box::new(m.quic_connections_open.clone()))?;
         r(Box::new(m.quic_handshakes.clone()))?;
         r(Box::new(m.quic_rtt.clone()))?;
@@ -506,6 +516,7 @@ mod tests {
             &m.http_requests,
             &m.http_request_duration,
             &m.retries,
+            &m.panic_requests,
             &m.quic_connections_open,
             &m.quic_handshakes,
             &m.quic_rtt,

@@ -1,8 +1,8 @@
 //! Dials one endpoint for hyper's pooled client: TCP (with a connect timeout), then TLS
 //! with ALPN for `https://` endpoints.
 //!
-//! The connector ignores the request URI on purpose: requests keep the client's
-//! `Host`/`:authority` in their URI while the connection goes to the chosen endpoint.
+//! The connector ignores the request URI on purpose: the connection goes to its endpoint
+//! whatever the URI says.
 
 use std::future::Future;
 use std::io;
@@ -78,6 +78,13 @@ impl EndpointConnector {
     ) -> Self {
         let tls = tls.map(|(cfg, name)| (TlsConnector::from(cfg), name));
         Self { target: Arc::new(Target { counts, h2c, host, port, connect_timeout, tls }) }
+    }
+}
+
+impl EndpointConnector {
+    /// HTTP/2 without TLS: every connection speaks h2 (prior knowledge).
+    pub fn is_h2c(&self) -> bool {
+        self.target.h2c
     }
 }
 

@@ -14,6 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connector::{ConnCounts, EndpointConnector};
+use super::h2::H2Upstream;
 use super::h3::{H3Body, H3Upstream};
 use super::{
     BackendUrl, HealthCheck, HealthRecord, PoolSettings, Protocol, Timeouts, Transition, UpstreamError, UpstreamTls,
@@ -39,6 +40,11 @@ pub struct Endpoint {
     pub address: String,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
+    /// Out of rotation because passive checks ejected it (not because an active check
+    /// failed): a group in panic mode sends to it anyway.
+    passive_ejected: AtomicBool,
+    /// Passive checks would have ejected it, but its group was at its ejection cap.
+    over_cap: AtomicBool,
     slots: Arc<Semaphore>,
     /// This endpoint's claim on its address's metric series.
     series: BackendSeries,
@@ -59,8 +65,13 @@ pub struct Endpoint {
 
 /// The client an endpoint's protocol needs.
 enum Transport {
-    /// HTTP/1.1 and HTTP/2, pooled by hyper.
+    /// HTTP/1.1 (`http://`), pooled by hyper.
     Hyper(Client<EndpointConnector, ProxyBody>),
+    /// HTTP/2 with prior knowledge (`h2c://`): one multiplexed connection.
+    H2(H2Upstream),
+    /// TLS (`https://`): HTTP/2 when the server's ALPN picks it, else HTTP/1.1 pooled by
+    /// hyper; which one is learnt on the first connection.
+    Https { h2: H2Upstream, http1: Client<EndpointConnector, ProxyBody>, http1_only: AtomicBool },
     /// HTTP/3: one multiplexed QUIC connection.
     H3(H3Upstream),
     /// A stand-in backend for in-process tests of the request pipeline.
@@ -180,27 +191,38 @@ impl Endpoint {
                 Transport::H3(h3)
             }
             Protocol::Http1 | Protocol::H2c | Protocol::Https => {
-                let tls = match spec.url.protocol {
-                    Protocol::Https => Some(client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?),
-                    _ => None,
+                let connector = |tls, h2c| {
+                    EndpointConnector::new(
+                        spec.url.host.clone(),
+                        spec.url.port,
+                        spec.connect_timeout,
+                        tls,
+                        counts.clone(),
+                        h2c,
+                    )
                 };
-                let h2c = spec.url.protocol == Protocol::H2c;
-                let connector = EndpointConnector::new(
-                    spec.url.host.clone(),
-                    spec.url.port,
-                    spec.connect_timeout,
-                    tls,
-                    counts.clone(),
-                    h2c,
-                );
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(spec.pool.idle_timeout)
-                    .pool_max_idle_per_host(spec.pool.max_idle_connections)
-                    .http2_only(h2c);
-                Transport::Hyper(builder.build(connector))
+                let http1 = |connector| {
+                    let mut builder = Client::builder(TokioExecutor::new());
+                    builder
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .pool_idle_timeout(spec.pool.idle_timeout)
+                        .pool_max_idle_per_host(spec.pool.max_idle_connections);
+                    builder.build(connector)
+                };
+                match spec.url.protocol {
+                    Protocol::H2c => Transport::H2(H2Upstream::new(connector(None, true), spec.pool.idle_timeout)),
+                    Protocol::Https => {
+                        let both = client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?;
+                        let only_http1 = client_tls(&spec.url, &spec.tls, &[b"http/1.1"])?;
+                        Transport::Https {
+                            h2: H2Upstream::new(connector(Some(both), false), spec.pool.idle_timeout),
+                            http1: http1(connector(Some(only_http1), false)),
+                            http1_only: AtomicBool::new(false),
+                        }
+                    }
+                    _ => Transport::Hyper(http1(connector(None, false))),
+                }
             }
         })
     }
@@ -219,6 +241,8 @@ impl Endpoint {
             url: spec.url.clone(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            passive_ejected: AtomicBool::new(false),
+            over_cap: AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(spec.pool.max_connections_per_host.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting: spec.pool.max_pending_requests,
@@ -246,6 +270,19 @@ impl Endpoint {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        if healthy {
+            self.passive_ejected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejected by passive checks (and not since revived).
+    pub fn is_passively_ejected(&self) -> bool {
+        !self.is_healthy() && self.passive_ejected.load(Ordering::Relaxed)
+    }
+
+    /// Failing enough to be ejected, but kept because its group was at its ejection cap.
+    pub fn is_over_cap(&self) -> bool {
+        self.over_cap.load(Ordering::Relaxed)
     }
 
     /// Whether a request may be sent here. An endpoint ejected by passive checks gets one
@@ -267,9 +304,17 @@ impl Endpoint {
 
     /// Records the outcome of a real request; returns the new health when it changed.
     pub fn report(&self, ok: bool, policy: &PassiveCheck) -> Option<bool> {
+        self.report_capped(ok, policy, || true)
+    }
+
+    /// As [`report`](Self::report), but an ejection happens only if `may_eject` allows it
+    /// when the threshold is reached; otherwise the endpoint stays in rotation, marked as
+    /// over its group's cap, and the next failure asks again.
+    pub fn report_capped(&self, ok: bool, policy: &PassiveCheck, may_eject: impl FnOnce() -> bool) -> Option<bool> {
         let now = Instant::now();
         let mut state = self.passive.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
+            self.over_cap.store(false, Ordering::Relaxed);
             state.consecutive_failures = 0;
             if state.ejected_until.take().is_some() && !self.is_healthy() {
                 self.set_healthy(true);
@@ -283,8 +328,14 @@ impl Endpoint {
         }
         state.consecutive_failures += 1;
         if state.consecutive_failures >= policy.max_failures && self.is_healthy() {
+            if !may_eject() {
+                self.over_cap.store(true, Ordering::Relaxed);
+                return None;
+            }
+            self.over_cap.store(false, Ordering::Relaxed);
             state.ejected_until = Some(now + policy.cooldown);
             self.set_healthy(false);
+            self.passive_ejected.store(true, Ordering::Relaxed);
             self.series.passive_ejections.inc();
             return Some(false);
         }
@@ -344,15 +395,50 @@ impl Endpoint {
         Some(InFlight { endpoint: self.clone(), _permit: permit })
     }
 
-    /// Sends a request on the pooled client. The URI keeps the client's authority; the
-    /// connector dials this endpoint whatever the URI says.
+    /// Sends a request on the pooled client. The URI carries the client's authority, for
+    /// `:authority` on HTTP/2 and HTTP/3; connections go to this endpoint whatever it says.
     pub async fn send(&self, req: http::Request<ProxyBody>) -> Result<http::Response<UpstreamBody>, SendError> {
         match &self.client {
-            Transport::Hyper(client) => Ok(client.request(req).await?.map(UpstreamBody::Hyper)),
+            Transport::Hyper(client) => Ok(client.request(self.pool_keyed(req)).await?.map(UpstreamBody::Hyper)),
+            Transport::H2(h2) => match h2.send(req).await? {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Hyper)),
+                Err(_) => Err(SendError::NotSent("h2c endpoint did not speak HTTP/2".into())),
+            },
+            Transport::Https { h2, http1, http1_only } => {
+                let req = if http1_only.load(Ordering::Relaxed) {
+                    req
+                } else {
+                    match h2.send(req).await? {
+                        Ok(resp) => return Ok(resp.map(UpstreamBody::Hyper)),
+                        Err(req) => {
+                            http1_only.store(true, Ordering::Relaxed);
+                            req
+                        }
+                    }
+                };
+                Ok(http1.request(self.pool_keyed(req)).await?.map(UpstreamBody::Hyper))
+            }
             Transport::H3(h3) => Ok(h3.send(req).await?.map(UpstreamBody::H3)),
             #[cfg(test)]
             Transport::Stub(stub) => stub.send(req).await,
         }
+    }
+}
+
+impl Endpoint {
+    /// hyper's HTTP/1.1 pool is keyed by the URI's scheme and authority, so the URI gets
+    /// this endpoint's address: one pool per endpoint, however many hosts clients name.
+    /// The client's host travels in the Host header, set by the pipeline.
+    fn pool_keyed(&self, mut req: http::Request<ProxyBody>) -> http::Request<ProxyBody> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        if let Ok(authority) = http::uri::Authority::try_from(self.address.as_str()) {
+            parts.authority = Some(authority);
+        }
+        if parts.scheme.is_none() {
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+        }
+        *req.uri_mut() = http::Uri::from_parts(parts).unwrap_or_else(|_| http::Uri::from_static("/"));
+        req
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod balancer;
 mod connector;
 mod endpoint;
+mod h2;
 mod h3;
 pub mod health;
 mod retry_budget;
@@ -35,6 +36,18 @@ pub enum UpstreamError {
     Tls(String),
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
+}
+
+/// The default share of a group passive checks may eject (`passive.max_ejection_percent`).
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 50;
+
+/// Whether a backend's response counts against it in passive health: only the gateway
+/// failures a broken or overloaded endpoint gives (502, 503, 504). A 500 or any other
+/// status is something a client can provoke on purpose with a bad request, and says the
+/// endpoint is alive; it resets the failure streak like a success. Connect errors,
+/// resets and timeouts count too (the pipeline reports those as failures directly).
+pub fn counts_as_failure(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 /// How the proxy talks to an endpoint.
@@ -189,6 +202,9 @@ pub struct BackendGroup {
     pub retry_budget: RetryBudget,
     /// This group's request-body size limit, over the server-wide one.
     pub max_request_body_bytes: Option<u64>,
+    /// The most members (in percent, rounded down, but always at least one) that passive
+    /// checks may hold out of rotation at once; see [`BackendGroup::in_panic`].
+    pub max_ejection_percent: u32,
     members: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
     balancer: Balancer,
@@ -206,6 +222,7 @@ impl BackendGroup {
             passive: Some(PassiveCheck::default()),
             retry_budget: Default::default(),
             max_request_body_bytes: None,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
             members,
             weights,
             balancer,
@@ -227,11 +244,56 @@ impl BackendGroup {
         self
     }
 
-    /// Records a request outcome on `endpoint` for passive health.
+    pub fn with_max_ejection_percent(mut self, percent: u32) -> Self {
+        self.max_ejection_percent = percent.min(100);
+        self
+    }
+
+    /// How many members passive checks may hold out at once: `max_ejection_percent` of
+    /// them rounded down, but at least one (as Envoy's `max_ejection_percent` does), so a
+    /// dead endpoint in a small group still leaves rotation.
+    pub fn ejection_cap(&self) -> usize {
+        (self.members.len() * self.max_ejection_percent as usize / 100).max(1)
+    }
+
+    /// Whether another member may be ejected: members out of rotation for any reason
+    /// (passive or active checks) count toward the cap.
+    fn may_eject(&self) -> bool {
+        self.members.iter().filter(|e| !e.is_healthy()).count() < self.ejection_cap()
+    }
+
+    /// Panic mode: more members are failing than the cap lets passive checks eject. Then
+    /// the failures are more likely the clients' doing, or a group-wide overload, than a
+    /// few bad endpoints, so passive ejections are ignored and requests are balanced over
+    /// every member an active check has not marked down (Envoy's healthy-panic threshold).
+    pub fn in_panic(&self) -> bool {
+        self.passive.is_some() && self.members.iter().any(|e| e.is_over_cap())
+    }
+
+    /// Records a request outcome on `endpoint` for passive health. `ok` is false only for
+    /// what [`counts_as_failure`] says a broken endpoint does.
     pub fn report(&self, endpoint: &Arc<Endpoint>, ok: bool) {
-        if let Some(policy) = &self.passive
-            && let Some(healthy) = endpoint.report(ok, policy)
-        {
+        self.record(endpoint, ok, false);
+    }
+
+    /// Records that no connection to `endpoint` could be opened (refused, unreachable).
+    /// No client can cause that, so the ejection cap does not apply: a group whose pods
+    /// died keeps only the live ones in rotation.
+    pub fn report_unreachable(&self, endpoint: &Arc<Endpoint>) {
+        self.record(endpoint, false, true);
+    }
+
+    fn record(&self, endpoint: &Arc<Endpoint>, ok: bool, uncapped: bool) {
+        let Some(policy) = &self.passive else { return };
+        let was_over = endpoint.is_over_cap();
+        let flipped = endpoint.report_capped(ok, policy, || uncapped || self.may_eject());
+        if !was_over && endpoint.is_over_cap() {
+            tracing::warn!(
+                group = %self.id, backend = %endpoint.address, cap = self.ejection_cap(),
+                "not ejected: the group is at max_ejection_percent; balancing over all endpoints (panic mode)"
+            );
+        }
+        if let Some(healthy) = flipped {
             let reason = if healthy {
                 "a trial request succeeded".to_string()
             } else {
@@ -241,13 +303,17 @@ impl BackendGroup {
         }
     }
 
-    /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request).
+    /// Picks a healthy endpoint not in `exclude` (endpoints already tried by this request);
+    /// in panic mode, passively ejected endpoints count as healthy.
     pub fn pick(&self, exclude: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+        let panic = self.in_panic();
         let i = self.balancer.pick(
             &self.weights,
             |i| {
-                !exclude.iter().any(|e| Arc::ptr_eq(e, &self.members[i]))
-                    && self.members[i].available(self.passive.as_ref(), self.health_check.is_none())
+                let e = &self.members[i];
+                !exclude.iter().any(|x| Arc::ptr_eq(x, e))
+                    && ((panic && e.is_passively_ejected())
+                        || e.available(self.passive.as_ref(), self.health_check.is_none()))
             },
             |i| self.members[i].in_flight(),
         )?;
@@ -297,6 +363,85 @@ mod tests {
         let t = rx.try_recv().expect("an ejection is announced");
         assert!(!t.healthy && Arc::ptr_eq(&t.endpoint, &ep));
         assert_eq!(t.reason, "2 consecutive failed requests");
+    }
+
+    fn group_of(n: usize, percent: u32) -> (BackendGroup, Vec<Arc<Endpoint>>) {
+        let registry = EndpointRegistry::default();
+        let eps: Vec<_> = (0..n)
+            .map(|i| {
+                let spec = EndpointSpec {
+                    url: BackendUrl::parse(&format!("http://127.0.0.1:{}", 1 + i)).unwrap(),
+                    pool: PoolSettings::default(),
+                    connect_timeout: Duration::from_secs(1),
+                    tls: UpstreamTls::default(),
+                };
+                registry.endpoint(&spec).unwrap()
+            })
+            .collect();
+        let policy = PassiveCheck { max_failures: 1, ..PassiveCheck::default() };
+        let members = eps.iter().map(|e| (e.clone(), 1)).collect();
+        let group = BackendGroup::new("g".into(), Strategy::RoundRobin, Timeouts::default(), members)
+            .with_passive(Some(policy))
+            .with_max_ejection_percent(percent);
+        (group, eps)
+    }
+
+    #[test]
+    fn only_gateway_failures_count_against_an_endpoint() {
+        for code in [502, 503, 504] {
+            assert!(counts_as_failure(http::StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [200, 404, 429, 500, 501, 505, 599] {
+            assert!(!counts_as_failure(http::StatusCode::from_u16(code).unwrap()), "{code}: a client can provoke it");
+        }
+    }
+
+    #[test]
+    fn ejections_stop_at_the_cap_and_the_group_panics_over_all_endpoints() {
+        let (group, eps) = group_of(4, 50);
+        assert_eq!(group.ejection_cap(), 2);
+        for e in &eps[..3] {
+            group.report(e, false);
+        }
+        assert!(!eps[0].is_healthy() && !eps[1].is_healthy(), "two of four ejected");
+        assert!(eps[2].is_healthy() && eps[2].is_over_cap(), "the third is kept in rotation");
+        assert!(group.in_panic());
+        let picked: std::collections::HashSet<_> =
+            (0..8).filter_map(|_| group.pick(&[]).map(|e| e.address.clone())).collect();
+        assert_eq!(picked.len(), 4, "panic mode balances over every endpoint: {picked:?}");
+
+        group.report(&eps[2], true);
+        assert!(!group.in_panic(), "a success ends the panic");
+        let picked: std::collections::HashSet<_> =
+            (0..8).filter_map(|_| group.pick(&[]).map(|e| e.address.clone())).collect();
+        assert_eq!(picked.len(), 2, "ejected endpoints are out again: {picked:?}");
+    }
+
+    #[test]
+    fn endpoints_an_active_check_marked_down_stay_out_even_in_panic() {
+        let (group, eps) = group_of(3, 50);
+        eps[0].set_healthy(false);
+        group.report(&eps[1], false);
+        assert!(eps[1].is_healthy() && group.in_panic(), "cap 1 is taken by the active check's verdict");
+        assert!((0..6).filter_map(|_| group.pick(&[])).all(|e| !Arc::ptr_eq(e, &eps[0])));
+    }
+
+    #[test]
+    fn unreachable_endpoints_are_ejected_past_the_cap() {
+        let (group, eps) = group_of(4, 50);
+        for e in &eps[..3] {
+            group.report_unreachable(e);
+        }
+        assert_eq!(eps.iter().filter(|e| !e.is_healthy()).count(), 3, "dead pods leave whatever the cap");
+        assert!(!group.in_panic());
+        assert!((0..6).filter_map(|_| group.pick(&[])).all(|e| Arc::ptr_eq(e, &eps[3])));
+    }
+
+    #[test]
+    fn the_cap_is_at_least_one_endpoint() {
+        assert_eq!(group_of(1, 50).0.ejection_cap(), 1);
+        assert_eq!(group_of(3, 10).0.ejection_cap(), 1);
+        assert_eq!(group_of(10, 100).0.ejection_cap(), 10);
     }
 
     #[test]

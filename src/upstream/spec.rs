@@ -10,8 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    BackendGroup, BackendUrl, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck, PoolSettings, Strategy,
-    Timeouts, UpstreamTls, parse_status_range,
+    BackendGroup, BackendUrl, DEFAULT_MAX_EJECTION_PERCENT, EndpointRegistry, EndpointSpec, HealthCheck, PassiveCheck,
+    PoolSettings, Strategy, Timeouts, UpstreamTls, parse_status_range,
 };
 
 /// Most backends one group may list. The BackendGroup status carries a line per backend, so
@@ -51,6 +51,7 @@ pub enum Field {
     PassiveMaxFailures,
     PassiveWindow,
     PassiveCooldown,
+    PassiveMaxEjectionPercent,
     PoolMaxIdle,
     PoolMaxPerHost,
     PoolMaxPending,
@@ -78,6 +79,7 @@ impl fmt::Display for Field {
             Self::PassiveMaxFailures => "passive.max_failures",
             Self::PassiveWindow => "passive.observation_window",
             Self::PassiveCooldown => "passive.cooldown",
+            Self::PassiveMaxEjectionPercent => "passive.max_ejection_percent",
             Self::PoolMaxIdle => "connection_pool.max_idle_connections",
             Self::PoolMaxPerHost => "connection_pool.max_connections_per_host",
             Self::PoolMaxPending => "connection_pool.max_pending_requests",
@@ -152,11 +154,14 @@ impl Default for HealthCheckSpec {
 pub struct PassiveSpec {
     pub enabled: bool,
     pub check: PassiveCheck,
+    /// The most of the group (percent, at least one endpoint) passive checks may eject;
+    /// beyond it the group is in panic mode (see `BackendGroup::in_panic`).
+    pub max_ejection_percent: u32,
 }
 
 impl Default for PassiveSpec {
     fn default() -> Self {
-        Self { enabled: true, check: PassiveCheck::default() }
+        Self { enabled: true, check: PassiveCheck::default(), max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT }
     }
 }
 
@@ -242,6 +247,9 @@ impl GroupSpec {
         }
         positive(&mut err, Field::PassiveWindow, p.window);
         positive(&mut err, Field::PassiveCooldown, p.cooldown);
+        if !(1..=100).contains(&self.passive.max_ejection_percent) {
+            err(Field::PassiveMaxEjectionPercent, "must be between 1 and 100".into());
+        }
 
         if self.pool.max_idle_connections > MAX_POOL_SIZE {
             err(Field::PoolMaxIdle, format!("must be between 0 and {MAX_POOL_SIZE}"));
@@ -318,7 +326,8 @@ impl GroupSpec {
         Ok(BackendGroup::new(self.id.clone(), self.strategy, self.timeouts, endpoints)
             .with_health_check(health_check)
             .with_passive(passive)
-            .with_max_request_body(self.max_request_body_bytes))
+            .with_max_request_body(self.max_request_body_bytes)
+            .with_max_ejection_percent(self.passive.max_ejection_percent))
     }
 }
 

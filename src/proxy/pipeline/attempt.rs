@@ -18,7 +18,7 @@ use crate::proxy::upgrade;
 use crate::routes::Route;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
-use crate::upstream::{BackendGroup, Endpoint, Protocol};
+use crate::upstream::{BackendGroup, Endpoint, Protocol, counts_as_failure};
 
 /// Attempts per request: the first try and up to two retries on other endpoints.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -46,6 +46,9 @@ pub async fn forward(
     let mut body = Some(body);
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut last = ProxyError::NoHealthyBackend;
+    if group.in_panic() {
+        metrics.panic_requests.with_label_values(&[group.id.as_str()]).inc();
+    }
     for n in 0..MAX_ATTEMPTS {
         let balance_span = traces::span!("load_balance", attempt = n);
         let Some(endpoint) = balance_span.in_scope(|| group.pick(&tried).cloned()) else { break };
@@ -107,7 +110,7 @@ pub async fn attempt(
     match outcome {
         Ok(resp) => {
             let status = resp.status();
-            group.report(endpoint, !status.is_server_error());
+            group.report(endpoint, !counts_as_failure(status));
             if may_retry && retryable_status(status) && ctx.idempotent {
                 // Replay only a body the backend never read (an empty one, usually).
                 if let Some(body) = lender.take_back() {
@@ -118,7 +121,11 @@ pub async fn attempt(
             Attempt::Served(resp.map(|b| boxed(IdleTimeout::new(Guarded::new(b, slot), idle))))
         }
         Err(error) => {
-            group.report(endpoint, false);
+            if error == ProxyError::Connect {
+                group.report_unreachable(endpoint);
+            } else {
+                group.report(endpoint, false);
+            }
             let retry = if may_retry && retryable_error(error, ctx.idempotent) { lender.take_back() } else { None };
             Attempt::Failed { error, retry }
         }
@@ -139,7 +146,11 @@ fn retryable_error(error: ProxyError, idempotent: bool) -> bool {
 
 /// Rewrites a downstream request for `endpoint`: same method, path and authority, header
 /// rules applied, the version the upstream protocol speaks.
-fn upstream_request(req: Request<ProxyBody>, endpoint: &Endpoint, ctx: &RequestContext) -> Request<ProxyBody> {
+pub(super) fn upstream_request(
+    req: Request<ProxyBody>,
+    endpoint: &Endpoint,
+    ctx: &RequestContext,
+) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, &ctx.hop, ctx.host.as_deref());

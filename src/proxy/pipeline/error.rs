@@ -10,6 +10,8 @@ use crate::upstream::SendError;
 /// Why the proxy answered instead of the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
+    /// A path that cannot be normalised safely (an encoded slash, a bad escape).
+    BadPath,
     NoRoute,
     NoHealthyBackend,
     PoolFull,
@@ -27,6 +29,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
+            Self::BadPath => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoHealthyBackend | Self::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect | Self::BadUpstream => StatusCode::BAD_GATEWAY,
@@ -38,6 +41,7 @@ impl ProxyError {
 
     fn message(self) -> &'static str {
         match self {
+            Self::BadPath => "the request path cannot be normalised safely (encoded slash, backslash or bad escape)",
             Self::NoRoute => "no route for this host and path",
             Self::NoHealthyBackend => "no healthy backend",
             Self::PoolFull => "backend connection limit reached",
@@ -108,6 +112,7 @@ mod tests {
     #[test]
     fn each_reason_has_its_status_and_503s_say_when_to_come_back() {
         for (err, status) in [
+            (ProxyError::BadPath, 400),
             (ProxyError::NoRoute, 404),
             (ProxyError::NoHealthyBackend, 503),
             (ProxyError::PoolFull, 503),

@@ -18,6 +18,8 @@ mod context;
 mod error;
 mod filters;
 mod finish;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(test)]
 mod tests;
 
@@ -25,11 +27,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use std::borrow::Cow;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 
 use crate::body::ProxyBody;
 use crate::net::TrustedProxies;
-use crate::routes::{Route, RouteTable};
+use crate::routes::{Route, RouteTable, normalize_path_and_query};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
 pub use context::RequestContext;
@@ -86,6 +91,7 @@ async fn serve(
     ctx: &mut RequestContext,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let req = normalize(ctx, req)?;
     let route = route(&shared.tables, ctx, &req)?;
     let req = match filters::apply(ctx, &route, req, &shared.metrics) {
         filters::Flow::Continue(req) => req,
@@ -121,6 +127,30 @@ fn body_limit(
     let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let req = req.map(|body| crate::body::boxed(crate::body::SizeLimit::new(body, max, exceeded.clone())));
     Ok((req, exceeded))
+}
+
+/// Rewrites the request's path into its normal form (see `routes::normalize_path`) before
+/// routing, so the route matches the path the backend is sent; a path that cannot be
+/// normalised safely gets 400.
+fn normalize(ctx: &mut RequestContext, mut req: Request<ProxyBody>) -> Result<Request<ProxyBody>, ProxyError> {
+    let Some(pq) = req.uri().path_and_query() else { return Ok(req) };
+    // `OPTIONS *` names the server, not a path.
+    if pq.as_str() == "*" {
+        return Ok(req);
+    }
+    let normal = match normalize_path_and_query(pq.as_str()) {
+        Ok(Cow::Borrowed(_)) => return Ok(req),
+        Ok(Cow::Owned(normal)) => normal,
+        Err(e) => {
+            tracing::debug!(path = %ctx.path, error = %e, "refused a request path");
+            return Err(ProxyError::BadPath);
+        }
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(normal).map_err(|_| ProxyError::BadPath)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadPath)?;
+    ctx.path = req.uri().path().to_string();
+    Ok(req)
 }
 
 /// The route phase: one load per request, so the whole request sees one table.

@@ -9,9 +9,12 @@ use http_body_util::BodyExt;
 
 use super::{ConnInfo, Downstream, handle};
 use crate::body::{ProxyBody, empty, full};
-use crate::proxy::test_support::{Act, Scripted, shared, table, table_with};
-use crate::routes::{CertSet, RouteTable};
-use crate::upstream::{PassiveCheck, Timeouts};
+use std::sync::Arc;
+
+use super::Shared;
+use crate::proxy::test_support::{Act, Scripted, shared, spec, table, table_with};
+use crate::routes::{CertSet, PathRule, PathType, RouteTable, RouteTableBuilder};
+use crate::upstream::{BackendGroup, Endpoint, PassiveCheck, Strategy, StubTransport, Timeouts};
 
 fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
     Request::builder().method(method).uri("https://shop.example/cart").body(body).unwrap()
@@ -192,4 +195,119 @@ async fn the_backend_gets_the_clients_authority_and_forwarding_headers_and_the_c
     assert_eq!(req.headers()["x-forwarded-for"], "198.51.100.7");
     assert_eq!(req.headers()["x-request-id"], id, "the same id both ways");
     assert_eq!(req.uri().path(), "/cart");
+}
+
+// === Path normalisation ===
+
+/// `/public` served by `public`, `/admin` by `admin`.
+fn two_routes(public: &Arc<Scripted>, admin: &Arc<Scripted>) -> Shared {
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    for (i, (id, backend)) in [("public", public), ("admin", admin)].into_iter().enumerate() {
+        let ep = Endpoint::stub(&spec(8100 + i as u16), backend.clone() as Arc<dyn StubTransport>);
+        let group =
+            builder.add_group(BackendGroup::new(id.into(), Strategy::RoundRobin, Timeouts::default(), vec![(ep, 1)]));
+        builder.add_route(id, None, PathRule::new(&format!("/{id}"), PathType::Prefix).unwrap(), group).unwrap();
+    }
+    shared(builder.build(1))
+}
+
+fn get(path_and_query: &str) -> Request<ProxyBody> {
+    Request::builder().uri(format!("https://shop.example{path_and_query}")).body(empty()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn traversals_are_routed_by_the_path_the_backend_gets() {
+    let (public, admin) = (Scripted::new("public", &[Act::Status(200)]), Scripted::new("admin", &[Act::Status(200)]));
+    let tables = two_routes(&public, &admin);
+    for (path, want) in [
+        ("/public/../admin", "admin"),
+        ("/public/%2e%2e/admin", "admin"),
+        ("/public/./%2E%2E/admin/x?q=/../", "admin"),
+        ("//admin", "admin"),
+        ("/public//x", "public"),
+        ("/%70ublic/a", "public"),
+    ] {
+        let resp = handle(&tables, get(path), conn(false)).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(body_text(resp).await, format!("from {want}"), "{path}");
+    }
+    let sent: Vec<String> =
+        admin.seen.lock().unwrap().iter().map(|r| r.uri().path_and_query().unwrap().to_string()).collect();
+    assert_eq!(sent, ["/admin", "/admin", "/admin/x?q=/../", "/admin"], "the backend gets the normalised path");
+    let sent: Vec<String> = public.seen.lock().unwrap().iter().map(|r| r.uri().path().to_string()).collect();
+    assert_eq!(sent, ["/public/x", "/public/a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn paths_that_cannot_be_normalised_safely_get_400_and_reach_no_backend() {
+    let (public, admin) = (Scripted::new("public", &[Act::Status(200)]), Scripted::new("admin", &[Act::Status(200)]));
+    let tables = two_routes(&public, &admin);
+    for path in ["/public/..%2fadmin", "/public/..%5Cadmin", "/public/%zz", "/public/%2"] {
+        assert_eq!(handle(&tables, get(path), conn(false)).await.status(), 400, "{path}");
+    }
+    assert_eq!(public.calls() + admin.calls(), 0);
+}
+
+// === Passive health ===
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_answering_500s_is_never_ejected_but_503s_are() {
+    let (a, b) = (Scripted::new("a", &[Act::Status(500)]), Scripted::new("b", &[Act::Status(200)]));
+    let passive = PassiveCheck { max_failures: 2, ..PassiveCheck::default() };
+    let (tables, endpoints) = table_with(&[a.clone(), b.clone()], Timeouts::default(), Some(passive.clone()));
+    for _ in 0..20 {
+        handle(&tables, request(Method::GET, empty()), conn(false)).await;
+    }
+    assert_eq!(a.calls(), 10, "a client-provoked 500 says the backend is alive");
+    assert!(endpoints[0].is_healthy());
+
+    let (c, d) = (Scripted::new("c", &[Act::Status(504)]), Scripted::new("d", &[Act::Status(200)]));
+    let (tables, endpoints) = table_with(&[c.clone(), d.clone()], Timeouts::default(), Some(passive));
+    for _ in 0..20 {
+        handle(&tables, request(Method::POST, full("x")), conn(false)).await;
+    }
+    assert_eq!(c.calls(), 2, "504s eject");
+    assert!(!endpoints[0].is_healthy());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_whose_endpoints_all_fail_stays_in_rotation_in_panic_mode() {
+    let backends: Vec<_> = ["a", "b", "c", "d"].into_iter().map(|n| Scripted::new(n, &[Act::Status(503)])).collect();
+    let passive = PassiveCheck { max_failures: 1, ..PassiveCheck::default() };
+    let (tables, endpoints) = table_with(&backends, Timeouts::default(), Some(passive));
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(handle(&tables, request(Method::POST, full("x")), conn(false)).await.status().as_u16());
+    }
+    assert_eq!(endpoints.iter().filter(|e| !e.is_healthy()).count(), 2, "at most half are ejected");
+    assert!(statuses.iter().all(|&s| s == 503), "the backends' own answers, never 'no healthy backend'");
+    assert!(backends.iter().all(|b| b.calls() > 0));
+    let text = tables.metrics.render();
+    assert!(text.contains("quic_ingress_backend_group_panic_requests_total{group=\"g\"}"), "{text}");
+}
+
+// === Upgrades ===
+
+#[tokio::test(start_paused = true)]
+async fn an_h2c_upgrade_is_served_as_a_plain_request_and_websocket_is_passed_on() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let (tables, _) = table(std::slice::from_ref(&a), Timeouts::default());
+    let ask = |upgrade: &str| {
+        Request::builder()
+            .uri("/chat")
+            .header("host", "shop.example")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", upgrade)
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(handle(&tables, ask("h2c"), conn(false)).await.status(), 200);
+    assert_eq!(handle(&tables, ask("websocket"), conn(false)).await.status(), 200);
+    let seen = a.seen.lock().unwrap();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(!seen[0].headers().contains_key(name), "h2c: {name} must not reach the backend");
+    }
+    assert_eq!(seen[1].headers()["upgrade"], "websocket");
+    assert_eq!(seen[1].headers()["connection"], "upgrade");
 }
