@@ -15,12 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Backend, Proxy, catch_all, log_path};
 
 /// Cases that fail for a reason the README explains: `(id, title)`.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    // hyper-util's `auto::Builder` sniffs the first bytes instead of trusting ALPN, so a
-    // client that negotiated h2 and then sends garbage gets an HTTP/1.1 400 (and then the
-    // close) instead of an HTTP/2 connection error.
-    ("http2/3.5/2", "Sends invalid connection preface"),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 /// Upper bound for the whole run (145 cases, each with h2spec's own timeout).
 const RUN_DEADLINE: Duration = Duration::from_secs(240);

@@ -89,8 +89,11 @@ impl Jaeger {
 async fn a_proxied_request_is_traced_end_to_end() {
     let jaeger = Jaeger::start().await;
     let b = Backend::start("traced").await;
-    let proxy = Proxy::start_telemetry(
+    // The test client stands for a trusted proxy in front: only such a peer's trace is
+    // continued (an untrusted client's traceparent never decides sampling).
+    let proxy = Proxy::start_full(
         &catch_all(&b.url("http")),
+        "  trusted_proxies: [\"127.0.0.1\"]\n",
         &format!("  tracing: {{endpoint: \"http://{}\", sampling_ratio: 1.0}}\n", jaeger.otlp),
     )
     .await;
@@ -175,4 +178,26 @@ async fn a_proxied_request_is_traced_end_to_end() {
             "{child} is a child of http_request over TCP: {spans:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_untrusted_clients_traceparent_never_forces_sampling() {
+    let b = Backend::start("untrusted-trace").await;
+    // No trusted proxies, and nothing sampled of our own accord (so nothing is exported: the
+    // endpoint need not answer).
+    let proxy = Proxy::start_telemetry(
+        &catch_all(&b.url("http")),
+        "  tracing: {endpoint: \"http://127.0.0.1:9\", sampling_ratio: 0.0}\n",
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = http::Request::get("https://localhost/forced")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(())
+        .unwrap();
+    let a = h3_send(&proxy.h3().await, req, quic_ingress::client::RequestBody::Empty).await;
+    assert_eq!(a.status, 200);
+    let seen = a.json()["headers"]["traceparent"].as_str().map(str::to_string).unwrap_or_default();
+    assert!(!seen.contains(trace_id), "the client's trace was continued: {seen}");
+    assert!(seen.is_empty() || seen.ends_with("-00"), "a trace of ours, not sampled: {seen}");
 }

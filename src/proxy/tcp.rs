@@ -141,9 +141,17 @@ pub async fn serve(
                     }
                 });
                 open.inc();
+                // The protocol is the one ALPN agreed, not what the first bytes look like, so
+                // a client that chose h2 and sends no HTTP/2 preface gets an HTTP/2 error.
+                // (HTTP/2 has no Upgrade; `http2_only` is ignored with upgrades.)
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
                 let builder = builder(&limits);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                let mut conn = std::pin::pin!(watcher.watch(conn.into_owned()));
+                let io = TokioIo::new(tls);
+                let mut conn: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2 {
+                    Box::pin(watcher.watch(builder.http2_only().serve_connection(io, service).into_owned()))
+                } else {
+                    Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()))
+                };
                 let ended = loop {
                     let check = activity.deadline(&limits);
                     tokio::select! {

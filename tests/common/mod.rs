@@ -189,7 +189,8 @@ impl Proxy {
         Self::start_full(body, "", telemetry_extra).await
     }
 
-    async fn start_full(body: &str, server_extra: &str, telemetry_extra: &str) -> Self {
+    /// Starts the proxy with extra lines in both the `server` and `telemetry` sections.
+    pub async fn start_full(body: &str, server_extra: &str, telemetry_extra: &str) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
