@@ -1,6 +1,7 @@
 //! The HTTPS-over-TCP listener (HTTP/1.1 and HTTP/2 by ALPN). Its responses carry
 //! `Alt-Svc` so browsers discover the HTTP/3 listener on the same port.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use http::header::ALT_SVC;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::admission::Admission;
+use super::admission::{Admission, Handshaking};
 use super::pipeline::{self, ConnInfo, Downstream, Shared};
 use crate::config::Limits;
 use crate::telemetry::metrics::Metrics;
@@ -73,110 +74,121 @@ pub async fn serve(
         let (acceptor, shared, alt_svc, watcher) =
             (acceptor.clone(), shared.clone(), alt_svc.clone(), graceful.watcher());
         let span = tracing::debug_span!("tcp_connection", %client);
-        tracker.spawn(
-            async move {
-                let limits = shared.limits.clone();
-                let stream = WriteDeadline::new(stream, limits.response_write_timeout.0, shared.metrics.clone());
-                let tls = match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => {
-                        shared.metrics.limit_hit("handshake_timeout");
-                        return tracing::debug!("TLS handshake timed out");
-                    }
-                };
-                let _connected = admitted.established();
-                let activity = Arc::new(Activity::new());
-                let metrics = shared.metrics.clone();
-                let open = shared.metrics.tcp_connections_open.clone();
-                let seen = activity.clone();
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (shared, alt_svc) = (shared.clone(), alt_svc.clone());
-                    let in_flight = seen.begin();
-                    let is_h2 = req.version() == http::Version::HTTP_2;
-                    async move {
-                        let span = traces::span!(
-                            "http_request",
-                            otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
-                        );
-                        // Continued only from a trusted proxy: anyone else could force sampling.
-                        if shared.trusted.trusts(client.ip()) {
-                            traces::set_remote_parent(&span, req.headers());
-                        }
-                        let body_idle = shared.limits.request_body_idle_timeout.0;
-                        let req = req.map(|body| {
-                            crate::body::boxed(
-                                crate::body::IdleTimeout::new(body, body_idle)
-                                    .on_timeout(shared.body_idle_hits.clone()),
-                            )
-                        });
-                        let mut resp = pipeline::handle(
-                            &shared,
-                            req,
-                            ConnInfo { client, protocol: Downstream::Tcp, early_data: false },
-                        )
-                        .instrument(span.clone())
-                        .await;
-                        resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
-                        if !span.is_none() {
-                            // hyper writes the response after we return: the span lives as
-                            // long as the body, so it ends when the last byte is handed over.
-                            let send = tracing::info_span!(parent: &span, "response_send");
-                            resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, send)));
-                        }
-                        // The request is in flight until its response body is gone.
-                        let mut resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, in_flight)));
-                        if is_h2 {
-                            // HTTP/2 flow control can stall one stream while the connection
-                            // lives on; the socket's write deadline would never see it.
-                            let (limit, metrics) = (shared.limits.response_write_timeout.0, shared.metrics.clone());
-                            resp = resp.map(|body| {
-                                crate::body::boxed(crate::body::StallWatch::new(body, limit, move || {
-                                    metrics.limit_hit("response_write");
-                                    tracing::debug!("HTTP/2 client took nothing of a response in time: body dropped");
-                                }))
-                            });
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                open.inc();
-                // The protocol is the one ALPN agreed, not what the first bytes look like, so
-                // a client that chose h2 and sends no HTTP/2 preface gets an HTTP/2 error.
-                // (HTTP/2 has no Upgrade; `http2_only` is ignored with upgrades.)
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                let builder = builder(&limits);
-                let io = TokioIo::new(tls);
-                let mut conn: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2 {
-                    Box::pin(watcher.watch(builder.http2_only().serve_connection(io, service).into_owned()))
-                } else {
-                    Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()))
-                };
-                let ended = loop {
-                    let check = activity.deadline(&limits);
-                    tokio::select! {
-                        ended = conn.as_mut() => break ended,
-                        () = tokio::time::sleep_until(check) => {
-                            if let Some(why) = activity.expired(&limits) {
-                                if why == "header_timeout" {
-                                    metrics.limit_hit(why);
-                                }
-                                tracing::debug!(reason = why, "closing an idle connection");
-                                break Ok(());
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection error");
-                }
-                open.dec();
-            }
-            .instrument(span),
-        );
+        tracker.spawn(connection(stream, client, admitted, acceptor, shared, alt_svc, watcher).instrument(span));
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One connection: the TLS handshake within its deadline, then HTTP/2 (when ALPN chose
+/// it) or HTTP/1.1 with upgrades, until the client leaves, the connection idles past its
+/// limits, or shutdown drains it.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    admitted: Handshaking,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    alt_svc: Arc<HeaderValue>,
+    watcher: Watcher,
+) {
+    let limits = shared.limits.clone();
+    let stream = WriteDeadline::new(stream, limits.response_write_timeout.0, shared.metrics.clone());
+    let tls = match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => {
+            shared.metrics.limit_hit("handshake_timeout");
+            return tracing::debug!("TLS handshake timed out");
+        }
+    };
+    let _connected = admitted.established();
+    let activity = Arc::new(Activity::new());
+    let (metrics, open) = (shared.metrics.clone(), shared.metrics.tcp_connections_open.clone());
+    let seen = activity.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let in_flight = seen.begin();
+        request(shared.clone(), alt_svc.clone(), client, in_flight, req)
+    });
+    open.inc();
+    // The protocol is the one ALPN agreed, not what the first bytes look like, so a client
+    // that chose h2 and sends no HTTP/2 preface gets an HTTP/2 error. (HTTP/2 has no
+    // Upgrade; `http2_only` is ignored with upgrades.)
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let builder = builder(&limits);
+    let io = TokioIo::new(tls);
+    let mut conn: Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2 {
+        Box::pin(watcher.watch(builder.http2_only().serve_connection(io, service).into_owned()))
+    } else {
+        Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()))
+    };
+    let ended = loop {
+        let check = activity.deadline(&limits);
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            () = tokio::time::sleep_until(check) => {
+                if let Some(why) = activity.expired(&limits) {
+                    if why == "header_timeout" {
+                        metrics.limit_hit(why);
+                    }
+                    tracing::debug!(reason = why, "closing an idle connection");
+                    break Ok(());
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection error");
+    }
+    open.dec();
+}
+
+/// One request over TCP: its span, the request-body idle limit, the shared pipeline, then
+/// `Alt-Svc` and the guards that keep the span, the connection's in-flight count and
+/// (HTTP/2) a stall watch alive as long as the response body.
+async fn request(
+    shared: Arc<Shared>,
+    alt_svc: Arc<HeaderValue>,
+    client: SocketAddr,
+    in_flight: InFlight,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
+    let is_h2 = req.version() == http::Version::HTTP_2;
+    let span = traces::span!(
+        "http_request",
+        otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
+    );
+    // Continued only from a trusted proxy: anyone else could force sampling.
+    if shared.trusted.trusts(client.ip()) {
+        traces::set_remote_parent(&span, req.headers());
+    }
+    let body_idle = shared.limits.request_body_idle_timeout.0;
+    let req = req.map(|body| {
+        crate::body::boxed(crate::body::IdleTimeout::new(body, body_idle).on_timeout(shared.body_idle_hits.clone()))
+    });
+    let conn = ConnInfo { client, protocol: Downstream::Tcp, early_data: false };
+    let mut resp = pipeline::handle(&shared, req, conn).instrument(span.clone()).await;
+    resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
+    if !span.is_none() {
+        // hyper writes the response after we return: the span lives as long as the body,
+        // so it ends when the last byte is handed over.
+        let send = tracing::info_span!(parent: &span, "response_send");
+        resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, send)));
+    }
+    // The request is in flight until its response body is gone.
+    let mut resp = resp.map(|body| crate::body::boxed(crate::body::Guarded::new(body, in_flight)));
+    if is_h2 {
+        // HTTP/2 flow control can stall one stream while the connection lives on; the
+        // socket's write deadline would never see it.
+        let (limit, metrics) = (shared.limits.response_write_timeout.0, shared.metrics.clone());
+        resp = resp.map(|body| {
+            crate::body::boxed(crate::body::StallWatch::new(body, limit, move || {
+                metrics.limit_hit("response_write");
+                tracing::debug!("HTTP/2 client took nothing of a response in time: body dropped");
+            }))
+        });
+    }
+    Ok(resp)
 }
 
 /// hyper's connection settings from the limits: header deadline (HTTP/1.1; hyper also
