@@ -431,6 +431,22 @@ pub fn backend_group(name: &str, spec: serde_json::Value) -> anyhow::Result<quic
     }))?)
 }
 
+/// A CA and a certificate for `host` signed by it: (CA PEM, certificate PEM, key PEM), so a
+/// test can trust a served certificate through its CA (or tell two apart by their CAs).
+pub fn ca_and_cert(host: &str) -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("e2e CA for {host}"));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &issuer)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,21 +373,6 @@ async fn backend_groups_by_resource_and_by_own_routes() -> Result<()> {
     s.finish().await
 }
 
-/// A CA and a certificate for `host` signed by it: (CA PEM, certificate PEM, key PEM).
-fn ca_and_cert(host: &str) -> Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("e2e CA for {host}"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
-}
-
 fn write_temp(stem: &str, contents: &str) -> Result<PathBuf> {
     let path = log_path(stem)?.with_extension("pem");
     std::fs::write(&path, contents)?;
@@ -401,7 +386,7 @@ async fn tls_certificates_are_chosen_by_sni() -> Result<()> {
     let s = setup("tls").await?;
     let (ns, c) = (&s.ns, &s.controller);
 
-    let (ca1, cert1, key1) = ca_and_cert("secure.example.com")?;
+    let (ca1, cert1, key1) = quic_ingress_e2e::objects::ca_and_cert("secure.example.com")?;
     let trust1 = TrustOptions { insecure: false, ca_file: Some(write_temp("ca1", &ca1)?) };
     ns.create(&service("web").port("http", 80).build()).await?;
     ns.apply(&slice_to("web", "web-1", host.ip(), web.port())).await?;
@@ -436,7 +421,7 @@ async fn tls_certificates_are_chosen_by_sni() -> Result<()> {
     assert_eq!(c.get_with("other.example.com", "/", &insecure).await?.status, 200);
 
     // A new certificate in the Secret is served without a restart.
-    let (ca2, cert2, key2) = ca_and_cert("secure.example.com")?;
+    let (ca2, cert2, key2) = quic_ingress_e2e::objects::ca_and_cert("secure.example.com")?;
     let trust2 = TrustOptions { insecure: false, ca_file: Some(write_temp("ca2", &ca2)?) };
     ns.apply(&tls_secret("secure-tls", &cert2, &key2).build()).await?;
     eventually("the renewed certificate to be served", TIMEOUT, || async {

@@ -93,21 +93,6 @@ async fn wait_for_warning(ns: &TestNamespace, kind: &str, name: &str, reason: &s
     .await
 }
 
-/// A CA and a certificate for `host` it issued, as PEM: (ca, cert, key).
-fn ca_and_cert(host: &str) -> Result<(String, String, String)> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("tenants CA for {host}"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &issuer)?;
-    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
-}
-
 fn trusting(stem: &str, ca_pem: &str) -> Result<TrustOptions> {
     let path: PathBuf = log_path(stem)?.with_extension("pem");
     std::fs::write(&path, ca_pem)?;
@@ -129,8 +114,8 @@ async fn tenants_cannot_take_each_others_hosts_certificates_or_internal_addresse
     let (a, b, c, class) = (&t.a, &t.b, &t.controller, t.class.as_str());
 
     // Tenant A: SHOP/app, with its certificate.
-    let (a_ca, a_cert, a_key) = ca_and_cert(SHOP)?;
-    let (b_ca, b_cert, b_key) = ca_and_cert(SHOP)?;
+    let (a_ca, a_cert, a_key) = quic_ingress_e2e::objects::ca_and_cert(SHOP)?;
+    let (b_ca, b_cert, b_key) = quic_ingress_e2e::objects::ca_and_cert(SHOP)?;
     let (trust_a, trust_b) = (trusting("tenants-a-ca", &a_ca)?, trusting("tenants-b-ca", &b_ca)?);
     a.apply(&tls_secret("shop-tls", &a_cert, &a_key).build()).await?;
     a.create(&ingress("shop").class(class).rule(SHOP, "/app", "Prefix", "web", 80).tls(&[SHOP], "shop-tls").build())
