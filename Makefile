@@ -71,5 +71,5 @@ test-unit:
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
-test: deps lint test-unit test-integration test-browser $(if $(wildcard e2e/testenv.mk),test-e2e)
+test: deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e)
 	@echo "make test: all suites passed"

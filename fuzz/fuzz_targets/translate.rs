@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         secrets: arcs(objects.secrets),
         groups: arcs(objects.groups),
     };
-    let settings = Settings { ingress_class: "quic".into(), default_cert: None };
+    let settings = Settings::new("quic");
     let registry = EndpointRegistry::default();
     let t = translate(&world, &settings, &registry, &mut LastGoodCerts::default(), 1);
     let _ = t.table.lookup(Some("a.example.com"), "/");
