@@ -43,6 +43,7 @@ async fn a_client_provoking_500s_ejects_nothing() {
         names.insert(h3_get(&c, "localhost", "/").await.backend());
     }
     assert_eq!(names.len(), 2, "both still serve: {names:?}");
+    proxy.proc.assert_rss_under(96, "40 provoked 500s");
 }
 
 #[tokio::test]
@@ -67,6 +68,7 @@ async fn killing_all_but_one_endpoint_keeps_traffic_flowing() {
     let healthy = endpoints_healthy(&proxy).await;
     assert_eq!(healthy, [false, false, false, true], "refused connections eject past the cap");
     assert!(served >= 57, "{served} of 60 served: only the first requests may meet three dead endpoints");
+    proxy.proc.assert_rss_under(96, "three of four endpoints killed");
 }
 
 #[tokio::test]

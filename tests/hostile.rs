@@ -18,13 +18,7 @@ const LIMITS: &str = "  limits:\n    header_timeout: 1s\n    handshake_timeout: 
 
 /// Resident memory of the proxy now, in KiB.
 fn rss_kib(proxy: &Proxy) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.proc.pid())).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+    proxy.proc.rss_kib()
 }
 
 /// After an attack: a normal HTTP/3 request is served and the proxy stays under `bound_mib`.

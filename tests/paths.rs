@@ -61,4 +61,7 @@ async fn traversals_reach_the_route_of_the_path_the_backend_gets() {
     }
     // The proxy still serves after the refused ones.
     assert_eq!(h3_get(&c, "localhost", "/public").await.status, 200);
+    // A normal request after the corpus, from the same process.
+    assert_eq!(h3_get(&c, "localhost", "/public/ok").await.status, 200);
+    proxy.proc.assert_rss_under(96, "the traversal corpus");
 }

@@ -31,5 +31,6 @@ async fn many_host_ports_and_wildcard_labels_share_one_pool_per_endpoint() {
         }
         let open = upstream_connections(&proxy, &backend).await;
         assert!((1.0..=2.0).contains(&open), "{protocol}: {open} upstream connections for 60 hosts, one after another");
+        proxy.proc.assert_rss_under(96, &format!("{protocol}: 60 hosts"));
     }
 }

@@ -98,13 +98,29 @@ impl Proc {
 
     /// Peak resident memory (VmHWM) in KiB, from /proc.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .expect("VmHWM")
+            .unwrap_or_else(|| panic!("{field} in /proc/{}/status", self.pid()))
+    }
+
+    /// Asserts the process stays under `bound_mib` of resident memory after `attack`.
+    pub fn assert_rss_under(&self, bound_mib: u64, attack: &str) {
+        let rss = self.rss_kib();
+        eprintln!("{attack}: RSS {} MiB", rss / 1024);
+        assert!(rss < bound_mib * 1024, "{attack}: RSS {rss} KiB over {bound_mib} MiB");
     }
 }
 
