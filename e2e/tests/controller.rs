@@ -435,21 +435,6 @@ async fn tls_certificates_are_chosen_by_sni() -> Result<()> {
     s.finish().await
 }
 
-/// The `Healthy:` value of the backend block with `address` in `kubectl describe` output.
-fn described_backend_health(describe: &str, address: &str) -> Option<String> {
-    let lines: Vec<&str> = describe.lines().collect();
-    let start = lines.iter().position(|l| {
-        l.trim() == format!("Address:  {address}") || {
-            let t = l.trim();
-            t.starts_with("Address:") && t.trim_start_matches("Address:").trim() == address
-        }
-    })?;
-    lines[start + 1..]
-        .iter()
-        .take_while(|l| !l.trim_start().starts_with("Address:"))
-        .find_map(|l| l.trim().strip_prefix("Healthy:").map(|v| v.trim().to_string()))
-}
-
 #[tokio::test]
 async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
     let h1 = Backend::start_local("h1").await?;
@@ -482,7 +467,8 @@ async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
     let h2_addr = h2.addr().to_string();
     eventually("describe to show 2/2 healthy", TIMEOUT, || async {
         let out = describe().await?;
-        let ok = out.contains("2/2") && described_backend_health(&out, &h2_addr).as_deref() == Some("true");
+        let ok = out.contains("2/2")
+            && quic_ingress_e2e::node::described_backend_health(&out, &h2_addr).as_deref() == Some("true");
         if ok { Ok(Some(())) } else { Err(anyhow!("not yet:\n{out}")) }
     })
     .await?;
@@ -518,12 +504,16 @@ async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
     let out = eventually("describe to show h2 unhealthy", TIMEOUT, || async {
         let out = describe().await?;
         let ok = out.contains("1/2")
-            && described_backend_health(&out, &h2_addr).as_deref() == Some("false")
+            && quic_ingress_e2e::node::described_backend_health(&out, &h2_addr).as_deref() == Some("false")
             && out.contains("BackendUnhealthy");
         if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
     })
     .await?;
-    assert_eq!(described_backend_health(&out, &h1.addr().to_string()).as_deref(), Some("true"), "{out}");
+    assert_eq!(
+        quic_ingress_e2e::node::described_backend_health(&out, &h1.addr().to_string()).as_deref(),
+        Some("true"),
+        "{out}"
+    );
     // Traffic avoids it.
     let seen = c.tally("health.example.com", "/", 10).await?;
     assert_eq!(seen, BTreeMap::from([("h1".to_string(), 10)]), "{out}");
@@ -533,7 +523,7 @@ async fn backend_health_shows_in_kubectl_describe() -> Result<()> {
     let out = eventually("describe to show h2 healthy again", TIMEOUT, || async {
         let out = describe().await?;
         let ok = out.contains("2/2")
-            && described_backend_health(&out, &h2_addr).as_deref() == Some("true")
+            && quic_ingress_e2e::node::described_backend_health(&out, &h2_addr).as_deref() == Some("true")
             && out.contains("BackendHealthy");
         if ok { Ok(Some(out)) } else { Err(anyhow!("not yet:\n{out}")) }
     })
