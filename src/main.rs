@@ -47,9 +47,14 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         #[arg(long, default_value = "quic")]
         ingress_class: String,
-        /// Watch only this namespace (all namespaces when omitted).
+        /// Watch only these namespaces (repeat the flag or separate them with commas; all
+        /// namespaces when omitted). RBAC then needs Roles in them only.
+        #[arg(long = "namespace", value_name = "NS", value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Namespace of the leader-election Lease (default: the watched namespace when there
+        /// is one, else the pod's namespace, POD_NAMESPACE).
         #[arg(long)]
-        namespace: Option<String>,
+        lease_namespace: Option<String>,
         /// Publish this Service's address in Ingress status (NAMESPACE/NAME).
         #[arg(long, conflicts_with = "publish_address")]
         publish_service: Option<String>,
@@ -312,7 +317,8 @@ async fn run(command: Command) -> ExitCode {
         Command::Controller {
             kubeconfig,
             ingress_class,
-            namespace,
+            namespaces,
+            lease_namespace,
             publish_service,
             publish_address,
             listen,
@@ -361,6 +367,13 @@ async fn run(command: Command) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let scope = match quic_ingress::kube::watches::Scope::from_names(&namespaces) {
+                Ok(scope) => scope,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let publish = match (publish_service, publish_address) {
                 (Some(svc), _) => match svc.split_once('/') {
                     Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Publish::Service(ns.into(), name.into()),
@@ -375,7 +388,8 @@ async fn run(command: Command) -> ExitCode {
             let opts = ControllerOptions {
                 kubeconfig,
                 ingress_class,
-                namespace,
+                scope,
+                lease_namespace,
                 publish,
                 listen,
                 admin_listen,
