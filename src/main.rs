@@ -124,6 +124,10 @@ enum Command {
         /// Off unless given.
         #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
         ticket_key_rotation: Option<std::time::Duration>,
+        /// With --ticket-key-secret: how long clients may keep a session ticket (at most 7
+        /// days); with --ticket-key-rotation, keys are kept this long after they stop sealing.
+        #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
+        ticket_lifetime: Option<std::time::Duration>,
         #[command(flatten)]
         limits: Box<LimitFlags>,
     },
@@ -339,6 +343,7 @@ async fn run(command: Command) -> ExitCode {
             trusted_proxies,
             debug_routes_from_anywhere,
             ticket_key_rotation,
+            ticket_lifetime,
             limits,
         } => {
             let limits = limits.limits();
@@ -369,6 +374,21 @@ async fn run(command: Command) -> ExitCode {
             }
             let scope = match quic_ingress::kube::watches::Scope::from_names(&namespaces) {
                 Ok(scope) => scope,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let lifetime = ticket_lifetime.unwrap_or_else(quic_ingress::kube::ticket_keys::default_lifetime);
+            let tickets = quic_ingress::kube::ticket_keys::check_lifetime(lifetime).and_then(|secs| {
+                let rotation = ticket_key_rotation.filter(|d| !d.is_zero());
+                let rotation = rotation
+                    .map(|every| quic_ingress::kube::ticket_keys::Rotation::new(every, lifetime))
+                    .transpose()?;
+                Ok((secs, rotation))
+            });
+            let (ticket_lifetime, ticket_key_rotation) = match tickets {
+                Ok(t) => t,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
@@ -407,7 +427,8 @@ async fn run(command: Command) -> ExitCode {
                 ),
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
                 debug_routes_from_anywhere,
-                ticket_key_rotation: ticket_key_rotation.filter(|d| !d.is_zero()),
+                ticket_key_rotation,
+                ticket_lifetime,
                 limits,
             };
             match controller::run(opts).await {

@@ -66,7 +66,9 @@ pub struct ControllerOptions {
     /// Serve `/debug/routes` to any peer, not only loopback ones.
     pub debug_routes_from_anywhere: bool,
     /// The leader keeps the ticket-key Secret (creates it, rotates it) on this schedule.
-    pub ticket_key_rotation: Option<Duration>,
+    pub ticket_key_rotation: Option<super::ticket_keys::Rotation>,
+    /// Seconds clients may keep a shared-key ticket (`--ticket-lifetime`).
+    pub ticket_lifetime: u32,
     /// What one client may take of the data plane (the `--limit-*` flags).
     pub limits: crate::config::Limits,
 }
@@ -137,7 +139,8 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
     let resumption = match &opts.ticket_key_secret {
         Some((namespace, name)) => {
-            let ticketer = Arc::new(tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?);
+            let ticketer = tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?;
+            let ticketer = Arc::new(ticketer.with_lifetime(opts.ticket_lifetime));
             tokio::spawn(super::ticket_keys::follow(client.clone(), namespace.clone(), name.clone(), ticketer.clone()));
             tls::Resumption::SharedKeys(ticketer)
         }
@@ -184,8 +187,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         identity.clone(),
         leading_tx,
     ));
-    if let (Some((namespace, name)), Some(interval)) = (&opts.ticket_key_secret, opts.ticket_key_rotation) {
-        let rotation = super::ticket_keys::Rotation { interval };
+    if let (Some((namespace, name)), Some(rotation)) = (&opts.ticket_key_secret, opts.ticket_key_rotation) {
         tokio::spawn(super::ticket_keys::rotate(
             client.clone(),
             namespace.clone(),
