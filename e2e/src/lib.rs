@@ -24,6 +24,7 @@
 //! ```
 
 pub mod backend;
+pub mod chart;
 pub mod controller;
 pub mod env;
 pub mod namespace;
