@@ -1,8 +1,10 @@
-//! The chart scoped to namespaces (`controller.watchNamespaces`) on the real API server, with
-//! RBAC on: its ServiceAccount can read Secrets in the watched namespace and in no other
-//! (the server answers 403), and the controller run as that ServiceAccount, with the
-//! rendered Deployment's arguments, serves the watched namespace's Ingress with its
-//! certificate, ignores the other namespace's, and stays Ready with no degraded watch.
+//! The chart scoped to namespaces (`controller.watchNamespaces: [team-a, team-c]`) on the
+//! real API server, with RBAC on: its ServiceAccount can read Secrets in the watched
+//! namespaces and in no other (the server answers 403), and the controller run as that
+//! ServiceAccount, with the rendered Deployment's arguments, serves both watched
+//! namespaces' Ingresses with their certificates (one store merged from a watch per
+//! namespace), ignores team-b's, and stays Ready with no degraded watch. Told to watch
+//! team-b too, it still serves and names team-b's forbidden watches on `/readyz`.
 
 use std::time::Duration;
 
@@ -59,13 +61,23 @@ async fn secret_access(client: &Client, namespace: &str, name: &str) -> Result<[
     Ok([get, list, watch])
 }
 
+/// Whether `host` answers 200 from backend `want` over HTTP/3, its certificate verified
+/// with `trust`.
+async fn served_by(controller: &ChartController, host: &str, trust: &TrustOptions, want: &str) -> Result<Option<()>> {
+    let h3 = H3Client::connect(controller.addr(), host, trust).await?;
+    let resp = h3.request(http::Request::get(format!("https://{host}/")).body(())?, RequestBody::Empty).await?;
+    let by = resp.headers.get("x-backend").and_then(|b| b.to_str().ok());
+    Ok((resp.status == 200 && by == Some(want)).then_some(()))
+}
+
 #[tokio::test]
-async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serves_its_own() -> Result<()> {
+async fn a_chart_scoped_to_namespaces_cannot_read_secrets_of_others_and_serves_its_own() -> Result<()> {
     let env = TestEnv::shared().await?;
     install_crd(env).await?;
     let release = TestNamespace::new(env, "rbac-release").await?;
     let team_a = TestNamespace::new(env, "team-a").await?;
     let team_b = TestNamespace::new(env, "team-b").await?;
+    let team_c = TestNamespace::new(env, "team-c").await?;
     let class = unique_name("quic-scoped");
     helm(
         env,
@@ -78,7 +90,7 @@ async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serv
             "--set",
             &format!("ingressClass.name={class}"),
             "--set",
-            &format!("controller.watchNamespaces={{{}}}", team_a.name()),
+            &format!("controller.watchNamespaces={{{},{}}}", team_a.name(), team_c.name()),
             "--set",
             "controller.allowBackendCidrs={127.0.0.0/8}",
         ],
@@ -90,12 +102,15 @@ async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serv
     let cluster_resources: Vec<&String> = cluster_rules.iter().flat_map(|r| r.resources.iter().flatten()).collect();
     ensure!(cluster_resources == ["ingressclasses"], "the ClusterRole grants {cluster_resources:?}");
     Api::<Role>::namespaced(admin.clone(), team_a.name()).get(FULLNAME).await?;
+    Api::<Role>::namespaced(admin.clone(), team_c.name()).get(FULLNAME).await?;
     ensure!(Api::<Role>::namespaced(admin.clone(), team_b.name()).get_opt(FULLNAME).await?.is_none());
 
     let (ca_a, cert_a, key_a) = ca_and_cert("a.example.com")?;
     let (ca_b, cert_b, key_b) = ca_and_cert("b.example.com")?;
+    let (ca_c, cert_c, key_c) = ca_and_cert("c.example.com")?;
     team_a.create(&tls_secret("a-tls", &cert_a, &key_a).build()).await?;
     team_b.create(&tls_secret("b-tls", &cert_b, &key_b).build()).await?;
+    team_c.create(&tls_secret("c-tls", &cert_c, &key_c).build()).await?;
 
     // As the chart's ServiceAccount (a real token, so the decisions are the authorizer's).
     let kubeconfig = service_account_kubeconfig(env, release.name(), FULLNAME).await?;
@@ -124,14 +139,18 @@ async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serv
     // namespace.
     let args = deployment_args(&admin, release.name(), FULLNAME).await?;
     ensure!(args.windows(2).any(|w| w == ["--namespace", team_a.name()]), "{args:?}");
+    ensure!(args.windows(2).any(|w| w == ["--namespace", team_c.name()]), "{args:?}");
     ensure!(args.windows(2).any(|w| w == ["--lease-namespace", release.name()]), "{args:?}");
     let controller = ChartController::start(&args, &kubeconfig, release.name(), "scoped-0").await?;
 
     let backend_a = Backend::start_local("team-a-web").await?;
     let backend_b = Backend::start_local("team-b-web").await?;
-    for (ns, host, backend, secret) in
-        [(&team_a, "a.example.com", &backend_a, "a-tls"), (&team_b, "b.example.com", &backend_b, "b-tls")]
-    {
+    let backend_c = Backend::start_local("team-c-web").await?;
+    for (ns, host, backend, secret) in [
+        (&team_a, "a.example.com", &backend_a, "a-tls"),
+        (&team_b, "b.example.com", &backend_b, "b-tls"),
+        (&team_c, "c.example.com", &backend_c, "c-tls"),
+    ] {
         ns.create(&backend_group("web", json!({"backends": [{"url": backend.url()}]}))?).await?;
         ns.create(
             &ingress("web")
@@ -149,19 +168,17 @@ async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serv
         std::fs::write(&path, pem)?;
         Ok(TrustOptions { insecure: false, ca_file: Some(path) })
     };
-    let (trust_a, trust_b) = (trust("ca-a.pem", &ca_a)?, trust("ca-b.pem", &ca_b)?);
+    let (trust_a, trust_b, trust_c) = (trust("ca-a.pem", &ca_a)?, trust("ca-b.pem", &ca_b)?, trust("ca-c.pem", &ca_c)?);
 
-    // team-a: HTTPS (HTTP/3) with team-a's certificate, verified through its CA.
-    let served = eventually("team-a's Ingress to be served with its certificate", TIMEOUT, || async {
-        let h3 = H3Client::connect(controller.addr(), "a.example.com", &trust_a).await?;
-        let req = http::Request::get("https://a.example.com/").body(())?;
-        let resp = h3.request(req, RequestBody::Empty).await?;
-        let by = resp.headers.get("x-backend").and_then(|b| b.to_str().ok()).map(str::to_string);
-        Ok((by.as_deref() == Some("team-a-web")).then_some(by))
-    })
-    .await
-    .with_context(|| controller.log_tail(30))?;
-    ensure!(served.as_deref() == Some("team-a-web"));
+    // team-a and team-c: HTTPS (HTTP/3) with their own certificates, verified through their
+    // CAs.
+    for (host, trust, want) in [("a.example.com", &trust_a, "team-a-web"), ("c.example.com", &trust_c, "team-c-web")] {
+        eventually(&format!("{host} to be served with its certificate"), TIMEOUT, || {
+            served_by(&controller, host, trust, want)
+        })
+        .await
+        .with_context(|| controller.log_tail(30))?;
+    }
     // The status write in team-a is allowed too: the BackendGroup gets its status.
     let groups = Api::<BackendGroup>::namespaced(admin.clone(), team_a.name());
     eventually("team-a's BackendGroup status", TIMEOUT, || async {
@@ -191,8 +208,31 @@ async fn a_chart_scoped_to_one_namespace_cannot_read_secrets_of_another_and_serv
         ensure!(failing == 0.0 && errors == 0.0, "{kind}: failing {failing}, {errors} errors");
     }
 
+    // Told to watch team-b as well, which no Role allows: team-b's watches fail (403) and
+    // /readyz names them, while the watched namespaces are still served.
+    drop(controller);
+    let mut wider = args.clone();
+    wider.extend(["--namespace".to_string(), team_b.name().to_string()]);
+    let controller = ChartController::start(&wider, &kubeconfig, release.name(), "scoped-1").await?;
+    let failing =
+        format!("Secret watch failing (routes are built without Secret objects): namespace {}", team_b.name());
+    let body = eventually("/readyz to name team-b's watches", TIMEOUT, || async {
+        let (status, body) = controller.readyz().await?;
+        ensure!(status == 200, "/readyz {status}: {body}");
+        Ok(body.contains(&failing).then_some(body))
+    })
+    .await
+    .with_context(|| controller.log_tail(30))?;
+    ensure!(body.contains("forbidden"), "{body}");
+    eventually("a.example.com to be served beside the failing watches", TIMEOUT, || {
+        served_by(&controller, "a.example.com", &trust_a, "team-a-web")
+    })
+    .await
+    .with_context(|| controller.log_tail(30))?;
+
     drop(controller);
     helm(env, &["uninstall", RELEASE, "-n", release.name()])?;
+    team_c.cleanup().await?;
     team_b.cleanup().await?;
     team_a.cleanup().await?;
     release.cleanup().await
