@@ -179,6 +179,35 @@ async fn a_chart_scoped_to_namespaces_cannot_read_secrets_of_others_and_serves_i
         .await
         .with_context(|| controller.log_tail(30))?;
     }
+    // The watches merged from two namespaces still tell changes from noise: a label (read
+    // by nothing) on team-c's Ingress is an event but no change; an annotation is a change.
+    let ingress_metric = |what: &str| format!("quic_ingress_watch_{what}_total{{kind=\"Ingress\"}}");
+    let counts = || async {
+        Ok::<_, anyhow::Error>((
+            controller.metric(&ingress_metric("events")).await?,
+            controller.metric(&ingress_metric("changes")).await?,
+        ))
+    };
+    let ingresses_c = Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(admin.clone(), team_c.name());
+    // The leader writes the published address first; after that, events are the patches'.
+    eventually("the leader to write team-c's Ingress status", TIMEOUT, || async {
+        let status = ingresses_c.get("web").await?.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress);
+        Ok(status.filter(|i| !i.is_empty()).map(|_| ()))
+    })
+    .await
+    .with_context(|| controller.log_tail(30))?;
+    let (events, changes) = counts().await?;
+    for (field, key) in [("labels", "noise"), ("annotations", "quic-ingress.dev/e2e-touch")] {
+        let patch = json!({"metadata": {field: {key: "1"}}});
+        ingresses_c.patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    }
+    // Both patches seen (two events), the annotation counted: then the count is final.
+    let after = eventually("both patches to reach the Ingress watch", TIMEOUT, || async {
+        let now = counts().await?;
+        Ok((now.0 >= events + 2.0 && now.1 > changes).then_some(now))
+    })
+    .await?;
+    ensure!(after.1 - changes == 1.0, "a label and an annotation patch counted {} changes", after.1 - changes);
     // The status write in team-a is allowed too: the BackendGroup gets its status.
     let groups = Api::<BackendGroup>::namespaced(admin.clone(), team_a.name());
     eventually("team-a's BackendGroup status", TIMEOUT, || async {
