@@ -84,7 +84,7 @@ pub const MAX_KEPT_KEYS: usize = 256;
 pub enum RotationError {
     #[error("--ticket-key-rotation {0:?}: at least 1s")]
     TooOften(Duration),
-    #[error("--ticket-lifetime {0:?}: between 1s and 7 days (RFC 8446)")]
+    #[error("--ticket-lifetime {0:?}: between 1s and 168h (7 days, RFC 8446)")]
     Lifetime(Duration),
     #[error(
         "--ticket-key-rotation {interval:?} with --ticket-lifetime {lifetime:?} keeps {keys} keys, more than {MAX_KEPT_KEYS}: rotate every {min:?} or less often, or shorten the lifetime"
