@@ -110,7 +110,10 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         .into_iter()
         .map(|p| (p.port, p.protocol.unwrap_or_default()))
         .collect();
-    ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "one address, TCP and UDP 443: {ports:?}");
+    ensure!(
+        ports == vec![(443, "TCP".into()), (443, "UDP".into()), (80, "TCP".into())],
+        "one address, TCP and UDP 443, and plaintext HTTP on TCP 80: {ports:?}"
+    );
     // The chart renders no key material: the controller keeps the ticket Secret (below).
     ensure!(
         ns.api::<Secret>().get_opt(&format!("{FULLNAME}-session-tickets")).await?.is_none(),
@@ -129,12 +132,13 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         .context("no container")?;
     let listen = format!("127.0.0.1:{}", free_udp_tcp_port()?);
     let admin = format!("127.0.0.1:{}", free_tcp_port()?);
+    let http_listen = format!("127.0.0.1:{}", free_tcp_port()?);
     let mut args = container.args.unwrap_or_default();
     ensure!(
         args.windows(2).any(|w| w == ["--congestion-control", "bbr"]),
         "chart values reach the arguments: {args:?}"
     );
-    for (flag, value) in [("--listen", &listen), ("--admin-listen", &admin)] {
+    for (flag, value) in [("--listen", &listen), ("--admin-listen", &admin), ("--http-listen", &http_listen)] {
         let at = args.iter().position(|a| a == flag).with_context(|| format!("no {flag} in {args:?}"))?;
         args[at + 1] = value.clone();
     }
