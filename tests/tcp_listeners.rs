@@ -319,3 +319,28 @@ async fn per_ip_caps_apply_to_the_clients_a_balancer_names() {
     assert!(common::metric(proxy.admin, "quic_ingress_limit_hits_total{limit=\"connections_per_ip\"}").await >= 1.0);
     drop(open);
 }
+
+#[tokio::test]
+async fn websockets_pass_the_plaintext_listener_after_a_proxy_header() {
+    let (_proxy, _b, http) = proxy_with(PROXY_PROTOCOL, "").await;
+    let mut tcp = connect_from([127, 0, 0, 1], http).await;
+    // The header and the upgrade request in one write: nothing past the header is eaten.
+    let mut first = encode_v2(Some(CLIENT.parse().unwrap()), http, &[]);
+    first.extend_from_slice(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    tcp.write_all(&first).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        head.push(tokio::time::timeout(Duration::from_secs(5), tcp.read_u8()).await.expect("101 in time").unwrap());
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101") && head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], &[b'x'; 100_000][..]] {
+        tcp.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed)).await.expect("echo").unwrap();
+        assert_eq!(echoed, message);
+    }
+}
