@@ -115,6 +115,14 @@ enum Command {
         /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
         trusted_proxies: Vec<quic_ingress::net::Cidr>,
+        /// Also serve plaintext HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) on this TCP
+        /// address, e.g. 0.0.0.0:8080. Off unless given.
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<SocketAddr>,
+        /// Connections from --trusted-proxy peers to the TCP listeners must start with a
+        /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
+        #[arg(long)]
+        proxy_protocol: bool,
         /// Serve /debug/routes (every tenant's hosts and backends) to any peer of the admin
         /// address; by default only loopback peers (kubectl port-forward) get it.
         #[arg(long)]
@@ -341,6 +349,8 @@ async fn run(command: Command) -> ExitCode {
             pod_cidrs,
             allow_backend_cidrs,
             trusted_proxies,
+            http_listen,
+            proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
             ticket_lifetime,
@@ -430,6 +440,7 @@ async fn run(command: Command) -> ExitCode {
                 ticket_key_rotation,
                 ticket_lifetime,
                 limits,
+                tcp: quic_ingress::proxy::TcpOptions { http_listen, proxy_protocol },
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,8 @@ pub struct ChartController {
     process: TestProcess,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// The plaintext HTTP listener, when the chart's arguments have `--http-listen`.
+    http: Option<SocketAddr>,
 }
 
 impl ChartController {
@@ -82,6 +84,14 @@ impl ChartController {
             let at = args.iter().position(|a| a == flag).with_context(|| format!("no {flag} in {args:?}"))?;
             args[at + 1] = value.to_string();
         }
+        let http = match args.iter().position(|a| a == "--http-listen") {
+            Some(at) if at + 1 < args.len() => {
+                let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+                args[at + 1] = http.to_string();
+                Some(http)
+            }
+            _ => None,
+        };
         let mut cmd = Command::new(quic_ingress_bin()?);
         cmd.args(&args).env("KUBECONFIG", kubeconfig).env("POD_NAMESPACE", namespace).env("POD_NAME", pod_name);
         let tmp = crate::env::process_dir()?.join("tmp");
@@ -100,7 +110,7 @@ impl ChartController {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Ok(Self { process, listen, admin })
+        Ok(Self { process, listen, admin, http })
     }
 
     /// The data plane address (UDP for HTTP/3, TCP for HTTP/1.1 and HTTP/2).
@@ -110,6 +120,11 @@ impl ChartController {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The plaintext HTTP listener (TCP), if the chart turned it on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -27,6 +27,21 @@ const RELEASE: &str = "edge";
 /// The chart's full name for the release.
 const FULLNAME: &str = "edge-quic-ingress";
 
+/// The head of a plaintext HTTP/1.1 GET / for `host` (lower-cased).
+async fn plain_get(addr: std::net::SocketAddr, host: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange).await.context("plaintext request timed out")??;
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    Ok(text.split("\r\n\r\n").next().unwrap_or_default().to_string())
+}
+
 /// The rules of the ClusterRole in `deploy/rbac.yaml`, as JSON.
 async fn manifest_rules(env: &TestEnv) -> Result<serde_json::Value> {
     let mut cmd = env.kubectl();
@@ -82,7 +97,10 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         .into_iter()
         .map(|p| (p.port, p.protocol.unwrap_or_default()))
         .collect();
-    ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "one address, TCP and UDP 443: {ports:?}");
+    ensure!(
+        ports == vec![(443, "TCP".into()), (443, "UDP".into()), (80, "TCP".into())],
+        "one address, TCP and UDP 443, and plaintext HTTP on TCP 80: {ports:?}"
+    );
     // The chart renders no key material: the controller keeps the ticket Secret (below).
     ensure!(
         ns.api::<Secret>().get_opt(&format!("{FULLNAME}-session-tickets")).await?.is_none(),
@@ -121,6 +139,13 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     })
     .await
     .with_context(|| controller.log_tail(30))?;
+    // The chart's plaintext HTTP listener serves the same routes.
+    let http_addr = controller.http_addr().context("the chart's arguments have no --http-listen")?;
+    let http_head = plain_get(http_addr, "chart.example.com").await?;
+    ensure!(
+        http_head.starts_with("http/1.1 200") && http_head.contains("x-backend: chart-backend"),
+        "plaintext HTTP from the chart's --http-listen: {http_head}"
+    );
     // The schema admits h3:// backends and the controller builds them (Ready, 1 backend).
     ns.create(&backend_group("quic", json!({"backends": [{"url": "h3://192.0.2.20:443"}]}))?).await?;
     let groups = ns.api::<BackendGroup>();

@@ -71,6 +71,8 @@ pub struct ControllerOptions {
     pub ticket_lifetime: u32,
     /// What one client may take of the data plane (the `--limit-*` flags).
     pub limits: crate::config::Limits,
+    /// `--http-listen` and `--proxy-protocol`.
+    pub tcp: crate::proxy::TcpOptions,
 }
 
 /// Why the controller stopped.
@@ -153,6 +155,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         resumption,
         trusted_proxies: opts.trusted_proxies.clone(),
         limits: opts.limits.clone(),
+        tcp: opts.tcp.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 
