@@ -70,7 +70,7 @@ pub trait Relevant {
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
-fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
+pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
     struct Sink(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -348,6 +348,7 @@ pub struct Stores {
     pub slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub groups: Store<BackendGroup>,
+    pub gateway: super::gateway::watches::GatewayStores,
 }
 
 impl Stores {
@@ -368,6 +369,7 @@ impl Stores {
                 b.clone(),
             ),
             groups: watch_kind("BackendGroup", scoped(client, namespace), cfg, c.clone(), b.clone()),
+            gateway: super::gateway::watches::GatewayStores::start(client, namespace, c, b),
         }
     }
 
@@ -379,11 +381,12 @@ impl Stores {
             slices: self.slices.state(),
             secrets: self.secrets.state(),
             groups: self.groups.state(),
+            gateway: self.gateway.snapshot(),
         }
     }
 }
 
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,

@@ -1,0 +1,96 @@
+//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors),
+//! started beside the others by `kube::watches::Stores`. When the CRDs are not installed
+//! these watches fail like the BackendGroup one: named in `/readyz`, retried, and the
+//! table is built without them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+
+use super::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::model::GatewayWorld;
+use crate::kube::watches::{Board, Relevant, hash_json, scoped, watch_kind};
+
+impl Relevant for GatewayClass {
+    /// Status writes (ours) leave `generation` alone.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Gateway {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for HTTPRoute {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for ReferenceGrant {
+    /// No status subresource: the spec is the object.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Namespace {
+    /// Only labels matter (listener selectors); phase and status changes do not.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &m.labels), m.resource_version.as_ref())
+    }
+}
+
+/// The reflector stores of the Gateway API kinds.
+#[derive(Clone)]
+pub struct GatewayStores {
+    pub classes: Store<GatewayClass>,
+    pub gateways: Store<Gateway>,
+    pub routes: Store<HTTPRoute>,
+    pub grants: Store<ReferenceGrant>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl GatewayStores {
+    pub fn start(client: &kube::Client, namespace: Option<&str>, changed: &Arc<Notify>, board: &Board) -> Self {
+        let cfg = watcher::Config::default();
+        // With --namespace only that namespace's labels are needed.
+        let ns_cfg = match namespace {
+            Some(n) => cfg.clone().fields(&format!("metadata.name={n}")),
+            None => cfg.clone(),
+        };
+        let (c, b) = (changed, board);
+        GatewayStores {
+            classes: watch_kind("GatewayClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
+            gateways: watch_kind("Gateway", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            routes: watch_kind("HTTPRoute", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            grants: watch_kind("ReferenceGrant", scoped(client, namespace), cfg, c.clone(), b.clone()),
+            namespaces: watch_kind("Namespace", Api::all(client.clone()), ns_cfg, c.clone(), b.clone()),
+        }
+    }
+
+    pub fn snapshot(&self) -> GatewayWorld {
+        GatewayWorld {
+            classes: self.classes.state(),
+            gateways: self.gateways.state(),
+            routes: self.routes.state(),
+            grants: self.grants.state(),
+            namespaces: self.namespaces.state(),
+        }
+    }
+}
