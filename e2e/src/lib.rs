@@ -26,6 +26,7 @@
 pub mod backend;
 pub mod controller;
 pub mod env;
+pub mod gateway;
 pub mod namespace;
 pub mod netns;
 pub mod node;

@@ -94,3 +94,43 @@ impl GatewayStores {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::gateway::api::{GatewayStatus, HTTPRouteStatus, RouteParentStatus};
+
+    fn route(generation: i64, rv: &str) -> HTTPRoute {
+        let mut r = HTTPRoute::new("web", Default::default());
+        r.metadata.namespace = Some("shop".into());
+        r.metadata.uid = Some("uid-1".into());
+        r.metadata.generation = Some(generation);
+        r.metadata.resource_version = Some(rv.into());
+        r
+    }
+
+    #[test]
+    fn status_writes_leave_gateway_api_fingerprints_alone() {
+        let mut written = route(1, "2");
+        written.status = Some(HTTPRouteStatus {
+            parents: vec![RouteParentStatus { controller_name: "x".into(), ..Default::default() }],
+        });
+        assert_eq!(route(1, "1").fingerprint(), written.fingerprint(), "our own status write");
+        assert_ne!(route(1, "1").fingerprint(), route(2, "3").fingerprint(), "a spec change");
+
+        let mut gw = Gateway::new("gw", Default::default());
+        gw.metadata.generation = Some(1);
+        let before = gw.fingerprint();
+        gw.status = Some(GatewayStatus::default());
+        gw.metadata.resource_version = Some("9".into());
+        assert_eq!(before, gw.fingerprint());
+
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("shop".into());
+        let plain = ns.fingerprint();
+        ns.status = Some(Default::default());
+        assert_eq!(plain, ns.fingerprint(), "namespace status");
+        ns.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        assert_ne!(plain, ns.fingerprint(), "labels select listeners");
+    }
+}
