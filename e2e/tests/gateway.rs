@@ -18,9 +18,7 @@ use quic_ingress::client::{H3Connector, RequestBody, TrustOptions, request_tcp};
 use quic_ingress::kube::gateway::api::{Gateway, GatewayClass, HTTPRoute};
 use quic_ingress::kube::gateway::status::SUPPORTED_FEATURES;
 use quic_ingress_e2e::controller::{ControllerOptions, install_crd};
-use quic_ingress_e2e::gateway::{
-    gateway, gateway_class, http_route, https_listener, install_gateway_crds, reference_grant, summary,
-};
+use quic_ingress_e2e::gateway::{gateway, gateway_class, http_route, https_listener, reference_grant, summary};
 use quic_ingress_e2e::namespace::unique_name;
 use quic_ingress_e2e::objects::{ca_and_cert, endpoint_slice, ingress, service, tls_secret};
 use quic_ingress_e2e::process::log_path;
@@ -118,7 +116,6 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     let host = TestHost::shared().await?;
     let web = Backend::start_in(host, "gw-web").await?;
     install_crd(env).await?;
-    install_gateway_crds(env).await?;
     let ns = TestNamespace::new(env, "gateway").await?;
     let rbac = ControllerRbac::grant(env, &ns).await?;
     let c = Controller::start(env, ns.name()).await?;
@@ -273,6 +270,13 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     assert!(message.contains("header matches"), "{message}");
     assert_eq!(c.get_with(hostname, "/hdr", &trust).await.map_err(|e| anyhow!("{e}"))?.status, 404);
 
+    // At rest: the leader's status writes (and the objects they change) wake no rebuild.
+    // Two status passes (every 2 s) fit in the window.
+    let rebuilds = "quic_ingress_route_table_rebuilds_total";
+    let before = c.metric(rebuilds).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(c.metric(rebuilds).await?, before, "idle Gateway API objects rebuilt the table");
+
     println!("gateway: route served {served_after:.1?} after the test started");
     drop(c);
     drop(rbac);
@@ -286,7 +290,6 @@ async fn cross_namespace_certificates_need_a_grant_and_the_oldest_of_ingress_and
     let host = TestHost::shared().await?;
     let (a, b) = (Backend::start_in(host, "by-ingress").await?, Backend::start_in(host, "by-route").await?);
     install_crd(env).await?;
-    install_gateway_crds(env).await?;
     let ns = TestNamespace::new(env, "gw-app").await?;
     let certs = TestNamespace::new(env, "gw-certs").await?;
     let rbac = ControllerRbac::grant(env, &ns).await?;
