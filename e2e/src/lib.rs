@@ -32,6 +32,7 @@ pub mod netns;
 pub mod node;
 pub mod objects;
 pub mod process;
+pub mod relay;
 pub mod wait;
 
 pub use backend::Backend;

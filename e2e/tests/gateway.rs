@@ -22,6 +22,7 @@ use quic_ingress_e2e::gateway::{gateway, gateway_class, http_route, https_listen
 use quic_ingress_e2e::namespace::unique_name;
 use quic_ingress_e2e::objects::{ca_and_cert, endpoint_slice, ingress, service, tls_secret};
 use quic_ingress_e2e::process::log_path;
+use quic_ingress_e2e::relay::DelayRelay;
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace, eventually};
 use serde_json::json;
 
@@ -111,7 +112,6 @@ async fn get_h2(c: &Controller, host: &str, path: &str, trust: &TrustOptions) ->
 
 #[tokio::test]
 async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status() -> Result<()> {
-    let started = Instant::now();
     let env = TestEnv::shared().await?;
     let host = TestHost::shared().await?;
     let web = Backend::start_in(host, "gw-web").await?;
@@ -157,6 +157,7 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
             ],
         }),
     )?;
+    let started = Instant::now();
     ns.create(&route).await?;
 
     // HTTP/3 with the listener's certificate (verified against its CA).
@@ -184,10 +185,13 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     assert!(alt_svc.contains(&format!("h3=\":{port}\"")), "Alt-Svc: {alt_svc:?}");
 
     // 0-RTT on a resumed connection: GET is forwarded (Early-Data: 1), POST gets 425.
+    // Through a relay adding 40 ms each way, so both leave with the first flight and are
+    // read before the handshake can complete.
+    let relay = DelayRelay::start(c.addr(), Duration::from_millis(40)).await?;
     let connector = H3Connector::new(&trust, false, true)?;
     let mut early = None;
     for _ in 0..5 {
-        let (client, accepted) = connector.connect_early(c.addr(), hostname).await?;
+        let (client, accepted) = connector.connect_early(relay.addr, hostname).await?;
         if accepted.is_some() {
             early = Some(client);
             break;
@@ -205,6 +209,7 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     let post_status = post.status.as_u16();
     let echo: serde_json::Value = serde_json::from_slice(&get.bytes().await?)?;
     assert_eq!(post_status, 425, "POST in early data");
+    drop(relay);
     assert_eq!(echo["headers"]["early-data"], "1", "the backend is told the GET was early data: {echo}");
 
     // Status: the Gateway and the route, with the generation they describe.
@@ -277,7 +282,7 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(c.metric(rebuilds).await?, before, "idle Gateway API objects rebuilt the table");
 
-    println!("gateway: route served {served_after:.1?} after the test started");
+    println!("gateway: an HTTPRoute served {served_after:.1?} after it was created");
     drop(c);
     drop(rbac);
     class.delete().await?;
