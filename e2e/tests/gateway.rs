@@ -313,8 +313,9 @@ async fn cross_namespace_certificates_need_a_grant_and_the_oldest_of_ingress_and
             .await?;
     }
 
-    // The Ingress comes first: it owns the host and its path.
-    ns.create(&ingress("older").class("quic").rule(&hostname, "/", "Prefix", "web-a", 80).build()).await?;
+    // The Ingress comes first: it owns the host and its path. (Creation times have 1 s
+    // resolution and ties go by namespace/name: its name sorts first too.)
+    ns.create(&ingress("a-older").class("quic").rule(&hostname, "/", "Prefix", "web-a", 80).build()).await?;
     c.wait_for_backend(&hostname, "/", "by-ingress", TIMEOUT).await?;
 
     // The certificate lives in another namespace: refused without a ReferenceGrant.
@@ -368,10 +369,10 @@ async fn cross_namespace_certificates_need_a_grant_and_the_oldest_of_ingress_and
     .await?;
     assert_eq!(parent_condition(&r, "Accepted"), is("True", "Accepted", r.metadata.generation));
     let message = r.status.as_ref().map(|s| s.parents[0].conditions[2].message.clone()).unwrap_or_default();
-    assert!(message.starts_with("Dropped Rule(s): Rule 0:") && message.contains("older"), "{message}");
+    assert!(message.starts_with("Dropped Rule(s): Rule 0:") && message.contains("a-older"), "{message}");
 
     // The Ingress goes: the route takes "/".
-    ns.delete::<Ingress>("older").await?;
+    ns.delete::<Ingress>("a-older").await?;
     c.wait_for_backend(&hostname, "/", "by-route", TIMEOUT).await?;
     wait_route(&ns, "newer", "PartiallyInvalid gone", |r| parent_condition(r, "PartiallyInvalid").is_none()).await?;
 
