@@ -99,8 +99,9 @@ impl Translator<'_> {
         let (ns, name) = (route.key.namespace.clone(), route.key.name.clone());
         let id = format!("httproute:{ns}/{name}");
         for (p, g, l, host) in gw.served_hosts(i) {
+            let Some(protocol) = gw.model.gateways[g].listeners[l].protocol else { continue };
             for (r, rule) in route.rules.iter().enumerate() {
-                let entries = match table::to_table(host.as_deref(), rule) {
+                let entries = match table::to_table(protocol, host.as_deref(), rule) {
                     Ok(entries) => entries,
                     Err(missing) => {
                         let needs = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");

@@ -355,3 +355,22 @@ fn status_comparison_ignores_condition_times_only() {
     let again = gateway_status(&t.gateway, 0, &[], &a);
     assert_eq!(again.conditions[0].last_transition_time, a.conditions[0].last_transition_time);
 }
+
+#[test]
+fn with_a_plaintext_port_http_listeners_are_programmed_but_their_routes_wait_for_listener_scope() {
+    let mut w = gw_world();
+    let mut plain = json!({"name": "http", "port": 80, "protocol": "HTTP"});
+    plain["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
+    w.gateway.gateways = vec![gw("infra", "gw", json!([plain]))];
+    w.gateway.routes = vec![simple_route("a", "shop", 50, &["shop.example.com"], "/", "web")];
+    let mut settings = gw_settings();
+    settings.gateway_ports.http = Some(80);
+    let t = run_with(&w, &settings);
+    let status = gateway_status(&t.gateway, 0, &[], &Default::default());
+    assert_eq!(cond(&status.listeners[0].conditions, "Programmed"), pair("True", "Programmed"));
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/"), None, "would be served over TLS too");
+    let conditions = route_parent(&t.gateway, "shop");
+    assert_eq!(cond(&conditions, "Accepted"), pair("False", "UnsupportedValue"));
+    let message = &conditions[0].message;
+    assert!(message.contains("routes scoped to a plaintext HTTP listener"), "{message}");
+}

@@ -6,7 +6,7 @@
 //! matches, regular expressions, multi-label wildcards, weighted backends, filters and
 //! timeouts, this function is where they get connected.
 
-use super::model::{Backend, PathMatch, RuleImage};
+use super::model::{Backend, PathMatch, Protocol, RuleImage};
 use crate::routes::{HostRule, PathRule, PathType, RuleError};
 
 /// A feature a rule needs that the route table cannot express yet.
@@ -27,6 +27,9 @@ pub enum Unsupported {
     RequestTimeout,
     BackendRequestTimeout,
     InvalidPath(String),
+    /// Routes of a plaintext HTTP listener: the table has no listener scope, so they would
+    /// be served on the TLS listener as well.
+    HttpListenerScope,
 }
 
 impl std::fmt::Display for Unsupported {
@@ -46,6 +49,7 @@ impl std::fmt::Display for Unsupported {
             Self::RequestTimeout => f.write_str("timeouts.request"),
             Self::BackendRequestTimeout => f.write_str("timeouts.backendRequest"),
             Self::InvalidPath(e) => write!(f, "path: {e}"),
+            Self::HttpListenerScope => f.write_str("routes scoped to a plaintext HTTP listener"),
         }
     }
 }
@@ -72,10 +76,13 @@ pub struct TableEntry {
     pub backend: TableBackend,
 }
 
-/// The entries for `rule` served on `host` (`None`: any host), or every feature that
-/// stops it (all of them, so the status message is complete).
-pub fn to_table(host: Option<&str>, rule: &RuleImage) -> Result<Vec<TableEntry>, Vec<Unsupported>> {
+/// The entries for `rule` served on a `protocol` listener for `host` (`None`: any host),
+/// or every feature that stops it (all of them, so the status message is complete).
+pub fn to_table(protocol: Protocol, host: Option<&str>, rule: &RuleImage) -> Result<Vec<TableEntry>, Vec<Unsupported>> {
     let mut missing = Vec::new();
+    if protocol == Protocol::Http {
+        missing.push(Unsupported::HttpListenerScope);
+    }
     let host_rule = match host {
         None => None,
         Some(h) if h.starts_with("*.") => {
@@ -187,8 +194,12 @@ mod tests {
     fn exact_and_prefix_paths_on_an_exact_host_map_to_one_entry_each() {
         let mut exact = prefix("/");
         exact.path = PathMatch::Exact("/login".into());
-        let entries =
-            to_table(Some("shop.example.com"), &rule(vec![prefix("/api"), exact], vec![svc("api", 1)])).unwrap();
+        let entries = to_table(
+            Protocol::Https,
+            Some("shop.example.com"),
+            &rule(vec![prefix("/api"), exact], vec![svc("api", 1)]),
+        )
+        .unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].host, Some(HostRule::Exact("shop.example.com".into())));
         assert_eq!(entries[0].path, PathRule::new("/api", PathType::Prefix).unwrap());
@@ -198,7 +209,7 @@ mod tests {
             TableBackend::Service { namespace: "shop".into(), name: "api".into(), port: 80 }
         );
         // A zero-weight second backend takes no traffic, so one group serves the rule.
-        assert!(to_table(None, &rule(vec![prefix("/")], vec![svc("a", 5), svc("b", 0)])).is_ok());
+        assert!(to_table(Protocol::Https, None, &rule(vec![prefix("/")], vec![svc("a", 5), svc("b", 0)])).is_ok());
     }
 
     #[test]
@@ -212,7 +223,7 @@ mod tests {
         );
         r.filters = vec![Filter::Invalid("RequestHeaderModifier".into())];
         r.timeouts.request = Some(std::time::Duration::from_secs(1));
-        let missing = to_table(Some("*.example.com"), &r).unwrap_err();
+        let missing = to_table(Protocol::Https, Some("*.example.com"), &r).unwrap_err();
         assert_eq!(
             missing,
             vec![
@@ -225,14 +236,20 @@ mod tests {
                 Unsupported::RequestTimeout,
             ]
         );
-        assert_eq!(to_table(None, &rule(vec![prefix("/")], vec![])).unwrap_err(), vec![Unsupported::NoBackends]);
+        assert_eq!(
+            to_table(Protocol::Https, None, &rule(vec![prefix("/")], vec![])).unwrap_err(),
+            vec![Unsupported::NoBackends]
+        );
+        // Until the table knows listeners, an HTTP listener's routes would leak onto TLS.
+        let plain = to_table(Protocol::Http, Some("a.example.com"), &rule(vec![prefix("/")], vec![svc("a", 1)]));
+        assert_eq!(plain.unwrap_err(), vec![Unsupported::HttpListenerScope]);
     }
 
     #[test]
     fn an_unresolved_backend_still_claims_its_paths() {
         let mut r = rule(vec![prefix("/")], vec![svc("gone", 1)]);
         r.backends[0].target = Backend::Invalid { reason: "BackendNotFound", message: "gone".into() };
-        let entries = to_table(Some("a.example.com"), &r).unwrap();
+        let entries = to_table(Protocol::Https, Some("a.example.com"), &r).unwrap();
         assert_eq!(entries[0].backend, TableBackend::Unresolved);
     }
 }
