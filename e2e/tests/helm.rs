@@ -106,6 +106,9 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         ns.api::<Secret>().get_opt(&format!("{FULLNAME}-session-tickets")).await?.is_none(),
         "the chart made a ticket key"
     );
+    // The Gateway API is served here, so the chart's GatewayClass is rendered.
+    let gc = Api::<quic_ingress::kube::gateway::api::GatewayClass>::all(client.clone()).get("quic").await?;
+    ensure!(gc.spec.controller_name == quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME, "{:?}", gc.spec);
     let chart_rules = serde_json::to_value(Api::<ClusterRole>::all(client.clone()).get(FULLNAME).await?.rules)?;
     ensure!(chart_rules == manifest_rules(env).await?, "the chart's ClusterRole differs from deploy/rbac.yaml");
 

@@ -172,6 +172,10 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         host_ownership: opts.host_ownership,
         watch_namespaces: opts.scope.namespaces(),
         backend_policy: opts.backend_policy.clone(),
+        gateway_ports: super::gateway::ServedPorts {
+            https: Some(opts.alt_svc_port.unwrap_or(opts.listen.port())),
+            http: None,
+        },
     };
 
     // Leader election and status.
@@ -200,7 +204,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         ));
     }
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
-    let sources = status::Sources { published, ingresses: stores.ingresses.clone() };
+    let sources = status::Sources { published, ingresses: stores.ingresses.clone(), gateway: stores.gateway.clone() };
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
@@ -320,6 +324,7 @@ fn build(
         served: served.into_iter().collect(),
         unserved,
         invalid_groups,
+        gateway: Arc::new(std::mem::take(&mut t.gateway)),
     };
     Built { t, feed, last_good, build: started.elapsed() }
 }

@@ -915,3 +915,6 @@ fn host_ownership_none_is_the_single_tenant_behaviour() {
     assert_eq!(endpoints_for(&t, "shop.example.com", "/").unwrap(), vec![A_WEB]);
     assert_eq!(endpoints_for(&t, "elsewhere.example.com", "/").unwrap(), vec![B_WEB]);
 }
+
+#[path = "translate_gateway_tests.rs"]
+mod gateway;

@@ -70,7 +70,7 @@ pub trait Relevant {
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
-fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
+pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
     struct Sink(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -594,6 +594,7 @@ pub struct Stores {
     pub slices: ScopedStore<EndpointSlice>,
     pub secrets: ScopedStore<Secret>,
     pub groups: ScopedStore<BackendGroup>,
+    pub gateway: super::gateway::watches::GatewayStores,
 }
 
 impl Stores {
@@ -617,6 +618,7 @@ impl Stores {
                 b.clone(),
             ),
             groups: watch_scoped("BackendGroup", client, scope, cfg, c.clone(), b.clone()),
+            gateway: super::gateway::watches::GatewayStores::start(client, scope, c, b),
         }
     }
 
@@ -628,6 +630,7 @@ impl Stores {
             slices: self.slices.state(),
             secrets: self.secrets.state(),
             groups: self.groups.state(),
+            gateway: self.gateway.snapshot(),
         }
     }
 }
