@@ -522,7 +522,22 @@ impl Translator<'_> {
         name: &str,
         port: &PortRef,
     ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
-        let id = format!("service:{ns}/{name}:{port}");
+        self.service_group_with(ns, name, port, None)
+    }
+
+    /// The group of a Service port; `scheme` overrides the port's `appProtocol` (and then
+    /// names a group of its own).
+    fn service_group_with(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: &PortRef,
+        scheme: Option<&str>,
+    ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
+        let id = match scheme {
+            None => format!("service:{ns}/{name}:{port}"),
+            Some(s) => format!("service:{ns}/{name}:{port}:{s}"),
+        };
         if let Some(failure) = self.service_failures.get(&id) {
             return Err(failure.clone());
         }
@@ -530,7 +545,7 @@ impl Translator<'_> {
             return Ok(existing.clone());
         }
         // The defaults of the shared model: round robin, passive checks only.
-        let built = match self.service_endpoints(ns, name, port, None) {
+        let built = match self.service_endpoints(ns, name, port, scheme) {
             Ok(urls) => GroupSpec::new(id.clone(), Members::Discovered(urls))
                 .compile(self.registry)
                 .map(Arc::new)

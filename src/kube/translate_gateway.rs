@@ -1,5 +1,6 @@
 //! Gateway API routes in the translation: the model (`kube::gateway::model`) is resolved
-//! once per build, its host claims join the Ingress ones for ownership, each HTTPRoute is
+//! once per build, its host claims join the Ingress ones for ownership, each HTTPRoute and
+//! GRPCRoute is
 //! added to the table in creation order among the Ingresses (through the single mapping
 //! of `kube::gateway::table::to_table`), and each listener's certificate is served for the
 //! hosts its routes really route. What happened to every rule on every parent is kept for
@@ -12,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{CATCH_ALL_REFUSED, HOST_OWNED, Translator};
 use crate::kube::endpoints::PortRef;
-use crate::kube::gateway::model::{self, Inputs, Model};
+use crate::kube::gateway::grpc::BackendProtocol;
+use crate::kube::gateway::model::{self, Inputs, Model, RouteObject};
 use crate::kube::gateway::table::{self, TableBackend};
 use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
 use crate::kube::ownership::Claim;
@@ -82,7 +84,11 @@ impl GatewayState {
                 .filter_map(|(_, _, _, h)| h.filter(|h| !h.starts_with("*.")))
                 .filter_map(|h| HostRule::parse(&h).ok())
                 .collect();
-            claims.extend(hosts.into_iter().map(|h| Claim::new("HTTPRoute", route.object.as_ref(), h)));
+            let kind = route.object.kind().name();
+            claims.extend(hosts.into_iter().map(|h| match &route.object {
+                RouteObject::Http(r) => Claim::new(kind, r.as_ref(), h),
+                RouteObject::Grpc(r) => Claim::new(kind, r.as_ref(), h),
+            }));
         }
         claims
     }
@@ -93,11 +99,12 @@ impl GatewayState {
 }
 
 impl Translator<'_> {
-    /// Adds the rules of HTTPRoute `i` on every listener and host it is served on.
+    /// Adds the rules of route `i` (HTTPRoute or GRPCRoute) on every listener and host it
+    /// is served on.
     pub(super) fn gateway_route(&mut self, gw: &mut GatewayState, i: usize) {
         let route = gw.model.routes[i].clone();
         let (ns, name) = (route.key.namespace.clone(), route.key.name.clone());
-        let id = format!("httproute:{ns}/{name}");
+        let id = format!("{}:{ns}/{name}", route.object.kind().name().to_ascii_lowercase());
         for (p, g, l, host) in gw.served_hosts(i) {
             let Some(protocol) = gw.model.gateways[g].listeners[l].protocol else { continue };
             for (r, rule) in route.rules.iter().enumerate() {
@@ -110,7 +117,11 @@ impl Translator<'_> {
                     }
                 };
                 let host_rule = entries.first().and_then(|e| e.host.clone());
-                if let Err((reason, message)) = self.gateway_host_allowed(&route.object, host_rule.as_ref()) {
+                let allowed = match &route.object {
+                    RouteObject::Http(r) => self.gateway_host_allowed("HTTPRoute", r.as_ref(), host_rule.as_ref()),
+                    RouteObject::Grpc(r) => self.gateway_host_allowed("GRPCRoute", r.as_ref(), host_rule.as_ref()),
+                };
+                if let Err((reason, message)) = allowed {
                     gw.outcomes[i][p].drop_rule(r, reason, message);
                     continue;
                 }
@@ -147,27 +158,27 @@ impl Translator<'_> {
     /// Host ownership and catch-alls, as for Ingress rules; an Event tells the route.
     fn gateway_host_allowed(
         &mut self,
-        route: &Arc<crate::kube::gateway::api::HTTPRoute>,
+        kind: &'static str,
+        obj: &impl kube::Resource,
         host: Option<&HostRule>,
     ) -> Result<(), (&'static str, String)> {
-        let obj = route.as_ref();
-        let ns = obj.metadata.namespace.clone().unwrap_or_default();
-        let name = obj.metadata.name.clone().unwrap_or_default();
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
         match host {
             None => {
-                if self.catch_all_allowed("HTTPRoute", obj, "a route without hostnames on a listener without one") {
+                if self.catch_all_allowed(kind, obj, "a route without hostnames on a listener without one") {
                     Ok(())
                 } else {
                     Err((CATCH_ALL_REFUSED, "a route for every host needs the catch-all grant of its namespace".into()))
                 }
             }
-            Some(h) => match self.owners.and_then(|o| o.refusal("HTTPRoute", &ns, &name, h)) {
+            Some(h) => match self.owners.and_then(|o| o.refusal(kind, &ns, &name, h)) {
                 None => Ok(()),
                 Some(owner) => {
                     let message = format!(
                         "host {h} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
                     );
-                    self.refuse("HTTPRoute", obj, HOST_OWNED, message.clone());
+                    self.refuse(kind, obj, HOST_OWNED, message.clone());
                     Err((HOST_OWNED, message))
                 }
             },
@@ -176,8 +187,12 @@ impl Translator<'_> {
 
     fn gateway_group(&mut self, backend: &TableBackend) -> Result<Arc<BackendGroup>, (&'static str, String)> {
         match backend {
-            TableBackend::Service { namespace, name, port } => {
-                self.service_group_of(namespace, name, &PortRef::Number(*port))
+            TableBackend::Service { namespace, name, port, protocol } => {
+                let scheme = match protocol {
+                    BackendProtocol::AppProtocol => None,
+                    BackendProtocol::H2c => Some("h2c"),
+                };
+                self.service_group_with(namespace, name, &PortRef::Number(*port), scheme)
             }
             TableBackend::Unresolved => {
                 if let Some(g) = self.builder.group(UNRESOLVED_GROUP) {

@@ -374,3 +374,6 @@ fn with_a_plaintext_port_http_listeners_are_programmed_but_their_routes_wait_for
     let message = &conditions[0].message;
     assert!(message.contains("routes scoped to a plaintext HTTP listener"), "{message}");
 }
+
+#[path = "translate_grpc_tests.rs"]
+mod grpc;

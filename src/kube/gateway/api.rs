@@ -412,6 +412,69 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
+// === GRPCRoute ===
+
+/// A GRPCRoute: parentRefs and hostnames as for HTTPRoute, rules that match gRPC methods
+/// and headers. Its filters and backendRefs have the HTTPRoute shapes (GRPCRoute allows a
+/// subset of the filter types; the model refuses the others by name).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    plural = "grpcroutes",
+    namespaced,
+    status = "GRPCRouteStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GRPCRouteRule>,
+}
+
+/// The same `parents` list as HTTPRoute's (both are the spec's `RouteStatus`).
+pub type GRPCRouteStatus = HTTPRouteStatus;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Empty: every gRPC request.
+    #[serde(default)]
+    pub matches: Vec<GRPCRouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<HTTPRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HTTPBackendRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GRPCMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HTTPHeaderMatch>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
 // === ReferenceGrant ===
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -1,5 +1,5 @@
 //! The Gateway API as we understood it: a typed, faithful image of what GatewayClasses,
-//! Gateways and HTTPRoutes ask for (per listener, per hostname, per rule: matches, filters,
+//! Gateways, HTTPRoutes and GRPCRoutes (`grpc.rs`: the same rule image) ask for (per listener, per hostname, per rule: matches, filters,
 //! backendRefs resolved to Services with weights, timeouts), with every reference
 //! resolved or refused the way the spec says. Pure data built by [`resolve`] from the
 //! watched objects; status is computed from it, and `table.rs` maps what today's route
@@ -16,9 +16,10 @@ use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
 use super::api::{
-    self, BackendObjectRef, Cors, GROUP, Gateway, GatewayClass, HTTPRoute, HTTPRouteFilter, HeaderModifier, ParentRef,
-    ReferenceGrant, RequestRedirect, RouteGroupKind, UrlRewrite,
+    self, BackendObjectRef, Cors, GROUP, GRPCRoute, Gateway, GatewayClass, HTTPRoute, HTTPRouteFilter, HeaderModifier,
+    ParentRef, ReferenceGrant, RequestRedirect, RouteGroupKind, UrlRewrite,
 };
+use super::grpc::{self, BackendProtocol};
 
 /// `spec.controllerName` of GatewayClasses this controller serves (the domain of our API
 /// group, `quic-ingress.dev`).
@@ -33,6 +34,7 @@ pub struct GatewayWorld {
     pub classes: Vec<Arc<GatewayClass>>,
     pub gateways: Vec<Arc<Gateway>>,
     pub routes: Vec<Arc<HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<GRPCRoute>>,
     pub grants: Vec<Arc<ReferenceGrant>>,
     /// For `allowedRoutes.namespaces.from: Selector`.
     pub namespaces: Vec<Arc<Namespace>>,
@@ -167,11 +169,65 @@ impl ListenerImage {
     }
 }
 
+/// The kinds of route we attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// A route object of either kind.
+#[derive(Debug, Clone)]
+pub enum RouteObject {
+    Http(Arc<HTTPRoute>),
+    Grpc(Arc<GRPCRoute>),
+}
+
+impl RouteObject {
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            RouteObject::Http(_) => RouteKind::Http,
+            RouteObject::Grpc(_) => RouteKind::Grpc,
+        }
+    }
+
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            RouteObject::Http(r) => &r.metadata,
+            RouteObject::Grpc(r) => &r.metadata,
+        }
+    }
+
+    fn parent_refs(&self) -> &[ParentRef] {
+        match self {
+            RouteObject::Http(r) => &r.spec.parent_refs,
+            RouteObject::Grpc(r) => &r.spec.parent_refs,
+        }
+    }
+
+    fn hostnames(&self) -> Vec<String> {
+        let hosts = match self {
+            RouteObject::Http(r) => &r.spec.hostnames,
+            RouteObject::Grpc(r) => &r.spec.hostnames,
+        };
+        hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteImage {
     pub key: ObjectKey,
     /// The object itself, for Events and host claims.
-    pub object: Arc<HTTPRoute>,
+    pub object: RouteObject,
     pub hostnames: Vec<String>,
     /// Only parentRefs that name a Gateway of one of our classes.
     pub parents: Vec<ParentImage>,
@@ -276,13 +332,12 @@ pub enum Backend {
         namespace: String,
         name: String,
         port: i32,
+        /// How its endpoints are spoken to.
+        protocol: BackendProtocol,
     },
     /// Unresolved (missing, not permitted, wrong kind): the spec answers its share of
     /// requests with 500.
-    Invalid {
-        reason: &'static str,
-        message: String,
-    },
+    Invalid { reason: &'static str, message: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -339,13 +394,19 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
     let index: HashMap<(String, String), usize> =
         gateway_images.iter().enumerate().map(|(i, g)| ((g.key.namespace.clone(), g.key.name.clone()), i)).collect();
 
-    let mut routes: Vec<&Arc<HTTPRoute>> = world.routes.iter().collect();
-    // The spec's precedence between routes: oldest first, then namespace/name.
-    routes.sort_by_key(|r| (r.metadata.creation_timestamp.clone(), r.namespace(), r.name_any()));
-    let route_images = routes
+    let mut routes: Vec<RouteObject> = world.routes.iter().cloned().map(RouteObject::Http).collect();
+    routes.extend(world.grpc_routes.iter().cloned().map(RouteObject::Grpc));
+    // The spec's precedence between routes (of both kinds): oldest first, then
+    // namespace/name.
+    routes.sort_by_key(|r| {
+        let m = r.meta();
+        (m.creation_timestamp.clone(), m.namespace.clone(), m.name.clone(), r.kind())
+    });
+    let mut route_images: Vec<RouteImage> = routes
         .iter()
         .filter_map(|r| route_image(r, &gateway_images, &index, &namespace_labels, inputs, &grants))
         .collect();
+    grpc::refuse_kind_conflicts(&mut route_images);
     Model { classes, gateways: gateway_images, routes: route_images }
 }
 
@@ -476,21 +537,33 @@ fn tls_mode_ok(l: &api::Listener) -> Result<(), Refusal> {
     }
 }
 
-/// The route kinds a listener takes: HTTPRoute only, whatever else it lists.
+/// The route kinds a listener takes: HTTPRoute and GRPCRoute (both listener protocols
+/// serve HTTP/2, with prior knowledge on plaintext), whatever else it lists.
 fn supported_kinds(l: &api::Listener) -> (Vec<RouteGroupKind>, Option<Refusal>) {
-    let http_route = RouteGroupKind { group: Some(GROUP.into()), kind: "HTTPRoute".into() };
+    let kind = |k: RouteKind| RouteGroupKind { group: Some(GROUP.into()), kind: k.name().into() };
     let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) else {
-        return (vec![http_route], None);
+        return (vec![kind(RouteKind::Http), kind(RouteKind::Grpc)], None);
     };
-    let ours = |k: &RouteGroupKind| k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GROUP) == GROUP;
-    let supported: Vec<RouteGroupKind> = kinds.iter().filter(|k| ours(k)).map(|_| http_route.clone()).take(1).collect();
+    let of = |k: &RouteGroupKind| {
+        let ours = k.group.as_deref().unwrap_or(GROUP) == GROUP;
+        [RouteKind::Http, RouteKind::Grpc].into_iter().find(|r| ours && k.kind == r.name())
+    };
+    let mut listed: Vec<RouteKind> = kinds.iter().filter_map(of).collect();
+    listed.sort();
+    listed.dedup();
+    let ours = |k: &RouteGroupKind| of(k).is_some();
+    let supported: Vec<RouteGroupKind> = listed.into_iter().map(kind).collect();
     let invalid: Vec<String> = kinds
         .iter()
         .filter(|k| !ours(k))
         .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GROUP), k.kind))
         .collect();
-    let problem = (!invalid.is_empty())
-        .then(|| ("InvalidRouteKinds", format!("route kinds {} are not supported (HTTPRoute is)", invalid.join(", "))));
+    let problem = (!invalid.is_empty()).then(|| {
+        (
+            "InvalidRouteKinds",
+            format!("route kinds {} are not supported (HTTPRoute and GRPCRoute are)", invalid.join(", ")),
+        )
+    });
     (supported, problem)
 }
 
@@ -548,24 +621,27 @@ fn mark_conflicts(listeners: &mut [ListenerImage]) {
 }
 
 fn route_image(
-    route: &Arc<HTTPRoute>,
+    route: &RouteObject,
     gateways: &[GatewayImage],
     index: &HashMap<(String, String), usize>,
     namespace_labels: &HashMap<String, BTreeMap<String, String>>,
     inputs: &Inputs<'_>,
     grants: &Grants<'_>,
 ) -> Option<RouteImage> {
-    let key = ObjectKey::of(route.as_ref());
+    let key = match route {
+        RouteObject::Http(r) => ObjectKey::of(r.as_ref()),
+        RouteObject::Grpc(r) => ObjectKey::of(r.as_ref()),
+    };
+    let hostnames = route.hostnames();
     let parents: Vec<ParentImage> = route
-        .spec
-        .parent_refs
+        .parent_refs()
         .iter()
         .filter(|p| p.group.as_deref().unwrap_or(GROUP) == GROUP && p.kind.as_deref().unwrap_or("Gateway") == "Gateway")
         .filter_map(|p| {
             let ns = p.namespace.clone().unwrap_or_else(|| key.namespace.clone());
             let gateway = *index.get(&(ns, p.name.clone()))?;
             let labels = namespace_labels.get(&key.namespace);
-            let attached = attach(route, &key.namespace, labels, p, &gateways[gateway]);
+            let attached = attach(route.kind(), &hostnames, &key.namespace, labels, p, &gateways[gateway]);
             Some(ParentImage { parent_ref: p.clone(), gateway, attached })
         })
         .collect();
@@ -573,21 +649,22 @@ fn route_image(
         return None;
     }
     let mut unresolved = Vec::new();
-    let rules =
-        route.spec.rules.iter().map(|r| rule_image(r, &key.namespace, inputs, grants, &mut unresolved)).collect();
-    Some(RouteImage {
-        key,
-        object: route.clone(),
-        hostnames: route.spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        parents,
-        rules,
-        unresolved,
-    })
+    let from = Referrer { kind: route.kind(), namespace: &key.namespace };
+    let rules = match route {
+        RouteObject::Http(r) => {
+            r.spec.rules.iter().map(|r| rule_image(r, &from, inputs, grants, &mut unresolved)).collect()
+        }
+        RouteObject::Grpc(r) => {
+            r.spec.rules.iter().map(|r| grpc_rule_image(r, &from, inputs, grants, &mut unresolved)).collect()
+        }
+    };
+    Some(RouteImage { key, object: route.clone(), hostnames, parents, rules, unresolved })
 }
 
 /// Which listeners of `gw` the parentRef `p` attaches `route` to.
 fn attach(
-    route: &HTTPRoute,
+    kind: RouteKind,
+    hostnames: &[String],
     route_ns: &str,
     route_ns_labels: Option<&BTreeMap<String, String>>,
     p: &ParentRef,
@@ -608,7 +685,7 @@ fn attach(
     }
     let allowed: Vec<(usize, &ListenerImage)> = named
         .into_iter()
-        .filter(|(_, l)| l.accepted.is_ok() && !l.supported_kinds.is_empty())
+        .filter(|(_, l)| l.accepted.is_ok() && l.supported_kinds.iter().any(|k| k.kind == kind.name()))
         .filter(|(_, l)| match &l.allowed {
             AllowedNamespaces::Same => route_ns == gw.key.namespace,
             AllowedNamespaces::All => true,
@@ -618,11 +695,10 @@ fn attach(
     if allowed.is_empty() {
         return Err(("NotAllowedByListeners", "no listener's allowedRoutes admits this route".to_string()));
     }
-    let hostnames: Vec<String> = route.spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
     let attachments: Vec<Attachment> = allowed
         .into_iter()
         .filter_map(|(i, l)| {
-            let hosts = intersect(l.hostname.as_deref(), &hostnames);
+            let hosts = intersect(l.hostname.as_deref(), hostnames);
             (!hosts.is_empty()).then_some(Attachment { listener: i, hosts })
         })
         .collect();
@@ -688,26 +764,75 @@ pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) ->
     by_labels && by_expressions
 }
 
+/// The route that refers to a backend or filter target: its kind names it in
+/// ReferenceGrants and decides how the backend is spoken to.
+struct Referrer<'a> {
+    kind: RouteKind,
+    namespace: &'a str,
+}
+
+fn weighted_backends(
+    refs: &[api::HTTPBackendRef],
+    from: &Referrer<'_>,
+    inputs: &Inputs<'_>,
+    grants: &Grants<'_>,
+    unresolved: &mut Vec<Refusal>,
+) -> Vec<WeightedBackend> {
+    refs.iter()
+        .map(|b| WeightedBackend {
+            weight: b.weight.unwrap_or(1).max(0) as u32,
+            target: backend(&b.target, from, inputs, grants, unresolved),
+            filters: b.filters.iter().map(|f| filter(f, from, inputs, grants, unresolved)).collect(),
+        })
+        .collect()
+}
+
+/// A GRPCRoute rule as the HTTPRoute rule image it means: method matches become paths
+/// (`grpc::method_path`), headers and the rest are the same.
+fn grpc_rule_image(
+    r: &api::GRPCRouteRule,
+    from: &Referrer<'_>,
+    inputs: &Inputs<'_>,
+    grants: &Grants<'_>,
+    unresolved: &mut Vec<Refusal>,
+) -> RuleImage {
+    let default_match = [api::GRPCRouteMatch::default()];
+    let matches = if r.matches.is_empty() { &default_match[..] } else { &r.matches[..] };
+    RuleImage {
+        name: r.name.clone(),
+        matches: matches
+            .iter()
+            .map(|m| RouteMatch {
+                path: grpc::method_path(m.method.as_ref()),
+                headers: value_matches(&m.headers),
+                query_params: Vec::new(),
+                method: None,
+            })
+            .collect(),
+        filters: r.filters.iter().map(|f| grpc::filter_allowed(filter(f, from, inputs, grants, unresolved))).collect(),
+        backends: weighted_backends(&r.backend_refs, from, inputs, grants, unresolved)
+            .into_iter()
+            .map(|mut b| {
+                b.filters = b.filters.into_iter().map(grpc::filter_allowed).collect();
+                b
+            })
+            .collect(),
+        timeouts: Timeouts::default(),
+    }
+}
+
 fn rule_image(
     r: &api::HTTPRouteRule,
-    route_ns: &str,
+    from: &Referrer<'_>,
     inputs: &Inputs<'_>,
     grants: &Grants<'_>,
     unresolved: &mut Vec<Refusal>,
 ) -> RuleImage {
     let default_match = [api::HTTPRouteMatch::default()];
     let matches = r.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
-    let mut filter_of = |f: &HTTPRouteFilter| filter(f, route_ns, inputs, grants, unresolved);
+    let mut filter_of = |f: &HTTPRouteFilter| filter(f, from, inputs, grants, unresolved);
     let filters = r.filters.iter().map(&mut filter_of).collect();
-    let backends = r
-        .backend_refs
-        .iter()
-        .map(|b| WeightedBackend {
-            weight: b.weight.unwrap_or(1).max(0) as u32,
-            target: backend(&b.target, route_ns, inputs, grants, unresolved),
-            filters: b.filters.iter().map(|f| filter(f, route_ns, inputs, grants, unresolved)).collect(),
-        })
-        .collect();
+    let backends = weighted_backends(&r.backend_refs, from, inputs, grants, unresolved);
     let duration = |d: &Option<String>| d.as_deref().and_then(|s| crate::config::parse_duration(s).ok());
     RuleImage {
         name: r.name.clone(),
@@ -729,21 +854,27 @@ fn route_match(m: &api::HTTPRouteMatch) -> RouteMatch {
         "RegularExpression" => PathMatch::RegularExpression(value),
         _ => PathMatch::Prefix(value),
     };
-    let values = |list: &[api::HTTPHeaderMatch]| {
-        list.iter()
-            .map(|h| ValueMatch {
-                name: h.name.clone(),
-                value: h.value.clone(),
-                regex: h.type_.as_deref() == Some("RegularExpression"),
-            })
-            .collect()
-    };
-    RouteMatch { path, headers: values(&m.headers), query_params: values(&m.query_params), method: m.method.clone() }
+    RouteMatch {
+        path,
+        headers: value_matches(&m.headers),
+        query_params: value_matches(&m.query_params),
+        method: m.method.clone(),
+    }
+}
+
+fn value_matches(list: &[api::HTTPHeaderMatch]) -> Vec<ValueMatch> {
+    list.iter()
+        .map(|h| ValueMatch {
+            name: h.name.clone(),
+            value: h.value.clone(),
+            regex: h.type_.as_deref() == Some("RegularExpression"),
+        })
+        .collect()
 }
 
 fn filter(
     f: &HTTPRouteFilter,
-    route_ns: &str,
+    from: &Referrer<'_>,
     inputs: &Inputs<'_>,
     grants: &Grants<'_>,
     unresolved: &mut Vec<Refusal>,
@@ -767,10 +898,7 @@ fn filter(
                     }
                     (None, None) => None,
                 };
-                Filter::RequestMirror {
-                    backend: backend(&m.backend_ref, route_ns, inputs, grants, unresolved),
-                    percent,
-                }
+                Filter::RequestMirror { backend: backend(&m.backend_ref, from, inputs, grants, unresolved), percent }
             }
             None => missing(),
         },
@@ -784,11 +912,12 @@ fn filter(
 /// route's `ResolvedRefs`).
 fn backend(
     b: &BackendObjectRef,
-    route_ns: &str,
+    from: &Referrer<'_>,
     inputs: &Inputs<'_>,
     grants: &Grants<'_>,
     unresolved: &mut Vec<Refusal>,
 ) -> Backend {
+    let route_ns = from.namespace;
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let (group, kind) = (b.group.as_deref().unwrap_or(""), b.kind.as_deref().unwrap_or("Service"));
     let refused = |reason: &'static str, message: String, unresolved: &mut Vec<Refusal>| {
@@ -802,7 +931,7 @@ fn backend(
             unresolved,
         );
     }
-    if !grants.allows("HTTPRoute", route_ns, "Service", ns, &b.name) {
+    if !grants.allows(from.kind.name(), route_ns, "Service", ns, &b.name) {
         let message = format!("Service {ns}/{} is in another namespace and no ReferenceGrant there allows it", b.name);
         return refused("RefNotPermitted", message, unresolved);
     }
@@ -815,7 +944,8 @@ fn backend(
             let has_port =
                 svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|p| p.port == port));
             if has_port {
-                Backend::Service { namespace: ns.to_string(), name: b.name.clone(), port }
+                let protocol = grpc::backend_protocol(from.kind);
+                Backend::Service { namespace: ns.to_string(), name: b.name.clone(), port, protocol }
             } else {
                 refused("BackendNotFound", format!("Service {ns}/{} has no port {port}", b.name), unresolved)
             }

@@ -13,16 +13,17 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use super::api::{
-    Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus, HTTPRoute, HTTPRouteStatus,
-    ListenerStatus, RouteParentStatus, SupportedFeature,
+    GRPCRoute, GRPCRouteStatus, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus, HTTPRoute,
+    HTTPRouteStatus, ListenerStatus, RouteParentStatus, SupportedFeature,
 };
-use super::model::{GATEWAY_CONTROLLER_NAME, GatewayImage, ObjectKey, RouteImage};
+use super::model::{GATEWAY_CONTROLLER_NAME, GatewayImage, ObjectKey, RouteImage, RouteKind};
 use super::watches::GatewayStores;
 use super::{GatewayTranslation, ParentOutcome};
 
 /// The features of the Gateway API conformance profiles we really serve, sorted as the
 /// spec requires. Each extended feature joins this list when the data plane serves it.
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] =
+    &["Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
 
 fn condition(
     type_: &str,
@@ -183,7 +184,7 @@ fn attached_routes(t: &GatewayTranslation, g: usize) -> HashMap<usize, i32> {
     counts
 }
 
-/// Our entries of an HTTPRoute's `status.parents`.
+/// Our entries of an HTTPRoute's (or GRPCRoute's) `status.parents`.
 pub fn route_parents(
     route: &RouteImage,
     outcomes: &[ParentOutcome],
@@ -261,6 +262,23 @@ pub fn comparable<T: Serialize>(status: &T) -> serde_json::Value {
     v
 }
 
+/// A route's status with our parents replaced by `mine` (others' entries are kept), with
+/// the previous one; `None` when it neither shows entries of ours nor should.
+fn merged_parents(
+    previous: Option<&HTTPRouteStatus>,
+    mine: Option<Vec<RouteParentStatus>>,
+) -> Option<(HTTPRouteStatus, GRPCRouteStatus)> {
+    let prev = previous.cloned().unwrap_or_default();
+    let mine = mine.unwrap_or_default();
+    if mine.is_empty() && !prev.parents.iter().any(|p| p.controller_name == GATEWAY_CONTROLLER_NAME) {
+        return None;
+    }
+    let mut parents: Vec<RouteParentStatus> =
+        prev.parents.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
+    parents.extend(mine);
+    Some((prev, HTTPRouteStatus { parents }))
+}
+
 // === The writer ===
 
 /// Patches Gateway API status for the leader, remembering the last write per object (and
@@ -298,28 +316,30 @@ impl Writer {
             let api: Api<Gateway> = Api::namespaced(client.clone(), &gw.key.namespace);
             self.patch(&api, "Gateway", obj.as_ref(), &prev, &status).await;
         }
-        let mut ours: HashMap<(String, String), Vec<RouteParentStatus>> = HashMap::new();
+        let mut ours: HashMap<(RouteKind, String, String), Vec<RouteParentStatus>> = HashMap::new();
         for (route, outcomes) in t.model.routes.iter().zip(&t.outcomes) {
-            let Some(obj) = stores.routes.get(&ObjectRef::new(&route.key.name).within(&route.key.namespace)) else {
-                continue;
+            let kind = route.object.kind();
+            let (name, ns) = (&route.key.name, &route.key.namespace);
+            let prev = match kind {
+                RouteKind::Http => stores.routes.get(&ObjectRef::new(name).within(ns)).map(|o| o.status.clone()),
+                RouteKind::Grpc => stores.grpc_routes.get(&ObjectRef::new(name).within(ns)).map(|o| o.status.clone()),
             };
-            let prev = obj.status.clone().unwrap_or_default();
-            ours.insert((route.key.namespace.clone(), route.key.name.clone()), route_parents(route, outcomes, &prev));
+            let Some(prev) = prev.map(Option::unwrap_or_default) else { continue };
+            let key = (kind, route.key.namespace.clone(), route.key.name.clone());
+            ours.insert(key, route_parents(route, outcomes, &prev));
         }
         // Every route that shows entries of ours or should: others' entries are kept.
         for obj in stores.routes.state() {
-            let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-            let prev = obj.status.clone().unwrap_or_default();
-            let mine = ours.remove(&key).unwrap_or_default();
-            if mine.is_empty() && !prev.parents.iter().any(|p| p.controller_name == GATEWAY_CONTROLLER_NAME) {
-                continue;
-            }
-            let mut parents: Vec<RouteParentStatus> =
-                prev.parents.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
-            parents.extend(mine);
-            let status = HTTPRouteStatus { parents };
-            let api: Api<HTTPRoute> = Api::namespaced(client.clone(), &key.0);
+            let key = (RouteKind::Http, obj.namespace().unwrap_or_default(), obj.name_any());
+            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key)) else { continue };
+            let api: Api<HTTPRoute> = Api::namespaced(client.clone(), &key.1);
             self.patch(&api, "HTTPRoute", obj.as_ref(), &prev, &status).await;
+        }
+        for obj in stores.grpc_routes.state() {
+            let key = (RouteKind::Grpc, obj.namespace().unwrap_or_default(), obj.name_any());
+            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key)) else { continue };
+            let api: Api<GRPCRoute> = Api::namespaced(client.clone(), &key.1);
+            self.patch(&api, "GRPCRoute", obj.as_ref(), &prev, &status).await;
         }
     }
 

@@ -6,6 +6,7 @@
 //! matches, regular expressions, multi-label wildcards, weighted backends, filters and
 //! timeouts, this function is where they get connected.
 
+use super::grpc::BackendProtocol;
 use super::model::{Backend, PathMatch, Protocol, RuleImage};
 use crate::routes::{HostRule, PathRule, PathType, RuleError};
 
@@ -61,6 +62,8 @@ pub enum TableBackend {
         namespace: String,
         name: String,
         port: i32,
+        /// h2c for GRPCRoute backends, else the Service port's `appProtocol`.
+        protocol: BackendProtocol,
     },
     /// An unresolved backendRef: routed to a group with no endpoints (503), so that its
     /// requests reach no other route. The spec says 500: that needs a fixed answer, a
@@ -145,9 +148,12 @@ pub fn to_table(protocol: Protocol, host: Option<&str>, rule: &RuleImage) -> Res
                 missing.push(Unsupported::BackendFilter(f.type_name().to_string()));
             }
             Some(match &one.target {
-                Backend::Service { namespace, name, port } => {
-                    TableBackend::Service { namespace: namespace.clone(), name: name.clone(), port: *port }
-                }
+                Backend::Service { namespace, name, port, protocol } => TableBackend::Service {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port: *port,
+                    protocol: *protocol,
+                },
                 Backend::Invalid { .. } => TableBackend::Unresolved,
             })
         }
@@ -177,7 +183,12 @@ mod tests {
     fn svc(name: &str, weight: u32) -> WeightedBackend {
         WeightedBackend {
             weight,
-            target: Backend::Service { namespace: "shop".into(), name: name.into(), port: 80 },
+            target: Backend::Service {
+                namespace: "shop".into(),
+                name: name.into(),
+                port: 80,
+                protocol: BackendProtocol::AppProtocol,
+            },
             filters: vec![],
         }
     }
@@ -206,7 +217,12 @@ mod tests {
         assert_eq!(entries[1].path, PathRule::new("/login", PathType::Exact).unwrap());
         assert_eq!(
             entries[0].backend,
-            TableBackend::Service { namespace: "shop".into(), name: "api".into(), port: 80 }
+            TableBackend::Service {
+                namespace: "shop".into(),
+                name: "api".into(),
+                port: 80,
+                protocol: BackendProtocol::AppProtocol
+            }
         );
         // A zero-weight second backend takes no traffic, so one group serves the rule.
         assert!(to_table(Protocol::Https, None, &rule(vec![prefix("/")], vec![svc("a", 5), svc("b", 0)])).is_ok());

@@ -11,7 +11,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use super::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::api::{GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use super::model::GatewayWorld;
 use crate::kube::watches::{Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_scoped};
 
@@ -33,6 +33,14 @@ impl Relevant for Gateway {
 }
 
 impl Relevant for HTTPRoute {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for GRPCRoute {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
@@ -62,6 +70,7 @@ pub struct GatewayStores {
     pub classes: Store<GatewayClass>,
     pub gateways: ScopedStore<Gateway>,
     pub routes: ScopedStore<HTTPRoute>,
+    pub grpc_routes: ScopedStore<GRPCRoute>,
     pub grants: ScopedStore<ReferenceGrant>,
     pub namespaces: Store<Namespace>,
 }
@@ -81,6 +90,7 @@ impl GatewayStores {
             classes: watch_kind("GatewayClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
             gateways: watch_scoped("Gateway", client, scope, cfg.clone(), c.clone(), b.clone()),
             routes: watch_scoped("HTTPRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
+            grpc_routes: watch_scoped("GRPCRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
             grants: watch_scoped("ReferenceGrant", client, scope, cfg, c.clone(), b.clone()),
             namespaces: watch_kind("Namespace", Api::all(client.clone()), ns_cfg, c.clone(), b.clone()),
         }
@@ -91,6 +101,7 @@ impl GatewayStores {
             classes: self.classes.state(),
             gateways: self.gateways.state(),
             routes: self.routes.state(),
+            grpc_routes: self.grpc_routes.state(),
             grants: self.grants.state(),
             namespaces: self.namespaces.state(),
         }
@@ -126,6 +137,16 @@ mod tests {
         gw.status = Some(GatewayStatus::default());
         gw.metadata.resource_version = Some("9".into());
         assert_eq!(before, gw.fingerprint());
+
+        let mut grpc = GRPCRoute::new("echo", Default::default());
+        grpc.metadata.generation = Some(1);
+        grpc.metadata.resource_version = Some("4".into());
+        let before = grpc.fingerprint();
+        grpc.status = Some(HTTPRouteStatus::default());
+        grpc.metadata.resource_version = Some("5".into());
+        assert_eq!(before, grpc.fingerprint(), "a GRPCRoute status write");
+        grpc.metadata.generation = Some(2);
+        assert_ne!(before, grpc.fingerprint(), "a GRPCRoute spec change");
 
         let mut ns = Namespace::default();
         ns.metadata.name = Some("shop".into());
