@@ -4,6 +4,9 @@
 #
 #   gateway-api-crds             download the module into the Go module cache if missing
 #   gateway-api-crds-print-dir   the same, then print the standard-channel CRD directory
+#   echo-basic                   build the suite's echo server (conformance/echo-basic of
+#                                the module e2e/conformance pins), a local gRPC backend
+#   echo-basic-print-bin         the same, then print its path
 #
 # `make test-e2e` depends on gateway-api-crds and passes the directory to the tests in
 # QUIC_INGRESS_GATEWAY_CRDS; they apply it with kubectl (server-side, idempotent).
@@ -14,7 +17,26 @@ GATEWAY_API_MOD      = $(GATEWAY_API_CACHE)/go/mod/sigs.k8s.io/gateway-api@$(GAT
 GATEWAY_API_CRDS     = $(GATEWAY_API_MOD)/config/crd/standard
 export QUIC_INGRESS_GATEWAY_CRDS = $(GATEWAY_API_CRDS)
 
-.PHONY: gateway-api-crds gateway-api-crds-print-dir
+.PHONY: gateway-api-crds gateway-api-crds-print-dir echo-basic echo-basic-print-bin
+
+# The conformance suite's echo server, run as a process by the GRPCRoute cluster test
+# (GRPC_ECHO_SERVER=1). Named by the runner module's go.mod and go.sum, so a version bump
+# rebuilds it.
+ECHO_BASIC_SRC := $(dir $(lastword $(MAKEFILE_LIST)))conformance
+ECHO_BASIC_BIN := $(GATEWAY_API_CACHE)/bin/echo-basic-$(shell cat $(ECHO_BASIC_SRC)/go.mod $(ECHO_BASIC_SRC)/go.sum | sha256sum | cut -c1-12)
+export QUIC_INGRESS_ECHO_BASIC = $(ECHO_BASIC_BIN)
+
+echo-basic: $(ECHO_BASIC_BIN)
+
+echo-basic-print-bin: $(ECHO_BASIC_BIN)
+	@echo $(ECHO_BASIC_BIN)
+
+$(ECHO_BASIC_BIN):
+	@mkdir -p $(@D)
+	@echo "gateway-api: building echo-basic from $(ECHO_BASIC_SRC)" >&2
+	cd $(ECHO_BASIC_SRC) && GOMODCACHE=$(GATEWAY_API_CACHE)/go/mod GOCACHE=$(GATEWAY_API_CACHE)/go/build \
+	  GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(abspath $@) \
+	  sigs.k8s.io/gateway-api/conformance/echo-basic
 
 gateway-api-crds: $(GATEWAY_API_CRDS)/gateway.networking.k8s.io_httproutes.yaml
 
@@ -28,5 +50,5 @@ $(GATEWAY_API_CRDS)/gateway.networking.k8s.io_httproutes.yaml:
 	cd / && GOMODCACHE=$(GATEWAY_API_CACHE)/go/mod GOFLAGS=-mod=mod go mod download sigs.k8s.io/gateway-api@$(GATEWAY_API_VERSION)
 	@test -f $@ || { echo "gateway-api: $@ missing from the module" >&2; exit 1; }
 
-# Cluster tests need the CRDs.
-test-e2e: gateway-api-crds
+# Cluster tests need the CRDs, and the GRPCRoute test the echo server.
+test-e2e: gateway-api-crds echo-basic

@@ -100,6 +100,30 @@ impl ClientResponse {
         }
     }
 
+    /// The whole body and the trailers after it, if any (gRPC's `grpc-status`).
+    pub async fn bytes_and_trailers(mut self) -> Result<(Bytes, Option<http::HeaderMap>), ClientError> {
+        let mut out = bytes::BytesMut::new();
+        let trailers = match &mut self.body {
+            ResponseBody::H3(stream, _) => {
+                while let Some(mut buf) = stream.recv_data().await.map_err(http_err)? {
+                    out.extend_from_slice(&buf.copy_to_bytes(buf.remaining()));
+                }
+                stream.recv_trailers().await.map_err(http_err)?
+            }
+            ResponseBody::Hyper(body) => {
+                let mut trailers = None;
+                while let Some(frame) = body.frame().await {
+                    match frame.map_err(http_err)?.into_data() {
+                        Ok(data) => out.extend_from_slice(&data),
+                        Err(frame) => trailers = frame.into_trailers().ok().or(trailers),
+                    }
+                }
+                trailers
+            }
+        };
+        Ok((out.freeze(), trailers))
+    }
+
     /// The whole body.
     pub async fn bytes(mut self) -> Result<Bytes, ClientError> {
         let mut out = bytes::BytesMut::new();

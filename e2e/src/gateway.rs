@@ -1,7 +1,7 @@
 //! Gateway API in cluster tests: the standard-channel CRDs of `sigs.k8s.io/gateway-api`
 //! (from the Go module cache, see `e2e/gateway.mk`) applied to the API server, and object
-//! builders for GatewayClass, Gateway, HTTPRoute and ReferenceGrant in the controller's own
-//! types.
+//! builders for GatewayClass, Gateway, HTTPRoute, GRPCRoute and ReferenceGrant in the
+//! controller's own types; the suite's echo server (`echo-basic`) for gRPC backends.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
-use quic_ingress::kube::gateway::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use quic_ingress::kube::gateway::api::{GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use serde_json::{Value, json};
 
 use crate::controller::kubectl;
@@ -50,6 +50,7 @@ pub async fn install_gateway_crds(env: &TestEnv) -> anyhow::Result<()> {
         Api::<GatewayClass>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
         Api::<Gateway>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
         Api::<HTTPRoute>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
+        Api::<GRPCRoute>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
         Api::<ReferenceGrant>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
         Ok(Some(()))
     })
@@ -98,6 +99,14 @@ pub fn https_listener(name: &str, port: u16, hostname: Option<&str>, secret: &st
 pub fn http_route(name: &str, spec: Value) -> anyhow::Result<HTTPRoute> {
     from_json(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+}
+
+/// A GRPCRoute with `spec` (JSON, as in a manifest).
+pub fn grpc_route(name: &str, spec: Value) -> anyhow::Result<GRPCRoute> {
+    from_json(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
         "metadata": {"name": name}, "spec": spec,
     }))
 }

@@ -28,6 +28,7 @@ pub mod chart;
 pub mod controller;
 pub mod env;
 pub mod gateway;
+pub mod grpc;
 pub mod namespace;
 pub mod netns;
 pub mod node;
