@@ -113,7 +113,9 @@ pub async fn reply(resp: ClientResponse) -> anyhow::Result<Reply> {
     let grpc_status = in_trailers.or_else(|| get(&headers, "grpc-status"));
     let grpc_message = trailers.as_ref().and_then(|t| get(t, "grpc-message")).or_else(|| get(&headers, "grpc-message"));
     let mut messages = Vec::new();
-    let mut rest = body;
+    // An answer that is not gRPC (the proxy's 404, say) has a body of its own.
+    let is_grpc = get(&headers, "content-type").is_some_and(|t| t.starts_with("application/grpc"));
+    let mut rest = if is_grpc { body } else { Bytes::new() };
     while !rest.is_empty() {
         ensure!(rest.len() >= 5, "a truncated gRPC message prefix: {rest:?}");
         let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;

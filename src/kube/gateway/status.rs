@@ -22,7 +22,8 @@ use super::{GatewayTranslation, ParentOutcome};
 
 /// The features of the Gateway API conformance profiles we really serve, sorted as the
 /// spec requires. Each extended feature joins this list when the data plane serves it.
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] =
+    &["GRPCRoute", "Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
 
 fn condition(
     type_: &str,
