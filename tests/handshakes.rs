@@ -166,12 +166,26 @@ struct StalledQuic {
     since: Instant,
     lost: Option<quinn::ConnectionError>,
     answered: bool,
+    /// Datagrams of the first flight.
+    datagrams: usize,
 }
 
 impl StalledQuic {
     async fn start(server: SocketAddr, bind: &str) -> Self {
+        Self::start_with(server, bind, Vec::new(), Duration::ZERO).await
+    }
+
+    /// A ClientHello spread over several Initial packets (padded with ALPN names), the
+    /// last of them sent `late`.
+    async fn start_split(server: SocketAddr, bind: &str, late: Duration) -> Self {
+        let filler: Vec<Vec<u8>> = (0..60).map(|n| format!("x-filler-protocol-name-{n:03}").into_bytes()).collect();
+        Self::start_with(server, bind, filler, late).await
+    }
+
+    async fn start_with(server: SocketAddr, bind: &str, extra_alpn: Vec<Vec<u8>>, late: Duration) -> Self {
         let socket = UdpSocket::bind(bind).await.expect("bind");
         let mut tls = common::insecure().tls_config(&[b"h3"]).unwrap();
+        tls.alpn_protocols.extend(extra_alpn);
         tls.enable_early_data = false;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -179,12 +193,20 @@ impl StalledQuic {
             quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
         let (_, mut conn) = endpoint.connect(Instant::now(), config, server, "localhost").expect("connect");
         let since = Instant::now();
+        let mut first_flight = Vec::new();
         let mut buf = Vec::new();
         while let Some(t) = conn.poll_transmit(Instant::now(), 1, &mut buf) {
-            socket.send_to(&buf[..t.size], t.destination).await.expect("send Initial");
+            first_flight.push(buf[..t.size].to_vec());
             buf.clear();
         }
-        Self { socket, endpoint, conn, since, lost: None, answered: false }
+        let last = first_flight.len() - 1;
+        for (n, datagram) in first_flight.iter().enumerate() {
+            if n == last && n > 0 {
+                tokio::time::sleep(late).await;
+            }
+            socket.send_to(datagram, server).await.expect("send Initial");
+        }
+        Self { socket, endpoint, conn, since, lost: None, answered: false, datagrams: first_flight.len() }
     }
 
     /// What the server answered to the first flight (waiting at most `wait` for it).
@@ -333,6 +355,23 @@ async fn a_stalled_handshake_is_dropped_at_the_deadline() {
     assert_eq!(h3_status_from(proxy.addr, "127.0.0.1:0", "/after").await, Ok(200), "the slots are free again");
     eprintln!("handshake deadline 1s: served {:?} after the drops", freed.elapsed());
     assert_rss(&proxy, "stalled handshakes at the deadline", 100);
+}
+
+#[tokio::test]
+async fn a_clienthello_that_arrives_late_gets_no_extra_time() {
+    // The handshake deadline runs from the first Initial: a client that takes 800 ms to
+    // finish its ClientHello has 200 ms left, not another second.
+    let caps = [("handshake_timeout", "1s"), ("retry_above_handshakes", "1000")];
+    let (proxy, _b) = proxy(&limits(&caps)).await;
+    let mut quic = StalledQuic::start_split(proxy.addr, "127.0.0.1:0", Duration::from_millis(800)).await;
+    assert!(quic.datagrams > 1, "the ClientHello spans {} Initial packets", quic.datagrams);
+    let dropped = hits_reach(&proxy, "handshake_timeout", 1.0, quic.since, Duration::from_secs(5)).await;
+    let seen = quic.closed(Duration::from_secs(2)).await;
+    eprintln!(
+        "late ClientHello ({} Initials, the last after 800 ms): dropped {dropped:?} after the first (deadline 1s); client saw {seen:?}",
+        quic.datagrams
+    );
+    assert!(dropped >= Duration::from_millis(950) && dropped < Duration::from_millis(1600), "dropped at {dropped:?}");
 }
 
 // === Retry ===
