@@ -24,6 +24,7 @@
 //! ```
 
 pub mod backend;
+pub mod chart;
 pub mod controller;
 pub mod env;
 pub mod namespace;
@@ -31,6 +32,7 @@ pub mod netns;
 pub mod node;
 pub mod objects;
 pub mod process;
+pub mod resumption;
 pub mod wait;
 
 pub use backend::Backend;

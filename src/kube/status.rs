@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -60,7 +60,7 @@ pub struct Sources {
     /// [`follow_published`].
     pub published: watch::Receiver<Option<Vec<String>>>,
     /// The Ingress reflector's store, for their current `status.loadBalancer`.
-    pub ingresses: Store<Ingress>,
+    pub ingresses: super::watches::ScopedStore<Ingress>,
 }
 
 /// Runs forever; acts only while `leading` is true.

@@ -32,9 +32,10 @@ pub struct Settings {
     pub default_cert: Option<Arc<CertifiedKey>>,
     /// `--host-ownership`.
     pub host_ownership: HostOwnership,
-    /// `--namespace`: a controller watching one namespace serves one tenant, whose
-    /// catch-alls can take no one else's traffic.
-    pub watch_namespace: Option<String>,
+    /// `--namespace` (empty: every namespace). A controller watching exactly one
+    /// namespace serves one tenant, whose catch-alls can take no one else's traffic;
+    /// several namespaces are several tenants, and their catch-alls need the admin's grant.
+    pub watch_namespaces: BTreeSet<String>,
     /// Where static BackendGroup URLs may point.
     pub backend_policy: BackendPolicy,
 }
@@ -46,9 +47,16 @@ impl Settings {
             ingress_class: class.to_string(),
             default_cert: None,
             host_ownership: HostOwnership::default(),
-            watch_namespace: None,
+            watch_namespaces: BTreeSet::new(),
             backend_policy: BackendPolicy::default(),
         }
+    }
+}
+
+impl Settings {
+    /// Whether this controller watches `namespace` alone, so it serves that one tenant.
+    pub fn serves_one_tenant(&self, namespace: &str) -> bool {
+        self.watch_namespaces.len() == 1 && self.watch_namespaces.contains(namespace)
     }
 }
 
@@ -309,10 +317,7 @@ impl Translator<'_> {
     /// (or the one namespace a controller watches) may declare them.
     fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, what: &str) -> bool {
         let ns = obj.meta().namespace.clone().unwrap_or_default();
-        if self.owners.is_none()
-            || self.settings.watch_namespace.as_deref() == Some(ns.as_str())
-            || self.grants.catch_all(&ns)
-        {
+        if self.owners.is_none() || self.settings.serves_one_tenant(&ns) || self.grants.catch_all(&ns) {
             return true;
         }
         let message = format!(

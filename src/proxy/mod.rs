@@ -7,6 +7,7 @@ mod h3;
 mod h3_guard;
 mod headers;
 mod pipeline;
+mod proxy_header;
 mod retry;
 mod retry_token;
 mod tcp;
@@ -62,6 +63,18 @@ pub struct ListenOptions {
     pub trusted_proxies: TrustedProxies,
     /// What one client may take (sizes, deadlines, caps).
     pub limits: Limits,
+    /// The plaintext listener and the PROXY protocol.
+    pub tcp: TcpOptions,
+}
+
+/// What the TCP listeners do beyond HTTPS on `ListenOptions::address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// A plaintext HTTP listener (HTTP/1.1, and HTTP/2 with prior knowledge); off when `None`.
+    pub http_listen: Option<SocketAddr>,
+    /// On both TCP listeners, connections from `trusted_proxies` must start with a PROXY
+    /// protocol header (v2, or v1), whose source address is the client's.
+    pub proxy_protocol: bool,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -78,6 +91,8 @@ impl ResolvesServerCert for TableCerts {
 /// Running listeners; `shutdown` drains them.
 pub struct DataPlane {
     pub local_addr: SocketAddr,
+    /// The plaintext HTTP listener's address, when there is one.
+    pub http_addr: Option<SocketAddr>,
     tables: Tables,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -121,7 +136,23 @@ impl DataPlane {
         let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption, &metrics)
             .map_err(|e| tls_err(&e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
-        let alt_svc = tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port()));
+        let alt_svc = Arc::new(tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port())));
+        let http = match options.tcp.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ListenError::Bind {
+                proto: "TCP",
+                addr,
+                source,
+            })?),
+            None => None,
+        };
+        let http_addr = match &http {
+            Some(l) => Some(l.local_addr().map_err(|source| ListenError::Bind {
+                proto: "TCP",
+                addr: options.tcp.http_listen.unwrap_or(local_addr),
+                source,
+            })?),
+            None => None,
+        };
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -141,14 +172,29 @@ impl DataPlane {
             shutdown.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(tcp::serve(tcp, acceptor, shared, admission, alt_svc, shutdown.clone(), tracker.clone()));
+        let proxy_protocol = options.tcp.proxy_protocol;
+        if let Some(http) = http {
+            let plain = tcp::Listener { security: tcp::Security::Plain, proxy_protocol };
+            tracker.spawn(tcp::serve(
+                http,
+                plain,
+                shared.clone(),
+                admission.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        let https = tcp::Listener { security: tcp::Security::Tls { acceptor, alt_svc }, proxy_protocol };
+        tracker.spawn(tcp::serve(tcp, https, shared, admission, shutdown.clone(), tracker.clone()));
         tracing::info!(
             address = %local_addr,
+            http_address = http_addr.map(|a| a.to_string()),
+            proxy_protocol,
             early_data = resumption.early_data(),
             shared_ticket_keys = matches!(resumption, Resumption::SharedKeys(_)),
             "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)"
         );
-        Ok(Self { local_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
+        Ok(Self { local_addr, http_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
     }
 
     /// Publishes a new route table; requests already routed finish on the old one.

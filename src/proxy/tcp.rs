@@ -1,5 +1,7 @@
-//! The HTTPS-over-TCP listener (HTTP/1.1 and HTTP/2 by ALPN). Its responses carry
-//! `Alt-Svc` so browsers discover the HTTP/3 listener on the same port.
+//! The TCP listeners: HTTPS (HTTP/1.1 and HTTP/2 by ALPN, with `Alt-Svc` so browsers
+//! discover the HTTP/3 listener on the same port) and, when configured, plaintext HTTP
+//! (HTTP/1.1 and HTTP/2 with prior knowledge). One path for both: accept and admit → the
+//! PROXY protocol header (trusted peers, when on) → TLS or not → serve HTTP.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +27,7 @@ use tracing::Instrument;
 
 use super::admission::{Admission, Handshaking};
 use super::pipeline::{self, ConnInfo, Downstream, Shared};
+use super::proxy_header::{self, HeaderReadError};
 use crate::config::Limits;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
@@ -34,25 +37,46 @@ pub fn alt_svc(port: u16) -> HeaderValue {
     HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).unwrap_or(HeaderValue::from_static("clear"))
 }
 
-/// Accepts TLS connections until `shutdown`, then lets open connections finish their
+/// How a listener's connections get to HTTP.
+#[derive(Clone)]
+pub enum Security {
+    /// TLS within the handshake deadline, then HTTP/2 or HTTP/1.1 as ALPN chose; responses
+    /// carry `alt_svc`.
+    Tls { acceptor: TlsAcceptor, alt_svc: Arc<HeaderValue> },
+    /// Plain HTTP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c, what gRPC clients speak
+    /// to `http://`), told apart by the connection preface. No `Alt-Svc`: browsers use
+    /// alternative services only for `https://` origins, so advertising h3 here would be
+    /// bytes on every response for nobody.
+    Plain,
+}
+
+/// One TCP listener's setup.
+#[derive(Clone)]
+pub struct Listener {
+    pub security: Security,
+    /// A connection from a trusted proxy must start with a PROXY protocol header (v2 or
+    /// v1), whose source address is the client. Other peers are served as they are.
+    pub proxy_protocol: bool,
+}
+
+/// Accepts connections until `shutdown`, then lets open connections finish their
 /// in-flight requests (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`).
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    setup: Listener,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
-    alt_svc: HeaderValue,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let graceful = GracefulShutdown::new();
-    let alt_svc = Arc::new(alt_svc);
+    let setup = Arc::new(setup);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        let (stream, client) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -61,64 +85,137 @@ pub async fn serve(
                 continue;
             }
         };
-        let admitted = match admission.handshake(client.ip()) {
+        // Only a trusted proxy's header is read; anyone else's bytes are TLS or HTTP, so
+        // a PROXY header from them fails as garbage and names nobody.
+        let expects_header = setup.proxy_protocol && shared.trusted.trusts(peer.ip());
+        // A balancer's connections count against the client it names, once it has.
+        let admitted = if expects_header { admission.handshake_unattributed() } else { admission.handshake(peer.ip()) };
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 // Closing at once is the polite refusal TCP has.
                 shared.metrics.limit_hit(refusal.label());
-                tracing::debug!(%client, limit = refusal.label(), "TCP connection refused");
+                tracing::debug!(%peer, limit = refusal.label(), "TCP connection refused");
                 drop(stream);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, shared, alt_svc, watcher) =
-            (acceptor.clone(), shared.clone(), alt_svc.clone(), graceful.watcher());
-        let span = tracing::debug_span!("tcp_connection", %client);
-        tracker.spawn(connection(stream, client, admitted, acceptor, shared, alt_svc, watcher).instrument(span));
+        let (setup, shared, watcher) = (setup.clone(), shared.clone(), graceful.watcher());
+        let span = tracing::debug_span!("tcp_connection", client = %peer);
+        tracker.spawn(connection(stream, peer, admitted, expects_header, setup, shared, watcher).instrument(span));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-/// One connection: the TLS handshake within its deadline, then HTTP/2 (when ALPN chose
-/// it) or HTTP/1.1 with upgrades, until the client leaves, the connection idles past its
-/// limits, or shutdown drains it.
+/// One connection up to HTTP: the PROXY header when expected, then the TLS handshake
+/// within its deadline (or none, on the plaintext listener).
 async fn connection(
-    stream: tokio::net::TcpStream,
-    client: SocketAddr,
+    stream: TcpStream,
+    peer: SocketAddr,
     admitted: Handshaking,
-    acceptor: TlsAcceptor,
+    expects_header: bool,
+    setup: Arc<Listener>,
     shared: Arc<Shared>,
-    alt_svc: Arc<HeaderValue>,
     watcher: Watcher,
 ) {
     let limits = shared.limits.clone();
-    let stream = WriteDeadline::new(stream, limits.response_write_timeout.0, shared.metrics.clone());
-    let tls = match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-        Err(_) => {
-            shared.metrics.limit_hit("handshake_timeout");
-            return tracing::debug!("TLS handshake timed out");
+    let mut stream = WriteDeadline::new(stream, limits.response_write_timeout.0, shared.metrics.clone());
+    let (client, admitted) = if expects_header {
+        match proxied_client(&mut stream, peer, admitted, &shared).await {
+            Some(named) => named,
+            None => return,
+        }
+    } else {
+        (peer, admitted)
+    };
+    match &setup.security {
+        Security::Tls { acceptor, alt_svc } => {
+            let tls = match tokio::time::timeout(limits.handshake_timeout.0, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    shared.metrics.limit_hit("handshake_timeout");
+                    return tracing::debug!("TLS handshake timed out");
+                }
+            };
+            // The protocol is the one ALPN agreed, not what the first bytes look like, so a
+            // client that chose h2 and sends no HTTP/2 preface gets an HTTP/2 error.
+            let h2_only = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let conn = ConnInfo { client, protocol: Downstream::Tcp, early_data: false };
+            http(tls, h2_only, conn, Some(alt_svc.clone()), admitted, shared, watcher).await;
+        }
+        Security::Plain => {
+            let conn = ConnInfo { client, protocol: Downstream::Cleartext, early_data: false };
+            http(stream, false, conn, None, admitted, shared, watcher).await;
+        }
+    }
+}
+
+/// A trusted proxy's connection: its PROXY header, read within the header deadline,
+/// names the client (LOCAL and address-less headers: the proxy itself), whose per-IP caps
+/// then apply. `None` when the connection is to be closed: no valid header in time, or
+/// the client is at its caps.
+async fn proxied_client(
+    stream: &mut WriteDeadline<TcpStream>,
+    peer: SocketAddr,
+    admitted: Handshaking,
+    shared: &Shared,
+) -> Option<(SocketAddr, Handshaking)> {
+    let header = match proxy_header::read(stream, shared.limits.header_timeout.0).await {
+        Ok(header) => header,
+        Err(e) => {
+            if matches!(e, HeaderReadError::Timeout(_)) {
+                shared.metrics.limit_hit("header_timeout");
+            }
+            tracing::debug!(error = %e, "a trusted proxy's connection without a valid PROXY header: closed");
+            return None;
         }
     };
+    let client = header.source.unwrap_or(peer);
+    match admitted.attribute(client.ip()) {
+        Ok(admitted) => {
+            tracing::debug!(%client, "PROXY protocol header");
+            Some((client, admitted))
+        }
+        Err(refusal) => {
+            shared.metrics.limit_hit(refusal.label());
+            tracing::debug!(%client, limit = refusal.label(), "TCP connection refused");
+            None
+        }
+    }
+}
+
+/// HTTP on an established connection: HTTP/2 only (`h2_only`, ALPN chose it) or HTTP/1.1
+/// with upgrades and HTTP/2 by preface, until the client leaves, the connection idles past
+/// its limits, or shutdown drains it.
+async fn http<I>(
+    io: I,
+    h2_only: bool,
+    conn_info: ConnInfo,
+    alt_svc: Option<Arc<HeaderValue>>,
+    admitted: Handshaking,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.limits.clone();
     let _connected = admitted.established();
-    // The protocol is the one ALPN agreed, not what the first bytes look like, so a client
-    // that chose h2 and sends no HTTP/2 preface gets an HTTP/2 error. (HTTP/2 has no
-    // Upgrade; `http2_only` is ignored with upgrades.)
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let activity = Arc::new(Activity::new(!h2));
+    // Reads as HTTP/1.1 until a request says HTTP/2 (by preface, without ALPN).
+    let activity = Arc::new(Activity::new(!h2_only));
     let (metrics, open) = (shared.metrics.clone(), shared.metrics.tcp_connections_open.clone());
     let seen = activity.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let in_flight = seen.begin(req.version());
-        request(shared.clone(), alt_svc.clone(), client, in_flight, req)
+        request(shared.clone(), alt_svc.clone(), conn_info, in_flight, req)
     });
     open.inc();
+    // HTTP/2 has no Upgrade; `http2_only` is ignored with upgrades.
     let builder = builder(&limits);
-    let io = TokioIo::new(ReadActivity { inner: tls, activity: activity.clone() });
-    let mut conn: Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2 {
+    let io = TokioIo::new(ReadActivity { inner: io, activity: activity.clone() });
+    let mut conn: Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2_only {
         Box::pin(watcher.watch(builder.http2_only().serve_connection(io, service).into_owned()))
     } else {
         Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()))
@@ -151,12 +248,12 @@ async fn connection(
 }
 
 /// One request over TCP: its span, the request-body idle limit, the shared pipeline, then
-/// `Alt-Svc` and the guards that keep the span, the connection's in-flight count and
+/// `Alt-Svc` (HTTPS) and the guards that keep the span, the connection's in-flight count and
 /// (HTTP/2) a stall watch alive as long as the response body.
 async fn request(
     shared: Arc<Shared>,
-    alt_svc: Arc<HeaderValue>,
-    client: SocketAddr,
+    alt_svc: Option<Arc<HeaderValue>>,
+    conn: ConnInfo,
     in_flight: InFlight,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
@@ -166,16 +263,17 @@ async fn request(
         otel.kind = "server", http.request.method = %req.method(), url.path = %req.uri().path()
     );
     // Continued only from a trusted proxy: anyone else could force sampling.
-    if shared.trusted.trusts(client.ip()) {
+    if shared.trusted.trusts(conn.client.ip()) {
         traces::set_remote_parent(&span, req.headers());
     }
     let body_idle = shared.limits.request_body_idle_timeout.0;
     let req = req.map(|body| {
         crate::body::boxed(crate::body::IdleTimeout::new(body, body_idle).on_timeout(shared.body_idle_hits.clone()))
     });
-    let conn = ConnInfo { client, protocol: Downstream::Tcp, early_data: false };
     let mut resp = pipeline::handle(&shared, req, conn).instrument(span.clone()).await;
-    resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
+    if let Some(alt_svc) = alt_svc {
+        resp.headers_mut().insert(ALT_SVC, (*alt_svc).clone());
+    }
     if !span.is_none() {
         // hyper writes the response after we return: the span lives as long as the body,
         // so it ends when the last byte is handed over.
