@@ -13,7 +13,12 @@ use common::{Backend, Proxy, catch_all, h3_get, tls};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 async fn proxy(limits: &[(&str, &str)]) -> (Proxy, Backend) {
-    let mut extra = String::from("  limits:\n");
+    proxy_with("", limits).await
+}
+
+/// A proxy with `server` lines and `limits` under `server.limits`.
+async fn proxy_with(server: &str, limits: &[(&str, &str)]) -> (Proxy, Backend) {
+    let mut extra = format!("{server}  limits:\n");
     for (k, v) in limits {
         extra.push_str(&format!("    {k}: {v}\n"));
     }
@@ -100,6 +105,20 @@ async fn an_idle_keep_alive_connection_is_closed_at_its_own_deadline_and_a_busy_
     eprintln!("keep-alive idle 1s: 9 requests 450 ms apart served on one connection over {:?}", started.elapsed());
     assert!(started.elapsed() > Duration::from_secs(3));
     still_serving(&proxy, "keep-alive idle").await;
+}
+
+#[tokio::test]
+async fn the_plaintext_listener_has_the_same_keep_alive_deadline() {
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let listen = format!("  http_listen: \"{http}\"\n");
+    let (_proxy, _b) = proxy_with(&listen, &[("header_timeout", "3s"), ("http1_keep_alive_idle", "1s")]).await;
+    let mut conn = tokio::net::TcpStream::connect(http).await.expect("connect");
+    assert_eq!(get(&mut conn, "/plain").await, 200);
+    let answered = Instant::now();
+    let closed = closed_at(&mut conn, Duration::from_secs(10)).await.expect("closed within 10 s");
+    let after = closed - answered;
+    eprintln!("plaintext keep-alive idle 1s (header deadline 3s): closed {after:?} after the last response");
+    assert!(after >= Duration::from_millis(950) && after < Duration::from_millis(2500), "closed after {after:?}");
 }
 
 #[tokio::test]
