@@ -228,6 +228,9 @@ struct LimitFlags {
     /// Close connections with nothing in flight for this long [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     limit_idle_timeout: Option<std::time::Duration>,
+    /// Close an HTTP/1.1 keep-alive connection waiting this long for its next request [default: 75s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_http1_keep_alive_idle: Option<std::time::Duration>,
     /// HTTP/2 PING interval [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     limit_http2_keep_alive_interval: Option<std::time::Duration>,
@@ -268,6 +271,7 @@ impl LimitFlags {
                 .limit_quic_connection_receive_window
                 .unwrap_or(d.quic_connection_receive_window),
             idle_timeout: self.limit_idle_timeout.map_or(d.idle_timeout, D),
+            http1_keep_alive_idle: self.limit_http1_keep_alive_idle.map_or(d.http1_keep_alive_idle, D),
             http2_keep_alive_interval: self.limit_http2_keep_alive_interval.map_or(d.http2_keep_alive_interval, D),
             http2_keep_alive_timeout: self.limit_http2_keep_alive_timeout.map_or(d.http2_keep_alive_timeout, D),
             request_body_idle_timeout: self.limit_request_body_idle_timeout.map_or(d.request_body_idle_timeout, D),
