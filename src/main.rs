@@ -119,6 +119,11 @@ enum Command {
         /// address, e.g. 0.0.0.0:8080. Off unless given.
         #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
+        /// The port clients reach the plaintext listener on (its Service port, behind a
+        /// load balancer): Gateway listeners of protocol HTTP on this port are served.
+        /// Defaults to the port of --http-listen.
+        #[arg(long, value_name = "PORT", requires = "http_listen")]
+        http_service_port: Option<u16>,
         /// Connections from --trusted-proxy peers to the TCP listeners must start with a
         /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
         #[arg(long)]
@@ -354,6 +359,7 @@ async fn run(command: Command) -> ExitCode {
             allow_backend_cidrs,
             trusted_proxies,
             http_listen,
+            http_service_port,
             proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -428,6 +434,7 @@ async fn run(command: Command) -> ExitCode {
                 listen,
                 admin_listen,
                 alt_svc_port,
+                http_service_port: http_service_port.or(http_listen.map(|a| a.port())),
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),
