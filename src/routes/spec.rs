@@ -34,7 +34,7 @@ pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_VALUE_LEN: usize = 4096;
 
 /// How a value is compared (Gateway API `HeaderMatchType` / `QueryParamMatchType`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum MatchType {
     #[default]
     Exact,
@@ -42,7 +42,7 @@ pub enum MatchType {
 }
 
 /// A header or query-parameter match (Gateway API `HTTPHeaderMatch`, `HTTPQueryParamMatch`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueMatchSpec {
     #[serde(default, rename = "type")]
@@ -54,7 +54,7 @@ pub struct ValueMatchSpec {
 }
 
 /// What a request must carry beyond its host and path (Gateway API `HTTPRouteMatch`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchSpec {
     /// An HTTP method (GET, POST, ...).
