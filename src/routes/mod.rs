@@ -18,9 +18,15 @@
 //! - `filters`: [`Filter`] values in order, request and response side;
 //! - `timeouts`: [`RouteTimeouts`] (`request` in total, `backend_request` per attempt).
 //!
-//! One Gateway API rule with several matches becomes one entry per match sharing the same
+//! One Gateway API rule becomes one entry per (hostname, match), all with the same
 //! backends and filters (each entry keeps its own path, which a `ReplacePrefixMatch`
-//! needs). Precedence among entries is documented in `index`. Entries equal in host,
+//! needs); `tie_break` is `{created: route creation time, name: "ns/name", index:
+//! rule << 16 | match}`, and a Gateway's HTTP and HTTPS listeners give `ListenerScope::Plain`
+//! and `ListenerScope::Tls`. Filters can be built directly (`HeaderModifier::new().with_set`,
+//! `Redirect::new().with_scheme`, `Rewrite`, `Mirror::new(group, percent)`, `Cors::new`) or
+//! from Gateway-spelled [`spec`] values with [`spec::compile`], which also checks the
+//! Gateway API rules across filters (each kind once except mirrors; not both a redirect and
+//! a rewrite; `ReplacePrefixMatch` only on a Prefix path). Precedence among entries is documented in `index`. Entries equal in host,
 //! path, match and (overlapping) listener conflict: the first one added keeps the place,
 //! so a source adds in its own precedence order.
 //!
