@@ -210,6 +210,9 @@ pub struct Redirect {
     scheme: Option<&'static str>,
     hostname: Option<String>,
     port: Option<u16>,
+    /// The port of the listener the route is served on, when the source knows it (a
+    /// Gateway listener's `port`): what Gateway API means by "the listener port".
+    listener_port: Option<u16>,
     path: Option<PathModifier>,
     status: StatusCode,
 }
@@ -230,7 +233,7 @@ pub struct RequestParts<'a> {
 impl Redirect {
     /// A 302 to the same place; set what changes with the `with_*` methods.
     pub fn new() -> Self {
-        Self { scheme: None, hostname: None, port: None, path: None, status: StatusCode::FOUND }
+        Self { scheme: None, hostname: None, port: None, listener_port: None, path: None, status: StatusCode::FOUND }
     }
 
     pub fn with_scheme(mut self, scheme: &str) -> Result<Self, FilterError> {
@@ -257,6 +260,15 @@ impl Redirect {
         self
     }
 
+    /// The port of the listener this route is served on (a Gateway listener's `port`),
+    /// used when the filter names neither a port nor a scheme. Without it the port of the
+    /// request's authority stands for the listener's, which is wrong only for a client
+    /// that names no port while connecting to a non-default one.
+    pub fn with_listener_port(mut self, port: u16) -> Self {
+        self.listener_port = Some(port).filter(|p| *p > 0);
+        self
+    }
+
     pub fn with_status(mut self, status: u16) -> Result<Self, FilterError> {
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
             return Err(FilterError::BadRedirectStatus(status));
@@ -275,8 +287,9 @@ impl Redirect {
 
     /// The `Location` for a request. Gateway API's port rules: the filter's port if set;
     /// else the well-known port of the filter's scheme if it sets one; else the listener's
-    /// port, which is the port of the request's authority (the default port of its scheme
-    /// when it names none). A port that is the default for the scheme is left out.
+    /// port: the one compiled in (`with_listener_port`), or the port of the request's
+    /// authority (the default port of its scheme when it names none). A port that is the
+    /// default for the scheme is left out.
     pub fn location(&self, req: &RequestParts<'_>) -> String {
         let request_scheme = if req.tls { "https" } else { "http" };
         let scheme = self.scheme.unwrap_or(request_scheme);
@@ -284,7 +297,7 @@ impl Redirect {
         let host = self.hostname.as_deref().unwrap_or(req_host);
         let port = self.port.unwrap_or_else(|| match self.scheme {
             Some(s) => default_port(s),
-            None => req_port.unwrap_or_else(|| default_port(request_scheme)),
+            None => self.listener_port.or(req_port).unwrap_or_else(|| default_port(request_scheme)),
         });
         let path = self.path.as_ref().and_then(|m| m.apply(req.path, req.matched_prefix));
         let path = path.as_deref().unwrap_or(req.path);
@@ -677,6 +690,15 @@ mod tests {
         let host = Redirect::new().with_hostname("b.com").unwrap().with_path(PathModifier::prefix("/new").unwrap());
         assert_eq!(host.location(&parts("a.com", "/old/x", None, Some("/old"))), "http://b.com/new/x");
         assert_eq!(Redirect::new().location(&parts("[::1]:8080", "/", None, None)), "http://[::1]:8080/");
+        // A Gateway listener on 8080 reached with `Host: example.org` (no port).
+        let listener = Redirect::new().with_hostname("b.com").unwrap().with_listener_port(8080);
+        assert_eq!(listener.location(&parts("example.org", "/", None, None)), "http://b.com:8080/");
+        let scheme = Redirect::new().with_scheme("https").unwrap().with_listener_port(8080);
+        assert_eq!(
+            scheme.location(&parts("example.org", "/", None, None)),
+            "https://example.org/",
+            "the scheme's port"
+        );
     }
 
     #[test]

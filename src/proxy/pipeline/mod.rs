@@ -4,9 +4,9 @@
 //! A request goes through phases over one [`RequestContext`], each a small function:
 //!
 //! ```text
-//! route ─► filters ─► attempt ─► retry? ─► attempt ... ─► respond / respond_error ─► log
+//! route ─► filters ─► attempt ─► retry? ─► attempt ... ─► respond_error? ─► response filters
+//!       ─► respond ─► log
 //! ```
-//! - `route` ([`route`]): one table load, host and path lookup.
 //! - `route` ([`route`]): one table load; host, path, method, headers, query and listener.
 //! - `filters` ([`filters`]): the 0-RTT rule, then the route's request-side filters in
 //!   order (header changes, redirect, rewrite, mirror, CORS preflight); then the route's
