@@ -60,7 +60,7 @@ pub enum FilterError {
     BadHostname(String),
     #[error("port must be between 1 and 65535")]
     BadPort,
-    #[error("path {0:?} must start with '/'")]
+    #[error("path {0:?} must start with '/' and hold no space, control character, '?' or '#'")]
     BadPath(String),
     #[error("ReplacePrefixMatch needs a PathPrefix match")]
     PrefixWithoutPrefixMatch,
@@ -159,20 +159,26 @@ pub enum PathModifier {
     ReplacePrefixMatch(String),
 }
 
+/// A path a request may be sent with: absolute, and only characters a request target may
+/// carry (no space, control character, `?` or `#`), so the rewritten URI always builds.
+fn path_checked(path: &str, may_be_empty: bool) -> Result<String, FilterError> {
+    if may_be_empty && path.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = path.starts_with('/')
+        && http::uri::PathAndQuery::try_from(path).is_ok()
+        && !path.bytes().any(|b| b.is_ascii_control() || matches!(b, b' ' | b'?' | b'#'));
+    if ok { Ok(path.to_string()) } else { Err(FilterError::BadPath(path.into())) }
+}
+
 impl PathModifier {
     pub fn full(path: &str) -> Result<Self, FilterError> {
-        if !path.starts_with('/') {
-            return Err(FilterError::BadPath(path.into()));
-        }
-        Ok(Self::ReplaceFullPath(path.into()))
+        Ok(Self::ReplaceFullPath(path_checked(path, false)?))
     }
 
     /// An empty replacement is allowed (the prefix is removed).
     pub fn prefix(replacement: &str) -> Result<Self, FilterError> {
-        if !replacement.is_empty() && !replacement.starts_with('/') {
-            return Err(FilterError::BadPath(replacement.into()));
-        }
-        Ok(Self::ReplacePrefixMatch(replacement.into()))
+        Ok(Self::ReplacePrefixMatch(path_checked(replacement, true)?))
     }
 
     /// The new path for `path`, which matched the route's `prefix` (stored without a
@@ -669,6 +675,10 @@ mod tests {
         let full = Rewrite::new().with_path(PathModifier::full("/only").unwrap());
         assert_eq!(full.path_and_query(&parts("a", "/v1/users", None, None)).as_deref(), Some("/only"));
         assert!(PathModifier::full("relative").is_err() && PathModifier::prefix("x").is_err());
+        for bad in ["/a b", "/a?b", "/a#b", "/a\tb"] {
+            assert!(PathModifier::full(bad).is_err() && PathModifier::prefix(bad).is_err(), "{bad}");
+        }
+        assert!(PathModifier::prefix("").is_ok() && PathModifier::full("").is_err());
         assert!(Rewrite::new().with_hostname("*.wild.com").is_err());
     }
 
