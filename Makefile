@@ -11,7 +11,9 @@ PYTHON := $(VENV)/bin/python3
 export QUIC_INGRESS_PYTHON := $(PYTHON)
 
 -include e2e/testenv.mk
+-include e2e/gateway.mk
 -include e2e/node.mk
+-include e2e/conformance.mk
 -include tests/h2spec.mk tests/browser/browser.mk
 -include fuzz/fuzz.mk
 

@@ -5,7 +5,7 @@
 #                    takes minutes, not the half hour the optimised ASan build can take
 # Corpora live in fuzz/corpus/<target>; new inputs found go to the cache, not the tree,
 # so a run leaves the checkout clean. Crashes land in fuzz/artifacts/<target>.
-FUZZ_TARGETS := config route_matching normalize_path client_hello header_mapping translate
+FUZZ_TARGETS := config route_matching normalize_path client_hello header_mapping translate proxy_protocol
 FUZZ_SECS ?= 60
 FUZZ_SMOKE_SECS ?= 3
 CARGO_FUZZ_ROOT := $(CACHE)/cargo-fuzz

@@ -47,9 +47,14 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         #[arg(long, default_value = "quic")]
         ingress_class: String,
-        /// Watch only this namespace (all namespaces when omitted).
+        /// Watch only these namespaces (repeat the flag or separate them with commas; all
+        /// namespaces when omitted). RBAC then needs Roles in them only.
+        #[arg(long = "namespace", value_name = "NS", value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Namespace of the leader-election Lease (default: the watched namespace when there
+        /// is one, else the pod's namespace, POD_NAMESPACE).
         #[arg(long)]
-        namespace: Option<String>,
+        lease_namespace: Option<String>,
         /// Publish this Service's address in Ingress status (NAMESPACE/NAME).
         #[arg(long, conflicts_with = "publish_address")]
         publish_service: Option<String>,
@@ -110,6 +115,14 @@ enum Command {
         /// and Forwarded are believed; repeat for several. From anyone else they are replaced.
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
         trusted_proxies: Vec<quic_ingress::net::Cidr>,
+        /// Also serve plaintext HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) on this TCP
+        /// address, e.g. 0.0.0.0:8080. Off unless given.
+        #[arg(long, value_name = "ADDR")]
+        http_listen: Option<SocketAddr>,
+        /// Connections from --trusted-proxy peers to the TCP listeners must start with a
+        /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
+        #[arg(long)]
+        proxy_protocol: bool,
         /// Serve /debug/routes (every tenant's hosts and backends) to any peer of the admin
         /// address; by default only loopback peers (kubectl port-forward) get it.
         #[arg(long)]
@@ -119,6 +132,10 @@ enum Command {
         /// Off unless given.
         #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
         ticket_key_rotation: Option<std::time::Duration>,
+        /// With --ticket-key-secret: how long clients may keep a session ticket (at most 7
+        /// days); with --ticket-key-rotation, keys are kept this long after they stop sealing.
+        #[arg(long, value_parser = parse_duration, requires = "ticket_key_secret")]
+        ticket_lifetime: Option<std::time::Duration>,
         #[command(flatten)]
         limits: Box<LimitFlags>,
     },
@@ -211,6 +228,9 @@ struct LimitFlags {
     /// Close connections with nothing in flight for this long [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     limit_idle_timeout: Option<std::time::Duration>,
+    /// Close an HTTP/1.1 keep-alive connection waiting this long for its next request [default: 75s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_http1_keep_alive_idle: Option<std::time::Duration>,
     /// HTTP/2 PING interval [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     limit_http2_keep_alive_interval: Option<std::time::Duration>,
@@ -251,6 +271,7 @@ impl LimitFlags {
                 .limit_quic_connection_receive_window
                 .unwrap_or(d.quic_connection_receive_window),
             idle_timeout: self.limit_idle_timeout.map_or(d.idle_timeout, D),
+            http1_keep_alive_idle: self.limit_http1_keep_alive_idle.map_or(d.http1_keep_alive_idle, D),
             http2_keep_alive_interval: self.limit_http2_keep_alive_interval.map_or(d.http2_keep_alive_interval, D),
             http2_keep_alive_timeout: self.limit_http2_keep_alive_timeout.map_or(d.http2_keep_alive_timeout, D),
             request_body_idle_timeout: self.limit_request_body_idle_timeout.map_or(d.request_body_idle_timeout, D),
@@ -312,7 +333,8 @@ async fn run(command: Command) -> ExitCode {
         Command::Controller {
             kubeconfig,
             ingress_class,
-            namespace,
+            namespaces,
+            lease_namespace,
             publish_service,
             publish_address,
             listen,
@@ -331,8 +353,11 @@ async fn run(command: Command) -> ExitCode {
             pod_cidrs,
             allow_backend_cidrs,
             trusted_proxies,
+            http_listen,
+            proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
+            ticket_lifetime,
             limits,
         } => {
             let limits = limits.limits();
@@ -361,6 +386,28 @@ async fn run(command: Command) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let scope = match quic_ingress::kube::watches::Scope::from_names(&namespaces) {
+                Ok(scope) => scope,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let lifetime = ticket_lifetime.unwrap_or_else(quic_ingress::kube::ticket_keys::default_lifetime);
+            let tickets = quic_ingress::kube::ticket_keys::check_lifetime(lifetime).and_then(|secs| {
+                let rotation = ticket_key_rotation.filter(|d| !d.is_zero());
+                let rotation = rotation
+                    .map(|every| quic_ingress::kube::ticket_keys::Rotation::new(every, lifetime))
+                    .transpose()?;
+                Ok((secs, rotation))
+            });
+            let (ticket_lifetime, ticket_key_rotation) = match tickets {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let publish = match (publish_service, publish_address) {
                 (Some(svc), _) => match svc.split_once('/') {
                     Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Publish::Service(ns.into(), name.into()),
@@ -375,7 +422,8 @@ async fn run(command: Command) -> ExitCode {
             let opts = ControllerOptions {
                 kubeconfig,
                 ingress_class,
-                namespace,
+                scope,
+                lease_namespace,
                 publish,
                 listen,
                 admin_listen,
@@ -393,8 +441,10 @@ async fn run(command: Command) -> ExitCode {
                 ),
                 trusted_proxies: quic_ingress::net::TrustedProxies::new(trusted_proxies),
                 debug_routes_from_anywhere,
-                ticket_key_rotation: ticket_key_rotation.filter(|d| !d.is_zero()),
+                ticket_key_rotation,
+                ticket_lifetime,
                 limits,
+                tcp: quic_ingress::proxy::TcpOptions { http_listen, proxy_protocol },
             };
             match controller::run(opts).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! Address ranges (CIDR), and the proxies trusted to say who the client is: the one place
 //! that decides which `X-Forwarded-For` entries to believe.
 
+pub mod proxy_protocol;
+
 use std::net::IpAddr;
 use std::str::FromStr;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, Listen};
-use crate::proxy::{DataPlane, ListenError, ListenOptions};
+use crate::proxy::{DataPlane, ListenError, ListenOptions, TcpOptions};
 use crate::routes::CertSet;
 use crate::routes::RouteTable;
 use crate::telemetry::admin::{self, Readiness};
@@ -183,6 +183,7 @@ pub async fn run(path: &Path) -> Result<(), ServeError> {
         resumption,
         trusted_proxies: listen.trusted_proxies.clone(),
         limits: config.server.limits.clone(),
+        tcp: TcpOptions { http_listen: listen.http_address, proxy_protocol: listen.proxy_protocol },
     };
     let plane = DataPlane::start(&options, tables, metrics).await?;
     ready.set(true);
@@ -301,8 +302,15 @@ impl Reloader {
         };
         let Checked { config, listen, table, ticket_keys, .. } = checked;
         self.watch_key_file(&config);
-        if listen.address != self.listen.address || listen.admin_address != self.listen.admin_address {
-            tracing::warn!("server.address and telemetry.admin_address changes take effect on restart");
+        if listen.address != self.listen.address
+            || listen.admin_address != self.listen.admin_address
+            || listen.http_address != self.listen.http_address
+            || listen.proxy_protocol != self.listen.proxy_protocol
+        {
+            tracing::warn!(
+                "server.address, server.http_listen, server.proxy_protocol and telemetry.admin_address \
+                 changes take effect on restart"
+            );
         }
         match (plane.resumption(), &ticket_keys) {
             // Key rotation takes effect now: tickets sealed with dropped keys stop resuming.

@@ -43,8 +43,11 @@ pub async fn kubectl(mut cmd: Command) -> anyhow::Result<String> {
 }
 
 /// `kubectl apply --server-side` of the BackendGroup CRD as admin (idempotent, safe to run
-/// from concurrent tests), then waits until BackendGroups are served.
+/// from concurrent tests), then waits until BackendGroups are served. The Gateway API CRDs
+/// the controller also watches are installed beside it ([`crate::gateway`]), so a
+/// controller of these tests has no failing watch.
 pub async fn install_crd(env: &TestEnv) -> anyhow::Result<()> {
+    crate::gateway::install_gateway_crds(env).await?;
     let mut cmd = env.kubectl();
     cmd.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(repo_root().join(CRD_MANIFEST));
     kubectl(cmd).await?;

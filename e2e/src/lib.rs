@@ -24,13 +24,17 @@
 //! ```
 
 pub mod backend;
+pub mod chart;
 pub mod controller;
 pub mod env;
+pub mod gateway;
 pub mod namespace;
 pub mod netns;
 pub mod node;
 pub mod objects;
 pub mod process;
+pub mod relay;
+pub mod resumption;
 pub mod wait;
 
 pub use backend::Backend;

@@ -4,25 +4,21 @@
 //! ServiceAccount token serves an Ingress. The control plane runs no kubelet, so the pods
 //! themselves (and `helm test`) cannot run here.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::IngressClass;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::Api;
-use kube::config::{AuthInfo, Kubeconfig};
 use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
 use quic_ingress::kube::crd::BackendGroup;
-use quic_ingress_e2e::controller::{admin_get, install_crd, kubectl};
+use quic_ingress_e2e::chart::{ChartController, deployment_args, helm, service_account_kubeconfig};
+use quic_ingress_e2e::controller::{install_crd, kubectl};
 use quic_ingress_e2e::namespace::unique_name;
 use quic_ingress_e2e::objects::{backend_group, ingress};
-use quic_ingress_e2e::process::{
-    TestProcess, free_tcp_port, free_udp_tcp_port, helm_bin, log_path, quic_ingress_bin, repo_root,
-};
+use quic_ingress_e2e::process::{helm_bin, repo_root};
 use quic_ingress_e2e::{Backend, TestEnv, TestNamespace, eventually};
 use serde_json::json;
 
@@ -31,18 +27,19 @@ const RELEASE: &str = "edge";
 /// The chart's full name for the release.
 const FULLNAME: &str = "edge-quic-ingress";
 
-fn helm(env: &TestEnv, args: &[&str]) -> Result<String> {
-    let out = Command::new(helm_bin()?)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(env.kubeconfig_path())
-        .current_dir(repo_root())
-        .output()
-        .context("running helm")?;
-    if !out.status.success() {
-        bail!("helm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// The head of a plaintext HTTP/1.1 GET / for `host` (lower-cased).
+async fn plain_get(addr: std::net::SocketAddr, host: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange).await.context("plaintext request timed out")??;
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    Ok(text.split("\r\n\r\n").next().unwrap_or_default().to_string())
 }
 
 /// The rules of the ClusterRole in `deploy/rbac.yaml`, as JSON.
@@ -58,16 +55,6 @@ async fn manifest_rules(env: &TestEnv) -> Result<serde_json::Value> {
         }
     }
     bail!("no ClusterRole in deploy/rbac.yaml")
-}
-
-/// A kubeconfig for the API server that authenticates with `token`.
-fn token_kubeconfig(env: &TestEnv, token: &str, path: &PathBuf) -> Result<()> {
-    let mut config = Kubeconfig::read_from(env.kubeconfig_path())?;
-    for named in &mut config.auth_infos {
-        named.auth_info = Some(AuthInfo { token: Some(token.to_string().into()), ..AuthInfo::default() });
-    }
-    std::fs::write(path, serde_json::to_vec(&config)?)?;
-    Ok(())
 }
 
 #[tokio::test]
@@ -110,53 +97,31 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         .into_iter()
         .map(|p| (p.port, p.protocol.unwrap_or_default()))
         .collect();
-    ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "one address, TCP and UDP 443: {ports:?}");
+    ensure!(
+        ports == vec![(443, "TCP".into()), (443, "UDP".into()), (80, "TCP".into())],
+        "one address, TCP and UDP 443, and plaintext HTTP on TCP 80: {ports:?}"
+    );
     // The chart renders no key material: the controller keeps the ticket Secret (below).
     ensure!(
         ns.api::<Secret>().get_opt(&format!("{FULLNAME}-session-tickets")).await?.is_none(),
         "the chart made a ticket key"
     );
+    // The Gateway API is served here, so the chart's GatewayClass is rendered.
+    let gc = Api::<quic_ingress::kube::gateway::api::GatewayClass>::all(client.clone()).get("quic").await?;
+    ensure!(gc.spec.controller_name == quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME, "{:?}", gc.spec);
     let chart_rules = serde_json::to_value(Api::<ClusterRole>::all(client.clone()).get(FULLNAME).await?.rules)?;
     ensure!(chart_rules == manifest_rules(env).await?, "the chart's ClusterRole differs from deploy/rbac.yaml");
 
     // The controller as the chart deploys it: the Deployment's arguments, the chart's
     // ServiceAccount, only the listen addresses moved to loopback.
-    let deployment = ns.api::<Deployment>().get(FULLNAME).await?;
-    let container = deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers.into_iter().next())
-        .context("no container")?;
-    let listen = format!("127.0.0.1:{}", free_udp_tcp_port()?);
-    let admin = format!("127.0.0.1:{}", free_tcp_port()?);
-    let mut args = container.args.unwrap_or_default();
+    let args = deployment_args(&client, ns.name(), FULLNAME).await?;
     ensure!(
         args.windows(2).any(|w| w == ["--congestion-control", "bbr"]),
         "chart values reach the arguments: {args:?}"
     );
-    for (flag, value) in [("--listen", &listen), ("--admin-listen", &admin)] {
-        let at = args.iter().position(|a| a == flag).with_context(|| format!("no {flag} in {args:?}"))?;
-        args[at + 1] = value.clone();
-    }
-    let mut token = env.kubectl();
-    token.args(["create", "token", FULLNAME, "-n", ns.name(), "--duration", "1h"]);
-    let token = kubectl(token).await?;
-    let kubeconfig = quic_ingress_e2e::process::log_dir()?.join(format!("kubeconfig-{}", ns.name()));
-    token_kubeconfig(env, token.trim(), &kubeconfig)?;
-    let mut cmd = Command::new(quic_ingress_bin()?);
-    cmd.args(&args).env("KUBECONFIG", &kubeconfig).env("POD_NAMESPACE", ns.name()).env("POD_NAME", "edge-0");
-    let tmp = quic_ingress_e2e::env::process_dir()?.join("tmp");
-    std::fs::create_dir_all(&tmp)?;
-    cmd.env("TMPDIR", tmp);
-    let controller = TestProcess::spawn("chart controller", cmd, log_path(&format!("helm-{}", ns.name()))?)?;
-    let controller = std::cell::RefCell::new(controller);
-    let admin_addr = admin.parse()?;
-    eventually("the chart's controller to be ready", TIMEOUT, || async {
-        controller.borrow_mut().check_running()?;
-        Ok(admin_get(admin_addr, "/readyz").await.ok().filter(|(s, _)| *s == 200).map(|_| ()))
-    })
-    .await
-    .with_context(|| controller.borrow().log_tail(30))?;
+    let kubeconfig = service_account_kubeconfig(env, ns.name(), FULLNAME).await?;
+    let controller = ChartController::start(&args, &kubeconfig, ns.name(), "edge-0").await?;
+    let listen = controller.addr().to_string();
 
     let backend = Backend::start_local("chart-backend").await?;
     ns.create(&backend_group("web", json!({"backends": [{"url": backend.url()}]}))?).await?;
@@ -176,7 +141,14 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         Ok(served.then_some(()))
     })
     .await
-    .with_context(|| controller.borrow().log_tail(30))?;
+    .with_context(|| controller.log_tail(30))?;
+    // The chart's plaintext HTTP listener serves the same routes.
+    let http_addr = controller.http_addr().context("the chart's arguments have no --http-listen")?;
+    let http_head = plain_get(http_addr, "chart.example.com").await?;
+    ensure!(
+        http_head.starts_with("http/1.1 200") && http_head.contains("x-backend: chart-backend"),
+        "plaintext HTTP from the chart's --http-listen: {http_head}"
+    );
     // The schema admits h3:// backends and the controller builds them (Ready, 1 backend).
     ns.create(&backend_group("quic", json!({"backends": [{"url": "h3://192.0.2.20:443"}]}))?).await?;
     let groups = ns.api::<BackendGroup>();
@@ -188,7 +160,7 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         Ok(built.then_some(()))
     })
     .await
-    .with_context(|| controller.borrow().log_tail(30))?;
+    .with_context(|| controller.log_tail(30))?;
     // The leader, as the chart's ServiceAccount, created the ticket Secret and every
     // replica loaded it.
     let tickets = ns.api::<Secret>();
@@ -197,16 +169,12 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
         Ok(secret.and_then(|s| s.data).and_then(|d| d.get("ticket.key").cloned()))
     })
     .await
-    .with_context(|| controller.borrow().log_tail(30))?;
+    .with_context(|| controller.log_tail(30))?;
     ensure!(key.0.len() == 48, "a 48-byte ticket key, got {}", key.0.len());
     eventually("the ticket keys to be loaded", TIMEOUT, || async {
-        Ok(std::fs::read_to_string(controller.borrow().log_path())?
-            .contains("session-ticket keys loaded")
-            .then_some(()))
+        Ok(std::fs::read_to_string(controller.log_path())?.contains("session-ticket keys loaded").then_some(()))
     })
     .await?;
-    let controller = controller.into_inner();
-
     drop(controller);
     helm(env, &["uninstall", RELEASE, "-n", ns.name()])?;
     ensure!(Api::<ClusterRole>::all(client).get_opt(FULLNAME).await?.is_none(), "uninstall removes the ClusterRole");

@@ -3,8 +3,8 @@
 //!   about no CPU, although the leader keeps writing BackendGroup status (and sees its own
 //!   writes come back through its watch);
 //! - started before the BackendGroup CRD exists, it serves Ingresses, says in `/readyz`
-//!   and a metric that the BackendGroup watch fails, and picks the CRD up once installed,
-//!   without a restart;
+//!   and a metric that the BackendGroup watch fails (and the Gateway API ones), and picks
+//!   the CRDs up once installed, without a restart;
 //! - with `--publish-service`, Ingresses follow that Service's address through a watch.
 //!
 //! The idle window is `QUIC_INGRESS_IDLE_SECS` seconds (default 25; the figure in the
@@ -191,6 +191,7 @@ async fn without_the_crd_ingresses_are_served_and_the_crd_is_picked_up_once_inst
     let (status, body) = c.readyz().await?;
     assert_eq!(status, 200, "{body}");
     ensure!(body.contains("BackendGroup watch failing"), "/readyz does not name the missing kind: {body}");
+    ensure!(body.contains("HTTPRoute watch failing"), "/readyz does not name the Gateway API watches: {body}");
     assert_eq!(c.metric(r#"quic_ingress_watch_failing{kind="BackendGroup"}"#).await?, 1.0);
     assert_eq!(c.metric(r#"quic_ingress_watch_failing{kind="Ingress"}"#).await?, 0.0);
     let log = std::fs::read_to_string(c.log_path())?;
@@ -211,7 +212,8 @@ async fn without_the_crd_ingresses_are_served_and_the_crd_is_picked_up_once_inst
     println!("a BackendGroup routed {:.1?} after its CRD was served (no restart)", installed.elapsed());
     eventually("/readyz to stop naming the BackendGroup watch", TIMEOUT, || async {
         let (status, body) = c.readyz().await?;
-        if status == 200 && !body.contains("BackendGroup") { Ok(Some(())) } else { Err(anyhow!("{status}: {body}")) }
+        // install_crd brings the Gateway API CRDs too: every watch works again.
+        if status == 200 && !body.contains("watch failing") { Ok(Some(())) } else { Err(anyhow!("{status}: {body}")) }
     })
     .await?;
     assert_eq!(c.metric(r#"quic_ingress_watch_failing{kind="BackendGroup"}"#).await?, 0.0);

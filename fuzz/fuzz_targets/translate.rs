@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         slices: arcs(objects.slices),
         secrets: arcs(objects.secrets),
         groups: arcs(objects.groups),
+        gateway: Default::default(),
     };
     let settings = Settings::new("quic");
     let registry = EndpointRegistry::default();

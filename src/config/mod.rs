@@ -81,6 +81,13 @@ pub struct ServerConfig {
     /// `X-Forwarded-For` and `Forwarded` are believed; from anyone else they are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// A plaintext HTTP listener (HTTP/1.1, and HTTP/2 with prior knowledge), e.g.
+    /// "0.0.0.0:8080"; none when absent.
+    pub http_listen: Option<String>,
+    /// Connections from `trusted_proxies` to the TCP listeners must start with a PROXY
+    /// protocol header (v2 or v1) naming the client.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// What one client may take of the proxy (see `Limits`).
     #[serde(default)]
     pub limits: Limits,
@@ -421,6 +428,10 @@ pub struct Listen {
     pub admin_address: SocketAddr,
     pub alt_svc_port: u16,
     pub trusted_proxies: TrustedProxies,
+    /// The plaintext HTTP listener, if any.
+    pub http_address: Option<SocketAddr>,
+    /// `server.proxy_protocol`.
+    pub proxy_protocol: bool,
 }
 
 impl Config {
@@ -432,6 +443,23 @@ impl Config {
         if let Err(e) = &address {
             err("server.address".into(), format!("{:?} is not an address with a port: {e}", self.server.address));
         }
+        let http_address = match self.server.http_listen.as_deref().map(str::parse::<SocketAddr>) {
+            None => None,
+            Some(Ok(http)) => {
+                if address.as_ref().is_ok_and(|a| *a == http) {
+                    err(
+                        "server.http_listen".into(),
+                        "must differ from server.address, whose TCP port serves HTTPS".into(),
+                    );
+                }
+                Some(http)
+            }
+            Some(Err(e)) => {
+                let text = self.server.http_listen.as_deref().unwrap_or("");
+                err("server.http_listen".into(), format!("{text:?} is not an address with a port: {e}"));
+                None
+            }
+        };
         let mut trusted = Vec::new();
         for (i, range) in self.server.trusted_proxies.iter().enumerate() {
             match range.parse::<Cidr>() {
@@ -560,6 +588,8 @@ impl Config {
                 admin_address,
                 alt_svc_port: self.server.alt_svc_port.unwrap_or(address.port()),
                 trusted_proxies: TrustedProxies::new(trusted),
+                http_address,
+                proxy_protocol: self.server.proxy_protocol,
             }),
             _ => Err(errors),
         }

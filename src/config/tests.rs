@@ -232,3 +232,26 @@ fn bad_matches_and_filters_name_their_field() {
     let neither = FILTERED.replace("    backend_group: b\n", "");
     assert_eq!(fields(&errors_of(&neither)), vec!["routes[3].backend_group"]);
 }
+
+#[test]
+fn the_plaintext_listener_and_proxy_protocol_are_off_unless_asked_for() {
+    let listen = parse("test.yaml", GOOD).unwrap().validate().unwrap();
+    assert_eq!((listen.http_address, listen.proxy_protocol), (None, false));
+    let on = GOOD.replace(
+        "  address: \"127.0.0.1:8443\"\n",
+        "  address: \"127.0.0.1:8443\"\n  http_listen: \"127.0.0.1:8080\"\n  proxy_protocol: true\n",
+    );
+    let listen = parse("test.yaml", &on).unwrap().validate().unwrap();
+    assert_eq!(listen.http_address, Some("127.0.0.1:8080".parse().unwrap()));
+    assert!(listen.proxy_protocol);
+    let bad =
+        GOOD.replace("  address: \"127.0.0.1:8443\"\n", "  address: \"127.0.0.1:8443\"\n  http_listen: \":80\"\n");
+    assert_eq!(fields(&errors_of(&bad)), vec!["server.http_listen"]);
+    let same = GOOD.replace(
+        "  address: \"127.0.0.1:8443\"\n",
+        "  address: \"127.0.0.1:8443\"\n  http_listen: \"127.0.0.1:8443\"\n",
+    );
+    let errors = errors_of(&same);
+    assert_eq!(fields(&errors), vec!["server.http_listen"]);
+    assert!(errors[0].message.contains("server.address"), "{errors:?}");
+}

@@ -40,7 +40,10 @@ const INITIAL_LIST_GRACE: Duration = Duration::from_secs(3);
 pub struct ControllerOptions {
     pub kubeconfig: Option<PathBuf>,
     pub ingress_class: String,
-    pub namespace: Option<String>,
+    /// `--namespace`: the namespaces watched (every one by default).
+    pub scope: watches::Scope,
+    /// `--lease-namespace`: where the leader-election Lease lives.
+    pub lease_namespace: Option<String>,
     pub publish: Publish,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -63,9 +66,13 @@ pub struct ControllerOptions {
     /// Serve `/debug/routes` to any peer, not only loopback ones.
     pub debug_routes_from_anywhere: bool,
     /// The leader keeps the ticket-key Secret (creates it, rotates it) on this schedule.
-    pub ticket_key_rotation: Option<Duration>,
+    pub ticket_key_rotation: Option<super::ticket_keys::Rotation>,
+    /// Seconds clients may keep a shared-key ticket (`--ticket-lifetime`).
+    pub ticket_lifetime: u32,
     /// What one client may take of the data plane (the `--limit-*` flags).
     pub limits: crate::config::Limits,
+    /// `--http-listen` and `--proxy-protocol`.
+    pub tcp: crate::proxy::TcpOptions,
 }
 
 /// Why the controller stopped.
@@ -134,7 +141,8 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     .map_err(|source| ControllerError::Admin { addr: opts.admin_listen, source })?;
     let resumption = match &opts.ticket_key_secret {
         Some((namespace, name)) => {
-            let ticketer = Arc::new(tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?);
+            let ticketer = tls::SharedTicketer::ephemeral().map_err(|e| TlsError::Key(e.to_string()))?;
+            let ticketer = Arc::new(ticketer.with_lifetime(opts.ticket_lifetime));
             tokio::spawn(super::ticket_keys::follow(client.clone(), namespace.clone(), name.clone(), ticketer.clone()));
             tls::Resumption::SharedKeys(ticketer)
         }
@@ -147,12 +155,13 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         resumption,
         trusted_proxies: opts.trusted_proxies.clone(),
         limits: opts.limits.clone(),
+        tcp: opts.tcp.clone(),
     };
     let plane = DataPlane::start(&listen, tables.clone(), metrics.clone()).await?;
 
     let changed = Arc::new(Notify::new());
     let board = Board::new(metrics.clone());
-    let stores = Stores::start(&client, opts.namespace.as_deref(), changed.clone(), &board);
+    let stores = Stores::start(&client, &opts.scope, changed.clone(), &board);
     let published = status::follow_published(&client, &opts.publish, &board);
     tokio::spawn(report_watches(board.clone(), ready.clone(), metrics.clone()));
     let (feed_tx, feed_rx) = watch::channel(Arc::new(Feed::default()));
@@ -161,17 +170,22 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         ingress_class: opts.ingress_class.clone(),
         default_cert: Some(default_cert),
         host_ownership: opts.host_ownership,
-        watch_namespace: opts.namespace.clone(),
+        watch_namespaces: opts.scope.namespaces(),
         backend_policy: opts.backend_policy.clone(),
+        gateway_ports: super::gateway::ServedPorts {
+            https: Some(opts.alt_svc_port.unwrap_or(opts.listen.port())),
+            http: None,
+        },
     };
 
     // Leader election and status.
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-    let lease_ns = opts
-        .namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let lease_ns = lease_namespace(
+        opts.lease_namespace.as_deref(),
+        &opts.scope,
+        std::env::var("POD_NAMESPACE").ok(),
+        client.default_namespace(),
+    );
     let (leading_tx, leading_rx) = watch::channel(false);
     let lease_name = format!("quic-ingress-{}", opts.ingress_class);
     tokio::spawn(super::leader::run(
@@ -180,8 +194,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         identity.clone(),
         leading_tx,
     ));
-    if let (Some((namespace, name)), Some(interval)) = (&opts.ticket_key_secret, opts.ticket_key_rotation) {
-        let rotation = super::ticket_keys::Rotation { interval };
+    if let (Some((namespace, name)), Some(rotation)) = (&opts.ticket_key_secret, opts.ticket_key_rotation) {
         tokio::spawn(super::ticket_keys::rotate(
             client.clone(),
             namespace.clone(),
@@ -191,7 +204,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         ));
     }
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
-    let sources = status::Sources { published, ingresses: stores.ingresses.clone() };
+    let sources = status::Sources { published, ingresses: stores.ingresses.clone(), gateway: stores.gateway.clone() };
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
@@ -206,6 +219,17 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     stop_admin.cancel();
     let _ = std::fs::remove_dir_all(tls::dev_cert_dir());
     Ok(())
+}
+
+/// Where the Lease goes: `--lease-namespace`; else the one namespace watched (where it
+/// always was with a single `--namespace`, so an upgrade elects no second leader); else
+/// the pod's own namespace; else the kubeconfig's.
+fn lease_namespace(flag: Option<&str>, scope: &watches::Scope, pod: Option<String>, default: &str) -> String {
+    let only = match scope {
+        watches::Scope::Namespaces(set) if set.len() == 1 => set.first().cloned(),
+        _ => None,
+    };
+    flag.map(str::to_string).or(only).or(pod).unwrap_or_else(|| default.to_string())
 }
 
 fn hostname() -> String {
@@ -300,6 +324,7 @@ fn build(
         served: served.into_iter().collect(),
         unserved,
         invalid_groups,
+        gateway: Arc::new(std::mem::take(&mut t.gateway)),
     };
     Built { t, feed, last_good, build: started.elapsed() }
 }
@@ -366,5 +391,22 @@ async fn rebuild_loop(
         );
         feed.send_replace(Arc::new(new_feed));
         changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watches::Scope;
+
+    #[test]
+    fn the_lease_stays_in_a_single_watched_namespace_unless_told_otherwise() {
+        let one = Scope::from_names(["team-a"]).unwrap();
+        let two = Scope::from_names(["team-a", "team-b"]).unwrap();
+        let pod = || Some("ingress".to_string());
+        assert_eq!(lease_namespace(None, &one, pod(), "default"), "team-a", "as with --namespace before");
+        assert_eq!(lease_namespace(Some("ingress"), &one, pod(), "default"), "ingress");
+        assert_eq!(lease_namespace(None, &two, pod(), "default"), "ingress", "several: the pod's namespace");
+        assert_eq!(lease_namespace(None, &Scope::Cluster, None, "default"), "default");
     }
 }

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod crd;
 pub mod endpoints;
+pub mod gateway;
 pub mod leader;
 pub mod ownership;
 pub mod policy;

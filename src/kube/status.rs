@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -51,6 +51,8 @@ pub struct Feed {
     pub unserved: Vec<(String, String)>,
     /// BackendGroup objects that could not be built (invalid, or an address refused).
     pub invalid_groups: Vec<RefusedGroup>,
+    /// The Gateway API model and outcomes, for GatewayClass, Gateway and HTTPRoute status.
+    pub gateway: Arc<super::gateway::GatewayTranslation>,
 }
 
 /// Runs forever; acts only while `leading` is true.
@@ -60,7 +62,9 @@ pub struct Sources {
     /// [`follow_published`].
     pub published: watch::Receiver<Option<Vec<String>>>,
     /// The Ingress reflector's store, for their current `status.loadBalancer`.
-    pub ingresses: Store<Ingress>,
+    pub ingresses: super::watches::ScopedStore<Ingress>,
+    /// The Gateway API stores, for the status objects show now.
+    pub gateway: super::gateway::watches::GatewayStores,
 }
 
 /// Runs forever; acts only while `leading` is true.
@@ -81,6 +85,7 @@ pub async fn run(
         written: HashMap::new(),
         lb_written: HashMap::new(),
         reported: HashSet::new(),
+        gateway: super::gateway::status::Writer::default(),
     };
     let mut tick = tokio::time::interval(TICK);
     // A fixed address (or none) has no sender left: its value never changes.
@@ -97,6 +102,7 @@ pub async fn run(
         if !*leading.borrow() {
             writer.written.clear();
             writer.lb_written.clear();
+            writer.gateway.forget();
             continue;
         }
         let current = feed.borrow().clone();
@@ -106,6 +112,9 @@ pub async fn run(
         writer.problem_events(&current).await;
         writer.group_statuses(&current).await;
         writer.ingress_statuses(&current).await;
+        let addresses = writer.sources.published.borrow().clone().unwrap_or_default();
+        let Writer { client, sources, gateway, .. } = &mut writer;
+        gateway.write(client, &current.gateway, &sources.gateway, &addresses).await;
     }
 }
 
@@ -120,6 +129,7 @@ struct Writer {
     lb_written: HashMap<(String, String), (Vec<String>, Option<String>)>,
     /// Problems already reported as Events.
     reported: HashSet<Problem>,
+    gateway: super::gateway::status::Writer,
 }
 
 fn group_ref(ns: &str, name: &str, uid: Option<&String>) -> ObjectReference {
@@ -316,7 +326,13 @@ impl Writer {
             let reference = match p.kind {
                 "BackendGroup" => group_ref(&p.namespace, &p.name, p.uid.as_ref()),
                 kind => ObjectReference {
-                    api_version: Some("networking.k8s.io/v1".into()),
+                    api_version: Some(
+                        match kind {
+                            "Gateway" | "HTTPRoute" => "gateway.networking.k8s.io/v1",
+                            _ => "networking.k8s.io/v1",
+                        }
+                        .into(),
+                    ),
                     kind: Some(kind.into()),
                     namespace: Some(p.namespace.clone()),
                     name: Some(p.name.clone()),

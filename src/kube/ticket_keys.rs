@@ -19,8 +19,8 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use crate::tls::{
-    SharedTicketer, TICKET_KEY_LEN, TICKET_LIFETIME, TicketKeys, encode_ticket_keys, parse_ticket_keys,
-    random_ticket_key,
+    MAX_TICKET_LIFETIME, SharedTicketer, TICKET_KEY_LEN, TICKET_LIFETIME, TicketKeys, encode_ticket_keys,
+    parse_ticket_keys, random_ticket_key,
 };
 
 /// The Secret data key holding the keys: one or more 48-byte keys, the first sealing.
@@ -66,18 +66,66 @@ pub async fn follow(client: Client, namespace: String, name: String, ticketer: A
 /// When the keys were last rotated (RFC 3339), on the Secret.
 pub const ROTATED_AT: &str = "quic-ingress.dev/ticket-keys-rotated-at";
 
-/// A new key every `interval`; older keys kept while tickets they sealed may be presented.
+/// A new key every `interval`; older keys kept while tickets they sealed may be presented
+/// (a ticket `lifetime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotation {
     pub interval: Duration,
+    pub lifetime: Duration,
+}
+
+/// At most this many keys are kept (48 bytes each: 12 KiB, far below a Secret's 1 MiB).
+/// A rotation every second with 12 h tickets would need 43,201 keys, 2 MiB, which the API
+/// server refuses, so such settings are refused at start instead.
+pub const MAX_KEPT_KEYS: usize = 256;
+
+/// Why `--ticket-key-rotation` / `--ticket-lifetime` were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RotationError {
+    #[error("--ticket-key-rotation {0:?}: at least 1s")]
+    TooOften(Duration),
+    #[error("--ticket-lifetime {0:?}: between 1s and 168h (7 days, RFC 8446)")]
+    Lifetime(Duration),
+    #[error(
+        "--ticket-key-rotation {interval:?} with --ticket-lifetime {lifetime:?} keeps {keys} keys, more than {MAX_KEPT_KEYS}: rotate every {min:?} or less often, or shorten the lifetime"
+    )]
+    TooManyKeys { interval: Duration, lifetime: Duration, keys: usize, min: Duration },
+}
+
+/// The default ticket lifetime as a duration.
+pub fn default_lifetime() -> Duration {
+    Duration::from_secs(u64::from(TICKET_LIFETIME))
+}
+
+/// A ticket lifetime within what TLS 1.3 allows, in whole seconds.
+pub fn check_lifetime(lifetime: Duration) -> Result<u32, RotationError> {
+    match u32::try_from(lifetime.as_secs()) {
+        Ok(secs) if (1..=MAX_TICKET_LIFETIME).contains(&secs) => Ok(secs),
+        _ => Err(RotationError::Lifetime(lifetime)),
+    }
 }
 
 impl Rotation {
+    /// A rotation every `interval` for tickets kept `lifetime`, if the keys that needs fit.
+    pub fn new(interval: Duration, lifetime: Duration) -> Result<Rotation, RotationError> {
+        check_lifetime(lifetime)?;
+        if interval < Duration::from_secs(1) {
+            return Err(RotationError::TooOften(interval));
+        }
+        let rotation = Rotation { interval, lifetime };
+        let keys = rotation.keep();
+        if keys > MAX_KEPT_KEYS {
+            let min = Duration::from_secs(lifetime.as_secs().div_ceil(MAX_KEPT_KEYS as u64 - 1));
+            return Err(RotationError::TooManyKeys { interval, lifetime, keys, min });
+        }
+        Ok(rotation)
+    }
+
     /// Keys kept: the sealing one plus enough older ones to cover a ticket's lifetime,
     /// since a key sealed tickets until the rotation after it.
     pub fn keep(&self) -> usize {
-        let lifetime = Duration::from_secs(u64::from(TICKET_LIFETIME));
-        1 + lifetime.as_secs().div_ceil(self.interval.as_secs().max(1)) as usize
+        let keep = 1 + self.lifetime.as_secs().div_ceil(self.interval.as_secs().max(1));
+        usize::try_from(keep).unwrap_or(usize::MAX)
     }
 
     /// The keys after the rotation due at `now`, if one is: `fresh` first, then the newest
@@ -199,9 +247,9 @@ mod tests {
     #[test]
     fn rotation_puts_a_new_key_first_and_keeps_enough_for_a_ticket_lifetime() {
         let hour = Duration::from_secs(3600);
-        let rotation = Rotation { interval: 6 * hour };
+        let rotation = Rotation::new(6 * hour, default_lifetime()).unwrap();
         assert_eq!(rotation.keep(), 3, "12 h tickets, a new key every 6 h: the sealer and two before it");
-        assert_eq!(Rotation { interval: 12 * hour }.keep(), 2);
+        assert_eq!(Rotation::new(12 * hour, default_lifetime()).unwrap().keep(), 2);
         let t0 = SystemTime::UNIX_EPOCH + 1000 * hour;
         let k = |b: u8| [b; TICKET_KEY_LEN];
         assert!(rotation.next(&[k(1)], Some(t0), t0 + hour, &k(9)).is_none(), "not due yet");
@@ -210,6 +258,22 @@ mod tests {
         assert_eq!(*keys, vec![k(4), k(3), k(2)], "the oldest goes");
         let first = rotation.next(&[], None, t0, &k(1)).unwrap();
         assert_eq!(*first, vec![k(1)], "no keys yet: one is made at once");
+    }
+
+    #[test]
+    fn rotations_that_would_keep_too_many_keys_or_tickets_beyond_a_week_are_refused() {
+        let s = Duration::from_secs;
+        assert_eq!(Rotation::new(s(2), s(10)).unwrap().keep(), 6, "short settings for tests are fine");
+        let err = Rotation::new(s(1), default_lifetime()).unwrap_err();
+        assert!(matches!(err, RotationError::TooManyKeys { keys: 43_201, .. }), "{err}");
+        assert!(err.to_string().contains("170s"), "says how often is allowed: {err}");
+        assert!(Rotation::new(s(170), default_lifetime()).is_ok_and(|r| r.keep() <= MAX_KEPT_KEYS));
+        assert_eq!(
+            Rotation::new(Duration::from_millis(500), s(10)),
+            Err(RotationError::TooOften(Duration::from_millis(500)))
+        );
+        assert_eq!(Rotation::new(s(60), s(8 * 24 * 3600)), Err(RotationError::Lifetime(s(8 * 24 * 3600))));
+        assert_eq!(check_lifetime(Duration::ZERO), Err(RotationError::Lifetime(Duration::ZERO)));
     }
 
     #[test]

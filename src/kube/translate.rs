@@ -12,6 +12,7 @@ use rustls::sign::CertifiedKey;
 
 use super::crd::BackendGroup as BackendGroupCr;
 use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_port};
+use super::gateway::{GatewayTranslation, ServedPorts};
 use super::ownership::{Claim, Grants, HostOwnership, Owners};
 use super::policy::BackendPolicy;
 use super::world::{Indexed, World};
@@ -32,11 +33,14 @@ pub struct Settings {
     pub default_cert: Option<Arc<CertifiedKey>>,
     /// `--host-ownership`.
     pub host_ownership: HostOwnership,
-    /// `--namespace`: a controller watching one namespace serves one tenant, whose
-    /// catch-alls can take no one else's traffic.
-    pub watch_namespace: Option<String>,
+    /// `--namespace` (empty: every namespace). A controller watching exactly one
+    /// namespace serves one tenant, whose catch-alls can take no one else's traffic;
+    /// several namespaces are several tenants, and their catch-alls need the admin's grant.
+    pub watch_namespaces: BTreeSet<String>,
     /// Where static BackendGroup URLs may point.
     pub backend_policy: BackendPolicy,
+    /// The ports this process serves, for Gateway listeners.
+    pub gateway_ports: ServedPorts,
 }
 
 impl Settings {
@@ -46,9 +50,17 @@ impl Settings {
             ingress_class: class.to_string(),
             default_cert: None,
             host_ownership: HostOwnership::default(),
-            watch_namespace: None,
+            watch_namespaces: BTreeSet::new(),
             backend_policy: BackendPolicy::default(),
+            gateway_ports: ServedPorts::default(),
         }
+    }
+}
+
+impl Settings {
+    /// Whether this controller watches `namespace` alone, so it serves that one tenant.
+    pub fn serves_one_tenant(&self, namespace: &str) -> bool {
+        self.watch_namespaces.len() == 1 && self.watch_namespaces.contains(namespace)
     }
 }
 
@@ -80,6 +92,8 @@ pub struct Translation {
     pub groups: Vec<GroupStatusSource>,
     /// BackendGroup objects that could not be built, for status.
     pub refused_groups: Vec<RefusedGroup>,
+    /// The Gateway API model and what became of each route, for status.
+    pub gateway: GatewayTranslation,
 }
 
 /// What the status writer needs for one BackendGroup object.
@@ -175,8 +189,13 @@ pub fn translate(
     let routed_bgs: Vec<&BackendGroupCr> =
         bg_objects.iter().copied().filter(|g| bg_routes_are_ours(g, &world.classes, class)).collect();
 
+    let mut gw = gateway_routes::GatewayState::new(world, &idx, settings);
     let owners = match settings.host_ownership {
-        HostOwnership::Namespace => Some(Owners::decide(claims(&ingresses, &routed_bgs), &grants)),
+        HostOwnership::Namespace => {
+            let mut all = claims(&ingresses, &routed_bgs);
+            all.extend(gw.claims());
+            Some(Owners::decide(all, &grants))
+        }
         HostOwnership::None => None,
     };
     let mut t = Translator {
@@ -195,8 +214,19 @@ pub fn translate(
         group_route_problems: HashMap::new(),
     };
 
+    // Ingresses and HTTPRoutes oldest first, so the older object keeps a host and path
+    // whichever API declares it (README "Gateway API": precedence).
+    let mut next_route = 0;
     for ing in &ingresses {
+        let order = (ing.metadata.creation_timestamp.clone(), ing.namespace().unwrap_or_default(), ing.name_any());
+        while next_route < gw.route_count() && gw.order(next_route) < order {
+            t.gateway_route(&mut gw, next_route);
+            next_route += 1;
+        }
         t.ingress_rules(ing);
+    }
+    for i in next_route..gw.route_count() {
+        t.gateway_route(&mut gw, i);
     }
     for bg in &routed_bgs {
         t.backend_group_routes(bg);
@@ -208,6 +238,7 @@ pub fn translate(
     for ing in &ingresses {
         t.ingress_tls(ing, last_good);
     }
+    t.gateway_certs(&gw);
 
     // Every BackendGroup object of ours (or of no class) gets a compiled group for status,
     // routed or not.
@@ -233,7 +264,14 @@ pub fn translate(
     problems.dedup();
     let mut refused_groups = t.refused_groups;
     refused_groups.dedup();
-    Translation { table: t.builder.build(generation), problems, served_ingresses, groups, refused_groups }
+    Translation {
+        table: t.builder.build(generation),
+        problems,
+        served_ingresses,
+        groups,
+        refused_groups,
+        gateway: gw.finish(),
+    }
 }
 
 /// Every host an object of ours declares, for ownership.
@@ -309,10 +347,7 @@ impl Translator<'_> {
     /// (or the one namespace a controller watches) may declare them.
     fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, what: &str) -> bool {
         let ns = obj.meta().namespace.clone().unwrap_or_default();
-        if self.owners.is_none()
-            || self.settings.watch_namespace.as_deref() == Some(ns.as_str())
-            || self.grants.catch_all(&ns)
-        {
+        if self.owners.is_none() || self.settings.serves_one_tenant(&ns) || self.grants.catch_all(&ns) {
             return true;
         }
         let message = format!(
@@ -506,13 +541,28 @@ impl Translator<'_> {
 
     /// A plain Service backend: round robin over its ready endpoints.
     fn service_group(&mut self, ing: &Ingress, ns: &str, name: &str, port: &PortRef) -> Option<Arc<BackendGroup>> {
-        let id = format!("service:{ns}/{name}:{port}");
-        if let Some((reason, message)) = self.service_failures.get(&id).cloned() {
-            self.problem("Ingress", ing, reason, message);
-            return None;
+        match self.service_group_of(ns, name, port) {
+            Ok(group) => Some(group),
+            Err((reason, message)) => {
+                self.problem("Ingress", ing, reason, message);
+                None
+            }
         }
-        if let Some(existing) = self.groups_by_id.get(&id) {
-            return existing.clone();
+    }
+
+    /// The group of a Service port, compiled once per translation whoever names it.
+    fn service_group_of(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: &PortRef,
+    ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
+        let id = format!("service:{ns}/{name}:{port}");
+        if let Some(failure) = self.service_failures.get(&id) {
+            return Err(failure.clone());
+        }
+        if let Some(Some(existing)) = self.groups_by_id.get(&id) {
+            return Ok(existing.clone());
         }
         // The defaults of the shared model: round robin, passive checks only.
         let built = match self.service_endpoints(ns, name, port, None) {
@@ -522,19 +572,17 @@ impl Translator<'_> {
                 .map_err(|errors| ("InvalidBackend", join(errors))),
             Err(e) => Err(("ServiceNotFound", e)),
         };
-        let group = match built {
-            Ok(g) => Some(g),
-            Err((reason, message)) => {
-                self.problem("Ingress", ing, reason, message.clone());
-                self.service_failures.insert(id.clone(), (reason, message));
-                None
+        match &built {
+            Ok(g) => {
+                self.builder.insert_group(g.clone());
+                self.groups_by_id.insert(id, Some(g.clone()));
             }
-        };
-        if let Some(g) = &group {
-            self.builder.insert_group(g.clone());
+            Err(failure) => {
+                self.service_failures.insert(id.clone(), failure.clone());
+                self.groups_by_id.insert(id, None);
+            }
         }
-        self.groups_by_id.insert(id, group.clone());
-        group
+        built
     }
 
     /// Backend URLs for a Service port; `scheme` overrides the port's `appProtocol`.
@@ -714,7 +762,7 @@ fn covers(accepted: &BTreeSet<HostRule>, host: &HostRule) -> bool {
         || matches!(host, HostRule::Exact(h) if wildcard_suffix(h).is_some_and(|s| accepted.contains(&HostRule::Wildcard(s.to_string()))))
 }
 
-fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<CertifiedKey>, String> {
+pub(crate) fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<CertifiedKey>, String> {
     if secret.type_.as_deref() != Some("kubernetes.io/tls") {
         return Err(format!("type is {:?}, not kubernetes.io/tls", secret.type_.as_deref().unwrap_or("")));
     }
@@ -729,6 +777,9 @@ fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<Certif
 fn join<E: std::fmt::Display>(errors: Vec<E>) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
+
+#[path = "translate_gateway.rs"]
+mod gateway_routes;
 
 #[cfg(test)]
 #[path = "translate_tests.rs"]

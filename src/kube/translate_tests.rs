@@ -191,7 +191,7 @@ fn classless_group(ns: &str, name: &str, spec: BackendGroupSpec) -> Arc<BackendG
 fn settings() -> Settings {
     let loopback = ["127.0.0.0/8".parse().unwrap()];
     Settings {
-        watch_namespace: Some("shop".into()),
+        watch_namespaces: ["shop".to_string()].into(),
         backend_policy: crate::kube::policy::BackendPolicy::new(&[], &[], &loopback),
         ..Settings::new("quic")
     }
@@ -773,8 +773,13 @@ fn catch_alls_are_served_only_from_namespaces_the_admin_lists() {
 
     // A controller watching only `b` serves one tenant: its catch-alls are its own.
     world.classes.clear();
-    let t = run_with(&world, &Settings { watch_namespace: Some("b".into()), ..tenant_settings() });
+    let t = run_with(&world, &Settings { watch_namespaces: ["b".to_string()].into(), ..tenant_settings() });
     assert!(reasons_of(&t, "b", "catch").is_empty(), "{:?}", t.problems);
+
+    // Watching several namespaces is serving several tenants: the grant is needed again.
+    let several = Settings { watch_namespaces: ["b".to_string(), "shop".to_string()].into(), ..tenant_settings() };
+    let t = run_with(&world, &several);
+    assert!(!reasons_of(&t, "b", "catch").is_empty(), "{:?}", t.problems);
 }
 
 fn cert_der(t: &Translation, host: &str) -> Vec<u8> {
@@ -977,3 +982,6 @@ fn backend_group_routes_carry_matches_filters_and_mirrors_of_their_namespace() {
         t.problems
     );
 }
+
+#[path = "translate_gateway_tests.rs"]
+mod gateway;

@@ -1,9 +1,9 @@
-//! The controller's watches: one reflector per kind that wakes the rebuild loop only when
-//! something translation reads has changed (not on status writes, the leader's own
-//! included), and a board of which watches work, so that one failing watch (a CRD not
+//! The controller's watches: one reflector per kind (and per watched namespace, when the
+//! controller is scoped to some) that wakes the rebuild loop only when something
+//! translation reads has changed (not on status writes, the leader's own included), and a board of which watches work, so that one failing watch (a CRD not
 //! installed, a kind RBAC forbids) neither stops the others nor goes unnoticed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::Serialize;
@@ -70,7 +70,7 @@ pub trait Relevant {
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
-fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
+pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
     struct Sink(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -260,6 +260,19 @@ impl Board {
             }
         });
     }
+
+    /// The health of a kind watched in parts (one watch per namespace), as folded by
+    /// [`PartsHealth`]; subscribers wake only when it changed.
+    fn set(&self, kind: &'static str, listed: bool, error: Option<(Instant, String)>) {
+        self.statuses.send_if_modified(|m| match m.get_mut(kind) {
+            Some(s) if s.listed != listed || s.error != error => {
+                s.listed = listed;
+                s.error = error;
+                true
+            }
+            _ => false,
+        });
+    }
 }
 
 /// Whether the first table can be built: every watch the table needs has listed, or, once
@@ -292,6 +305,177 @@ pub fn next_decay(statuses: &BTreeMap<&'static str, WatchStatus>, now: Instant) 
     statuses.values().filter_map(WatchStatus::failing_until).filter(|t| *t > now).min()
 }
 
+// === Scope ===
+
+/// Where the namespaced kinds are watched: every namespace (one cluster-wide watch per
+/// kind, which needs cluster-wide RBAC), or the namespaces listed (one watch per kind and
+/// namespace, merged into one store, since the API has no multi-namespace list: RBAC
+/// then needs Roles in those namespaces only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    #[default]
+    Cluster,
+    Namespaces(BTreeSet<String>),
+}
+
+/// Why `--namespace` values were refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("--namespace: an empty namespace name (in a comma list?)")]
+    Empty,
+    #[error("--namespace {0:?}: not a namespace name (lower-case letters, digits and '-', at most 63)")]
+    Invalid(String),
+}
+
+impl Scope {
+    /// The scope of `--namespace` values (repeated or comma-separated): none is every
+    /// namespace; duplicates collapse.
+    pub fn from_names<I, S>(names: I) -> Result<Scope, ScopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut set = BTreeSet::new();
+        for name in names {
+            let name = name.as_ref().trim();
+            if name.is_empty() {
+                return Err(ScopeError::Empty);
+            }
+            if !is_dns_label(name) {
+                return Err(ScopeError::Invalid(name.to_string()));
+            }
+            set.insert(name.to_string());
+        }
+        Ok(if set.is_empty() { Scope::Cluster } else { Scope::Namespaces(set) })
+    }
+
+    /// The namespaces watched; empty for the whole cluster.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        match self {
+            Scope::Cluster => BTreeSet::new(),
+            Scope::Namespaces(set) => set.clone(),
+        }
+    }
+
+    /// One API per watch: the cluster-wide one, or one per namespace.
+    fn apis<K>(&self, client: &kube::Client) -> Vec<(Option<String>, Api<K>)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => vec![(None, Api::all(client.clone()))],
+            Scope::Namespaces(set) => {
+                set.iter().map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns))).collect()
+            }
+        }
+    }
+}
+
+/// RFC 1123 label, as namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The stores of one kind: one per watch (namespace), read as one.
+pub struct ScopedStore<K: Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    parts: Vec<(Option<String>, Store<K>)>,
+}
+
+impl<K: Resource + 'static> Clone for ScopedStore<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self { parts: self.parts.clone() }
+    }
+}
+
+impl<K: Resource + Clone + 'static> ScopedStore<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// Every object of every watch.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        match self.parts.as_slice() {
+            [(_, one)] => one.state(),
+            parts => parts.iter().flat_map(|(_, s)| s.state()).collect(),
+        }
+    }
+
+    /// The object `key` names, from the store of its namespace (or the cluster-wide one).
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.parts
+            .iter()
+            .filter(|(ns, _)| ns.is_none() || ns.as_deref() == key.namespace.as_deref())
+            .find_map(|(_, s)| s.get(key))
+    }
+}
+
+/// The health of one kind watched in several namespaces, folded into the one status the
+/// board keeps per kind: listed once every namespace has listed; failing with the latest
+/// error of any namespace whose last word was an error, naming that namespace. With one
+/// watch this is exactly that watch's health.
+#[derive(Debug, Clone, PartialEq)]
+struct PartsHealth {
+    parts: Vec<PartHealth>,
+}
+
+/// One watch of a kind: its namespace (none: cluster-wide), whether it has listed, and its
+/// last error since its last event.
+#[derive(Debug, Clone, PartialEq)]
+struct PartHealth {
+    namespace: Option<String>,
+    listed: bool,
+    error: Option<(Instant, String)>,
+}
+
+impl PartsHealth {
+    fn new(namespaces: impl IntoIterator<Item = Option<String>>) -> Self {
+        Self {
+            parts: namespaces
+                .into_iter()
+                .map(|namespace| PartHealth { namespace, listed: false, error: None })
+                .collect(),
+        }
+    }
+
+    /// An object or the end of a list arrived in watch `i`: it works.
+    fn ok(&mut self, i: usize, listed: bool) {
+        if let Some(part) = self.parts.get_mut(i) {
+            part.listed |= listed;
+            part.error = None;
+        }
+    }
+
+    fn failed(&mut self, i: usize, at: Instant, error: String) {
+        if let Some(part) = self.parts.get_mut(i) {
+            part.error = Some((at, error));
+        }
+    }
+
+    /// `(listed, error)` of the kind.
+    fn status(&self) -> (bool, Option<(Instant, String)>) {
+        let listed = self.parts.iter().all(|p| p.listed);
+        let error = self
+            .parts
+            .iter()
+            .filter_map(|p| p.error.as_ref().map(|(at, e)| (&p.namespace, *at, e)))
+            .max_by_key(|(_, at, _)| *at)
+            .map(|(ns, at, e)| match ns {
+                Some(ns) => (at, format!("namespace {ns}: {e}")),
+                None => (at, e.clone()),
+            });
+        (listed, error)
+    }
+}
+
 // === Watch tasks ===
 
 /// Starts a reflector for `K`; relevant changes (per [`Changes`]) wake `changed`, and the
@@ -309,65 +493,132 @@ where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
+    let mut store = watch_parts(kind, vec![(None, api)], cfg, changed, board);
+    match store.parts.pop() {
+        Some((_, one)) => one,
+        // watch_parts makes one store per API given.
+        None => reflector::store().0,
+    }
+}
+
+/// [`watch_kind`] for a namespaced kind, over `scope`: one watch per namespace listed,
+/// merged into one store, one change detector and one health on the board.
+pub fn watch_scoped<K>(
+    kind: &'static str,
+    client: &kube::Client,
+    scope: &Scope,
+    cfg: watcher::Config,
+    changed: Arc<Notify>,
+    board: Board,
+) -> ScopedStore<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Relevant
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watch_parts(kind, scope.apis(client), cfg, changed, board)
+}
+
+/// One task for every watch of `kind`: their events are merged (each watch keeps its own
+/// reflector and its own [`Changes`], since each lists and relists on its own).
+fn watch_parts<K>(
+    kind: &'static str,
+    apis: Vec<(Option<String>, Api<K>)>,
+    cfg: watcher::Config,
+    changed: Arc<Notify>,
+    board: Board,
+) -> ScopedStore<K>
+where
+    K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     board.register(kind, true);
-    let stream = reflector::reflector(writer, watcher(api, cfg)).backoff(WatchBackoff::default());
-    let (events, changes_seen) =
-        (board.metrics.watch_events.with_label_values(&[kind]), board.metrics.watch_changes.with_label_values(&[kind]));
+    let mut parts = Vec::with_capacity(apis.len());
+    let mut streams = Vec::with_capacity(apis.len());
+    for (i, (namespace, api)) in apis.into_iter().enumerate() {
+        let (reader, writer) = reflector::store();
+        let stream = reflector::reflector(writer, watcher(api, cfg.clone()))
+            .backoff(WatchBackoff::default())
+            .map(move |event| (i, event))
+            .boxed();
+        streams.push(stream);
+        parts.push((namespace, reader));
+    }
+    let mut health = PartsHealth::new(parts.iter().map(|(ns, _)| ns.clone()));
+    let metrics = &board.metrics;
+    let (events, changes_seen, errors) = (
+        metrics.watch_events.with_label_values(&[kind]),
+        metrics.watch_changes.with_label_values(&[kind]),
+        metrics.watch_errors.with_label_values(&[kind]),
+    );
     tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        let mut changes = Changes::default();
-        while let Some(event) = stream.next().await {
+        let mut changes: Vec<Changes> = streams.iter().map(|_| Changes::default()).collect();
+        let mut merged = futures::stream::select_all(streams);
+        while let Some((i, event)) = merged.next().await {
             match event {
                 Ok(event) => {
                     events.inc();
                     // Init only says a list is about to be tried; it may still fail.
                     if !matches!(event, watcher::Event::Init) {
-                        board.ok(kind, matches!(event, watcher::Event::InitDone));
+                        health.ok(i, matches!(event, watcher::Event::InitDone));
                     }
-                    if changes.observe(&event) {
+                    if changes.get_mut(i).is_some_and(|c| c.observe(&event)) {
                         changes_seen.inc();
                         changed.notify_one();
                     }
                 }
                 Err(e) => {
                     tracing::debug!(%kind, error = %e, "watch failed; retrying");
-                    board.failed(kind, e.to_string());
+                    errors.inc();
+                    health.failed(i, Instant::now(), e.to_string());
                 }
             }
+            let (listed, error) = health.status();
+            board.set(kind, listed, error);
         }
     });
-    reader
+    ScopedStore { parts }
 }
 
 /// The six kinds translation reads.
 pub struct Stores {
-    pub ingresses: Store<Ingress>,
+    pub ingresses: ScopedStore<Ingress>,
     pub classes: Store<IngressClass>,
-    pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
-    pub secrets: Store<Secret>,
-    pub groups: Store<BackendGroup>,
+    pub services: ScopedStore<Service>,
+    pub slices: ScopedStore<EndpointSlice>,
+    pub secrets: ScopedStore<Secret>,
+    pub groups: ScopedStore<BackendGroup>,
+    pub gateway: super::gateway::watches::GatewayStores,
 }
 
 impl Stores {
-    pub fn start(client: &kube::Client, namespace: Option<&str>, changed: Arc<Notify>, board: &Board) -> Self {
+    pub fn start(client: &kube::Client, scope: &Scope, changed: Arc<Notify>, board: &Board) -> Self {
         let cfg = watcher::Config::default();
         let (c, b) = (&changed, board);
         Self {
-            ingresses: watch_kind("Ingress", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
+            ingresses: watch_scoped("Ingress", client, scope, cfg.clone(), c.clone(), b.clone()),
+            // IngressClasses are cluster-scoped whatever the scope.
             classes: watch_kind("IngressClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
-            services: watch_kind("Service", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
-            slices: watch_kind("EndpointSlice", scoped(client, namespace), cfg.clone(), c.clone(), b.clone()),
-            // Only TLS Secrets matter; the field selector keeps the rest out of memory.
-            secrets: watch_kind(
+            services: watch_scoped("Service", client, scope, cfg.clone(), c.clone(), b.clone()),
+            slices: watch_scoped("EndpointSlice", client, scope, cfg.clone(), c.clone(), b.clone()),
+            // Only TLS Secrets matter; the field selector keeps the rest out of memory
+            // (it filters what is sent, not what RBAC allows: the scope does that).
+            secrets: watch_scoped(
                 "Secret",
-                scoped(client, namespace),
+                client,
+                scope,
                 cfg.clone().fields("type=kubernetes.io/tls"),
                 c.clone(),
                 b.clone(),
             ),
-            groups: watch_kind("BackendGroup", scoped(client, namespace), cfg, c.clone(), b.clone()),
+            groups: watch_scoped("BackendGroup", client, scope, cfg, c.clone(), b.clone()),
+            gateway: super::gateway::watches::GatewayStores::start(client, scope, c, b),
         }
     }
 
@@ -379,18 +630,8 @@ impl Stores {
             slices: self.slices.state(),
             secrets: self.secrets.state(),
             groups: self.groups.state(),
+            gateway: self.gateway.snapshot(),
         }
-    }
-}
-
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -399,6 +640,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::ResourceExt;
     use kube::runtime::utils::Backoff;
     use watcher::Event;
 
@@ -574,5 +816,75 @@ mod tests {
         let later = start + FAILING_WINDOW;
         assert_eq!(failing_report(&m, later).len(), 1, "one that never listed is failing until it lists");
         assert_eq!(next_decay(&m, later), None);
+    }
+
+    #[test]
+    fn namespaces_come_repeated_or_comma_separated_and_none_means_the_cluster() {
+        assert_eq!(Scope::from_names(Vec::<String>::new()), Ok(Scope::Cluster));
+        let scope = Scope::from_names(["team-b", "team-a", " team-b"]).unwrap();
+        assert_eq!(scope, Scope::Namespaces(["team-a".to_string(), "team-b".to_string()].into()));
+        assert_eq!(scope.namespaces().len(), 2, "duplicates collapse");
+        assert_eq!(Scope::from_names(["a", ""]), Err(ScopeError::Empty), "`--namespace a,` is a mistake");
+        for bad in ["Team-A", "team/a", "-a", &"a".repeat(64)] {
+            assert_eq!(Scope::from_names([bad]), Err(ScopeError::Invalid(bad.to_string())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_kind_watched_in_several_namespaces_has_listed_when_all_have_and_fails_when_one_does() {
+        let t0 = Instant::now();
+        let mut h = PartsHealth::new([Some("team-a".to_string()), Some("team-b".to_string())]);
+        assert_eq!(h.status(), (false, None));
+        h.ok(0, true);
+        assert_eq!(h.status(), (false, None), "team-b has not listed yet");
+        h.failed(1, t0, "403 Forbidden".into());
+        let (listed, error) = h.status();
+        assert!(!listed);
+        assert_eq!(error, Some((t0, "namespace team-b: 403 Forbidden".to_string())), "names the namespace");
+        h.ok(0, false);
+        assert!(h.status().1.is_some(), "an event in team-a does not clear team-b's error");
+        h.ok(1, true);
+        assert_eq!(h.status(), (true, None));
+        // A failure after listing keeps the kind listed (the store serves what it saw).
+        h.failed(0, t0 + Duration::from_secs(1), "connection refused".into());
+        assert_eq!(
+            h.status(),
+            (true, Some((t0 + Duration::from_secs(1), "namespace team-a: connection refused".into())))
+        );
+    }
+
+    #[test]
+    fn one_cluster_wide_watch_reports_its_own_error_unchanged() {
+        let t0 = Instant::now();
+        let mut h = PartsHealth::new([None]);
+        h.failed(0, t0, "404 page not found".into());
+        assert_eq!(h.status(), (false, Some((t0, "404 page not found".into()))));
+        h.ok(0, true);
+        assert_eq!(h.status(), (true, None));
+    }
+
+    #[test]
+    fn a_scoped_store_reads_every_namespace_as_one() {
+        let part = |ns: &str, names: &[&str]| {
+            let (reader, mut writer) = reflector::store::<Secret>();
+            for name in names {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_string()),
+                        namespace: Some(ns.into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Secret::default()
+                };
+                writer.apply_watcher_event(&Event::Apply(secret));
+            }
+            (Some(ns.to_string()), reader)
+        };
+        let store = ScopedStore { parts: vec![part("team-a", &["a1", "a2"]), part("team-b", &["b1"])] };
+        let mut names: Vec<String> = store.state().iter().map(|s| s.name_any()).collect();
+        names.sort();
+        assert_eq!(names, ["a1", "a2", "b1"]);
+        assert!(store.get(&ObjectRef::new("b1").within("team-b")).is_some());
+        assert!(store.get(&ObjectRef::new("b1").within("team-a")).is_none(), "looked up in its own namespace");
     }
 }

@@ -23,6 +23,8 @@ pub struct World {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
     pub groups: Vec<Arc<BackendGroup>>,
+    /// Gateway API objects (and Namespaces, for listener selectors).
+    pub gateway: super::gateway::GatewayWorld,
 }
 
 /// `World` indexed by namespace and name.

@@ -76,24 +76,50 @@ impl Admission {
     /// connection. A handshake also needs room for the connection it would become.
     pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Result<Handshaking, Refusal> {
         let mut state = self.lock();
-        let c = self.caps;
-        let here = state.per_ip.get(&ip).copied().unwrap_or_default();
-        let total = state.total;
+        Self::check_total(self.caps, state.total)?;
+        Self::check_ip(self.caps, state.per_ip.get(&ip).copied().unwrap_or_default())?;
+        state.total.handshakes += 1;
+        state.per_ip.entry(ip).or_default().handshakes += 1;
+        Ok(Handshaking { admission: Some(self.clone()), ip: Some(ip) })
+    }
+
+    /// Admits a handshake whose client is not known yet: a trusted load balancer's
+    /// connection before its PROXY protocol header names the client. It counts against
+    /// the totals only until [`Handshaking::attribute`] names the address, so the per-IP
+    /// caps apply to the clients behind a balancer rather than to the balancer itself.
+    pub fn handshake_unattributed(self: &Arc<Self>) -> Result<Handshaking, Refusal> {
+        let mut state = self.lock();
+        Self::check_total(self.caps, state.total)?;
+        state.total.handshakes += 1;
+        Ok(Handshaking { admission: Some(self.clone()), ip: None })
+    }
+
+    fn check_total(c: Caps, total: Count) -> Result<(), Refusal> {
         if total.handshakes >= c.handshakes {
             return Err(Refusal::Handshakes);
-        }
-        if here.handshakes >= c.handshakes_per_ip {
-            return Err(Refusal::HandshakesPerIp);
         }
         if total.connections + total.handshakes >= c.connections {
             return Err(Refusal::Connections);
         }
+        Ok(())
+    }
+
+    fn check_ip(c: Caps, here: Count) -> Result<(), Refusal> {
+        if here.handshakes >= c.handshakes_per_ip {
+            return Err(Refusal::HandshakesPerIp);
+        }
         if here.connections + here.handshakes >= c.connections_per_ip {
             return Err(Refusal::ConnectionsPerIp);
         }
-        state.total.handshakes += 1;
+        Ok(())
+    }
+
+    /// Counts a total-only handshake against `ip` as well, if `ip` has room.
+    fn attribute(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let mut state = self.lock();
+        Self::check_ip(self.caps, state.per_ip.get(&ip).copied().unwrap_or_default())?;
         state.per_ip.entry(ip).or_default().handshakes += 1;
-        Ok(Handshaking { admission: Some(self.clone()), ip })
+        Ok(())
     }
 
     /// Handshakes in progress now (for the Retry threshold).
@@ -107,14 +133,16 @@ impl Admission {
         self.lock().per_ip.len()
     }
 
-    fn release(&self, ip: IpAddr, handshake: bool) {
+    fn release(&self, ip: Option<IpAddr>, handshake: bool) {
         let mut state = self.lock();
         fn field(c: &mut Count, handshake: bool) -> &mut u32 {
             if handshake { &mut c.handshakes } else { &mut c.connections }
         }
         let total = field(&mut state.total, handshake);
         *total = total.saturating_sub(1);
-        if let Some(here) = state.per_ip.get_mut(&ip) {
+        if let Some(ip) = ip
+            && let Some(here) = state.per_ip.get_mut(&ip)
+        {
             let n = field(here, handshake);
             *n = n.saturating_sub(1);
             if *here == Count::default() {
@@ -123,13 +151,15 @@ impl Admission {
         }
     }
 
-    fn promote(&self, ip: IpAddr) {
+    fn promote(&self, ip: Option<IpAddr>) {
         let mut state = self.lock();
         state.total.handshakes = state.total.handshakes.saturating_sub(1);
         state.total.connections += 1;
-        let here = state.per_ip.entry(ip).or_default();
-        here.handshakes = here.handshakes.saturating_sub(1);
-        here.connections += 1;
+        if let Some(ip) = ip {
+            let here = state.per_ip.entry(ip).or_default();
+            here.handshakes = here.handshakes.saturating_sub(1);
+            here.connections += 1;
+        }
     }
 }
 
@@ -137,10 +167,24 @@ impl Admission {
 #[derive(Debug)]
 pub struct Handshaking {
     admission: Option<Arc<Admission>>,
-    ip: IpAddr,
+    /// `None` while the client is not known (counted in the totals only).
+    ip: Option<IpAddr>,
 }
 
 impl Handshaking {
+    /// Names the client of a handshake admitted without one, refusing it when that
+    /// address is at its caps (the guard is then dropped, and its room given back). A
+    /// handshake that already has an address keeps it.
+    pub fn attribute(mut self, ip: IpAddr) -> Result<Self, Refusal> {
+        if self.ip.is_none()
+            && let Some(a) = &self.admission
+        {
+            a.attribute(ip)?;
+            self.ip = Some(ip);
+        }
+        Ok(self)
+    }
+
     /// The handshake completed: from now on it counts as a connection (room for it was
     /// reserved when the handshake was admitted).
     pub fn established(mut self) -> Connected {
@@ -164,7 +208,7 @@ impl Drop for Handshaking {
 #[derive(Debug)]
 pub struct Connected {
     admission: Option<Arc<Admission>>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Connected {
@@ -213,6 +257,29 @@ mod tests {
         assert_eq!(a.handshake(ip(3)).unwrap_err(), Refusal::Connections);
         drop((c1, c2));
         assert!(a.handshake(ip(1)).is_ok(), "room again once closed");
+    }
+
+    #[test]
+    fn a_balancer_connection_counts_against_its_client_once_named() {
+        let a = admission(100, 2, 100, 100);
+        let balancer = ip(9);
+        // Many connections from one balancer: only the totals see them until attributed.
+        let pending: Vec<_> = (0..5).map(|_| a.handshake_unattributed().unwrap()).collect();
+        assert_eq!(a.handshakes(), 5);
+        assert_eq!(a.tracked_addresses(), 0);
+        assert!(a.handshake(balancer).is_ok(), "the balancer itself is not at a cap");
+        let mut pending = pending.into_iter();
+        let c1 = pending.next().unwrap().attribute(ip(1)).unwrap().established();
+        let c2 = pending.next().unwrap().attribute(ip(1)).unwrap().established();
+        assert_eq!(pending.next().unwrap().attribute(ip(1)).unwrap_err(), Refusal::ConnectionsPerIp);
+        assert_eq!(a.handshakes(), 2, "the refused one gave its room back");
+        let c3 = pending.next().unwrap().attribute(ip(2)).unwrap();
+        assert_eq!(c3.attribute(ip(3)).unwrap().ip, Some(ip(2)), "an address once named stays");
+        // LOCAL-style: never attributed, established on the totals alone.
+        let local = pending.next().unwrap().established();
+        drop((c1, c2, local));
+        assert_eq!(a.tracked_addresses(), 0);
+        assert_eq!(a.handshakes(), 0);
     }
 
     #[test]

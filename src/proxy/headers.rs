@@ -54,9 +54,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sets the forwarding headers for the next hop. What a trusted proxy in front said is
 /// kept and this hop appended (`X-Forwarded-For`, `Forwarded`); from anyone else those
 /// claims are replaced by the peer itself, so a client cannot pose as another address.
-/// `X-Real-IP` is the resolved client; `X-Forwarded-Proto` and `X-Forwarded-Host` are what
-/// this proxy received.
-pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>) {
+/// `X-Real-IP` is the resolved client; `X-Forwarded-Proto` (`scheme`, `http` or `https`) and
+/// `X-Forwarded-Host` are what this proxy received.
+pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>, scheme: &'static str) {
     let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
         let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
         let joined = values.join(", ");
@@ -67,7 +67,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>) {
         Some(prev) => format!("{prev}, {peer}"),
         None => peer,
     };
-    let element = forwarded_element(hop.peer, host);
+    let element = forwarded_element(hop.peer, host, scheme);
     let forwarded = match joined(&FORWARDED, headers).filter(|_| hop.peer_trusted) {
         Some(prev) => format!("{prev}, {element}"),
         None => element,
@@ -78,7 +78,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>) {
             Err(_) => headers.remove(name),
         };
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -101,15 +101,15 @@ impl Hop {
     }
 }
 
-/// This hop's `Forwarded` element (RFC 7239): `for` the peer, the host asked for, https.
-fn forwarded_element(peer: IpAddr, host: Option<&str>) -> String {
+/// This hop's `Forwarded` element (RFC 7239): `for` the peer, the host asked for, the scheme.
+fn forwarded_element(peer: IpAddr, host: Option<&str>, scheme: &str) -> String {
     let node = match peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
     match host.filter(|h| h.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')) {
-        Some(h) => format!("for={node};host=\"{h}\";proto=https"),
-        None => format!("for={node};proto=https"),
+        Some(h) => format!("for={node};host=\"{h}\";proto={scheme}"),
+        None => format!("for={node};proto={scheme}"),
     }
 }
 
@@ -178,7 +178,7 @@ mod tests {
         ]);
         let from = hop(&h, "10.0.0.2", &["10.0.0.0/8"]);
         assert_eq!(from.client, "203.0.113.9".parse::<IpAddr>().unwrap());
-        set_forwarded(&mut h, &from, Some("api.example.com"));
+        set_forwarded(&mut h, &from, Some("api.example.com"), "https");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.2");
         assert_eq!(h.get("forwarded").unwrap(), "for=203.0.113.9, for=10.0.0.2;host=\"api.example.com\";proto=https");
         assert_eq!(h.get("x-real-ip").unwrap(), "203.0.113.9");
@@ -191,15 +191,24 @@ mod tests {
         let mut h =
             headers(&[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "1.2.3.4"), ("forwarded", "for=1.2.3.4;by=spoof")]);
         let from = hop(&h, "198.51.100.7", &["10.0.0.0/8"]);
-        set_forwarded(&mut h, &from, None);
+        set_forwarded(&mut h, &from, None, "https");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "198.51.100.7");
         assert_eq!(h.get("forwarded").unwrap(), "for=198.51.100.7;proto=https");
         assert_eq!(h.get("x-real-ip").unwrap(), "198.51.100.7");
         assert!(!h.contains_key("x-forwarded-host"));
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, &hop(&HeaderMap::new(), "::1", &[]), None);
+        set_forwarded(&mut h, &hop(&HeaderMap::new(), "::1", &[]), None, "https");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
         assert_eq!(h.get("forwarded").unwrap(), "for=\"[::1]\";proto=https");
+    }
+
+    #[test]
+    fn a_plaintext_request_says_http_whatever_the_client_claimed() {
+        let mut h = headers(&[("x-forwarded-proto", "https")]);
+        let from = hop(&h, "198.51.100.7", &[]);
+        set_forwarded(&mut h, &from, Some("shop.example"), "http");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("forwarded").unwrap(), "for=198.51.100.7;host=\"shop.example\";proto=http");
     }
 
     #[test]

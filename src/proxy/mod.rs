@@ -7,7 +7,9 @@ mod h3;
 mod h3_guard;
 mod headers;
 mod pipeline;
+mod proxy_header;
 mod retry;
+mod retry_token;
 mod tcp;
 #[cfg(test)]
 mod test_support;
@@ -61,6 +63,18 @@ pub struct ListenOptions {
     pub trusted_proxies: TrustedProxies,
     /// What one client may take (sizes, deadlines, caps).
     pub limits: Limits,
+    /// The plaintext listener and the PROXY protocol.
+    pub tcp: TcpOptions,
+}
+
+/// What the TCP listeners do beyond HTTPS on `ListenOptions::address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// A plaintext HTTP listener (HTTP/1.1, and HTTP/2 with prior knowledge); off when `None`.
+    pub http_listen: Option<SocketAddr>,
+    /// On both TCP listeners, connections from `trusted_proxies` must start with a PROXY
+    /// protocol header (v2, or v1), whose source address is the client's.
+    pub proxy_protocol: bool,
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
@@ -77,6 +91,8 @@ impl ResolvesServerCert for TableCerts {
 /// Running listeners; `shutdown` drains them.
 pub struct DataPlane {
     pub local_addr: SocketAddr,
+    /// The plaintext HTTP listener's address, when there is one.
+    pub http_addr: Option<SocketAddr>,
     tables: Tables,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -120,7 +136,23 @@ impl DataPlane {
         let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption, &metrics)
             .map_err(|e| tls_err(&e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
-        let alt_svc = tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port()));
+        let alt_svc = Arc::new(tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port())));
+        let http = match options.tcp.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ListenError::Bind {
+                proto: "TCP",
+                addr,
+                source,
+            })?),
+            None => None,
+        };
+        let http_addr = match &http {
+            Some(l) => Some(l.local_addr().map_err(|source| ListenError::Bind {
+                proto: "TCP",
+                addr: options.tcp.http_listen.unwrap_or(local_addr),
+                source,
+            })?),
+            None => None,
+        };
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -140,14 +172,29 @@ impl DataPlane {
             shutdown.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(tcp::serve(tcp, acceptor, shared, admission, alt_svc, shutdown.clone(), tracker.clone()));
+        let proxy_protocol = options.tcp.proxy_protocol;
+        if let Some(http) = http {
+            let plain = tcp::Listener { security: tcp::Security::Plain, proxy_protocol };
+            tracker.spawn(tcp::serve(
+                http,
+                plain,
+                shared.clone(),
+                admission.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        let https = tcp::Listener { security: tcp::Security::Tls { acceptor, alt_svc }, proxy_protocol };
+        tracker.spawn(tcp::serve(tcp, https, shared, admission, shutdown.clone(), tracker.clone()));
         tracing::info!(
             address = %local_addr,
+            http_address = http_addr.map(|a| a.to_string()),
+            proxy_protocol,
             early_data = resumption.early_data(),
             shared_ticket_keys = matches!(resumption, Resumption::SharedKeys(_)),
             "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)"
         );
-        Ok(Self { local_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
+        Ok(Self { local_addr, http_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
     }
 
     /// Publishes a new route table; requests already routed finish on the old one.
@@ -177,18 +224,13 @@ impl DataPlane {
     }
 }
 
-/// The key sealing Retry tokens, from a file shared by the replicas: the file's bytes
-/// (raw, or base64 text) are the HKDF input key material.
+/// The keys sealing Retry tokens, from a file shared by the replicas (see `retry_token`).
 fn retry_token_key(path: &std::path::Path) -> Result<Arc<dyn quinn_proto::crypto::HandshakeTokenKey>, ListenError> {
-    use base64::Engine;
     let bad = |reason: String| ListenError::RetryKey { path: path.display().to_string(), reason };
-    let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let material = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap_or(raw);
-    if material.len() < 32 {
-        return Err(bad(format!("{} bytes; at least 32 are needed", material.len())));
-    }
-    Ok(Arc::new(ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &material)))
+    let raw = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?);
+    let keys = retry_token::parse_keys(&raw).map_err(|e| bad(e.to_string()))?;
+    let keys = retry_token::TokenKeys::new(&keys).ok_or_else(|| bad("no key".into()))?;
+    Ok(Arc::new(keys))
 }
 
 fn transport_config(congestion: CongestionControl, limits: &Limits) -> quinn::TransportConfig {

@@ -28,6 +28,7 @@ async fn start(backends: &[Arc<Scripted>], alt_svc_port: Option<u16>) -> (DataPl
         resumption: Resumption::single_use(true),
         trusted_proxies: Default::default(),
         limits: Default::default(),
+        tcp: Default::default(),
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let plane = DataPlane::start(&options, super::tables(table), metrics.clone()).await.unwrap();

@@ -7,8 +7,8 @@ mod verify;
 
 pub use certs::{DevCert, certified_key_from_pem, dev_cert_dir, generate_dev_cert, load_certified_key};
 pub use tickets::{
-    Resumption, SharedTicketer, TICKET_KEY_LEN, TICKET_LIFETIME, TicketKeyError, TicketKeys, encode_ticket_keys,
-    parse_ticket_keys, random_ticket_key,
+    MAX_TICKET_LIFETIME, Resumption, SharedTicketer, TICKET_KEY_LEN, TICKET_LIFETIME, TicketKeyError, TicketKeys,
+    encode_ticket_keys, parse_ticket_keys, random_ticket_key,
 };
 pub use verify::insecure_client_config;
 

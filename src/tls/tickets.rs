@@ -25,6 +25,8 @@ const NAME_LEN: usize = 16;
 /// How long clients may keep a ticket (seconds); keys should live at least this long
 /// after they stop being the first.
 pub const TICKET_LIFETIME: u32 = 12 * 60 * 60;
+/// The longest lifetime a TLS 1.3 ticket may have (RFC 8446, 4.6.1).
+pub const MAX_TICKET_LIFETIME: u32 = 7 * 24 * 60 * 60;
 /// Sessions remembered per replica for single-use resumption.
 const SESSION_CACHE_SIZE: usize = 10_000;
 
@@ -211,6 +213,8 @@ impl TicketKey {
 pub struct SharedTicketer {
     keys: ArcSwap<Vec<TicketKey>>,
     random: SystemRandom,
+    /// Seconds clients may keep a ticket (told to them in each ticket).
+    lifetime: u32,
 }
 
 impl std::fmt::Debug for SharedTicketer {
@@ -221,9 +225,17 @@ impl std::fmt::Debug for SharedTicketer {
 
 impl SharedTicketer {
     pub fn new(keys: &[[u8; TICKET_KEY_LEN]]) -> Result<Self, TicketKeyError> {
-        let ticketer = Self { keys: ArcSwap::from_pointee(Vec::new()), random: SystemRandom::new() };
+        let ticketer =
+            Self { keys: ArcSwap::from_pointee(Vec::new()), random: SystemRandom::new(), lifetime: TICKET_LIFETIME };
         ticketer.set_keys(keys)?;
         Ok(ticketer)
+    }
+
+    /// Tickets from this ticketer may be kept `seconds` (at most a week, RFC 8446), not
+    /// [`TICKET_LIFETIME`]; keys must then be kept that long after they stop sealing.
+    pub fn with_lifetime(mut self, seconds: u32) -> Self {
+        self.lifetime = seconds.clamp(1, MAX_TICKET_LIFETIME);
+        self
     }
 
     /// A ticketer with one random key, until the shared keys arrive.
@@ -248,7 +260,7 @@ impl ProducesTickets for SharedTicketer {
     }
 
     fn lifetime(&self) -> u32 {
-        TICKET_LIFETIME
+        self.lifetime
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {

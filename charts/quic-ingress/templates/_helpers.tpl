@@ -23,7 +23,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* The namespace holding the leader-election Lease: the watched one, else the release's. */}}
+{{/* The namespaces watched, as JSON (`include ... | fromJsonArray`): watchNamespaces plus
+the deprecated watchNamespace, without duplicates; empty means every namespace. */}}
+{{- define "quic-ingress.watchNamespaces" -}}
+{{- $namespaces := .Values.controller.watchNamespaces | default list -}}
+{{- with .Values.controller.watchNamespace -}}
+{{- $namespaces = append $namespaces . -}}
+{{- end -}}
+{{- $namespaces | uniq | toJson -}}
+{{- end -}}
+
+{{/* The namespace holding the leader-election Lease: the release's, or the deprecated
+watchNamespace (where the Lease always was with it, so upgrading elects no second leader). */}}
 {{- define "quic-ingress.leaseNamespace" -}}
 {{ .Values.controller.watchNamespace | default .Release.Namespace }}
 {{- end -}}

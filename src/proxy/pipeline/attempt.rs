@@ -162,7 +162,7 @@ pub(super) fn upstream_request(
 ) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    set_forwarded(&mut parts.headers, &ctx.hop, ctx.host.as_deref());
+    set_forwarded(&mut parts.headers, &ctx.hop, ctx.host.as_deref(), ctx.conn.protocol.scheme());
     if ctx.conn.early_data {
         // RFC 8470: the backend may answer 425 itself if it cannot take the replay risk.
         parts.headers.insert(EARLY_DATA.clone(), HeaderValue::from_static("1"));

@@ -35,8 +35,9 @@ pub struct RequestContext {
     pub route: Option<Arc<Route>>,
     /// The backend that answered, or the last one tried.
     pub backend: Option<String>,
-    /// The request came in over TLS (HTTPS, HTTP/3) rather than on a plaintext listener:
-    /// its scheme, and which routes (by listener scope) it may take.
+    /// The request came in over TLS (HTTPS, HTTP/3) rather than on the plaintext listener:
+    /// its scheme, and which routes it may take (a plaintext request takes only routes
+    /// whose listener scope is `Both` or `Plain`).
     pub tls: bool,
     /// The authority the backend is sent instead of the client's (a URL rewrite's
     /// hostname); `X-Forwarded-Host` keeps the client's.
@@ -63,7 +64,7 @@ impl RequestContext {
             upgrade: upgrade::requested(req.headers(), req.version()),
             route: None,
             backend: None,
-            tls: conn.is_tls(),
+            tls: conn.protocol.tls(),
             upstream_host: None,
             cors_origin: None,
         }

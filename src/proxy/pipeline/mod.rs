@@ -57,19 +57,26 @@ pub struct ConnInfo {
     pub early_data: bool,
 }
 
+/// The listener a request came in on (the access log's `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Downstream {
+    /// HTTP/3 over QUIC.
     H3,
+    /// HTTP/1.1 or HTTP/2 over TLS over TCP.
     Tcp,
+    /// HTTP/1.1 or HTTP/2 (prior knowledge) over plain TCP: the `http://` listener.
+    Cleartext,
 }
 
-impl ConnInfo {
-    /// Whether the connection is TLS. Both listeners are today; a plaintext listener
-    /// answers false, and its requests take only routes scoped to it.
-    pub fn is_tls(&self) -> bool {
-        match self.protocol {
-            Downstream::H3 | Downstream::Tcp => true,
-        }
+impl Downstream {
+    /// Whether the client's connection is encrypted.
+    pub fn tls(self) -> bool {
+        !matches!(self, Self::Cleartext)
+    }
+
+    /// The scheme the client used, as `X-Forwarded-Proto` and `Forwarded: proto=` say it.
+    pub fn scheme(self) -> &'static str {
+        if self.tls() { "https" } else { "http" }
     }
 }
 

@@ -552,11 +552,26 @@ async fn route_timeouts_bound_each_attempt_and_the_whole_request() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_route_scoped_to_the_plaintext_listener_is_not_served_over_tls() {
+async fn listener_scopes_split_the_tls_and_plaintext_listeners() {
+    let (https, http) = (Scripted::new("https", &[Act::Status(200)]), Scripted::new("http", &[Act::Status(200)]));
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let g = group_of(&mut builder, "https", &https, 8240);
+    builder.add_entry(RouteEntry { scope: ListenerScope::Tls, ..catch_all(g, vec![]) }).unwrap();
+    let g = group_of(&mut builder, "http", &http, 8241);
+    let to_https = Redirect::new().with_scheme("https").unwrap().with_status(301).unwrap();
+    let entry = RouteEntry { scope: ListenerScope::Plain, ..catch_all(g, vec![Filter::Redirect(to_https)]) };
+    builder.add_entry(entry).unwrap();
+    let tables = shared(builder.build(1));
+    let plain = ConnInfo { protocol: Downstream::Cleartext, ..conn(false) };
+
+    assert_eq!(body_text(handle(&tables, get("/x"), conn(false)).await).await, "from https");
+    let resp = handle(&tables, get_with("/x?y=1", &[]), plain).await;
+    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.headers()["location"], "https://shop.example/x?y=1", "the HTTP listener's own route");
+    assert_eq!(https.calls() + http.calls(), 1);
+    // A route for the HTTP listener only is not served over TLS.
     let a = Scripted::new("a", &[Act::Status(200)]);
     let tables = one_entry(&a, |g| RouteEntry { scope: ListenerScope::Plain, ..catch_all(g, vec![]) });
-    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 404, "today's listeners are TLS");
-    let a = Scripted::new("a", &[Act::Status(200)]);
-    let tables = one_entry(&a, |g| RouteEntry { scope: ListenerScope::Tls, ..catch_all(g, vec![]) });
-    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 200);
+    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 404);
+    assert_eq!(handle(&tables, get("/"), plain).await.status(), 200);
 }

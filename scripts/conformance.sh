@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the Gateway API conformance suite against quic-ingress on a cluster that runs pods
+# (make conformance starts the node cluster first; any cluster works, see
+# e2e/conformance/README.md): installs the standard-channel CRDs of the suite's version
+# from the Go module cache, installs the chart with its GatewayClass, then runs the suite
+# twice (the suite's HTTP/1.1 + HTTP/2 client, then HTTP/3) and writes both reports.
+#
+# Environment: KUBECONFIG, KUBECTL, HELM, IMAGE (repo:tag), GATEWAY_API_VERSION,
+# GOMODCACHE/GOCACHE; optional RUN_TEST (one test), PROTOCOLS ("tcp h3"), REPORT_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${KUBECONFIG:?}" "${KUBECTL:?}" "${HELM:?}" "${IMAGE:?}" "${GATEWAY_API_VERSION:?}"
+PROTOCOLS=${PROTOCOLS:-tcp h3}
+REPORT_DIR=${REPORT_DIR:-conformance/reports}
+RELEASE=quic-ingress NAMESPACE=quic-ingress
+log() { echo "conformance: $*" >&2; }
+
+module=$(cd e2e/conformance && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+log "CRDs: standard channel of sigs.k8s.io/gateway-api $GATEWAY_API_VERSION ($module)"
+"$KUBECTL" apply --server-side --force-conflicts -f "$module/config/crd/standard/" >/dev/null
+"$KUBECTL" wait --for condition=Established --timeout 60s crd --all >/dev/null
+
+# What we claim beyond the core features: each is a feature the data plane implements
+# (README "Gateway API"). The suite runs their tests too.
+FEATURES=${FEATURES:-Gateway,HTTPRoute,ReferenceGrant,GRPCRoute}
+version=$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' charts/quic-ingress/Chart.yaml)
+
+install() { # $1: extra controller arguments
+  "$HELM" upgrade --install "$RELEASE" charts/quic-ingress -n "$NAMESPACE" --create-namespace \
+    --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+    --set resources.requests.cpu=10m --set resources.requests.memory=32Mi \
+    --set gatewayClass.create=true --set service.httpPort=80 \
+    --set-json "controller.extraArgs=$1" --wait --timeout 3m >/dev/null
+}
+
+mkdir -p "$REPORT_DIR"
+rc=0
+for protocol in $PROTOCOLS; do
+  case $protocol in
+    tcp) install '[]' ;;
+    # HTTP/3 has no plaintext form: the suite's HTTP listeners are reached over QUIC on the
+    # UDP port of the TLS listener, which serves their routes only with this flag.
+    h3) install '["--gateway-http-over-h3"]' ;;
+    *) log "unknown protocol $protocol"; exit 2 ;;
+  esac
+  report="$REPORT_DIR/gateway-api-$GATEWAY_API_VERSION-quic-ingress-$protocol-report.yaml"
+  started=$(date +%s)
+  log "run over $protocol -> $report"
+  (cd e2e/conformance && go test -count=1 -timeout 60m . -args \
+      -quic-ingress.protocol="$protocol" -gateway-class=quic \
+      -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC -supported-features="$FEATURES" \
+      -organization=quic-ingress -project=quic-ingress -url=https://quic-ingress.dev \
+      -version="v$version" -contact=quic-ingress-maintainers -mode=default \
+      -report-output="$(pwd)/../../$report" ${RUN_TEST:+-run-test="$RUN_TEST"}) || rc=$?
+  log "run over $protocol: exit $rc in $(( $(date +%s) - started )) s"
+done
+exit $rc

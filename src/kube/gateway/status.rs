@@ -1,0 +1,350 @@
+//! Gateway API status: what GatewayClasses, Gateways and HTTPRoutes should say, computed
+//! purely from the model and the translation's outcomes (conditions and reasons as the
+//! spec names them, with observedGeneration), and the leader's writer, which patches an
+//! object only when what it shows differs (condition times aside).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+
+use super::api::{
+    Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus, HTTPRoute, HTTPRouteStatus,
+    ListenerStatus, RouteParentStatus, SupportedFeature,
+};
+use super::model::{GATEWAY_CONTROLLER_NAME, GatewayImage, ObjectKey, RouteImage};
+use super::watches::GatewayStores;
+use super::{GatewayTranslation, ParentOutcome};
+
+/// The features of the Gateway API conformance profiles we really serve, sorted as the
+/// spec requires. Each extended feature joins this list when the data plane serves it.
+pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    previous: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time moves only when the status does.
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into().chars().take(32_000).collect(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// A condition good unless `refusal` says why not.
+fn judged(
+    type_: &str,
+    good_reason: &str,
+    good_message: &str,
+    refusal: Option<&(&'static str, String)>,
+    key: &ObjectKey,
+    previous: &[Condition],
+) -> Condition {
+    match refusal {
+        None => condition(type_, true, good_reason, good_message, key.generation, previous),
+        Some((reason, message)) => condition(type_, false, reason, message.as_str(), key.generation, previous),
+    }
+}
+
+pub fn class_status(
+    key: &ObjectKey,
+    refusal: Option<&(&'static str, String)>,
+    previous: &[Condition],
+) -> GatewayClassStatus {
+    GatewayClassStatus {
+        conditions: vec![judged("Accepted", "Accepted", "served by quic-ingress", refusal, key, previous)],
+        supported_features: SUPPORTED_FEATURES.iter().map(|f| SupportedFeature { name: f.to_string() }).collect(),
+    }
+}
+
+/// A Gateway's status: `addresses` are the controller's published ones.
+pub fn gateway_status(
+    t: &GatewayTranslation,
+    g: usize,
+    addresses: &[String],
+    previous: &GatewayStatus,
+) -> GatewayStatus {
+    let gw: &GatewayImage = &t.model.gateways[g];
+    let key = &gw.key;
+    let attached = attached_routes(t, g);
+    let listeners: Vec<ListenerStatus> = gw
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let prev =
+                previous.listeners.iter().find(|p| p.name == l.name).map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+            let programmed = match (&gw.refusal, l.programmed()) {
+                (Some((_, m)), _) => Err(("Invalid", format!("the Gateway is not accepted: {m}"))),
+                (None, r) => r,
+            };
+            let conflicted = match &l.conflicted {
+                None => condition("Conflicted", false, "NoConflicts", "no conflicts", key.generation, prev),
+                Some((reason, m)) => condition("Conflicted", true, reason, m.as_str(), key.generation, prev),
+            };
+            ListenerStatus {
+                name: l.name.clone(),
+                supported_kinds: l.supported_kinds.clone(),
+                attached_routes: attached.get(&i).copied().unwrap_or(0),
+                conditions: vec![
+                    judged("Accepted", "Accepted", "listener accepted", l.accepted.as_ref().err(), key, prev),
+                    judged("ResolvedRefs", "ResolvedRefs", "references resolved", l.resolved.as_ref().err(), key, prev),
+                    judged("Programmed", "Programmed", "serving", programmed.as_ref().err(), key, prev),
+                    conflicted,
+                ],
+            }
+        })
+        .collect();
+    let (accepted_count, total) = (gw.listeners.iter().filter(|l| l.accepted.is_ok()).count(), gw.listeners.len());
+    let accepted = match (&gw.refusal, accepted_count) {
+        (Some((reason, m)), _) => {
+            condition("Accepted", false, reason, m.as_str(), key.generation, &previous.conditions)
+        }
+        (None, 0) => condition(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+            key.generation,
+            &previous.conditions,
+        ),
+        (None, n) if n < total => condition(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("{} of {total} listeners are not valid", total - n),
+            key.generation,
+            &previous.conditions,
+        ),
+        _ => condition("Accepted", true, "Accepted", "accepted", key.generation, &previous.conditions),
+    };
+    let programmed_any = gw.refusal.is_none() && gw.listeners.iter().any(|l| l.programmed().is_ok());
+    let programmed = if programmed_any {
+        condition(
+            "Programmed",
+            true,
+            "Programmed",
+            "serving on the controller's listeners",
+            key.generation,
+            &previous.conditions,
+        )
+    } else {
+        condition("Programmed", false, "Invalid", "no listener is programmed", key.generation, &previous.conditions)
+    };
+    GatewayStatus {
+        addresses: addresses
+            .iter()
+            .map(|a| GatewayAddress {
+                type_: Some(if a.parse::<IpAddr>().is_ok() { "IPAddress" } else { "Hostname" }.into()),
+                value: a.clone(),
+            })
+            .collect(),
+        conditions: vec![accepted, programmed],
+        listeners,
+    }
+}
+
+/// Routes attached to each listener of gateway `g`.
+fn attached_routes(t: &GatewayTranslation, g: usize) -> HashMap<usize, i32> {
+    let mut counts: HashMap<usize, i32> = HashMap::new();
+    for route in &t.model.routes {
+        let mut listeners: Vec<usize> = route
+            .parents
+            .iter()
+            .filter(|p| p.gateway == g)
+            .filter_map(|p| p.attached.as_ref().ok())
+            .flatten()
+            .map(|a| a.listener)
+            .collect();
+        listeners.sort_unstable();
+        listeners.dedup();
+        for l in listeners {
+            *counts.entry(l).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Our entries of an HTTPRoute's `status.parents`.
+pub fn route_parents(
+    route: &RouteImage,
+    outcomes: &[ParentOutcome],
+    previous: &HTTPRouteStatus,
+) -> Vec<RouteParentStatus> {
+    let key = &route.key;
+    route
+        .parents
+        .iter()
+        .zip(outcomes)
+        .map(|(parent, outcome)| {
+            let prev = previous
+                .parents
+                .iter()
+                .find(|p| p.parent_ref == parent.parent_ref && p.controller_name == GATEWAY_CONTROLLER_NAME)
+                .map(|p| p.conditions.as_slice())
+                .unwrap_or(&[]);
+            let dropped: Vec<(usize, &'static str, String)> = outcome
+                .dropped
+                .iter()
+                .filter(|(r, _)| !outcome.served.contains(r))
+                .map(|(r, (reason, messages))| (*r, *reason, format!("Rule {r}: {}", messages.join("; "))))
+                .collect();
+            let accepted = match &parent.attached {
+                Err((reason, m)) => condition("Accepted", false, reason, m.as_str(), key.generation, prev),
+                Ok(_) if !dropped.is_empty() && outcome.served.is_empty() => {
+                    let message = dropped.iter().map(|(_, _, m)| m.as_str()).collect::<Vec<_>>().join(" | ");
+                    condition("Accepted", false, dropped[0].1, message, key.generation, prev)
+                }
+                Ok(_) => condition("Accepted", true, "Accepted", "accepted", key.generation, prev),
+            };
+            let resolved = match route.unresolved.first() {
+                None => condition("ResolvedRefs", true, "ResolvedRefs", "references resolved", key.generation, prev),
+                Some((reason, _)) => {
+                    let message = route.unresolved.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+                    let message = format!("{message} (requests for these backends are answered 503)");
+                    condition("ResolvedRefs", false, reason, message, key.generation, prev)
+                }
+            };
+            let mut conditions = vec![accepted, resolved];
+            if parent.attached.is_ok() && !dropped.is_empty() && !outcome.served.is_empty() {
+                let which = dropped.iter().map(|(_, _, m)| m.as_str()).collect::<Vec<_>>().join(" | ");
+                conditions.push(condition(
+                    "PartiallyInvalid",
+                    true,
+                    "UnsupportedValue",
+                    format!("Dropped Rule(s): {which}"),
+                    key.generation,
+                    prev,
+                ));
+            }
+            RouteParentStatus {
+                parent_ref: parent.parent_ref.clone(),
+                controller_name: GATEWAY_CONTROLLER_NAME.into(),
+                conditions,
+            }
+        })
+        .collect()
+}
+
+/// A status as JSON without condition times, for "did it change" comparisons.
+pub fn comparable<T: Serialize>(status: &T) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("lastTransitionTime");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    strip(&mut v);
+    v
+}
+
+// === The writer ===
+
+/// Patches Gateway API status for the leader, remembering the last write per object (and
+/// the resourceVersion it was made on) so a write is not repeated before the store shows it.
+#[derive(Default)]
+pub struct Writer {
+    written: HashMap<(&'static str, String, String), (serde_json::Value, Option<String>)>,
+}
+
+impl Writer {
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
+    pub async fn write(
+        &mut self,
+        client: &Client,
+        t: &GatewayTranslation,
+        stores: &GatewayStores,
+        addresses: &[String],
+    ) {
+        for class in &t.model.classes {
+            let Some(obj) = stores.classes.get(&ObjectRef::new(&class.key.name)) else { continue };
+            let prev = obj.status.clone().unwrap_or_default();
+            let status = class_status(&class.key, class.refusal.as_ref(), &prev.conditions);
+            let api: Api<GatewayClass> = Api::all(client.clone());
+            self.patch(&api, "GatewayClass", obj.as_ref(), &prev, &status).await;
+        }
+        for (g, gw) in t.model.gateways.iter().enumerate() {
+            let Some(obj) = stores.gateways.get(&ObjectRef::new(&gw.key.name).within(&gw.key.namespace)) else {
+                continue;
+            };
+            let prev = obj.status.clone().unwrap_or_default();
+            let status = gateway_status(t, g, addresses, &prev);
+            let api: Api<Gateway> = Api::namespaced(client.clone(), &gw.key.namespace);
+            self.patch(&api, "Gateway", obj.as_ref(), &prev, &status).await;
+        }
+        let mut ours: HashMap<(String, String), Vec<RouteParentStatus>> = HashMap::new();
+        for (route, outcomes) in t.model.routes.iter().zip(&t.outcomes) {
+            let Some(obj) = stores.routes.get(&ObjectRef::new(&route.key.name).within(&route.key.namespace)) else {
+                continue;
+            };
+            let prev = obj.status.clone().unwrap_or_default();
+            ours.insert((route.key.namespace.clone(), route.key.name.clone()), route_parents(route, outcomes, &prev));
+        }
+        // Every route that shows entries of ours or should: others' entries are kept.
+        for obj in stores.routes.state() {
+            let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+            let prev = obj.status.clone().unwrap_or_default();
+            let mine = ours.remove(&key).unwrap_or_default();
+            if mine.is_empty() && !prev.parents.iter().any(|p| p.controller_name == GATEWAY_CONTROLLER_NAME) {
+                continue;
+            }
+            let mut parents: Vec<RouteParentStatus> =
+                prev.parents.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
+            parents.extend(mine);
+            let status = HTTPRouteStatus { parents };
+            let api: Api<HTTPRoute> = Api::namespaced(client.clone(), &key.0);
+            self.patch(&api, "HTTPRoute", obj.as_ref(), &prev, &status).await;
+        }
+    }
+
+    async fn patch<K, S>(&mut self, api: &Api<K>, kind: &'static str, obj: &K, previous: &S, status: &S)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        S: Serialize,
+    {
+        let wanted = comparable(status);
+        if comparable(previous) == wanted {
+            return;
+        }
+        let (ns, name) =
+            (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+        let key = (kind, ns.clone(), name.clone());
+        let seen = (wanted, obj.meta().resource_version.clone());
+        if self.written.get(&key) == Some(&seen) {
+            return;
+        }
+        let patch = serde_json::json!({ "status": status });
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                self.written.insert(key, seen);
+            }
+            Err(e) => tracing::warn!(kind, namespace = %ns, name = %name, error = %e, "cannot write status"),
+        }
+    }
+}

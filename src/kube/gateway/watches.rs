@@ -1,0 +1,138 @@
+//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors),
+//! started beside the others by `kube::watches::Stores`. When the CRDs are not installed
+//! these watches fail like the BackendGroup one: named in `/readyz`, retried, and the
+//! table is built without them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+
+use super::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::model::GatewayWorld;
+use crate::kube::watches::{Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_scoped};
+
+impl Relevant for GatewayClass {
+    /// Status writes (ours) leave `generation` alone.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Gateway {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for HTTPRoute {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for ReferenceGrant {
+    /// No status subresource: the spec is the object.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for Namespace {
+    /// Only labels matter (listener selectors); phase and status changes do not.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        hash_json(&(&m.uid, &m.labels), m.resource_version.as_ref())
+    }
+}
+
+/// The reflector stores of the Gateway API kinds.
+#[derive(Clone)]
+pub struct GatewayStores {
+    pub classes: Store<GatewayClass>,
+    pub gateways: ScopedStore<Gateway>,
+    pub routes: ScopedStore<HTTPRoute>,
+    pub grants: ScopedStore<ReferenceGrant>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl GatewayStores {
+    pub fn start(client: &kube::Client, scope: &Scope, changed: &Arc<Notify>, board: &Board) -> Self {
+        let cfg = watcher::Config::default();
+        // Watching one namespace, only its labels are needed; a field selector names one
+        // object only, so several namespaces watch them all (labels only matter).
+        let watched = scope.namespaces();
+        let ns_cfg = match watched.iter().next() {
+            Some(n) if watched.len() == 1 => cfg.clone().fields(&format!("metadata.name={n}")),
+            _ => cfg.clone(),
+        };
+        let (c, b) = (changed, board);
+        GatewayStores {
+            classes: watch_kind("GatewayClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
+            gateways: watch_scoped("Gateway", client, scope, cfg.clone(), c.clone(), b.clone()),
+            routes: watch_scoped("HTTPRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
+            grants: watch_scoped("ReferenceGrant", client, scope, cfg, c.clone(), b.clone()),
+            namespaces: watch_kind("Namespace", Api::all(client.clone()), ns_cfg, c.clone(), b.clone()),
+        }
+    }
+
+    pub fn snapshot(&self) -> GatewayWorld {
+        GatewayWorld {
+            classes: self.classes.state(),
+            gateways: self.gateways.state(),
+            routes: self.routes.state(),
+            grants: self.grants.state(),
+            namespaces: self.namespaces.state(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::gateway::api::{GatewayStatus, HTTPRouteStatus, RouteParentStatus};
+
+    fn route(generation: i64, rv: &str) -> HTTPRoute {
+        let mut r = HTTPRoute::new("web", Default::default());
+        r.metadata.namespace = Some("shop".into());
+        r.metadata.uid = Some("uid-1".into());
+        r.metadata.generation = Some(generation);
+        r.metadata.resource_version = Some(rv.into());
+        r
+    }
+
+    #[test]
+    fn status_writes_leave_gateway_api_fingerprints_alone() {
+        let mut written = route(1, "2");
+        written.status = Some(HTTPRouteStatus {
+            parents: vec![RouteParentStatus { controller_name: "x".into(), ..Default::default() }],
+        });
+        assert_eq!(route(1, "1").fingerprint(), written.fingerprint(), "our own status write");
+        assert_ne!(route(1, "1").fingerprint(), route(2, "3").fingerprint(), "a spec change");
+
+        let mut gw = Gateway::new("gw", Default::default());
+        gw.metadata.generation = Some(1);
+        let before = gw.fingerprint();
+        gw.status = Some(GatewayStatus::default());
+        gw.metadata.resource_version = Some("9".into());
+        assert_eq!(before, gw.fingerprint());
+
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("shop".into());
+        let plain = ns.fingerprint();
+        ns.status = Some(Default::default());
+        assert_eq!(plain, ns.fingerprint(), "namespace status");
+        ns.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        assert_ne!(plain, ns.fingerprint(), "labels select listeners");
+    }
+}

@@ -1,0 +1,223 @@
+//! Gateway API routes in the translation: the model (`kube::gateway::model`) is resolved
+//! once per build, its host claims join the Ingress ones for ownership, each HTTPRoute is
+//! added to the table in creation order among the Ingresses (through the single mapping
+//! of `kube::gateway::table::to_table`), and each listener's certificate is served for the
+//! hosts its routes really route. What happened to every rule on every parent is kept for
+//! status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{CATCH_ALL_REFUSED, HOST_OWNED, Translator};
+use crate::kube::endpoints::PortRef;
+use crate::kube::gateway::model::{self, Inputs, Model};
+use crate::kube::gateway::table::{self, TableBackend};
+use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
+use crate::kube::ownership::Claim;
+use crate::kube::world::{Indexed, World};
+use crate::routes::HostRule;
+use crate::upstream::{BackendGroup, GroupSpec, Members};
+
+/// The group that unresolved backendRefs route to: no endpoints, so 503.
+const UNRESOLVED_GROUP: &str = "gateway:unresolved-backend";
+
+/// The Gateway API side of one translation.
+pub(super) struct GatewayState {
+    model: Model,
+    outcomes: Vec<Vec<ParentOutcome>>,
+    /// Hosts routed through each listener `(gateway, listener)`: its certificate's hosts.
+    listener_hosts: BTreeMap<(usize, usize), BTreeSet<HostRule>>,
+}
+
+impl GatewayState {
+    pub(super) fn new(world: &World, idx: &Indexed<'_>, settings: &super::Settings) -> Self {
+        let inputs = Inputs {
+            services: &idx.services,
+            secrets: &idx.secrets,
+            ports: settings.gateway_ports,
+            watch_namespaces: &settings.watch_namespaces,
+        };
+        let model = model::resolve(&world.gateway, &inputs);
+        let outcomes = model.routes.iter().map(|r| vec![ParentOutcome::default(); r.parents.len()]).collect();
+        GatewayState { model, outcomes, listener_hosts: BTreeMap::new() }
+    }
+
+    pub(super) fn route_count(&self) -> usize {
+        self.model.routes.len()
+    }
+
+    /// The precedence key of route `i`, comparable with an Ingress's.
+    pub(super) fn order(&self, i: usize) -> (Option<Time>, String, String) {
+        let k = &self.model.routes[i].key;
+        (k.created.clone(), k.namespace.clone(), k.name.clone())
+    }
+
+    /// Whether listener `l` of gateway `g` carries traffic.
+    fn serves(&self, g: usize, l: usize) -> bool {
+        let gw = &self.model.gateways[g];
+        gw.refusal.is_none() && gw.listeners.get(l).is_some_and(|l| l.programmed().is_ok())
+    }
+
+    /// Every `(parent, gateway, listener, host)` route `i` is served on.
+    fn served_hosts(&self, i: usize) -> Vec<(usize, usize, usize, Option<String>)> {
+        let mut out = Vec::new();
+        for (p, parent) in self.model.routes[i].parents.iter().enumerate() {
+            let Ok(attachments) = &parent.attached else { continue };
+            for a in attachments.iter().filter(|a| self.serves(parent.gateway, a.listener)) {
+                out.extend(a.hosts.iter().map(|h| (p, parent.gateway, a.listener, h.clone())));
+            }
+        }
+        out
+    }
+
+    /// The exact hosts HTTPRoutes would route, as ownership claims of their namespaces.
+    pub(super) fn claims(&self) -> Vec<Claim> {
+        let mut claims = Vec::new();
+        for (i, route) in self.model.routes.iter().enumerate() {
+            let hosts: BTreeSet<HostRule> = self
+                .served_hosts(i)
+                .into_iter()
+                .filter_map(|(_, _, _, h)| h.filter(|h| !h.starts_with("*.")))
+                .filter_map(|h| HostRule::parse(&h).ok())
+                .collect();
+            claims.extend(hosts.into_iter().map(|h| Claim::new("HTTPRoute", route.object.as_ref(), h)));
+        }
+        claims
+    }
+
+    pub(super) fn finish(self) -> GatewayTranslation {
+        GatewayTranslation { model: self.model, outcomes: self.outcomes }
+    }
+}
+
+impl Translator<'_> {
+    /// Adds the rules of HTTPRoute `i` on every listener and host it is served on.
+    pub(super) fn gateway_route(&mut self, gw: &mut GatewayState, i: usize) {
+        let route = gw.model.routes[i].clone();
+        let (ns, name) = (route.key.namespace.clone(), route.key.name.clone());
+        let id = format!("httproute:{ns}/{name}");
+        for (p, g, l, host) in gw.served_hosts(i) {
+            let Some(protocol) = gw.model.gateways[g].listeners[l].protocol else { continue };
+            for (r, rule) in route.rules.iter().enumerate() {
+                let entries = match table::to_table(protocol, host.as_deref(), rule) {
+                    Ok(entries) => entries,
+                    Err(missing) => {
+                        let needs = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                        gw.outcomes[i][p].drop_rule(r, "UnsupportedValue", format!("needs {needs}, not supported yet"));
+                        continue;
+                    }
+                };
+                let host_rule = entries.first().and_then(|e| e.host.clone());
+                if let Err((reason, message)) = self.gateway_host_allowed(&route.object, host_rule.as_ref()) {
+                    gw.outcomes[i][p].drop_rule(r, reason, message);
+                    continue;
+                }
+                for e in entries {
+                    let group = match self.gateway_group(&e.backend) {
+                        Ok(g) => g,
+                        Err((reason, message)) => {
+                            gw.outcomes[i][p].drop_rule(r, reason, message);
+                            continue;
+                        }
+                    };
+                    match self.builder.add_route(&id, e.host.as_ref(), e.path, group) {
+                        Ok(()) => {}
+                        // The same rule reached through another listener or parent.
+                        Err(conflict) if conflict.existing == id => {}
+                        Err(conflict) => {
+                            gw.outcomes[i][p].drop_rule(
+                                r,
+                                "RouteConflict",
+                                format!("{conflict} (the oldest object wins)"),
+                            );
+                            continue;
+                        }
+                    }
+                    gw.outcomes[i][p].served.insert(r);
+                    if let Some(h) = &e.host {
+                        gw.listener_hosts.entry((g, l)).or_default().insert(h.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Host ownership and catch-alls, as for Ingress rules; an Event tells the route.
+    fn gateway_host_allowed(
+        &mut self,
+        route: &Arc<crate::kube::gateway::api::HTTPRoute>,
+        host: Option<&HostRule>,
+    ) -> Result<(), (&'static str, String)> {
+        let obj = route.as_ref();
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        match host {
+            None => {
+                if self.catch_all_allowed("HTTPRoute", obj, "a route without hostnames on a listener without one") {
+                    Ok(())
+                } else {
+                    Err((CATCH_ALL_REFUSED, "a route for every host needs the catch-all grant of its namespace".into()))
+                }
+            }
+            Some(h) => match self.owners.and_then(|o| o.refusal("HTTPRoute", &ns, &name, h)) {
+                None => Ok(()),
+                Some(owner) => {
+                    let message = format!(
+                        "host {h} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
+                    );
+                    self.refuse("HTTPRoute", obj, HOST_OWNED, message.clone());
+                    Err((HOST_OWNED, message))
+                }
+            },
+        }
+    }
+
+    fn gateway_group(&mut self, backend: &TableBackend) -> Result<Arc<BackendGroup>, (&'static str, String)> {
+        match backend {
+            TableBackend::Service { namespace, name, port } => {
+                self.service_group_of(namespace, name, &PortRef::Number(*port))
+            }
+            TableBackend::Unresolved => {
+                if let Some(g) = self.builder.group(UNRESOLVED_GROUP) {
+                    return Ok(g);
+                }
+                let group = GroupSpec::new(UNRESOLVED_GROUP.to_string(), Members::Discovered(Vec::new()))
+                    .compile(self.registry)
+                    .map_err(|e| ("InvalidBackend", super::join(e)))?;
+                Ok(self.builder.add_group(group))
+            }
+        }
+    }
+
+    /// Each programmed HTTPS listener's first certificate, for the hosts routed through
+    /// it; a host whose certificate an Ingress (or an earlier listener) already gives keeps
+    /// that one.
+    pub(super) fn gateway_certs(&mut self, gw: &GatewayState) {
+        for ((g, l), hosts) in &gw.listener_hosts {
+            let gateway = &gw.model.gateways[*g];
+            let Some((secret, key)) = gateway.listeners[*l].certs.first() else { continue };
+            for host in hosts {
+                match self.cert_claims.get(host) {
+                    None => {
+                        self.cert_claims.insert(host.clone(), secret.clone());
+                        self.builder.certs_mut().insert(host, key.clone());
+                    }
+                    Some(holder) if holder == secret => {}
+                    Some((hns, hname)) => self.problems.push(super::Problem {
+                        kind: "Gateway",
+                        namespace: gateway.key.namespace.clone(),
+                        name: gateway.key.name.clone(),
+                        uid: gateway.key.uid.clone(),
+                        reason: "TLSHostConflict",
+                        message: format!(
+                            "the certificate for {host} comes from secret {hns}/{hname}; secret {}/{} of listener {} is not served for it",
+                            secret.0, secret.1, gateway.listeners[*l].name
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+}
