@@ -120,9 +120,12 @@ pub fn to_table(protocol: Protocol, host: Option<&str>, rule: &RuleImage) -> Res
         };
         match path {
             Ok(p) => paths.push(p),
-            Err(e @ (RuleError::PathNotAbsolute(_) | RuleError::BadPathChars(_) | RuleError::BadHost(_))) => {
-                missing.push(Unsupported::InvalidPath(e.to_string()))
-            }
+            Err(
+                e @ (RuleError::PathNotAbsolute(_)
+                | RuleError::BadPathChars(_)
+                | RuleError::BadHost(_)
+                | RuleError::BadRegex(_)),
+            ) => missing.push(Unsupported::InvalidPath(e.to_string())),
         }
     }
     for f in &rule.filters {
