@@ -124,6 +124,12 @@ enum Command {
         /// Defaults to the port of --http-listen.
         #[arg(long, value_name = "PORT", requires = "http_listen")]
         http_service_port: Option<u16>,
+        /// Also serve the routes of Gateway listeners of protocol HTTP on the TLS listeners
+        /// (HTTP/3 has no plaintext form). For running the Gateway API conformance suite
+        /// over HTTP/3; leave off in production, where it would serve those routes on
+        /// HTTPS under the default certificate.
+        #[arg(long)]
+        gateway_http_over_h3: bool,
         /// Connections from --trusted-proxy peers to the TCP listeners must start with a
         /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
         #[arg(long)]
@@ -360,6 +366,7 @@ async fn run(command: Command) -> ExitCode {
             trusted_proxies,
             http_listen,
             http_service_port,
+            gateway_http_over_h3,
             proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -435,6 +442,7 @@ async fn run(command: Command) -> ExitCode {
                 admin_listen,
                 alt_svc_port,
                 http_service_port: http_service_port.or(http_listen.map(|a| a.port())),
+                gateway_http_over_h3,
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),

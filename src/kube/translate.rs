@@ -41,6 +41,9 @@ pub struct Settings {
     pub backend_policy: BackendPolicy,
     /// The ports this process serves, for Gateway listeners.
     pub gateway_ports: ServedPorts,
+    /// `--gateway-http-over-h3`: routes of Gateway HTTP listeners are served on the TLS
+    /// listeners too (HTTP/3 has no plaintext form; the conformance suite's HTTP/3 run).
+    pub gateway_http_over_h3: bool,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             watch_namespaces: BTreeSet::new(),
             backend_policy: BackendPolicy::default(),
             gateway_ports: ServedPorts::default(),
+            gateway_http_over_h3: false,
         }
     }
 }
