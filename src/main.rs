@@ -119,6 +119,17 @@ enum Command {
         /// address, e.g. 0.0.0.0:8080. Off unless given.
         #[arg(long, value_name = "ADDR")]
         http_listen: Option<SocketAddr>,
+        /// The port clients reach the plaintext listener on (its Service port, behind a
+        /// load balancer): Gateway listeners of protocol HTTP on this port are served.
+        /// Defaults to the port of --http-listen.
+        #[arg(long, value_name = "PORT", requires = "http_listen")]
+        http_service_port: Option<u16>,
+        /// Also serve the routes of Gateway listeners of protocol HTTP on the TLS listeners
+        /// (HTTP/3 has no plaintext form). For running the Gateway API conformance suite
+        /// over HTTP/3; leave off in production, where it would serve those routes on
+        /// HTTPS under the default certificate.
+        #[arg(long)]
+        gateway_http_over_h3: bool,
         /// Connections from --trusted-proxy peers to the TCP listeners must start with a
         /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
         #[arg(long)]
@@ -228,6 +239,9 @@ struct LimitFlags {
     /// Close connections with nothing in flight for this long [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     limit_idle_timeout: Option<std::time::Duration>,
+    /// Close an HTTP/1.1 keep-alive connection waiting this long for its next request [default: 75s].
+    #[arg(long, value_parser = parse_duration)]
+    limit_http1_keep_alive_idle: Option<std::time::Duration>,
     /// HTTP/2 PING interval [default: 30s].
     #[arg(long, value_parser = parse_duration)]
     limit_http2_keep_alive_interval: Option<std::time::Duration>,
@@ -268,6 +282,7 @@ impl LimitFlags {
                 .limit_quic_connection_receive_window
                 .unwrap_or(d.quic_connection_receive_window),
             idle_timeout: self.limit_idle_timeout.map_or(d.idle_timeout, D),
+            http1_keep_alive_idle: self.limit_http1_keep_alive_idle.map_or(d.http1_keep_alive_idle, D),
             http2_keep_alive_interval: self.limit_http2_keep_alive_interval.map_or(d.http2_keep_alive_interval, D),
             http2_keep_alive_timeout: self.limit_http2_keep_alive_timeout.map_or(d.http2_keep_alive_timeout, D),
             request_body_idle_timeout: self.limit_request_body_idle_timeout.map_or(d.request_body_idle_timeout, D),
@@ -350,6 +365,8 @@ async fn run(command: Command) -> ExitCode {
             allow_backend_cidrs,
             trusted_proxies,
             http_listen,
+            http_service_port,
+            gateway_http_over_h3,
             proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -424,6 +441,8 @@ async fn run(command: Command) -> ExitCode {
                 listen,
                 admin_listen,
                 alt_svc_port,
+                http_service_port: http_service_port.or(http_listen.map(|a| a.port())),
+                gateway_http_over_h3,
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),

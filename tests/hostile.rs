@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Proxy, catch_all, h3_get};
-use quic_ingress::client::TrustOptions;
+use common::{Backend, Proxy, catch_all, h3_get, raw_quic, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Short limits so the attacks are cut off quickly.
@@ -28,31 +25,6 @@ async fn still_serving(proxy: &Proxy, attack: &str, bound_mib: u64) {
     let rss = rss_kib(proxy);
     eprintln!("{attack}: proxy RSS {} MiB after the attack", rss / 1024);
     assert!(rss < bound_mib * 1024, "{attack}: RSS {rss} KiB over {bound_mib} MiB");
-}
-
-fn insecure() -> TrustOptions {
-    TrustOptions { insecure: true, ca_file: None }
-}
-
-async fn tls(addr: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(insecure().tls_config(&[alpn]).expect("tls")));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    connector.connect(name, tcp).await.expect("TLS handshake")
-}
-
-/// A raw QUIC connection speaking h3 ALPN, from `bind`.
-async fn raw_quic(addr: SocketAddr, bind: &str) -> Result<quinn::Connection, String> {
-    let mut tls = insecure().tls_config(&[b"h3"]).map_err(|e| e.to_string())?;
-    tls.enable_early_data = false;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let mut endpoint = quinn::Endpoint::client(bind.parse().unwrap()).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connecting = endpoint.connect(addr, "localhost").map_err(|e| e.to_string())?;
-    tokio::time::timeout(Duration::from_secs(5), connecting)
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())
 }
 
 /// Opens the client's control stream (SETTINGS, empty), as an h3 client would first.

@@ -142,3 +142,51 @@ async fn what_only_the_controller_checks_reaches_status_and_events_naming_the_fi
     drop(rbac);
     ns.cleanup().await
 }
+
+#[tokio::test]
+async fn route_matches_and_filters_are_stored_whole_and_their_bounds_enforced() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, "crd-filters").await?;
+    install_crd(env).await?;
+
+    let route = json!({
+        "host": "shop.example.com",
+        "path": "/api",
+        "match": {"method": "GET", "headers": [{"type": "Exact", "name": "x-canary", "value": "yes"}],
+                  "queryParams": [{"type": "RegularExpression", "name": "v", "value": "[0-9]+"}]},
+        "filters": [
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]}},
+            {"type": "URLRewrite", "urlRewrite": {"hostname": "internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+            {"type": "CORS", "cors": {"allowOrigins": ["https://*.example.com"], "maxAge": 600, "allowCredentials": true}},
+            {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow"}, "percent": 10}}
+        ],
+        "timeouts": {"request": "10s", "backendRequest": "2s"}
+    });
+    ns.create(&backend_group("filtered", spec(json!({"routes": [route.clone()]})))?).await?;
+    // Nothing was pruned: every field is in the schema.
+    let stored = serde_json::to_value(ns.api::<BackendGroup>().get("filtered").await?.spec.routes)?;
+    assert_eq!(stored[0]["filters"], route["filters"]);
+    assert_eq!(stored[0]["match"], route["match"]);
+    assert_eq!(stored[0]["timeouts"], route["timeouts"]);
+
+    let many: Vec<Value> =
+        (0..17).map(|_| json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m"}}})).collect();
+    let message = refused(&ns, "many-filters", spec(json!({"routes": [{"path": "/", "filters": many}]}))).await?;
+    assert!(message.contains("spec.routes[0].filters"), "{message}");
+    // (An unknown filter type cannot be sent: the typed client refuses it before the API
+    // server does.)
+    let percent = json!({"routes": [{"path": "/", "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m"}, "percent": 101}}]}]});
+    let message = refused(&ns, "bad-percent", spec(percent)).await?;
+    assert!(message.contains("spec.routes[0].filters[0].requestMirror.percent"), "{message}");
+    let status = json!({"routes": [{"path": "/", "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 200}}]}]});
+    let message = refused(&ns, "bad-status", spec(status)).await?;
+    assert!(message.contains("spec.routes[0].filters[0].requestRedirect.statusCode"), "{message}");
+    let headers: Vec<Value> = (0..17).map(|i| json!({"name": format!("x-{i}"), "value": "1"})).collect();
+    let message =
+        refused(&ns, "many-headers", spec(json!({"routes": [{"path": "/", "match": {"headers": headers}}]}))).await?;
+    assert!(message.contains("spec.routes[0].match.headers"), "{message}");
+    let timeout = json!({"routes": [{"path": "/", "timeouts": {"request": "1.5s"}}]});
+    let message = refused(&ns, "bad-timeout", spec(timeout)).await?;
+    assert!(message.contains("spec.routes[0].timeouts.request"), "{message}");
+    ns.cleanup().await
+}

@@ -240,7 +240,7 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     assert_eq!(parent.parent_ref.name, "gw");
 
     // An invalid backendRef: ResolvedRefs=False BackendNotFound for the new generation, and
-    // its path answers 5xx (503 here; the spec's 500 needs the data plane's fixed answers).
+    // its path answers 500, as the spec says.
     let mut changed = route.clone();
     let mut rules = changed.spec.rules.clone();
     rules.push(serde_json::from_value(json!({
@@ -255,25 +255,40 @@ async fn an_https_listener_serves_an_httproute_over_http3_and_http2_with_status(
     })
     .await?;
     assert_eq!(parent_condition(&r, "Accepted"), is("True", "Accepted", generation));
-    let missing = c.wait_for_status(hostname, "/missing", 503, TIMEOUT).await?;
-    assert_eq!(missing.status, 503);
+    let missing = c.wait_for_status(hostname, "/missing", 500, TIMEOUT).await?;
+    assert_eq!(missing.status, 500);
     assert_eq!(c.get_with(hostname, "/app/still", &trust).await.map_err(|e| anyhow!("{e}"))?.status, 200);
 
-    // A rule that needs a feature the table lacks is refused by name, not approximated.
-    let mut unsupported = changed.clone();
-    unsupported.metadata.name = Some("headers".into());
-    unsupported.spec.rules = vec![serde_json::from_value(json!({
+    // A header match is served as a match: a request without the header is not routed.
+    let mut matched = changed.clone();
+    matched.metadata.name = Some("headers".into());
+    matched.spec.rules = vec![serde_json::from_value(json!({
         "matches": [{"path": {"type": "PathPrefix", "value": "/hdr"}, "headers": [{"name": "x-canary", "value": "1"}]}],
         "backendRefs": [{"name": "web", "port": 80}],
     }))?];
+    ns.create(&matched).await?;
+    wait_route(&ns, "headers", "Accepted=True", |r| {
+        parent_condition(r, "Accepted").is_some_and(|(s, reason, _)| s == "True" && reason == "Accepted")
+    })
+    .await?;
+    assert_eq!(c.get_with(hostname, "/hdr", &trust).await.map_err(|e| anyhow!("{e}"))?.status, 404);
+
+    // A rule that needs a feature the data plane lacks is refused by name, not approximated.
+    let mut unsupported = changed.clone();
+    unsupported.metadata.name = Some("extension".into());
+    unsupported.spec.rules = vec![serde_json::from_value(json!({
+        "matches": [{"path": {"type": "PathPrefix", "value": "/ext"}}],
+        "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x.example", "kind": "Thing", "name": "t"}}],
+        "backendRefs": [{"name": "web", "port": 80}],
+    }))?];
     ns.create(&unsupported).await?;
-    let r = wait_route(&ns, "headers", "Accepted=False UnsupportedValue", |r| {
+    let r = wait_route(&ns, "extension", "Accepted=False UnsupportedValue", |r| {
         parent_condition(r, "Accepted").is_some_and(|(s, reason, _)| s == "False" && reason == "UnsupportedValue")
     })
     .await?;
     let message = r.status.as_ref().map(|s| s.parents[0].conditions[0].message.clone()).unwrap_or_default();
-    assert!(message.contains("header matches"), "{message}");
-    assert_eq!(c.get_with(hostname, "/hdr", &trust).await.map_err(|e| anyhow!("{e}"))?.status, 404);
+    assert!(message.contains("filter ExtensionRef"), "{message}");
+    assert_eq!(c.get_with(hostname, "/ext", &trust).await.map_err(|e| anyhow!("{e}"))?.status, 404);
 
     // At rest: the leader's status writes (and the objects they change) wake no rebuild.
     // Two status passes (every 2 s) fit in the window.

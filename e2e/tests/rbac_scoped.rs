@@ -97,10 +97,14 @@ async fn a_chart_scoped_to_namespaces_cannot_read_secrets_of_others_and_serves_i
     )?;
     let admin = env.client()?;
 
-    // What the chart granted: cluster-wide, IngressClasses only; Secrets in team-a only.
+    // What the chart granted: cluster-wide, only cluster-scoped kinds (IngressClasses,
+    // GatewayClasses, Namespaces' labels); Secrets in team-a only.
     let cluster_rules = Api::<ClusterRole>::all(admin.clone()).get(FULLNAME).await?.rules.unwrap_or_default();
     let cluster_resources: Vec<&String> = cluster_rules.iter().flat_map(|r| r.resources.iter().flatten()).collect();
-    ensure!(cluster_resources == ["ingressclasses"], "the ClusterRole grants {cluster_resources:?}");
+    ensure!(
+        cluster_resources == ["ingressclasses", "gatewayclasses", "namespaces", "gatewayclasses/status"],
+        "the ClusterRole grants {cluster_resources:?}"
+    );
     Api::<Role>::namespaced(admin.clone(), team_a.name()).get(FULLNAME).await?;
     Api::<Role>::namespaced(admin.clone(), team_c.name()).get(FULLNAME).await?;
     ensure!(Api::<Role>::namespaced(admin.clone(), team_b.name()).get_opt(FULLNAME).await?.is_none());

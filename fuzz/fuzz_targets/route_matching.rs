@@ -1,8 +1,9 @@
 //! Route matching: a table built from arbitrary host/path rules, looked up with arbitrary
 //! hosts and paths, never panics; a lookup only finds a rule whose path matches.
 //!
-//! Input: lines. `R <type> <host|-> <path>` adds a rule (type `E`xact or `P`refix), any
-//! other line is a lookup `<host|-> <path>`.
+//! Input: lines. `R <type> <host|-> <path>` adds a rule (type `E`xact, `P`refix or
+//! `X` RegularExpression; a host written `~*.a.com` is a Gateway API wildcard of any
+//! depth), any other line is a lookup `<host|-> <path>`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,10 +17,18 @@ fuzz_target!(|data: &[u8]| {
         match words.next() {
             Some("R") => {
                 let (Some(ty), Some(host), Some(path)) = (words.next(), words.next(), words.next()) else { continue };
-                let ty = if ty == "E" { PathType::Exact } else { PathType::Prefix };
+                let ty = match ty {
+                    "E" => PathType::Exact,
+                    "X" => PathType::RegularExpression,
+                    _ => PathType::Prefix,
+                };
+                let parsed = match host.strip_prefix('~') {
+                    Some(h) => HostRule::parse_gateway(h),
+                    None => HostRule::parse(host),
+                };
                 let host = match host {
                     "-" => None,
-                    h => match HostRule::parse(h) {
+                    _ => match parsed {
                         Ok(h) => Some(h),
                         Err(_) => continue,
                     },

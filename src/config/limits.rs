@@ -43,8 +43,12 @@ pub struct Limits {
     pub quic_stream_receive_window: u32,
     pub quic_connection_receive_window: u32,
     /// A connection with nothing in flight for this long is closed (QUIC idle timeout,
-    /// HTTP/1.1 keep-alive, HTTP/2 without streams).
+    /// HTTP/2 without streams).
     pub idle_timeout: HumanDuration,
+    /// An HTTP/1.1 keep-alive connection waiting for its next request (no byte of it yet)
+    /// is closed after this long. Once a request's first byte is in, `header_timeout` times
+    /// the rest of its head.
+    pub http1_keep_alive_idle: HumanDuration,
     /// HTTP/2 PING interval, and how long its answer may take before the connection is
     /// dropped.
     pub http2_keep_alive_interval: HumanDuration,
@@ -75,6 +79,10 @@ impl Default for Limits {
             quic_stream_receive_window: 256 * 1024,
             quic_connection_receive_window: 4 * 1024 * 1024,
             idle_timeout: HumanDuration::secs(60),
+            // ingress-nginx's keep-alive (75 s), and longer than the 60 s idle timeout of
+            // common load balancers in front (AWS ALB, Azure), so one of them never reuses a
+            // connection just as we close it.
+            http1_keep_alive_idle: HumanDuration::secs(75),
             http2_keep_alive_interval: HumanDuration::secs(30),
             http2_keep_alive_timeout: HumanDuration::secs(20),
             request_body_idle_timeout: HumanDuration::secs(30),
@@ -104,6 +112,7 @@ impl Limits {
             ("header_timeout", self.header_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("idle_timeout", self.idle_timeout),
+            ("http1_keep_alive_idle", self.http1_keep_alive_idle),
             ("http2_keep_alive_interval", self.http2_keep_alive_interval),
             ("http2_keep_alive_timeout", self.http2_keep_alive_timeout),
             ("request_body_idle_timeout", self.request_body_idle_timeout),

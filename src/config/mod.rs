@@ -15,7 +15,7 @@ pub use limits::{Limits, MAX_HEADER_BYTES_CEILING};
 
 use crate::net::{Cidr, TrustedProxies};
 use crate::routes::CertSet;
-use crate::routes::{self, HostRule, PathRule, RouteTable, RouteTableBuilder};
+use crate::routes::{self, HostRule, PathRule, RouteEntry, RouteTable, RouteTableBuilder, WeightedBackends};
 use crate::upstream::{
     self, BackendSpec, EndpointRegistry, GroupSpec, HealthCheckSpec, Members, PassiveCheck, PassiveSpec, PoolSettings,
     SpecError, Timeouts, UpstreamTls,
@@ -127,6 +127,8 @@ pub enum PathType {
     Exact,
     #[default]
     Prefix,
+    /// The whole path matches the pattern (Gateway API `RegularExpression`).
+    RegularExpression,
 }
 
 impl From<PathType> for routes::PathType {
@@ -134,6 +136,7 @@ impl From<PathType> for routes::PathType {
         match p {
             PathType::Exact => Self::Exact,
             PathType::Prefix => Self::Prefix,
+            PathType::RegularExpression => Self::RegularExpression,
         }
     }
 }
@@ -165,7 +168,46 @@ pub struct RouteConfig {
     pub path: String,
     #[serde(default)]
     pub path_type: PathType,
-    pub backend_group: String,
+    /// The group serving the route; or `backend_refs` to split by weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_group: Option<String>,
+    /// Groups sharing the route's requests by weight (Gateway API `backendRefs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<BackendRefConfig>,
+    /// What else a request must carry (Gateway API `HTTPRouteMatch` without the path).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<routes::spec::MatchSpec>,
+    /// Gateway API filters, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<routes::spec::FilterSpec>,
+    /// Gateway API `timeouts`: `request` and `backendRequest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<routes::spec::TimeoutsSpec>,
+}
+
+/// One of a route's weighted groups.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRefConfig {
+    /// A backend group id.
+    pub name: String,
+    /// 0 to 1000000; 0 sends nothing there (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+impl RouteConfig {
+    /// The groups the route sends to, with weights: `backend_group` or `backend_refs`.
+    fn backend_names(&self) -> Vec<(&str, u32)> {
+        match &self.backend_group {
+            Some(g) => vec![(g.as_str(), 1)],
+            None => self.backend_refs.iter().map(|r| (r.name.as_str(), r.weight)).collect(),
+        }
+    }
+
+    fn redirects(&self) -> bool {
+        self.filters.iter().any(|f| f.kind == routes::spec::FilterType::RequestRedirect)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -496,14 +538,47 @@ impl Config {
             };
             match PathRule::new(&r.path, r.path_type.into()) {
                 Ok(path) => {
-                    if let Some(first) = claimed.insert((host.clone(), path.clone()), r.id.clone()) {
+                    let key = (host.as_ref().map(ToString::to_string), path.to_string(), r.matches.clone());
+                    if let Some(first) = claimed.insert(key, r.id.clone()) {
                         err(format!("{at}.path"), format!("host and path are already routed by route {first:?}"));
+                    }
+                    // Mirrors may name any group of the file; compile only checks the names.
+                    let mut known = |name: &str| group_ids.contains(name).then(|| placeholder_group(name));
+                    let options =
+                        routes::spec::compile(r.matches.as_ref(), &r.filters, r.timeouts.as_ref(), &path, &mut known);
+                    for e in options.err().unwrap_or_default() {
+                        err(format!("{at}.{}", e.field), e.message);
                     }
                 }
                 Err(e) => err(format!("{at}.path"), e.to_string()),
             }
-            if !group_ids.contains(r.backend_group.as_str()) {
-                err(format!("{at}.backend_group"), format!("unknown backend group {:?}", r.backend_group));
+            match (&r.backend_group, r.backend_refs.is_empty()) {
+                (Some(_), false) => {
+                    err(format!("{at}.backend_refs"), "set backend_group or backend_refs, not both".into())
+                }
+                (None, true) if !r.redirects() => {
+                    err(format!("{at}.backend_group"), "a route needs backend_group or backend_refs".into())
+                }
+                _ => {}
+            }
+            if r.backend_refs.len() > upstream::MAX_BACKENDS {
+                err(format!("{at}.backend_refs"), format!("at most {} entries are allowed", upstream::MAX_BACKENDS));
+            }
+            if let Some(g) = &r.backend_group
+                && !group_ids.contains(g.as_str())
+            {
+                err(format!("{at}.backend_group"), format!("unknown backend group {g:?}"));
+            }
+            for (j, b) in r.backend_refs.iter().enumerate() {
+                if !group_ids.contains(b.name.as_str()) {
+                    err(format!("{at}.backend_refs[{j}].name"), format!("unknown backend group {:?}", b.name));
+                }
+                if b.weight > upstream::MAX_WEIGHT {
+                    err(
+                        format!("{at}.backend_refs[{j}].weight"),
+                        format!("must be between 0 and {}", upstream::MAX_WEIGHT),
+                    );
+                }
             }
         }
 
@@ -560,17 +635,42 @@ impl Config {
                     continue;
                 }
             };
-            let Some(group) = builder.group(&r.backend_group) else {
-                if failed.contains(r.backend_group.as_str()) {
-                    continue;
+            let mut backends = Vec::new();
+            let mut unknown = false;
+            for (j, (name, weight)) in r.backend_names().into_iter().enumerate() {
+                match builder.group(name) {
+                    Some(g) => backends.push((Some(g), weight)),
+                    None if failed.contains(name) => unknown = true,
+                    None => {
+                        let f = if r.backend_group.is_some() {
+                            field("backend_group")
+                        } else {
+                            field(&format!("backend_refs[{j}].name"))
+                        };
+                        errors.push(FieldError { field: f, message: format!("unknown backend group {name:?}") });
+                        unknown = true;
+                    }
                 }
-                errors.push(FieldError {
-                    field: field("backend_group"),
-                    message: format!("unknown backend group {:?}", r.backend_group),
-                });
+            }
+            if unknown {
                 continue;
+            }
+            let mut resolve = |name: &str| builder.group(name);
+            let options =
+                match routes::spec::compile(r.matches.as_ref(), &r.filters, r.timeouts.as_ref(), &path, &mut resolve) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        errors.extend(e.into_iter().map(|e| FieldError { field: field(&e.field), message: e.message }));
+                        continue;
+                    }
+                };
+            let entry = RouteEntry {
+                matcher: options.matcher,
+                filters: options.filters,
+                timeouts: options.timeouts,
+                ..RouteEntry::split(&r.id, host, path, WeightedBackends::new(backends))
             };
-            if let Err(conflict) = builder.add_route(&r.id, host.as_ref(), path, group) {
+            if let Err(conflict) = builder.add_entry(entry) {
                 errors.push(FieldError { field: field("path"), message: conflict.to_string() });
             }
         }
@@ -581,6 +681,16 @@ impl Config {
     pub fn hosts(&self) -> Vec<String> {
         self.routes.iter().filter_map(|r| r.host.clone()).collect()
     }
+}
+
+/// A stand-in for a group known to exist, while validating names only.
+fn placeholder_group(id: &str) -> std::sync::Arc<upstream::BackendGroup> {
+    std::sync::Arc::new(upstream::BackendGroup::new(
+        id.into(),
+        upstream::Strategy::RoundRobin,
+        Timeouts::default(),
+        vec![],
+    ))
 }
 
 /// A group's error, named by its path in the file.

@@ -144,6 +144,95 @@ fn groups_follow_the_rules_the_backend_group_resource_follows() {
     assert_eq!(errors[1].message, "must be at least 100ms");
 }
 
+const FILTERED: &str = r#"
+server:
+  address: "127.0.0.1:8443"
+routes:
+  - id: canary
+    path: /api
+    match:
+      headers: [{name: X-Canary, value: "yes"}]
+    backend_refs: [{name: a, weight: 90}, {name: b, weight: 10}]
+    filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {set: [{name: x-env, value: canary}]}
+      - type: URLRewrite
+        urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+      - type: RequestMirror
+        requestMirror: {backendRef: {name: b}, percent: 10}
+    timeouts: {request: 10s, backendRequest: 2s}
+  - id: api
+    path: /api
+    backend_group: a
+  - id: old
+    path: /old
+    filters:
+      - type: RequestRedirect
+        requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+  - id: ids
+    path: "/ids/[0-9]+"
+    path_type: RegularExpression
+    backend_group: b
+backend_groups:
+  - id: a
+    backends: [{url: "http://127.0.0.1:8001"}]
+  - id: b
+    backends: [{url: "http://127.0.0.1:8002"}]
+"#;
+
+#[test]
+fn matches_filters_weights_and_timeouts_compile_from_yaml() {
+    let config = parse("test.yaml", FILTERED).unwrap();
+    config.validate().unwrap();
+    let table = config.compile(&EndpointRegistry::default(), CertSet::default(), 1).unwrap();
+    assert_eq!(table.route_count(), 4, "two entries share /api");
+    let headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-canary", http::HeaderValue::from_static("yes"));
+        h
+    };
+    let view = routes::RequestView { headers: &headers, ..routes::RequestView::get(None, "/api/x") };
+    let canary = table.route_for(&view).unwrap();
+    assert_eq!(canary.id, "canary");
+    assert_eq!(canary.filters.len(), 3);
+    assert_eq!(canary.timeouts.backend_request, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(canary.backends.weights().map(|(_, w)| w).collect::<Vec<_>>(), [90, 10]);
+    assert_eq!(table.lookup(None, "/api/x").unwrap().id, "api", "no header: the plain entry");
+    assert_eq!(table.lookup(None, "/old").unwrap().id, "old", "a redirect needs no backend");
+    assert_eq!(table.lookup(None, "/ids/42").unwrap().id, "ids");
+    assert!(table.lookup(None, "/ids/x").is_none());
+}
+
+#[test]
+fn bad_matches_and_filters_name_their_field() {
+    let yaml = FILTERED
+        .replace("name: X-Canary", "name: \"X Canary\"")
+        .replace("replacePrefixMatch: /v2", "replacePrefixMatch: v2")
+        .replace("backendRef: {name: b}", "backendRef: {name: nope}")
+        .replace("backendRequest: 2s", "backendRequest: 20s")
+        .replace("{name: b, weight: 10}", "{name: c, weight: 10}")
+        .replace("statusCode: 301", "statusCode: 304")
+        .replace("/ids/[0-9]+", "/ids/[0-9+");
+    let errors = errors_of(&yaml);
+    assert_eq!(
+        fields(&errors),
+        vec![
+            "routes[0].match.headers[0].name",
+            "routes[0].filters[1].urlRewrite.path.replacePrefixMatch",
+            "routes[0].filters[2].requestMirror.backendRef.name",
+            "routes[0].timeouts.backendRequest",
+            "routes[0].backend_refs[1].name",
+            "routes[2].filters[0].requestRedirect.statusCode",
+            "routes[3].path",
+        ],
+        "{errors:?}"
+    );
+    let both = FILTERED.replace("    backend_group: a\n", "    backend_group: a\n    backend_refs: [{name: b}]\n");
+    assert_eq!(fields(&errors_of(&both)), vec!["routes[1].backend_refs"]);
+    let neither = FILTERED.replace("    backend_group: b\n", "");
+    assert_eq!(fields(&errors_of(&neither)), vec!["routes[3].backend_group"]);
+}
+
 #[test]
 fn the_plaintext_listener_and_proxy_protocol_are_off_unless_asked_for() {
     let listen = parse("test.yaml", GOOD).unwrap().validate().unwrap();

@@ -48,6 +48,10 @@ pub struct ControllerOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub alt_svc_port: Option<u16>,
+    /// The port clients reach the plaintext listener on, if there is one.
+    pub http_service_port: Option<u16>,
+    /// `--gateway-http-over-h3`: Gateway HTTP listeners' routes on the TLS listeners too.
+    pub gateway_http_over_h3: bool,
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub drain_timeout: Duration,
     /// Serve safe methods from 0-RTT early data.
@@ -174,8 +178,9 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         backend_policy: opts.backend_policy.clone(),
         gateway_ports: super::gateway::ServedPorts {
             https: Some(opts.alt_svc_port.unwrap_or(opts.listen.port())),
-            http: None,
+            http: opts.http_service_port,
         },
+        gateway_http_over_h3: opts.gateway_http_over_h3,
     };
 
     // Leader election and status.

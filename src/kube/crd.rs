@@ -120,6 +120,8 @@ pub enum PathType {
     Exact,
     #[default]
     Prefix,
+    /// The whole path matches the pattern (Gateway API RegularExpression).
+    RegularExpression,
 }
 
 impl From<PathType> for routes::PathType {
@@ -127,6 +129,7 @@ impl From<PathType> for routes::PathType {
         match p {
             PathType::Exact => Self::Exact,
             PathType::Prefix => Self::Prefix,
+            PathType::RegularExpression => Self::RegularExpression,
         }
     }
 }
@@ -294,7 +297,7 @@ pub struct TimeoutsSpec {
     pub idle: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendGroupRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -304,6 +307,18 @@ pub struct BackendGroupRoute {
     pub path: String,
     #[serde(default)]
     pub path_type: PathType,
+    /// What else a request must carry: method, headers, queryParams (Gateway API
+    /// `HTTPRouteMatch` without the path).
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<routes::spec::MatchSpec>,
+    /// Gateway API filters, in order. A RequestMirror's backendRef names a BackendGroup
+    /// of the same namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = routes::spec::MAX_FILTERS))]
+    pub filters: Vec<routes::spec::FilterSpec>,
+    /// Gateway API timeouts: request, backendRequest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<routes::spec::TimeoutsSpec>,
 }
 
 fn default_path() -> String {

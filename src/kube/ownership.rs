@@ -147,7 +147,9 @@ impl Owners {
                 let wildcard = wildcard_suffix(h).and_then(|s| self.wildcard.get(s));
                 self.exact.get(h).filter(|o| foreign(o)).or(wildcard.filter(|o| foreign(o))).cloned()
             }
-            HostRule::Wildcard(s) => {
+            // A Gateway API wildcard (any depth) is claimed as the one-label one, until the
+            // Gateway translation decides its own ownership rules.
+            HostRule::Wildcard(s) | HostRule::Suffix(s) => {
                 let under = self.under.get(s).into_iter().flatten().find(|o| foreign(o));
                 self.wildcard.get(s).filter(|o| foreign(o)).or(under).cloned()
             }
@@ -162,7 +164,7 @@ impl Owners {
                 }
                 self.exact.entry(h).or_insert(ns);
             }
-            HostRule::Wildcard(s) => {
+            HostRule::Wildcard(s) | HostRule::Suffix(s) => {
                 self.wildcard.entry(s).or_insert(ns);
             }
         }

@@ -17,7 +17,7 @@ use super::ownership::{Claim, Grants, HostOwnership, Owners};
 use super::policy::BackendPolicy;
 use super::world::{Indexed, World};
 use crate::routes::CertSet;
-use crate::routes::{HostRule, PathRule, PathType, RouteTable, RouteTableBuilder, wildcard_suffix};
+use crate::routes::{self, HostRule, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, wildcard_suffix};
 use crate::upstream::{BackendGroup, BackendUrl, EndpointRegistry, GroupSpec, Members, UpstreamTls};
 
 pub const CONTROLLER_NAME: &str = "quic-ingress.dev/controller";
@@ -41,6 +41,9 @@ pub struct Settings {
     pub backend_policy: BackendPolicy,
     /// The ports this process serves, for Gateway listeners.
     pub gateway_ports: ServedPorts,
+    /// `--gateway-http-over-h3`: routes of Gateway HTTP listeners are served on the TLS
+    /// listeners too (HTTP/3 has no plaintext form; the conformance suite's HTTP/3 run).
+    pub gateway_http_over_h3: bool,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             watch_namespaces: BTreeSet::new(),
             backend_policy: BackendPolicy::default(),
             gateway_ports: ServedPorts::default(),
+            gateway_http_over_h3: false,
         }
     }
 }
@@ -428,7 +432,7 @@ impl Translator<'_> {
         }
         let Some(group) = self.group_for_resource(bg) else { return };
         let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
-        for r in &bg.spec.routes {
+        for (index, r) in bg.spec.routes.iter().enumerate() {
             let host = match r.host.as_deref().map(HostRule::parse).transpose() {
                 Ok(h) => h,
                 Err(e) => {
@@ -446,10 +450,45 @@ impl Translator<'_> {
                     continue;
                 }
             };
-            if let Err(conflict) = self.builder.add_route(&id, host.as_ref(), path, group.clone()) {
+            let options = match self.backend_group_route_options(bg, index, r, &path) {
+                Ok(o) => o,
+                Err(message) => {
+                    self.refuse("BackendGroup", bg, "InvalidRoute", message);
+                    continue;
+                }
+            };
+            let entry = RouteEntry {
+                matcher: options.matcher,
+                filters: options.filters,
+                timeouts: options.timeouts,
+                ..RouteEntry::new(&id, host, path, group.clone())
+            };
+            if let Err(conflict) = self.builder.add_entry(entry) {
                 self.refuse("BackendGroup", bg, "RouteConflict", format!("{conflict} (the oldest object wins)"));
             }
         }
+    }
+
+    /// A BackendGroup route's match, filters and timeouts; a mirror names a BackendGroup
+    /// of the same namespace. Errors name the field under `spec.routes[i]`.
+    fn backend_group_route_options(
+        &mut self,
+        bg: &BackendGroupCr,
+        index: usize,
+        r: &crate::kube::crd::BackendGroupRoute,
+        path: &PathRule,
+    ) -> Result<routes::spec::RouteOptions, String> {
+        let ns = bg.namespace().unwrap_or_default();
+        let mut mirrors = std::collections::HashMap::new();
+        for name in routes::spec::mirror_targets(&r.filters) {
+            let other = self.idx.groups.get(&(ns.as_str(), name)).copied();
+            let group = other.filter(|o| !bg_of_other_class(o, &self.settings.ingress_class));
+            let group = group.and_then(|o| self.group_for_resource(o));
+            mirrors.insert(name.to_string(), group);
+        }
+        let mut resolve = |name: &str| mirrors.get(name).cloned().flatten();
+        routes::spec::compile(r.matches.as_ref(), &r.filters, r.timeouts.as_ref(), path, &mut resolve)
+            .map_err(|errors| join(errors.into_iter().map(|e| format!("spec.routes[{index}].{e}")).collect::<Vec<_>>()))
     }
 
     /// The group an Ingress backend points at, compiled once per translation.

@@ -19,10 +19,11 @@ use crate::kube::gateway::table::{self, TableBackend};
 use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
 use crate::kube::ownership::Claim;
 use crate::kube::world::{Indexed, World};
-use crate::routes::HostRule;
+use crate::routes::{HostRule, RouteEntry, TieBreak, WeightedBackends, spec};
 use crate::upstream::{BackendGroup, GroupSpec, Members};
 
-/// The group that unresolved backendRefs route to: no endpoints, so 503.
+/// The group an unresolved mirror target sends copies to: no endpoints, so none leave.
+/// (An unresolved backendRef has no group: its share is answered 500.)
 const UNRESOLVED_GROUP: &str = "gateway:unresolved-backend";
 
 /// The Gateway API side of one translation.
@@ -105,18 +106,20 @@ impl Translator<'_> {
         let route = gw.model.routes[i].clone();
         let (ns, name) = (route.key.namespace.clone(), route.key.name.clone());
         let id = format!("{}:{ns}/{name}", route.object.kind().name().to_ascii_lowercase());
+        let created = route.key.created.as_ref().map_or(i64::MAX, |t| t.0.as_second());
+        let http_over_h3 = self.settings.gateway_http_over_h3;
         for (p, g, l, host) in gw.served_hosts(i) {
             let Some(protocol) = gw.model.gateways[g].listeners[l].protocol else { continue };
             for (r, rule) in route.rules.iter().enumerate() {
-                let entries = match table::to_table(protocol, host.as_deref(), rule) {
-                    Ok(entries) => entries,
+                let table_rule = match table::to_table(protocol, host.as_deref(), rule, http_over_h3) {
+                    Ok(t) => t,
                     Err(missing) => {
                         let needs = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                        gw.outcomes[i][p].drop_rule(r, "UnsupportedValue", format!("needs {needs}, not supported yet"));
+                        gw.outcomes[i][p].drop_rule(r, "UnsupportedValue", format!("needs {needs}, not supported"));
                         continue;
                     }
                 };
-                let host_rule = entries.first().and_then(|e| e.host.clone());
+                let host_rule = table_rule.entries.first().and_then(|e| e.host.clone());
                 let allowed = match &route.object {
                     RouteObject::Http(r) => self.gateway_host_allowed("HTTPRoute", r.as_ref(), host_rule.as_ref()),
                     RouteObject::Grpc(r) => self.gateway_host_allowed("GRPCRoute", r.as_ref(), host_rule.as_ref()),
@@ -125,15 +128,16 @@ impl Translator<'_> {
                     gw.outcomes[i][p].drop_rule(r, reason, message);
                     continue;
                 }
-                for e in entries {
-                    let group = match self.gateway_group(&e.backend) {
-                        Ok(g) => g,
-                        Err((reason, message)) => {
-                            gw.outcomes[i][p].drop_rule(r, reason, message);
-                            continue;
-                        }
-                    };
-                    match self.builder.add_route(&id, e.host.as_ref(), e.path, group) {
+                let entries = match self.gateway_entries(&id, &format!("{ns}/{name}"), created, r, table_rule) {
+                    Ok(entries) => entries,
+                    Err((reason, message)) => {
+                        gw.outcomes[i][p].drop_rule(r, reason, message);
+                        continue;
+                    }
+                };
+                for entry in entries {
+                    let entry_host = entry.host.clone();
+                    match self.builder.add_entry(entry) {
                         Ok(()) => {}
                         // The same rule reached through another listener or parent.
                         Err(conflict) if conflict.existing == id => {}
@@ -147,12 +151,59 @@ impl Translator<'_> {
                         }
                     }
                     gw.outcomes[i][p].served.insert(r);
-                    if let Some(h) = &e.host {
-                        gw.listener_hosts.entry((g, l)).or_default().insert(h.clone());
+                    if let Some(h) = entry_host {
+                        gw.listener_hosts.entry((g, l)).or_default().insert(h);
                     }
                 }
             }
         }
+    }
+
+    /// The route-table entries of one rule: its backends and mirrors resolved to groups,
+    /// its matches and filters compiled by the data plane (which checks what the API
+    /// server did not, e.g. regular expressions, and names the field it refuses).
+    fn gateway_entries(
+        &mut self,
+        id: &str,
+        object: &str,
+        created: i64,
+        rule_index: usize,
+        rule: table::TableRule,
+    ) -> Result<Vec<RouteEntry>, (&'static str, String)> {
+        let mut backends = Vec::with_capacity(rule.backends.len());
+        for (backend, weight) in &rule.backends {
+            let group = match backend {
+                TableBackend::Unresolved => None,
+                b => Some(self.gateway_group(b)?),
+            };
+            backends.push((group, *weight));
+        }
+        let mut mirrors = Vec::with_capacity(rule.mirrors.len());
+        for m in &rule.mirrors {
+            mirrors.push(self.gateway_group(m)?);
+        }
+        let mut entries = Vec::with_capacity(rule.entries.len());
+        for e in rule.entries {
+            let mut resolve = |name: &str| name.parse::<usize>().ok().and_then(|k| mirrors.get(k).cloned());
+            let options =
+                spec::compile(Some(&e.matcher), &rule.filters, None, &e.path, &mut resolve).map_err(|errors| {
+                    let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    ("UnsupportedValue", message)
+                })?;
+            let index = u32::try_from((rule_index << 16) | e.match_index).unwrap_or(u32::MAX);
+            entries.push(RouteEntry {
+                id: id.to_string(),
+                host: e.host,
+                path: e.path,
+                matcher: options.matcher,
+                scope: rule.scope,
+                tie_break: TieBreak { created, name: object.to_string(), index },
+                backends: WeightedBackends::new(backends.clone()),
+                filters: options.filters,
+                timeouts: rule.timeouts,
+            });
+        }
+        Ok(entries)
     }
 
     /// Host ownership and catch-alls, as for Ingress rules; an Event tells the route.

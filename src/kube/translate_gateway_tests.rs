@@ -234,7 +234,7 @@ fn attachment_follows_section_names_allowed_routes_and_hostnames() {
 }
 
 #[test]
-fn rules_needing_what_the_table_lacks_are_refused_by_name_and_others_still_served() {
+fn matches_splits_and_filters_are_served_and_what_cannot_be_is_refused_by_name() {
     let mut w = gw_world();
     w.gateway.routes = vec![route(
         "a",
@@ -252,25 +252,40 @@ fn rules_needing_what_the_table_lacks_are_refused_by_name_and_others_still_serve
                 {"matches": [{"path": {"type": "PathPrefix", "value": "/f"}}],
                  "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}],
                  "backendRefs": [{"name": "web", "port": 80}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/ext"}}],
+                 "filters": [{"type": "ExtensionRef", "extensionRef": {"group": "x.example", "kind": "Thing", "name": "t"}}],
+                 "backendRefs": [{"name": "web", "port": 80}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": "/re(("}}],
+                 "backendRefs": [{"name": "web", "port": 80}]},
             ],
         }),
     )];
     let t = run(&w);
-    assert!(endpoints_for(&t, "shop.example.com", "/ok").is_some());
-    for path in ["/h", "/split", "/f"] {
+    for path in ["/ok", "/split", "/f"] {
+        assert_eq!(endpoints_for(&t, "shop.example.com", path), Some(vec![A_WEB.to_string()]), "{path}");
+    }
+    // The header match is served, to requests that carry the header only.
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/h"), None, "no x: 1 header");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x", http::HeaderValue::from_static("1"));
+    let view = crate::routes::RequestView {
+        host: Some("shop.example.com"),
+        path_and_query: "/h",
+        method: &http::Method::GET,
+        headers: &headers,
+        listener: crate::routes::Listener::Tls,
+    };
+    assert!(t.table.route_for(&view).is_some(), "x: 1 is routed");
+    let filtered = t.table.lookup(Some("shop.example.com"), "/f").unwrap();
+    assert_eq!(filtered.filters.len(), 1, "the header modifier is compiled into the route");
+    for path in ["/ext", "/re"] {
         assert_eq!(endpoints_for(&t, "shop.example.com", path), None, "{path} must not be served approximately");
     }
     let conditions = route_parent(&t.gateway, "mixed");
     assert_eq!(cond(&conditions, "Accepted"), pair("True", "Accepted"));
     let partial = conditions.iter().find(|c| c.type_ == "PartiallyInvalid").expect("PartiallyInvalid");
-    assert!(partial.message.starts_with("Dropped Rule(s): Rule 1: needs header matches"), "{}", partial.message);
-    assert!(partial.message.contains("Rule 2: needs traffic split over 2 weighted backendRefs"), "{}", partial.message);
-    assert!(partial.message.contains("Rule 3: needs filter RequestHeaderModifier"), "{}", partial.message);
-    // The model keeps what the route asks for, for the data plane to serve later.
-    let rule = &t.gateway.model.routes[0].rules[3];
-    assert!(
-        matches!(&rule.filters[0], crate::kube::gateway::model::Filter::RequestHeaderModifier(m) if m.set[0].name == "a")
-    );
+    assert!(partial.message.starts_with("Dropped Rule(s): Rule 4: needs filter ExtensionRef"), "{}", partial.message);
+    assert!(partial.message.contains("Rule 5: "), "{}", partial.message);
 }
 
 #[test]
@@ -297,7 +312,7 @@ fn unresolved_backend_refs_are_resolved_refs_false_and_answered_by_no_one_else()
     let message = &conditions.iter().find(|c| c.type_ == "ResolvedRefs").unwrap().message;
     assert!(message.contains("Service a/gone not found"), "{message}");
     assert!(message.contains("no ReferenceGrant"), "{message}");
-    // Both claim their paths with no endpoints (503), not the catch-all rule's backend.
+    // Both claim their paths with no group (answered 500), not the catch-all rule's backend.
     assert_eq!(endpoints_for(&t, "shop.example.com", "/gone/x"), Some(vec![]));
     assert_eq!(endpoints_for(&t, "shop.example.com", "/theirs"), Some(vec![]));
     assert_eq!(endpoints_for(&t, "shop.example.com", "/else"), Some(vec![A_WEB.to_string()]));
@@ -357,7 +372,7 @@ fn status_comparison_ignores_condition_times_only() {
 }
 
 #[test]
-fn with_a_plaintext_port_http_listeners_are_programmed_but_their_routes_wait_for_listener_scope() {
+fn http_listener_routes_are_served_on_the_plaintext_listener_only() {
     let mut w = gw_world();
     let mut plain = json!({"name": "http", "port": 80, "protocol": "HTTP"});
     plain["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
@@ -365,14 +380,27 @@ fn with_a_plaintext_port_http_listeners_are_programmed_but_their_routes_wait_for
     w.gateway.routes = vec![simple_route("a", "shop", 50, &["shop.example.com"], "/", "web")];
     let mut settings = gw_settings();
     settings.gateway_ports.http = Some(80);
+    let on = |t: &Translation, listener| {
+        let headers = http::HeaderMap::new();
+        let view = crate::routes::RequestView {
+            host: Some("shop.example.com"),
+            path_and_query: "/",
+            method: &http::Method::GET,
+            headers: &headers,
+            listener,
+        };
+        t.table.route_for(&view).is_some()
+    };
     let t = run_with(&w, &settings);
     let status = gateway_status(&t.gateway, 0, &[], &Default::default());
     assert_eq!(cond(&status.listeners[0].conditions, "Programmed"), pair("True", "Programmed"));
-    assert_eq!(endpoints_for(&t, "shop.example.com", "/"), None, "would be served over TLS too");
-    let conditions = route_parent(&t.gateway, "shop");
-    assert_eq!(cond(&conditions, "Accepted"), pair("False", "UnsupportedValue"));
-    let message = &conditions[0].message;
-    assert!(message.contains("routes scoped to a plaintext HTTP listener"), "{message}");
+    assert_eq!(cond(&route_parent(&t.gateway, "shop"), "Accepted"), pair("True", "Accepted"));
+    assert!(on(&t, crate::routes::Listener::Plain), "served on the plaintext listener");
+    assert!(!on(&t, crate::routes::Listener::Tls), "not on the TLS listeners");
+    // --gateway-http-over-h3 (the conformance suite's HTTP/3 run): on both.
+    settings.gateway_http_over_h3 = true;
+    let t = run_with(&w, &settings);
+    assert!(on(&t, crate::routes::Listener::Plain) && on(&t, crate::routes::Listener::Tls));
 }
 
 #[path = "translate_grpc_tests.rs"]

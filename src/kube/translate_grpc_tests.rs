@@ -53,16 +53,51 @@ fn a_grpcroute_routes_its_methods_to_h2c_endpoints_whatever_the_appprotocol() {
 }
 
 #[test]
-fn a_method_of_any_service_is_refused_by_name_until_the_table_has_regular_expressions() {
+fn a_method_of_any_service_and_header_matches_are_served_as_regex_paths_and_header_matches() {
     let mut w = gw_world();
-    let matches = json!([{"method": {"method": "Say"}}]);
+    let matches = json!([{"method": {"method": "Say"}},
+                         {"method": {"service": "echo.Echo"}, "headers": [{"name": "x-version", "value": "2"}]}]);
     w.gateway.grpc_routes = vec![simple_grpc("a", "echo", 50, &["grpc.example.com"], matches, "web")];
     let t = run(&w);
-    assert_eq!(endpoints_for(&t, "grpc.example.com", "/echo.Echo/Say"), None);
+    assert_eq!(cond(&route_parent(&t.gateway, "echo"), "Accepted"), pair("True", "Accepted"));
+    // `Say` of any service: one path segment, then the method.
+    for (path, routed) in
+        [("/echo.Echo/Say", true), ("/other.Svc/Say", true), ("/a/b/Say", false), ("/x/SayMore", false)]
+    {
+        let found = endpoints_for(&t, "grpc.example.com", path);
+        assert_eq!(found.is_some(), routed, "{path}: {found:?}");
+    }
+    // The service match carries its header match: only calls with x-version: 2.
+    assert_eq!(endpoints_for(&t, "grpc.example.com", "/echo.Echo/Other"), None, "no x-version header");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-version", http::HeaderValue::from_static("2"));
+    let view = crate::routes::RequestView {
+        host: Some("grpc.example.com"),
+        path_and_query: "/echo.Echo/Other",
+        method: &http::Method::POST,
+        headers: &headers,
+        listener: crate::routes::Listener::Tls,
+    };
+    assert!(t.table.route_for(&view).is_some(), "x-version: 2 is routed");
+}
+
+#[test]
+fn filters_a_grpcroute_may_not_use_are_refused_by_name() {
+    let mut w = gw_world();
+    w.gateway.grpc_routes = vec![grpc_route(
+        "a",
+        "echo",
+        50,
+        json!({"parentRefs": [{"name": "gw", "namespace": "infra"}], "hostnames": ["grpc.example.com"],
+               "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "x.example.com"}}],
+                          "backendRefs": [{"name": "web", "port": 80}]}]}),
+    )];
+    let t = run(&w);
     let conditions = route_parent(&t.gateway, "echo");
     assert_eq!(cond(&conditions, "Accepted"), pair("False", "UnsupportedValue"));
     let message = &conditions.iter().find(|c| c.type_ == "Accepted").unwrap().message;
-    assert!(message.contains("RegularExpression path \"/[^/]+/Say\""), "{message}");
+    assert!(message.contains("URLRewrite (not a GRPCRoute filter)"), "{message}");
+    assert_eq!(endpoints_for(&t, "grpc.example.com", "/a.B/C"), None);
 }
 
 #[test]

@@ -380,6 +380,7 @@ fn backend_groups_by_resource_and_by_their_own_routes() {
                     host: Some("bg.example.com".into()),
                     path: "/v1".into(),
                     path_type: PathType::Prefix,
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -431,7 +432,12 @@ fn invalid_backend_group_is_reported() {
         "bad",
         BackendGroupSpec {
             backends: vec![StaticBackend { url: "ftp://x:1".into(), weight: 1 }],
-            routes: vec![BackendGroupRoute { host: None, path: "/bad".into(), path_type: PathType::Prefix }],
+            routes: vec![BackendGroupRoute {
+                host: None,
+                path: "/bad".into(),
+                path_type: PathType::Prefix,
+                ..Default::default()
+            }],
             ..Default::default()
         },
     )];
@@ -498,6 +504,7 @@ fn upstream_tls_trusts_the_ca_of_a_secret_and_names_a_missing_one() {
             host: Some("q.example.com".into()),
             path: "/".into(),
             path_type: PathType::Prefix,
+            ..Default::default()
         }],
         tls: Some(crate::kube::crd::UpstreamTlsSpec {
             ca_secret: Some(secret.into()),
@@ -729,7 +736,12 @@ fn catch_alls_are_served_only_from_namespaces_the_admin_lists() {
         "any",
         BackendGroupSpec {
             backends: vec![StaticBackend { url: "http://192.0.2.7:80".into(), weight: 1 }],
-            routes: vec![BackendGroupRoute { host: None, path: "/bg".into(), path_type: PathType::Prefix }],
+            routes: vec![BackendGroupRoute {
+                host: None,
+                path: "/bg".into(),
+                path_type: PathType::Prefix,
+                ..Default::default()
+            }],
             ..Default::default()
         },
     )];
@@ -825,7 +837,12 @@ fn backend_groups_obey_the_ingress_class() {
     let spec = |class: Option<&str>, host: &str| BackendGroupSpec {
         ingress_class_name: class.map(Into::into),
         backends: vec![StaticBackend { url: "http://192.0.2.7:80".into(), weight: 1 }],
-        routes: vec![BackendGroupRoute { host: Some(host.into()), path: "/".into(), path_type: PathType::Prefix }],
+        routes: vec![BackendGroupRoute {
+            host: Some(host.into()),
+            path: "/".into(),
+            path_type: PathType::Prefix,
+            ..Default::default()
+        }],
         ..Default::default()
     };
     world.groups = vec![
@@ -872,6 +889,7 @@ fn static_backends_at_internal_addresses_are_refused_naming_the_field() {
                     host: Some("b.example.com".into()),
                     path: "/".into(),
                     path_type: PathType::Prefix,
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -886,6 +904,7 @@ fn static_backends_at_internal_addresses_are_refused_naming_the_field() {
                     host: Some("svc.example.com".into()),
                     path: "/".into(),
                     path_type: PathType::Prefix,
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -914,6 +933,54 @@ fn host_ownership_none_is_the_single_tenant_behaviour() {
     assert_eq!(endpoints_for(&t, "shop.example.com", "/login").unwrap(), vec![B_WEB]);
     assert_eq!(endpoints_for(&t, "shop.example.com", "/").unwrap(), vec![A_WEB]);
     assert_eq!(endpoints_for(&t, "elsewhere.example.com", "/").unwrap(), vec![B_WEB]);
+}
+
+#[test]
+fn backend_group_routes_carry_matches_filters_and_mirrors_of_their_namespace() {
+    let mut world = shop_world();
+    let route: BackendGroupRoute = serde_json::from_value(serde_json::json!({
+        "host": "bg.example.com",
+        "path": "/v1",
+        "match": {"headers": [{"name": "x-canary", "value": "yes"}]},
+        "filters": [
+            {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-via", "value": "bg"}]}},
+            {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow"}}}
+        ],
+        "timeouts": {"backendRequest": "3s"}
+    }))
+    .unwrap();
+    let bad: BackendGroupRoute = serde_json::from_value(serde_json::json!({
+        "host": "bg.example.com", "path": "/v2",
+        "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "missing"}}}]
+    }))
+    .unwrap();
+    let static_spec = |routes| BackendGroupSpec {
+        backends: vec![StaticBackend { url: "http://192.0.2.10:8001".into(), weight: 1 }],
+        routes,
+        ..Default::default()
+    };
+    world.groups = vec![
+        backend_group("shop", "canary", static_spec(vec![route, bad])),
+        backend_group("shop", "shadow", static_spec(vec![])),
+    ];
+    let t = run(&world);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-canary", http::HeaderValue::from_static("yes"));
+    let view = crate::routes::RequestView {
+        headers: &headers,
+        ..crate::routes::RequestView::get(Some("bg.example.com"), "/v1/a")
+    };
+    let r = t.table.route_for(&view).unwrap();
+    assert_eq!(r.filters.len(), 2);
+    assert_eq!(r.timeouts.backend_request, Some(std::time::Duration::from_secs(3)));
+    assert!(t.table.lookup(Some("bg.example.com"), "/v1/a").is_none(), "the header is required");
+    assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+    assert_eq!(t.problems[0].reason, "InvalidRoute");
+    assert!(
+        t.problems[0].message.contains("spec.routes[1].filters[0].requestMirror.backendRef.name"),
+        "{:?}",
+        t.problems
+    );
 }
 
 #[path = "translate_gateway_tests.rs"]

@@ -2,6 +2,7 @@
 //! request never holds up the others on its connection.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use h3::server::{RequestResolver, RequestStream};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -21,7 +23,6 @@ use super::pipeline::{self, ConnInfo, Downstream, Shared};
 use crate::body::{BoxError, ProxyBody};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
-use std::sync::Arc;
 
 type H3Conn = h3::server::Connection<GuardedConnection, Bytes>;
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -88,6 +89,7 @@ pub async fn serve(
     endpoint.set_server_config(None);
 }
 
+/// One QUIC connection: its handshake, then its requests.
 async fn connection(
     incoming: quinn::Incoming,
     admitted: Handshaking,
@@ -96,64 +98,93 @@ async fn connection(
     tracker: TaskTracker,
 ) -> Result<(), BoxError> {
     let m = &shared.metrics;
-    let handshake_timeout = shared.limits.handshake_timeout.0;
-    // Serve from the first flight: requests that came as 0-RTT early data are handled
-    // while the handshake completes (see early_data for which ones are forwarded).
-    let accepted = match incoming.accept() {
-        // Wait for the whole ClientHello first (Chromium's spans two Initial packets):
-        // until then the client's stream limits are unknown, and quinn does not wake an
-        // `open_uni` waiting on them, so h3's control stream, and with it the first request,
-        // would stall for good. Found by the browser tests.
-        Ok(mut connecting) => match tokio::time::timeout(handshake_timeout, connecting.handshake_data()).await {
-            Ok(Ok(_)) => Ok(connecting.into_0rtt()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                m.quic_handshakes.with_label_values(&["error"]).inc();
-                m.limit_hit("handshake_timeout");
-                return Err("QUIC handshake timed out".into());
-            }
-        },
-        Err(e) => Err(e),
-    };
-    let (conn, handshake) = match accepted {
-        Ok(Ok((conn, done))) => (conn, Handshake::pending(done)),
-        Ok(Err(connecting)) => match tokio::time::timeout(handshake_timeout, connecting).await {
-            Ok(Ok(conn)) => (conn, Handshake::completed()),
-            Ok(Err(e)) => {
-                m.quic_handshakes.with_label_values(&["error"]).inc();
-                return Err(e.into());
-            }
-            Err(_) => {
-                m.quic_handshakes.with_label_values(&["error"]).inc();
-                m.limit_hit("handshake_timeout");
-                return Err("QUIC handshake timed out".into());
-            }
-        },
-        Err(e) => {
+    // One deadline for the whole handshake, from the first Initial: a client that trickles
+    // its ClientHello gets no extra time for the rest.
+    let deadline = Instant::now() + shared.limits.handshake_timeout.0;
+    let (conn, handshake) = match handshake(incoming, deadline).await {
+        Ok(accepted) => accepted,
+        Err(failed) => {
             m.quic_handshakes.with_label_values(&["error"]).inc();
-            return Err(e.into());
+            if matches!(failed, HandshakeError::TimedOut) {
+                m.limit_hit("handshake_timeout");
+            }
+            return Err(failed.into());
         }
     };
-    // Count the outcome when it is known, without holding up early requests; a 0-RTT
-    // handshake that does not complete in time is closed. The connection counts against
-    // the caps as a handshake until then, as a connection until it closes.
-    let (outcome, watched, counted) = (handshake.clone(), conn.clone(), m.clone());
-    tokio::spawn(async move {
-        if tokio::time::timeout(handshake_timeout, outcome.finished()).await.is_err() {
-            counted.limit_hit("handshake_timeout");
-            watched.close(quinn::VarInt::from_u32(0x0100), b"handshake timeout");
+    watch_handshake(&conn, handshake.clone(), admitted, deadline, m.clone());
+    serve_requests(conn, handshake, shared, shutdown, tracker).await
+}
+
+/// Why a QUIC handshake did not get as far as serving requests.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("QUIC handshake timed out")]
+    TimedOut,
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+/// Accepts the connection as soon as requests can be served: from the first flight, so
+/// requests that came as 0-RTT early data are handled while the handshake completes (see
+/// early_data for which ones are forwarded).
+async fn handshake(
+    incoming: quinn::Incoming,
+    deadline: Instant,
+) -> Result<(quinn::Connection, Handshake), HandshakeError> {
+    let mut connecting = incoming.accept()?;
+    // Wait for the whole ClientHello first (Chromium's spans two Initial packets): until
+    // then the client's stream limits are unknown, and quinn does not wake an `open_uni`
+    // waiting on them, so h3's control stream, and with it the first request, would stall
+    // for good. Found by the browser tests.
+    tokio::time::timeout_at(deadline, connecting.handshake_data()).await.map_err(|_| HandshakeError::TimedOut)??;
+    match connecting.into_0rtt() {
+        Ok((conn, done)) => Ok((conn, Handshake::pending(done))),
+        Err(connecting) => {
+            let conn = tokio::time::timeout_at(deadline, connecting).await.map_err(|_| HandshakeError::TimedOut)??;
+            Ok((conn, Handshake::completed()))
         }
-        let label = if watched.close_reason().is_none() { "ok" } else { "error" };
-        counted.quic_handshakes.with_label_values(&[label]).inc();
+    }
+}
+
+/// Counts the handshake's outcome when it is known, without holding up early requests; a
+/// 0-RTT handshake not complete by `deadline` is closed. The connection counts against the
+/// caps as a handshake until then, and as a connection until it closes.
+fn watch_handshake(
+    conn: &quinn::Connection,
+    handshake: Handshake,
+    admitted: Handshaking,
+    deadline: Instant,
+    metrics: Arc<Metrics>,
+) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        if tokio::time::timeout_at(deadline, handshake.finished()).await.is_err() {
+            metrics.limit_hit("handshake_timeout");
+            conn.close(quinn::VarInt::from_u32(0x0100), b"handshake timeout");
+        }
+        let label = if conn.close_reason().is_none() { "ok" } else { "error" };
+        metrics.quic_handshakes.with_label_values(&[label]).inc();
         if label == "ok" {
             let connected = admitted.established();
-            watched.closed().await;
+            conn.closed().await;
             drop(connected);
         }
     });
+}
+
+/// Accepts request streams until the client leaves or, after `shutdown`, the requests in
+/// flight are done; each request runs in its own task.
+async fn serve_requests(
+    conn: quinn::Connection,
+    handshake: Handshake,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), BoxError> {
+    let m = &shared.metrics;
     m.quic_connections_open.inc();
     let open = ConnectionGauge { conn: conn.clone(), metrics: m.clone(), lost_counted: std::cell::Cell::new(0) };
-    let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + STATS_EVERY, STATS_EVERY);
+    let mut stats_tick = tokio::time::interval_at(Instant::now() + STATS_EVERY, STATS_EVERY);
     let mut client = conn.remote_address();
     let max_header = shared.limits.max_header_bytes;
     let mut h3: H3Conn = h3::server::builder()
@@ -176,31 +207,29 @@ async fn connection(
                 continue;
             }
         };
-        match accepted {
-            Ok(Some(resolver)) => {
-                let shared = shared.clone();
-                // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has
-                // validated the new path, so requests now come from the new address.
-                let now_at = open.conn.remote_address();
-                if now_at != client {
-                    m.quic_path_migrations.inc();
-                    tracing::debug!(from = %client, to = %now_at, "client migrated");
-                    client = now_at;
-                }
-                // Judged when the stream opens, as quinn's own `is_0rtt` does: a stream the
-                // client opened before the handshake completed came in early data.
-                let early_data = !handshake.complete();
-                let conn_span = tracing::Span::current();
-                tracker.spawn(async move {
-                    if let Err(e) = request(resolver, &shared, client, early_data, conn_span).await {
-                        tracing::debug!(error = %e, "request stream failed");
-                    }
-                });
-            }
+        let resolver = match accepted {
+            Ok(Some(resolver)) => resolver,
             Ok(None) => return Ok(()),
             Err(e) if e.is_h3_no_error() => return Ok(()),
             Err(e) => return Err(e.into()),
+        };
+        // A client that moved (Wi-Fi to cellular) keeps its connection; quinn has validated
+        // the new path, so requests now come from the new address.
+        let now_at = open.conn.remote_address();
+        if now_at != client {
+            m.quic_path_migrations.inc();
+            tracing::debug!(from = %client, to = %now_at, "client migrated");
+            client = now_at;
         }
+        // Judged when the stream opens, as quinn's own `is_0rtt` does: a stream the client
+        // opened before the handshake completed came in early data.
+        let early_data = !handshake.complete();
+        let (shared, conn_span) = (shared.clone(), tracing::Span::current());
+        tracker.spawn(async move {
+            if let Err(e) = request(resolver, &shared, client, early_data, conn_span).await {
+                tracing::debug!(error = %e, "request stream failed");
+            }
+        });
     }
 }
 

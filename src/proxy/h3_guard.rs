@@ -241,17 +241,30 @@ impl<B: Buf> quic::SendStream<B> for GuardedBidi<B> {
 
 // === Connection wrappers ===
 
-/// An h3-quinn connection whose incoming streams are guarded.
-pub struct GuardedConnection {
-    inner: h3_quinn::Connection,
+/// Guards every stream opened or accepted through `O`: an h3-quinn connection, or its
+/// opener (through which h3 opens its control and QPACK streams).
+pub struct Guarded<O> {
+    inner: O,
     limit: u64,
     metrics: Arc<Metrics>,
 }
+
+/// An h3-quinn connection whose incoming streams are guarded.
+pub type GuardedConnection = Guarded<h3_quinn::Connection>;
+
+/// Opens streams on a guarded connection.
+pub type GuardedOpener = Guarded<h3_quinn::OpenStreams>;
 
 impl GuardedConnection {
     /// Guards every stream of `conn` with frames of at most `limit` bytes (DATA excepted).
     pub fn new(conn: quinn::Connection, limit: u64, metrics: Arc<Metrics>) -> Self {
         Self { inner: h3_quinn::Connection::new(conn), limit, metrics }
+    }
+}
+
+impl<O: Clone> Clone for Guarded<O> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), limit: self.limit, metrics: self.metrics.clone() }
     }
 }
 
@@ -272,7 +285,7 @@ impl<B: Buf> quic::Connection<B> for GuardedConnection {
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        GuardedOpener {
+        Guarded {
             inner: <h3_quinn::Connection as quic::Connection<B>>::opener(&self.inner),
             limit: self.limit,
             metrics: self.metrics.clone(),
@@ -280,52 +293,25 @@ impl<B: Buf> quic::Connection<B> for GuardedConnection {
     }
 }
 
-impl<B: Buf> quic::OpenStreams<B> for GuardedConnection {
+impl<B, O> quic::OpenStreams<B> for Guarded<O>
+where
+    B: Buf,
+    O: quic::OpenStreams<B, BidiStream = h3_quinn::BidiStream<B>, SendStream = h3_quinn::SendStream<B>>,
+{
     type BidiStream = GuardedBidi<B>;
     type SendStream = h3_quinn::SendStream<B>;
 
     fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let bidi = std::task::ready!(quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx))?;
+        let bidi = std::task::ready!(self.inner.poll_open_bidi(cx))?;
         Poll::Ready(Ok(GuardedBidi::new(bidi, self.limit, self.metrics.clone())))
     }
 
     fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx)
+        self.inner.poll_open_send(cx)
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
-    }
-}
-
-/// Opens streams on a guarded connection (h3 opens its control and QPACK streams here).
-pub struct GuardedOpener {
-    inner: h3_quinn::OpenStreams,
-    limit: u64,
-    metrics: Arc<Metrics>,
-}
-
-impl Clone for GuardedOpener {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), limit: self.limit, metrics: self.metrics.clone() }
-    }
-}
-
-impl<B: Buf> quic::OpenStreams<B> for GuardedOpener {
-    type BidiStream = GuardedBidi<B>;
-    type SendStream = h3_quinn::SendStream<B>;
-
-    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let bidi = std::task::ready!(quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx))?;
-        Poll::Ready(Ok(GuardedBidi::new(bidi, self.limit, self.metrics.clone())))
-    }
-
-    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx)
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
+        self.inner.close(code, reason);
     }
 }
 

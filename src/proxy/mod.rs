@@ -9,6 +9,7 @@ mod headers;
 mod pipeline;
 mod proxy_header;
 mod retry;
+mod retry_token;
 mod tcp;
 #[cfg(test)]
 mod test_support;
@@ -223,18 +224,13 @@ impl DataPlane {
     }
 }
 
-/// The key sealing Retry tokens, from a file shared by the replicas: the file's bytes
-/// (raw, or base64 text) are the HKDF input key material.
+/// The keys sealing Retry tokens, from a file shared by the replicas (see `retry_token`).
 fn retry_token_key(path: &std::path::Path) -> Result<Arc<dyn quinn_proto::crypto::HandshakeTokenKey>, ListenError> {
-    use base64::Engine;
     let bad = |reason: String| ListenError::RetryKey { path: path.display().to_string(), reason };
-    let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let material = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap_or(raw);
-    if material.len() < 32 {
-        return Err(bad(format!("{} bytes; at least 32 are needed", material.len())));
-    }
-    Ok(Arc::new(ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, &material)))
+    let raw = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?);
+    let keys = retry_token::parse_keys(&raw).map_err(|e| bad(e.to_string()))?;
+    let keys = retry_token::TokenKeys::new(&keys).ok_or_else(|| bad("no key".into()))?;
+    Ok(Arc::new(keys))
 }
 
 fn transport_config(congestion: CongestionControl, limits: &Limits) -> quinn::TransportConfig {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -202,28 +203,35 @@ async fn http<I>(
 {
     let limits = shared.limits.clone();
     let _connected = admitted.established();
-    let activity = Arc::new(Activity::new());
+    // Reads as HTTP/1.1 until a request says HTTP/2 (by preface, without ALPN).
+    let activity = Arc::new(Activity::new(!h2_only));
     let (metrics, open) = (shared.metrics.clone(), shared.metrics.tcp_connections_open.clone());
     let seen = activity.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let in_flight = seen.begin();
+        let in_flight = seen.begin(req.version());
         request(shared.clone(), alt_svc.clone(), conn_info, in_flight, req)
     });
     open.inc();
     // HTTP/2 has no Upgrade; `http2_only` is ignored with upgrades.
     let builder = builder(&limits);
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(ReadActivity { inner: io, activity: activity.clone() });
     let mut conn: Pin<Box<dyn std::future::Future<Output = _> + Send>> = if h2_only {
         Box::pin(watcher.watch(builder.http2_only().serve_connection(io, service).into_owned()))
     } else {
         Box::pin(watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned()))
     };
     let ended = loop {
-        let check = activity.deadline(&limits);
+        let due = activity.due(&limits);
+        // With a request in flight nothing is due; a change of state wakes the loop.
+        let check = due.map_or_else(|| Instant::now() + limits.idle_timeout.0, |(at, _)| at);
         tokio::select! {
             ended = conn.as_mut() => break ended,
+            () = activity.changed.notified() => {}
             () = tokio::time::sleep_until(check) => {
-                if let Some(why) = activity.expired(&limits) {
+                // Looked at again: a request may have begun since (that wakes nobody).
+                if let Some((at, why)) = activity.due(&limits)
+                    && Instant::now() >= at
+                {
                     if why == "header_timeout" {
                         metrics.limit_hit(why);
                     }
@@ -288,11 +296,12 @@ async fn request(
     Ok(resp)
 }
 
-/// hyper's connection settings from the limits: header deadline (HTTP/1.1; hyper also
-/// times the wait for the next request with it), HTTP/2 pings and header-list size.
+/// hyper's connection settings from the limits: HTTP/2 pings and header-list size. HTTP/1.1
+/// gets no header timer from hyper: hyper's `header_read_timeout` starts as soon as it
+/// waits for a request, so it would also cut keep-alive waits short; `Activity` times both.
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout.0);
+    builder.http1().header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -304,46 +313,100 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 // === Activity ===
 
-/// What a connection is doing, to close it when idle: requests in flight, and since when
-/// none has been.
+/// What a connection is doing, to close it when it waits too long: requests in flight,
+/// since when none has been, and (HTTP/1.1) when the next request's first byte came.
 struct Activity {
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    idle_since: Mutex<Instant>,
+    http1: AtomicBool,
+    times: Mutex<Times>,
+    /// Wakes the connection's timer when what it waits for changes.
+    changed: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Times {
+    idle_since: Instant,
+    /// The first byte read since the connection went idle (HTTP/1.1: a request head begun).
+    head_started: Option<Instant>,
+}
+
+/// The connection's state as the timer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiting {
+    in_flight: bool,
+    /// Requests begun so far.
+    requests: u64,
+    http1: bool,
+    times: Times,
+}
+
+/// When an idle connection is to be closed, and why (the reason names a limit); None while
+/// a request is in flight (body and write deadlines time those). The first request must
+/// come within the header deadline from the start (for HTTP/2, whose frames hyper does not
+/// time); on HTTP/1.1 a later one has `http1_keep_alive_idle` to begin and, once its first
+/// byte is in, the header deadline for the rest of its head; HTTP/2 has `idle_timeout`.
+fn due(w: &Waiting, limits: &Limits) -> Option<(Instant, &'static str)> {
+    if w.in_flight {
+        return None;
+    }
+    let header = limits.header_timeout.0;
+    Some(match (w.requests, w.http1, w.times.head_started) {
+        (0, _, _) => (w.times.idle_since + header, "header_timeout"),
+        (_, true, Some(first_byte)) => (first_byte + header, "header_timeout"),
+        (_, true, None) => (w.times.idle_since + limits.http1_keep_alive_idle.0, "keep_alive_idle"),
+        (_, false, _) => (w.times.idle_since + limits.idle_timeout.0, "idle"),
+    })
 }
 
 impl Activity {
-    fn new() -> Self {
-        Self { in_flight: AtomicUsize::new(0), requests: AtomicU64::new(0), idle_since: Mutex::new(Instant::now()) }
+    fn new(http1: bool) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            http1: AtomicBool::new(http1),
+            times: Mutex::new(Times { idle_since: Instant::now(), head_started: None }),
+            changed: Notify::new(),
+        }
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        // Two instants, always coherent: a panic elsewhere cannot leave them half-written.
+        self.times.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+        if version == http::Version::HTTP_2 {
+            // HTTP/2 by prior knowledge on a connection ALPN did not make h2.
+            self.http1.store(false, Ordering::Relaxed);
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.times().head_started = None;
         InFlight(self.clone())
     }
 
-    fn idle_since(&self) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// When to look again: the first request must come within the header deadline (for
-    /// HTTP/2, whose frames hyper does not time), later ones within the idle timeout.
-    fn deadline(&self, limits: &Limits) -> Instant {
-        let wait =
-            if self.requests.load(Ordering::Relaxed) == 0 { limits.header_timeout.0 } else { limits.idle_timeout.0 };
-        if self.in_flight.load(Ordering::Acquire) > 0 { Instant::now() + wait } else { self.idle_since() + wait }
-    }
-
-    /// Why the connection should close now, if it should.
-    fn expired(&self, limits: &Limits) -> Option<&'static str> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+    /// Bytes came from the client: while idle, that begins the next request's head.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Acquire) > 0 || !self.http1.load(Ordering::Relaxed) {
+            return;
         }
-        let first = self.requests.load(Ordering::Relaxed) == 0;
-        let (wait, why) =
-            if first { (limits.header_timeout.0, "header_timeout") } else { (limits.idle_timeout.0, "idle") };
-        (self.idle_since().elapsed() >= wait).then_some(why)
+        let mut times = self.times();
+        if times.head_started.is_none() {
+            times.head_started = Some(Instant::now());
+            drop(times);
+            self.changed.notify_one();
+        }
+    }
+
+    fn due(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let waiting = Waiting {
+            in_flight: self.in_flight.load(Ordering::Acquire) > 0,
+            requests: self.requests.load(Ordering::Relaxed),
+            http1: self.http1.load(Ordering::Relaxed),
+            times: *self.times(),
+        };
+        due(&waiting, limits)
     }
 }
 
@@ -353,8 +416,52 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            *self.0.times() = Times { idle_since: Instant::now(), head_started: None };
+            self.0.changed.notify_one();
         }
+    }
+}
+
+/// The client's side of a connection, telling `Activity` when bytes come in.
+struct ReadActivity<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadActivity<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadActivity<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -424,5 +531,53 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_timeout: crate::config::HumanDuration::secs(10),
+            http1_keep_alive_idle: crate::config::HumanDuration::secs(75),
+            idle_timeout: crate::config::HumanDuration::secs(60),
+            ..Limits::default()
+        }
+    }
+
+    /// An HTTP/1.1 connection idle since `t0`, after one request.
+    fn waiting(t0: Instant) -> Waiting {
+        Waiting { in_flight: false, requests: 1, http1: true, times: Times { idle_since: t0, head_started: None } }
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn the_first_request_has_the_header_deadline_from_the_start() {
+        let t0 = Instant::now();
+        let w = Waiting { requests: 0, ..waiting(t0) };
+        assert_eq!(due(&w, &limits()), Some((t0 + S(10), "header_timeout")));
+        let h2 = Waiting { http1: false, ..w };
+        assert_eq!(due(&h2, &limits()), Some((t0 + S(10), "header_timeout")), "HTTP/2 too");
+        let trickled = Waiting { times: Times { idle_since: t0, head_started: Some(t0 + S(9)) }, ..w };
+        assert_eq!(due(&trickled, &limits()), Some((t0 + S(10), "header_timeout")), "a late first byte buys nothing");
+    }
+
+    #[test]
+    fn a_keep_alive_wait_has_its_own_limit_and_a_begun_head_the_header_deadline() {
+        let t0 = Instant::now();
+        assert_eq!(due(&waiting(t0), &limits()), Some((t0 + S(75), "keep_alive_idle")));
+        let begun = Waiting { times: Times { idle_since: t0, head_started: Some(t0 + S(70)) }, ..waiting(t0) };
+        assert_eq!(due(&begun, &limits()), Some((t0 + S(80), "header_timeout")));
+        let h2 = Waiting { http1: false, ..begun };
+        assert_eq!(due(&h2, &limits()), Some((t0 + S(60), "idle")), "HTTP/2 reads are not request heads");
+    }
+
+    #[test]
+    fn nothing_is_due_while_a_request_is_in_flight() {
+        let w = Waiting { in_flight: true, ..waiting(Instant::now()) };
+        assert_eq!(due(&w, &limits()), None);
     }
 }

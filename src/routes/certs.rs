@@ -35,7 +35,8 @@ impl CertSet {
     pub fn insert(&mut self, host: &HostRule, key: Arc<CertifiedKey>) {
         match host {
             HostRule::Exact(h) => self.exact.insert(h.clone(), key),
-            HostRule::Wildcard(s) => self.wildcard.insert(s.clone(), key),
+            // A certificate for `*.suffix` covers one label (RFC 6125), whichever rule asked for it.
+            HostRule::Wildcard(s) | HostRule::Suffix(s) => self.wildcard.insert(s.clone(), key),
         };
     }
 

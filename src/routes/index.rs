@@ -1,107 +1,231 @@
 //! The host → path → target index: built once, then looked up per request without locks.
+//!
+//! Several entries may share one host and path when they differ in what else they ask
+//! of a request (a [`RequestMatch`]) or in the listeners they serve. The order is Gateway
+//! API's precedence, which for the Ingress rules (no match, one entry per host and path)
+//! is exactly the Ingress order:
+//! 1. host: the exact host, then `*.` wildcards by longest suffix (an Ingress one-label
+//!    wildcard before a Gateway one of the same suffix), then entries without a host; a
+//!    level where nothing matches falls through to the next;
+//! 2. path: Exact, then RegularExpression (longer patterns first; Gateway API leaves
+//!    their rank to the implementation, and this is Envoy Gateway's), then Prefix by
+//!    longest prefix (whole segments);
+//! 3. within one path: a method match, then more header matches, then more query matches,
+//!    then the entry's [`TieBreak`] (lower first), then the order of insertion.
 
 use std::collections::HashMap;
 
-use super::matching::{HostRule, PathRule, normalize_request_host, strip_query, wildcard_suffix};
+use super::matching::{HostRule, PathRule, normalize_request_host, prefix_matches, strip_query, wildcard_suffix};
+use super::pattern::Pattern;
+use super::request_match::{ListenerScope, RequestMatch, RequestView, TieBreak};
 
-/// Paths of one host, ready for lookup: exact paths hashed, prefixes longest first.
+/// One entry competing for a host and path.
+#[derive(Debug, Clone)]
+pub struct Candidate<T> {
+    /// What else the request must carry; `None` takes any request.
+    pub matcher: Option<RequestMatch>,
+    pub scope: ListenerScope,
+    pub tie_break: TieBreak,
+    pub target: T,
+}
+
+impl<T> Candidate<T> {
+    /// An entry taking every request on every listener.
+    pub fn any(target: T) -> Self {
+        Self { matcher: None, scope: ListenerScope::Both, tie_break: TieBreak::default(), target }
+    }
+
+    fn admits(&self, req: &RequestView<'_>) -> bool {
+        self.scope.admits(req.listener) && self.matcher.as_ref().is_none_or(|m| m.matches(req))
+    }
+
+    /// Sort key: higher rank first, then lower tie-break.
+    fn precedes(&self, other: &Self) -> bool {
+        let rank = |c: &Self| c.matcher.as_ref().map_or((false, 0, 0), RequestMatch::rank);
+        match rank(self).cmp(&rank(other)) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => self.tie_break < other.tie_break,
+        }
+    }
+}
+
+/// The entries of one host and path rule, in precedence order.
+#[derive(Debug, Clone)]
+struct Slot<T>(Vec<Candidate<T>>);
+
+impl<T> Slot<T> {
+    fn pick(&self, req: &RequestView<'_>) -> Option<&T> {
+        self.0.iter().find(|c| c.admits(req)).map(|c| &c.target)
+    }
+
+    /// Inserts in order; an entry with the same match on an overlapping listener scope
+    /// is a conflict, and the entry already there keeps its place.
+    fn insert(&mut self, candidate: Candidate<T>) -> Result<(), &T> {
+        if let Some(i) = self.0.iter().position(|c| c.matcher == candidate.matcher && c.scope.overlaps(candidate.scope))
+        {
+            return Err(&self.0[i].target);
+        }
+        // After every entry that precedes or ties with it: insertion order breaks ties.
+        let at = self.0.iter().position(|c| candidate.precedes(c)).unwrap_or(self.0.len());
+        self.0.insert(at, candidate);
+        Ok(())
+    }
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+/// Paths of one host, ready for lookup: exact paths hashed, patterns and prefixes longest
+/// first.
 #[derive(Debug, Clone)]
 struct PathIndex<T> {
-    exact: HashMap<String, T>,
-    prefixes: Vec<(String, T)>,
+    exact: HashMap<String, Slot<T>>,
+    regexes: Vec<(Pattern, Slot<T>)>,
+    prefixes: Vec<(String, Slot<T>)>,
 }
 
 impl<T> Default for PathIndex<T> {
     fn default() -> Self {
-        Self { exact: HashMap::new(), prefixes: Vec::new() }
+        Self { exact: HashMap::new(), regexes: Vec::new(), prefixes: Vec::new() }
     }
 }
 
 impl<T> PathIndex<T> {
-    fn lookup(&self, path: &str) -> Option<&T> {
-        if let Some(t) = self.exact.get(path) {
+    fn lookup(&self, path: &str, req: &RequestView<'_>) -> Option<&T> {
+        if let Some(t) = self.exact.get(path).and_then(|s| s.pick(req)) {
             return Some(t);
         }
-        self.prefixes.iter().find(|(p, _)| super::matching::prefix_matches(p, path)).map(|(_, t)| t)
+        if let Some(t) = self.regexes.iter().filter(|(p, _)| p.is_match(path)).find_map(|(_, s)| s.pick(req)) {
+            return Some(t);
+        }
+        self.prefixes.iter().filter(|(p, _)| prefix_matches(p, path)).find_map(|(_, s)| s.pick(req))
     }
 
-    /// Inserts unless the same rule is already taken; returns the holder on conflict.
-    fn insert(&mut self, rule: PathRule, target: T) -> Result<(), &T> {
+    /// Inserts unless the same rule with the same match is already taken; returns the
+    /// holder on conflict.
+    fn insert(&mut self, rule: PathRule, candidate: Candidate<T>) -> Result<(), &T> {
         match rule {
-            PathRule::Exact(p) => {
-                if self.exact.contains_key(&p) {
-                    return Err(&self.exact[&p]);
-                }
-                self.exact.insert(p, target);
+            PathRule::Exact(p) => self.exact.entry(p).or_default().insert(candidate),
+            PathRule::Regex(r) => {
+                let i = match self.regexes.iter().position(|(q, _)| *q == r) {
+                    Some(i) => i,
+                    None => {
+                        let at = self.regexes.partition_point(|(q, _)| q.as_str().len() >= r.as_str().len());
+                        self.regexes.insert(at, (r, Slot::default()));
+                        at
+                    }
+                };
+                self.regexes[i].1.insert(candidate)
             }
             PathRule::Prefix(p) => {
-                if let Some(i) = self.prefixes.iter().position(|(q, _)| *q == p) {
-                    return Err(&self.prefixes[i].1);
-                }
-                // Keep longest first so the first match is the most specific one.
-                let at = self.prefixes.partition_point(|(q, _)| q.len() >= p.len());
-                self.prefixes.insert(at, (p, target));
+                let i = match self.prefixes.iter().position(|(q, _)| *q == p) {
+                    Some(i) => i,
+                    None => {
+                        // Keep longest first so the first match is the most specific one.
+                        let at = self.prefixes.partition_point(|(q, _)| q.len() >= p.len());
+                        self.prefixes.insert(at, (p, Slot::default()));
+                        at
+                    }
+                };
+                self.prefixes[i].1.insert(candidate)
             }
         }
-        Ok(())
     }
 
     fn len(&self) -> usize {
-        self.exact.len() + self.prefixes.len()
+        self.exact.values().map(|s| s.0.len()).sum::<usize>()
+            + self.regexes.iter().map(|(_, s)| s.0.len()).sum::<usize>()
+            + self.prefixes.iter().map(|(_, s)| s.0.len()).sum::<usize>()
     }
 }
 
-/// Routes indexed by host rule, then path rule.
-///
-/// Lookup order: the exact host, then the one-label wildcard of the host, then rules
-/// without a host; within each, Exact paths before Prefix paths, the longest prefix first.
-/// A host level whose paths do not match falls through to the next level, so a host-less
-/// rule serves every host that has no rule of its own for that path.
+/// Routes indexed by host rule, then path rule (see the module's precedence list).
 #[derive(Debug, Clone)]
 pub struct HostIndex<T> {
     exact_hosts: HashMap<String, PathIndex<T>>,
     wildcard_hosts: HashMap<String, PathIndex<T>>,
+    suffix_hosts: HashMap<String, PathIndex<T>>,
     any_host: PathIndex<T>,
 }
 
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
-        Self { exact_hosts: HashMap::new(), wildcard_hosts: HashMap::new(), any_host: PathIndex::default() }
+        Self {
+            exact_hosts: HashMap::new(),
+            wildcard_hosts: HashMap::new(),
+            suffix_hosts: HashMap::new(),
+            any_host: PathIndex::default(),
+        }
     }
 }
 
 impl<T> HostIndex<T> {
-    /// Adds a rule; on conflict (same host rule and path rule) returns the existing target.
+    /// Adds a rule taking any request; on conflict (same host rule and path rule) returns
+    /// the existing target.
     pub fn insert(&mut self, host: Option<&HostRule>, path: PathRule, target: T) -> Result<(), &T> {
+        self.insert_candidate(host, path, Candidate::any(target))
+    }
+
+    /// Adds an entry; on conflict (same host rule, path rule and match, on overlapping
+    /// listeners) returns the existing target.
+    pub fn insert_candidate(
+        &mut self,
+        host: Option<&HostRule>,
+        path: PathRule,
+        candidate: Candidate<T>,
+    ) -> Result<(), &T> {
         let index = match host {
             Some(HostRule::Exact(h)) => self.exact_hosts.entry(h.clone()).or_default(),
             Some(HostRule::Wildcard(s)) => self.wildcard_hosts.entry(s.clone()).or_default(),
+            Some(HostRule::Suffix(s)) => self.suffix_hosts.entry(s.clone()).or_default(),
             None => &mut self.any_host,
         };
-        index.insert(path, target)
+        index.insert(path, candidate)
     }
 
-    /// Finds the target for a request host (raw `Host`/`:authority`) and path (with query).
+    /// Finds the target for a request host (raw `Host`/`:authority`) and path (with query),
+    /// seen as a GET without headers on a TLS listener.
     pub fn lookup(&self, raw_host: Option<&str>, path_and_query: &str) -> Option<&T> {
-        let path = strip_query(path_and_query);
-        let host = raw_host.and_then(normalize_request_host);
+        self.lookup_request(&RequestView::get(raw_host, path_and_query))
+    }
+
+    /// Finds the target for a request.
+    pub fn lookup_request(&self, req: &RequestView<'_>) -> Option<&T> {
+        let path = strip_query(req.path_and_query);
+        let host = req.host.and_then(normalize_request_host);
         if let Some(host) = host.as_deref() {
-            if let Some(t) = self.exact_hosts.get(host).and_then(|i| i.lookup(path)) {
+            if let Some(t) = self.exact_hosts.get(host).and_then(|i| i.lookup(path, req)) {
                 return Some(t);
             }
-            if let Some(t) = wildcard_suffix(host).and_then(|s| self.wildcard_hosts.get(s)).and_then(|i| i.lookup(path))
-            {
+            let one_label = wildcard_suffix(host);
+            if let Some(t) = one_label.and_then(|s| self.wildcard_hosts.get(s)).and_then(|i| i.lookup(path, req)) {
                 return Some(t);
+            }
+            if !self.suffix_hosts.is_empty() {
+                let mut suffix = one_label;
+                while let Some(s) = suffix {
+                    if let Some(t) = self.suffix_hosts.get(s).and_then(|i| i.lookup(path, req)) {
+                        return Some(t);
+                    }
+                    suffix = wildcard_suffix(s);
+                }
             }
         }
-        self.any_host.lookup(path)
+        self.any_host.lookup(path, req)
     }
 
-    /// Number of (host, path) rules.
+    /// Number of entries.
     pub fn len(&self) -> usize {
         self.any_host.len()
-            + self.exact_hosts.values().map(PathIndex::len).sum::<usize>()
-            + self.wildcard_hosts.values().map(PathIndex::len).sum::<usize>()
+            + [&self.exact_hosts, &self.wildcard_hosts, &self.suffix_hosts]
+                .iter()
+                .flat_map(|m| m.values())
+                .map(PathIndex::len)
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +238,7 @@ impl<T> HostIndex<T> {
             .keys()
             .map(|h| HostRule::Exact(h.clone()))
             .chain(self.wildcard_hosts.keys().map(|s| HostRule::Wildcard(s.clone())))
+            .chain(self.suffix_hosts.keys().map(|s| HostRule::Suffix(s.clone())))
     }
 }
 
@@ -197,5 +322,133 @@ mod tests {
         // The same path as Exact is a different rule.
         assert!(idx.insert(Some(&host), PathRule::new("/api", Exact).unwrap(), "third").is_ok());
         assert_eq!(idx.len(), 2);
+    }
+
+    // === Gateway API precedence ===
+
+    use super::super::request_match::{Listener, ValueMatch};
+    use http::{HeaderMap, HeaderValue, Method};
+
+    /// Test builder: an entry with a match made of `method`, `headers` and `query` names
+    /// (each required to equal "1"), and a tie-break.
+    fn entry(name: &'static str, method: Option<&str>, headers: &[&str], query: &[&str]) -> Candidate<&'static str> {
+        let mut m = RequestMatch::new();
+        if let Some(method) = method {
+            m = m.with_method(method).unwrap();
+        }
+        for h in headers {
+            m = m.with_header(h, ValueMatch::exact("1")).unwrap();
+        }
+        for q in query {
+            m = m.with_query(q, ValueMatch::exact("1")).unwrap();
+        }
+        Candidate { matcher: (!m.is_empty()).then_some(m), ..Candidate::any(name) }
+    }
+
+    fn ask(idx: &HostIndex<&'static str>, method: &Method, headers: &[&str], pq: &str) -> Option<&'static str> {
+        let mut map = HeaderMap::new();
+        for h in headers {
+            map.insert(http::HeaderName::from_bytes(h.as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        let view = RequestView {
+            host: Some("gw.example"),
+            path_and_query: pq,
+            method,
+            headers: &map,
+            listener: Listener::Tls,
+        };
+        idx.lookup_request(&view).copied()
+    }
+
+    fn add(idx: &mut HostIndex<&'static str>, path: &str, ty: PathType, c: Candidate<&'static str>) {
+        idx.insert_candidate(None, PathRule::new(path, ty).unwrap(), c).unwrap();
+    }
+
+    #[test]
+    fn within_one_path_method_then_headers_then_query_decide() {
+        let mut idx = HostIndex::default();
+        // Inserted from least to most specific: the order must not matter.
+        add(&mut idx, "/", Prefix, entry("plain", None, &[], &[]));
+        add(&mut idx, "/", Prefix, entry("two-queries", None, &[], &["a", "b"]));
+        add(&mut idx, "/", Prefix, entry("one-header", None, &["x-a"], &[]));
+        add(&mut idx, "/", Prefix, entry("two-headers", None, &["x-a", "x-b"], &[]));
+        add(&mut idx, "/", Prefix, entry("method", Some("POST"), &[], &[]));
+        let get = Method::GET;
+        assert_eq!(ask(&idx, &Method::POST, &["x-a", "x-b"], "/?a=1&b=1"), Some("method"));
+        assert_eq!(ask(&idx, &get, &["x-a", "x-b"], "/?a=1&b=1"), Some("two-headers"));
+        assert_eq!(ask(&idx, &get, &["x-a"], "/?a=1&b=1"), Some("one-header"), "a header beats any number of queries");
+        assert_eq!(ask(&idx, &get, &[], "/?a=1&b=1"), Some("two-queries"));
+        assert_eq!(ask(&idx, &get, &[], "/?a=1"), Some("plain"));
+    }
+
+    #[test]
+    fn the_path_decides_before_the_match() {
+        let mut idx = HostIndex::default();
+        add(&mut idx, "/foo", Prefix, entry("prefix-with-header", None, &["x-a"], &[]));
+        add(&mut idx, "/foo/bar", Prefix, entry("longer-prefix", None, &[], &[]));
+        add(&mut idx, "/foo/bar", Exact, entry("exact-with-method", Some("PUT"), &[], &[]));
+        add(&mut idx, "/foo/[a-z]+", PathType::RegularExpression, entry("regex", None, &[], &[]));
+        let get = Method::GET;
+        assert_eq!(ask(&idx, &Method::PUT, &[], "/foo/bar"), Some("exact-with-method"));
+        assert_eq!(ask(&idx, &get, &["x-a"], "/foo/bar"), Some("regex"), "the Exact entry's method fails: regex next");
+        assert_eq!(ask(&idx, &get, &["x-a"], "/foo/bar/baz"), Some("longer-prefix"), "longest prefix over headers");
+        assert_eq!(ask(&idx, &get, &["x-a"], "/foo/baz1"), Some("prefix-with-header"));
+        assert_eq!(ask(&idx, &get, &[], "/foo/baz1"), None, "the header is required");
+        assert_eq!(ask(&idx, &get, &["x-a"], "/foobar"), None, "prefixes match whole segments");
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_tie_break_then_the_first_added() {
+        let mut idx = HostIndex::default();
+        let older = TieBreak { created: 10, name: "ns/b".into(), index: 0 };
+        let newer = TieBreak { created: 20, name: "ns/a".into(), index: 0 };
+        add(&mut idx, "/", Prefix, Candidate { tie_break: newer, ..entry("newer", None, &["x-b"], &[]) });
+        add(&mut idx, "/", Prefix, Candidate { tie_break: older.clone(), ..entry("older", None, &["x-a"], &[]) });
+        assert_eq!(ask(&idx, &Method::GET, &["x-a", "x-b"], "/"), Some("older"));
+        let same = TieBreak { index: 1, ..older };
+        add(&mut idx, "/", Prefix, Candidate { tie_break: same.clone(), ..entry("second-rule", None, &["x-c"], &[]) });
+        add(&mut idx, "/", Prefix, Candidate { tie_break: same, ..entry("added-later", None, &["x-d"], &[]) });
+        assert_eq!(ask(&idx, &Method::GET, &["x-c", "x-d"], "/"), Some("second-rule"));
+        // The same match again conflicts, whatever its tie-break.
+        let err = idx.insert_candidate(None, PathRule::new("/", Prefix).unwrap(), entry("dup", None, &["x-a"], &[]));
+        assert_eq!(err, Err(&"older"));
+    }
+
+    #[test]
+    fn listener_scopes_split_one_host_and_path() {
+        let mut idx = HostIndex::default();
+        add(&mut idx, "/", Prefix, Candidate { scope: ListenerScope::Tls, ..Candidate::any("https") });
+        add(&mut idx, "/", Prefix, Candidate { scope: ListenerScope::Plain, ..Candidate::any("http") });
+        let conflict = idx.insert_candidate(None, PathRule::new("/", Prefix).unwrap(), Candidate::any("both"));
+        assert_eq!(conflict, Err(&"https"), "both listeners overlap the ones taken");
+        let headers = HeaderMap::new();
+        let view = |listener| RequestView {
+            host: None,
+            path_and_query: "/",
+            method: &Method::GET,
+            headers: &headers,
+            listener,
+        };
+        assert_eq!(idx.lookup_request(&view(Listener::Tls)), Some(&"https"));
+        assert_eq!(idx.lookup_request(&view(Listener::Plain)), Some(&"http"));
+    }
+
+    #[test]
+    fn gateway_wildcards_match_any_labels_longest_suffix_first_never_the_apex() {
+        let mut idx = HostIndex::default();
+        for (host, name) in [("*.example.com", "any-depth"), ("*.b.example.com", "deeper")] {
+            let host = HostRule::parse_gateway(host).unwrap();
+            idx.insert(Some(&host), PathRule::new("/", Prefix).unwrap(), name).unwrap();
+        }
+        let one_label = HostRule::parse("*.c.example.com").unwrap();
+        idx.insert(Some(&one_label), PathRule::new("/", Prefix).unwrap(), "ingress").unwrap();
+        assert_eq!(idx.lookup(Some("a.example.com"), "/"), Some(&"any-depth"));
+        assert_eq!(idx.lookup(Some("x.y.z.example.com"), "/"), Some(&"any-depth"));
+        assert_eq!(idx.lookup(Some("a.b.example.com"), "/"), Some(&"deeper"));
+        assert_eq!(idx.lookup(Some("x.a.b.example.com"), "/"), Some(&"deeper"));
+        assert_eq!(idx.lookup(Some("x.c.example.com"), "/"), Some(&"ingress"));
+        assert_eq!(idx.lookup(Some("y.x.c.example.com"), "/"), Some(&"any-depth"), "the Ingress wildcard is one label");
+        assert_eq!(idx.lookup(Some("example.com"), "/"), None, "not the apex");
+        assert_eq!(idx.len(), 3);
     }
 }

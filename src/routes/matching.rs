@@ -1,17 +1,26 @@
-//! Host and path matching with the Ingress v1 semantics: pure functions, compiled once.
+//! Host and path matching: the Ingress v1 semantics (one-label wildcards, Exact and
+//! Prefix paths), plus what Gateway API adds (wildcards over any number of labels,
+//! RegularExpression paths). Pure functions, compiled once.
 //!
 //! The request side of every comparison is normalised here (lower-cased host without a
 //! port, path without a query) so the table side can be prepared when it is built.
 
 use std::fmt;
 
+use super::pattern::Pattern;
+
 /// A host rule as written in a route: an exact name, or `*.suffix` matching one label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostRule {
     /// `api.example.com` (stored lower-case).
     Exact(String),
-    /// `*.example.com` stored as the suffix `example.com` (lower-case).
+    /// `*.example.com` stored as the suffix `example.com` (lower-case): Ingress v1, matches
+    /// exactly one label (`a.example.com`, not `a.b.example.com` nor `example.com`).
     Wildcard(String),
+    /// Gateway API `*.example.com`, stored as the suffix `example.com`: matches any number
+    /// of labels (`a.example.com`, `a.b.example.com`), never the apex `example.com`.
+    /// Made by [`HostRule::parse_gateway`]. Lookup tries longer suffixes first.
+    Suffix(String),
 }
 
 /// Why a host or path rule was refused while compiling a table.
@@ -23,6 +32,8 @@ pub enum RuleError {
     PathNotAbsolute(String),
     #[error("path {0:?} contains characters that are not allowed in a path")]
     BadPathChars(String),
+    #[error("path {0}")]
+    BadRegex(#[from] super::pattern::PatternError),
 }
 
 impl HostRule {
@@ -43,11 +54,23 @@ impl HostRule {
     }
 }
 
+impl HostRule {
+    /// Parses a Gateway API hostname: `*.suffix` matches any number of labels
+    /// ([`HostRule::Suffix`]); anything else is an exact host.
+    pub fn parse_gateway(host: &str) -> Result<Self, RuleError> {
+        match Self::parse(host)? {
+            Self::Wildcard(s) => Ok(Self::Suffix(s)),
+            other => Ok(other),
+        }
+    }
+}
+
 impl fmt::Display for HostRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Exact(h) => f.write_str(h),
-            Self::Wildcard(s) => write!(f, "*.{s}"),
+            // Both are written `*.suffix` where they come from; the variant says which.
+            Self::Wildcard(s) | Self::Suffix(s) => write!(f, "*.{s}"),
         }
     }
 }
@@ -98,20 +121,31 @@ pub enum PathRule {
     Exact(String),
     /// Element-wise prefix, stored without a trailing slash (`/` is stored as ``).
     Prefix(String),
+    /// A regular expression the whole (normalised) path must match (Gateway API
+    /// `RegularExpression`). Ranked after Exact paths and before every Prefix, longer
+    /// patterns first (see `index`).
+    Regex(Pattern),
 }
 
-/// How a path in a route is to be compared, as in Ingress v1 `pathType`.
+/// How a path in a route is to be compared, as in Ingress v1 `pathType` (and Gateway API's
+/// `RegularExpression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PathType {
     Exact,
     #[default]
     Prefix,
+    RegularExpression,
 }
 
 impl PathRule {
     /// Builds the rule for `path`. A standalone path written as `/api/*` means the
     /// prefix `/api`, the same as `path_type: Prefix` with `/api`.
     pub fn new(path: &str, path_type: PathType) -> Result<Self, RuleError> {
+        if path_type == PathType::RegularExpression {
+            // Matched against the normalised path as it is; not normalised itself (a
+            // pattern's `.` and `..` are not path segments).
+            return Ok(Self::Regex(Pattern::new(path)?));
+        }
         if !path.starts_with('/') {
             return Err(RuleError::PathNotAbsolute(path.to_string()));
         }
@@ -128,8 +162,17 @@ impl PathRule {
         }
         Ok(match path_type {
             PathType::Exact => Self::Exact(path.to_string()),
-            PathType::Prefix => Self::Prefix(path.trim_end_matches('/').to_string()),
+            PathType::Prefix | PathType::RegularExpression => Self::Prefix(path.trim_end_matches('/').to_string()),
         })
+    }
+
+    /// The prefix of a Prefix rule (without its trailing slash; `` for `/`), which a
+    /// `ReplacePrefixMatch` rewrite or redirect replaces.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            Self::Prefix(p) => Some(p),
+            Self::Exact(_) | Self::Regex(_) => None,
+        }
     }
 
     /// Whether `path` (without its query) matches this rule.
@@ -137,6 +180,7 @@ impl PathRule {
         match self {
             Self::Exact(p) => p == path,
             Self::Prefix(p) => prefix_matches(p, path),
+            Self::Regex(r) => r.is_match(path),
         }
     }
 
@@ -144,6 +188,7 @@ impl PathRule {
     pub fn specificity(&self) -> usize {
         match self {
             Self::Exact(p) | Self::Prefix(p) => p.len(),
+            Self::Regex(r) => r.as_str().len(),
         }
     }
 }
@@ -154,6 +199,7 @@ impl fmt::Display for PathRule {
             Self::Exact(p) => write!(f, "Exact {p}"),
             Self::Prefix(p) if p.is_empty() => f.write_str("Prefix /"),
             Self::Prefix(p) => write!(f, "Prefix {p}"),
+            Self::Regex(r) => write!(f, "RegularExpression {}", r.as_str()),
         }
     }
 }
@@ -266,6 +312,30 @@ mod tests {
         assert_eq!(normalize_request_host("[::1]:443").as_deref(), Some("::1"));
         assert_eq!(normalize_request_host("::1").as_deref(), Some("::1"));
         assert_eq!(normalize_request_host("").as_deref(), None);
+    }
+
+    #[test]
+    fn gateway_hosts_parse_to_suffix_wildcards() {
+        assert_eq!(HostRule::parse_gateway("*.Example.com").unwrap(), HostRule::Suffix("example.com".into()));
+        assert_eq!(HostRule::parse_gateway("a.example.com").unwrap(), HostRule::Exact("a.example.com".into()));
+        assert_eq!(HostRule::Suffix("example.com".into()).to_string(), "*.example.com");
+        assert!(HostRule::parse_gateway("a.*.com").is_err());
+    }
+
+    #[test]
+    fn regex_paths_match_the_whole_path_and_bad_ones_name_the_pattern() {
+        let r = PathRule::new("/v[0-9]+/.*", PathType::RegularExpression).unwrap();
+        assert!(r.matches("/v1/users") && !r.matches("/v1") && !r.matches("/x/v1/users"));
+        assert_eq!(r.to_string(), "RegularExpression /v[0-9]+/.*");
+        let err = PathRule::new("/[", PathType::RegularExpression).unwrap_err();
+        assert!(matches!(err, RuleError::BadRegex(_)) && err.to_string().contains("\"/[\""), "{err}");
+    }
+
+    #[test]
+    fn only_prefix_rules_have_a_prefix_to_replace() {
+        assert_eq!(prefix("/foo/").prefix(), Some("/foo"));
+        assert_eq!(prefix("/").prefix(), Some(""));
+        assert_eq!(exact("/foo").prefix(), None);
     }
 
     #[test]

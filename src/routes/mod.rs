@@ -2,31 +2,128 @@
 //! goes (hosts, paths, backend groups with their endpoints, certificates by SNI). Both
 //! sources, the standalone YAML and Kubernetes, compile into it; the data plane reads it
 //! through one `ArcSwap` load per request.
+//!
+//! # What a route can express (the API every source maps onto)
+//! A source adds [`RouteEntry`] values to a [`RouteTableBuilder`]:
+//! - `host`: [`HostRule::parse`] (Ingress: `*.` is one label) or
+//!   [`HostRule::parse_gateway`] (Gateway API: `*.` is any number of labels, not the apex);
+//! - `path`: [`PathRule::new`] with Exact, Prefix (whole segments) or RegularExpression;
+//! - `matcher`: a [`RequestMatch`] (method, header and query matches, Exact or
+//!   RegularExpression), or none;
+//! - `scope`: the listeners it serves ([`ListenerScope`], both by default);
+//! - `tie_break`: the [`TieBreak`] among entries equal in every other respect (Gateway
+//!   API: creation time, `namespace/name`, rule and match index);
+//! - `backends`: [`WeightedBackends`], one group or a weighted split (an unresolved
+//!   reference keeps its weight and answers 500);
+//! - `filters`: [`Filter`] values in order, request and response side;
+//! - `timeouts`: [`RouteTimeouts`] (`request` in total, `backend_request` per attempt).
+//!
+//! One Gateway API rule becomes one entry per (hostname, match), all with the same
+//! backends and filters (each entry keeps its own path, which a `ReplacePrefixMatch`
+//! needs); `tie_break` is `{created: route creation time, name: "ns/name", index:
+//! rule << 16 | match}`, and a Gateway's HTTP and HTTPS listeners give `ListenerScope::Plain`
+//! and `ListenerScope::Tls`. Filters can be built directly (`HeaderModifier::new().with_set`,
+//! `Redirect::new().with_scheme`, `Rewrite`, `Mirror::new(group, percent)`, `Cors::new`) or
+//! from Gateway-spelled [`spec`] values with [`spec::compile`], which also checks the
+//! Gateway API rules across filters (each kind once except mirrors; not both a redirect and
+//! a rewrite; `ReplacePrefixMatch` only on a Prefix path). Precedence among entries is documented in `index`. Entries equal in host,
+//! path, match and (overlapping) listener conflict: the first one added keeps the place,
+//! so a source adds in its own precedence order.
+//!
+//! Standalone YAML and BackendGroup routes describe matches, filters and timeouts with
+//! the shared serde types of [`spec`], whose names mirror Gateway API's.
 
+mod backends;
 mod certs;
 mod filter;
 mod index;
 mod matching;
 mod normalize;
+mod pattern;
+mod request_match;
+pub mod spec;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use backends::WeightedBackends;
 pub use certs::CertSet;
-pub use filter::Filter;
-pub use index::HostIndex;
+pub use filter::{
+    Cors, DEFAULT_CORS_MAX_AGE, Filter, FilterError, HeaderModifier, MAX_MIRRORS_IN_FLIGHT, Mirror, MirrorPermit,
+    PathModifier, Redirect, RequestParts, Rewrite, replace_prefix,
+};
+pub use index::{Candidate, HostIndex};
 pub use matching::{HostRule, PathRule, PathType, RuleError, normalize_request_host, wildcard_suffix};
 pub use normalize::{PathError, normalize_path, normalize_path_and_query};
+pub use pattern::{MAX_PATTERN_LEN, Pattern, PatternError, REGEX_SIZE_LIMIT};
+pub use request_match::{
+    HeaderMatch, Listener, ListenerScope, MatchError, QueryMatch, RequestMatch, RequestView, TieBreak, ValueMatch,
+};
 
 use crate::upstream::BackendGroup;
 
 /// A matched route: its id (for logs and metrics), the filters its requests pass through
-/// in order, and the group that serves it.
+/// in order, the backends that serve it, and the path rule it matched by.
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
     pub filters: Vec<Filter>,
+    /// The group serving the route when it has one; with a weighted split, the first
+    /// resolved group (whose per-group limits the request obeys before a group is drawn).
+    /// A route with no resolved group has an empty one here and answers 500.
     pub group: Arc<BackendGroup>,
+    pub backends: WeightedBackends,
+    pub path: PathRule,
+    pub timeouts: RouteTimeouts,
+    /// Whether any filter works on the response (so the response phase can skip the rest).
+    pub response_filters: bool,
+}
+
+/// Gateway API `HTTPRouteTimeouts`. `None` keeps the group's own timeouts; a zero
+/// duration means no limit (Gateway API: "0s" disables the timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// From the route phase until the response headers, across every attempt.
+    pub request: Option<Duration>,
+    /// Per attempt, until the response headers (instead of the group's `response_headers`).
+    pub backend_request: Option<Duration>,
+}
+
+/// One route as a source declares it; see the module documentation.
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub id: String,
+    pub host: Option<HostRule>,
+    pub path: PathRule,
+    pub matcher: Option<RequestMatch>,
+    pub scope: ListenerScope,
+    pub tie_break: TieBreak,
+    pub backends: WeightedBackends,
+    pub filters: Vec<Filter>,
+    pub timeouts: RouteTimeouts,
+}
+
+impl RouteEntry {
+    /// Every request for `host` and `path` to `group`, on every listener, no filters.
+    pub fn new(id: &str, host: Option<HostRule>, path: PathRule, group: Arc<BackendGroup>) -> Self {
+        Self::split(id, host, path, WeightedBackends::single(group))
+    }
+
+    /// As `new`, to weighted backends.
+    pub fn split(id: &str, host: Option<HostRule>, path: PathRule, backends: WeightedBackends) -> Self {
+        Self {
+            id: id.to_string(),
+            host,
+            path,
+            matcher: None,
+            scope: ListenerScope::Both,
+            tie_break: TieBreak::default(),
+            backends,
+            filters: Vec::new(),
+            timeouts: RouteTimeouts::default(),
+        }
+    }
 }
 
 /// One route as it was declared, kept for `/debug/routes`.
@@ -55,9 +152,15 @@ impl RouteTable {
         Self { generation: 0, index: HostIndex::default(), groups: BTreeMap::new(), routes: Vec::new(), certs }
     }
 
-    /// The route for a request's raw host (`Host`/`:authority`) and path (query allowed).
+    /// The route for a request's raw host (`Host`/`:authority`) and path (query allowed),
+    /// seen as a GET without headers on a TLS listener.
     pub fn lookup(&self, host: Option<&str>, path_and_query: &str) -> Option<&Arc<Route>> {
         self.index.lookup(host, path_and_query)
+    }
+
+    /// The route for a request: host, path, method, headers, query and listener.
+    pub fn route_for(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        self.index.lookup_request(req)
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &Arc<BackendGroup>> {
@@ -109,6 +212,22 @@ pub struct RouteConflict {
     pub existing: String,
 }
 
+/// A match as `/debug/routes` shows it.
+fn describe(m: &RequestMatch) -> String {
+    let (method, headers, query) = m.rank();
+    let mut parts = Vec::new();
+    if method {
+        parts.push(format!("method={}", m.method().map_or("", |m| m.as_str())));
+    }
+    if headers > 0 {
+        parts.push(format!("headers={headers}"));
+    }
+    if query > 0 {
+        parts.push(format!("query={query}"));
+    }
+    format!("[{}]", parts.join(" "))
+}
+
 /// Collects groups and routes, then freezes them into a `RouteTable`.
 #[derive(Default)]
 pub struct RouteTableBuilder {
@@ -152,14 +271,41 @@ impl RouteTableBuilder {
         path: PathRule,
         group: Arc<BackendGroup>,
     ) -> Result<(), RouteConflict> {
-        let info = RouteInfo {
-            id: id.to_string(),
-            host: host.map(ToString::to_string),
-            path: path.to_string(),
-            backend_group: group.id.clone(),
+        self.add_entry(RouteEntry::new(id, host.cloned(), path, group))
+    }
+
+    /// Adds an entry. The first entry to claim a host, path and match on a listener keeps it.
+    pub fn add_entry(&mut self, entry: RouteEntry) -> Result<(), RouteConflict> {
+        let RouteEntry { id, host, path, matcher, scope, tie_break, backends, filters, timeouts } = entry;
+        let group = match backends.first() {
+            Some(g) => g.clone(),
+            // Nothing resolved: every request gets 500 before this group is asked.
+            None => Arc::new(BackendGroup::new(
+                id.clone(),
+                crate::upstream::Strategy::RoundRobin,
+                Default::default(),
+                vec![],
+            )),
         };
-        let route = Arc::new(Route { id: id.to_string(), filters: Vec::new(), group });
-        match self.index.insert(host, path, route) {
+        let backend_group = backends
+            .weights()
+            .map(|(g, w)| match (g, backends.weights().count()) {
+                (Some(g), 1) => g.id.clone(),
+                (Some(g), _) => format!("{}={w}", g.id),
+                (None, _) => format!("(unresolved)={w}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut path_text = path.to_string();
+        if let Some(m) = &matcher {
+            path_text.push_str(&format!(" {}", describe(m)));
+        }
+        let info =
+            RouteInfo { id: id.clone(), host: host.as_ref().map(ToString::to_string), path: path_text, backend_group };
+        let response_filters = filters.iter().any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)));
+        let route = Arc::new(Route { id, filters, group, backends, path: path.clone(), timeouts, response_filters });
+        let candidate = Candidate { matcher, scope, tie_break, target: route };
+        match self.index.insert_candidate(host.as_ref(), path, candidate) {
             Ok(()) => {
                 self.routes.push(info);
                 Ok(())

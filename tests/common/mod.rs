@@ -369,3 +369,96 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Trusts any certificate (the proxy's is self-signed).
+pub fn insecure() -> TrustOptions {
+    TrustOptions { insecure: true, ca_file: None }
+}
+
+/// A TLS connection over TCP to the proxy, offering `alpn`.
+pub async fn tls(addr: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_from(addr, alpn, "127.0.0.1:0").await.expect("TLS connection")
+}
+
+/// A TLS connection over TCP from the local address `bind` (another loopback address is
+/// another client for the per-IP caps).
+pub async fn tls_from(
+    addr: SocketAddr,
+    alpn: &[u8],
+    bind: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = insecure().tls_config(&[alpn]).map_err(std::io::Error::other)?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tcp_from(addr, bind).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// A TCP connection from the local address `bind`.
+pub async fn tcp_from(addr: SocketAddr, bind: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(bind.parse().map_err(std::io::Error::other)?)?;
+    socket.connect(addr).await
+}
+
+/// A QUIC connection speaking h3 ALPN from `bind`; on failure, how it ended (`None`: no
+/// answer within 5 s).
+pub async fn quic_connect(addr: SocketAddr, bind: &str) -> Result<quinn::Connection, Option<quinn::ConnectionError>> {
+    let mut tls = insecure().tls_config(&[b"h3"]).expect("client TLS config");
+    tls.enable_early_data = false;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC client config");
+    let mut endpoint = quinn::Endpoint::client(bind.parse().expect("bind address")).expect("client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let connecting = endpoint.connect(addr, "localhost").expect("connect");
+    match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
+/// A raw QUIC connection speaking h3 ALPN, from `bind`.
+pub async fn raw_quic(addr: SocketAddr, bind: &str) -> Result<quinn::Connection, String> {
+    quic_connect(addr, bind).await.map_err(|e| e.map_or_else(|| "handshake timed out".into(), |e| e.to_string()))
+}
+
+/// Whether the server refused the connection (QUIC CONNECTION_REFUSED).
+pub fn is_refused(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+/// One HTTP/3 GET from the local address `bind`: its status.
+pub async fn h3_status_from(addr: SocketAddr, bind: &str, path: &str) -> Result<u16, String> {
+    let conn = raw_quic(addr, bind).await?;
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|e| e.to_string())?;
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = http::Request::get(format!("https://localhost{path}")).body(()).expect("request");
+    let answer = async {
+        let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        while stream.recv_data().await.map_err(|e| e.to_string())?.is_some() {}
+        Ok(resp.status().as_u16())
+    };
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), answer).await.map_err(|_| "no answer in 10 s".to_string());
+    drive.abort();
+    status?
+}
+
+/// One HTTP/1.1 GET over TLS from the local address `bind`: its status line's code.
+pub async fn https1_status_from(addr: SocketAddr, bind: &str, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tls_from(addr, b"http/1.1", bind).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    if !matches!(read, Ok(Ok(_))) && buf.is_empty() {
+        return Err(format!("no answer: {read:?}"));
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("not HTTP: {text:.80}"))
+}

@@ -27,8 +27,7 @@ pub fn backend_protocol(kind: RouteKind) -> BackendProtocol {
 
 /// The path a gRPC method match selects: Exact service and method → that one path;
 /// service only → every method of the service; neither → every path. A method without a
-/// service, and the RegularExpression type, need a regular expression (which the table
-/// mapping names when it cannot serve one).
+/// service, and the RegularExpression type, are RegularExpression paths.
 pub fn method_path(m: Option<&GRPCMethodMatch>) -> PathMatch {
     let Some(m) = m else { return PathMatch::Prefix("/".into()) };
     let service = m.service.as_deref().filter(|s| !s.is_empty());

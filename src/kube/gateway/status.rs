@@ -22,8 +22,29 @@ use super::{GatewayTranslation, ParentOutcome};
 
 /// The features of the Gateway API conformance profiles we really serve, sorted as the
 /// spec requires. Each extended feature joins this list when the data plane serves it.
-pub const SUPPORTED_FEATURES: &[&str] =
-    &["GRPCRoute", "Gateway", "HTTPRoute", "HTTPRouteParentRefPort", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "GRPCRoute",
+    "Gateway",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
 
 fn condition(
     type_: &str,
@@ -220,7 +241,7 @@ pub fn route_parents(
                 None => condition("ResolvedRefs", true, "ResolvedRefs", "references resolved", key.generation, prev),
                 Some((reason, _)) => {
                     let message = route.unresolved.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
-                    let message = format!("{message} (requests for these backends are answered 503)");
+                    let message = format!("{message} (their share of requests is answered 500)");
                     condition("ResolvedRefs", false, reason, message, key.generation, prev)
                 }
             };

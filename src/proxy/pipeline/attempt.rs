@@ -3,6 +3,7 @@
 //! `forward` loops over attempts within the group's retry budget.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -37,11 +38,18 @@ pub enum Attempt {
 pub async fn forward(
     ctx: &mut RequestContext,
     route: &Route,
+    group: &BackendGroup,
     req: Request<ProxyBody>,
     metrics: &Metrics,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let group = &route.group;
     group.retry_budget.deposit();
+    // The route's per-attempt timeout replaces the group's; zero is no limit (tokio takes
+    // a deadline past the end of time as never).
+    let response_timeout = match route.timeouts.backend_request {
+        Some(d) if d.is_zero() => Duration::MAX,
+        Some(d) => d,
+        None => group.timeouts.response_headers,
+    };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -63,7 +71,7 @@ pub async fn forward(
         ctx.backend = Some(endpoint.address.clone());
         let Some(this_body) = body.take() else { break };
         let may_retry = n + 1 < MAX_ATTEMPTS;
-        match attempt(ctx, group, &endpoint, &parts, this_body, may_retry, balance_span).await {
+        match attempt(ctx, group, &endpoint, &parts, this_body, (may_retry, response_timeout), balance_span).await {
             Attempt::Served(resp) => return Ok(resp),
             Attempt::Failed { error, retry: Some(again) } => {
                 body = Some(again);
@@ -75,15 +83,16 @@ pub async fn forward(
     Err(last)
 }
 
-/// One attempt at `endpoint`. `may_retry` is false on the last allowed attempt, so its
-/// 502/503 goes to the client as the backend sent it.
+/// One attempt at `endpoint`, waiting `response_timeout` for the response headers.
+/// `may_retry` is false on the last allowed attempt, so its 502/503 goes to the client as
+/// the backend sent it.
 pub async fn attempt(
     ctx: &RequestContext,
     group: &BackendGroup,
     endpoint: &Arc<Endpoint>,
     parts: &Parts,
     body: ProxyBody,
-    may_retry: bool,
+    (may_retry, response_timeout): (bool, Duration),
     balance_span: Span,
 ) -> Attempt {
     let Some(slot) = endpoint.acquire(&group.timeouts).instrument(balance_span).await else {
@@ -95,7 +104,7 @@ pub async fn attempt(
     let mut req = upstream_request(Request::from_parts(parts.clone(), lent), endpoint, ctx);
     let backend_span = traces::span!("backend_request", otel.kind = "client", server.address = %endpoint.address);
     traces::inject(&backend_span, req.headers_mut());
-    let sent = tokio::time::timeout(group.timeouts.response_headers, endpoint.send(req)).instrument(backend_span).await;
+    let sent = tokio::time::timeout(response_timeout, endpoint.send(req)).instrument(backend_span).await;
     let outcome = match sent {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
@@ -103,7 +112,7 @@ pub async fn attempt(
             Err(classify(&e))
         }
         Err(_) => {
-            tracing::warn!(backend = %endpoint.address, timeout = ?group.timeouts.response_headers, "upstream timed out");
+            tracing::warn!(backend = %endpoint.address, timeout = ?response_timeout, "upstream timed out");
             Err(ProxyError::UpstreamTimeout)
         }
     };
@@ -169,10 +178,14 @@ pub(super) fn upstream_request(
         Protocol::Http1 | Protocol::H2c => "http",
     };
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    // Keep the client's authority in the URI (HTTP/2 sends it as :authority); the
-    // connector dials the endpoint regardless.
-    let authority =
-        ctx.host.as_deref().filter(|h| h.parse::<http::uri::Authority>().is_ok()).unwrap_or(&endpoint.address);
+    // Keep the client's authority in the URI (HTTP/2 sends it as :authority), or the one a
+    // URL rewrite gave; the connector dials the endpoint regardless.
+    let authority = ctx
+        .upstream_host
+        .as_deref()
+        .or(ctx.host.as_deref())
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+        .unwrap_or(&endpoint.address);
     parts.uri = Uri::builder()
         .scheme(scheme)
         .authority(authority)

@@ -13,7 +13,7 @@ use crate::net::TrustedProxies;
 use crate::proxy::headers::{Hop, ensure_request_id};
 use crate::proxy::retry::is_idempotent;
 use crate::proxy::upgrade;
-use crate::routes::Route;
+use crate::routes::{Listener, Route};
 
 /// One request's journey through the pipeline.
 #[derive(Debug)]
@@ -35,6 +35,16 @@ pub struct RequestContext {
     pub route: Option<Arc<Route>>,
     /// The backend that answered, or the last one tried.
     pub backend: Option<String>,
+    /// The request came in over TLS (HTTPS, HTTP/3) rather than on the plaintext listener:
+    /// its scheme, and which routes it may take (a plaintext request takes only routes
+    /// whose listener scope is `Both` or `Plain`).
+    pub tls: bool,
+    /// The authority the backend is sent instead of the client's (a URL rewrite's
+    /// hostname); `X-Forwarded-Host` keeps the client's.
+    pub upstream_host: Option<String>,
+    /// The request's `Origin`, when a CORS filter of its route allowed it: the response
+    /// phase adds the CORS headers for it.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl RequestContext {
@@ -54,7 +64,15 @@ impl RequestContext {
             upgrade: upgrade::requested(req.headers(), req.version()),
             route: None,
             backend: None,
+            tls: conn.protocol.tls(),
+            upstream_host: None,
+            cors_origin: None,
         }
+    }
+
+    /// The listener the request came in on.
+    pub fn listener(&self) -> Listener {
+        if self.tls { Listener::Tls } else { Listener::Plain }
     }
 
     /// The matched route's id, or "" before (or without) a match.

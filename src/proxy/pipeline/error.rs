@@ -24,6 +24,9 @@ pub enum ProxyError {
     TooEarly,
     /// The request body is over the size limit.
     PayloadTooLarge,
+    /// The route has no backend to send to: its weights are all 0, or the draw fell on a
+    /// reference that did not resolve (Gateway API asks for 500 then).
+    NoBackend,
 }
 
 impl ProxyError {
@@ -36,6 +39,7 @@ impl ProxyError {
             Self::UpstreamTimeout | Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::TooEarly => StatusCode::TOO_EARLY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -51,6 +55,7 @@ impl ProxyError {
             Self::BadUpstream => "bad response from the backend",
             Self::TooEarly => "this method is not accepted in TLS early data; send it again after the handshake",
             Self::PayloadTooLarge => "request body too large",
+            Self::NoBackend => "the route has no usable backend",
         }
     }
 
@@ -121,6 +126,7 @@ mod tests {
             (ProxyError::ConnectTimeout, 504),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::TooEarly, 425),
+            (ProxyError::NoBackend, 500),
         ] {
             let resp = respond_error(err);
             assert_eq!(resp.status().as_u16(), status, "{err:?}");

@@ -4,13 +4,19 @@
 //! A request goes through phases over one [`RequestContext`], each a small function:
 //!
 //! ```text
-//! route ─► filters ─► attempt ─► retry? ─► attempt ... ─► respond / respond_error ─► log
+//! route ─► filters ─► attempt ─► retry? ─► attempt ... ─► respond_error? ─► response filters
+//!       ─► respond ─► log
 //! ```
-//! - `route` ([`route`]): one table load, host and path lookup.
-//! - `filters` ([`filters`]): the 0-RTT rule, then the route's own filters in order.
+//! - `route` ([`route`]): one table load; host, path, method, headers, query and listener.
+//! - `filters` ([`filters`]): the 0-RTT rule, then the route's request-side filters in
+//!   order (header changes, redirect, rewrite, mirror, CORS preflight); then the route's
+//!   weighted backends give the group.
 //! - `attempt` ([`attempt`]): balance, connection slot, send with timeouts, passive health;
-//!   each attempt says whether another may follow, and `forward` loops within the budget.
+//!   each attempt says whether another may follow, and `forward` loops within the budget
+//!   and the route's `request` timeout.
 //! - `respond_error` ([`error`]): why the proxy answered instead of a backend.
+//! - `response` ([`response`]): the route's response-side filters (header changes, CORS
+//!   headers), on every response of a matched route, the proxy's own answers included.
 //! - `respond` and `log` ([`finish`]): response headers, metrics and the access log.
 
 mod attempt;
@@ -20,6 +26,8 @@ mod filters;
 mod finish;
 #[doc(hidden)]
 pub mod fuzz;
+mod mirror;
+mod response;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +42,7 @@ use http::{Request, Response, Uri};
 
 use crate::body::ProxyBody;
 use crate::net::TrustedProxies;
-use crate::routes::{Route, RouteTable, normalize_path_and_query};
+use crate::routes::{RequestView, Route, RouteTable, normalize_path_and_query};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces;
 pub use context::RequestContext;
@@ -93,10 +101,13 @@ pub async fn handle(shared: &Shared, mut req: Request<ProxyBody>, conn: ConnInfo
     // A WebSocket (or other HTTP/1.1 upgrade) handshake: the client's connection is taken
     // over once the backend agrees.
     let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let resp = match serve(shared, &mut ctx, req).await {
+    let mut resp = match serve(shared, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => error::respond_error(err),
     };
+    if let Some(route) = &ctx.route {
+        response::apply(route, ctx.cors_origin.as_ref(), resp.headers_mut());
+    }
     let resp = finish::respond(&ctx, resp, client_upgrade, shared.limits.upgrade_idle_timeout.0);
     finish::log(&ctx, &resp, &shared.metrics);
     resp
@@ -114,9 +125,18 @@ async fn serve(
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
     };
-    let max_body = route.group.max_request_body_bytes.unwrap_or(shared.limits.max_request_body_bytes);
+    let group = route.backends.pick().ok_or(ProxyError::NoBackend)?;
+    let max_body = group.max_request_body_bytes.unwrap_or(shared.limits.max_request_body_bytes);
     let (req, exceeded) = body_limit(req, max_body, &shared.metrics)?;
-    let forwarded = attempt::forward(ctx, &route, req, &shared.metrics).await;
+    let forwarded = match route.timeouts.request.filter(|d| !d.is_zero()) {
+        None => attempt::forward(ctx, &route, group, req, &shared.metrics).await,
+        Some(limit) => tokio::time::timeout(limit, attempt::forward(ctx, &route, group, req, &shared.metrics))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(route = %route.id, timeout = ?limit, "route request timeout");
+                Err(ProxyError::UpstreamTimeout)
+            }),
+    };
     if exceeded.load(std::sync::atomic::Ordering::Acquire) {
         // The body was cut off on its way: whatever the backend made of it, say why.
         shared.metrics.limit_hit("body_size");
@@ -178,7 +198,14 @@ fn route(
 ) -> Result<Arc<Route>, ProxyError> {
     let _span = traces::span!("route_match").entered();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let route = tables.load().lookup(ctx.host.as_deref(), path_and_query).cloned().ok_or(ProxyError::NoRoute)?;
+    let view = RequestView {
+        host: ctx.host.as_deref(),
+        path_and_query,
+        method: req.method(),
+        headers: req.headers(),
+        listener: ctx.listener(),
+    };
+    let route = tables.load().route_for(&view).cloned().ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.clone());
     Ok(route)
 }

@@ -311,3 +311,267 @@ async fn an_h2c_upgrade_is_served_as_a_plain_request_and_websocket_is_passed_on(
     assert_eq!(seen[1].headers()["upgrade"], "websocket");
     assert_eq!(seen[1].headers()["connection"], "upgrade");
 }
+
+// === Matches, weighted backends, filters and timeouts ===
+
+use crate::routes::{
+    Cors, Filter, HeaderModifier, ListenerScope, Mirror, PathModifier, Redirect, RequestMatch, Rewrite, RouteEntry,
+    RouteTimeouts, ValueMatch, WeightedBackends,
+};
+
+/// Test builder: a group `id` of one scripted backend on its own port.
+fn group_of(builder: &mut RouteTableBuilder, id: &str, backend: &Arc<Scripted>, port: u16) -> Arc<BackendGroup> {
+    let ep = Endpoint::stub(&spec(port), backend.clone() as Arc<dyn StubTransport>);
+    builder.add_group(BackendGroup::new(id.into(), Strategy::RoundRobin, Timeouts::default(), vec![(ep, 1)]))
+}
+
+/// Test builder: a catch-all entry to `group` with `filters`.
+fn catch_all(group: Arc<BackendGroup>, filters: Vec<Filter>) -> RouteEntry {
+    RouteEntry { filters, ..RouteEntry::new("r", None, PathRule::new("/", PathType::Prefix).unwrap(), group) }
+}
+
+/// A table of one entry to one backend.
+fn one_entry(backend: &Arc<Scripted>, entry: impl FnOnce(Arc<BackendGroup>) -> RouteEntry) -> Shared {
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let group = group_of(&mut builder, "g", backend, 8200);
+    builder.add_entry(entry(group)).unwrap();
+    shared(builder.build(1))
+}
+
+fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<ProxyBody> {
+    let mut req = Request::builder().uri(format!("https://shop.example{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(empty()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_matches_and_methods_pick_among_entries_of_one_path() {
+    let (plain, canary, writes) = (
+        Scripted::new("plain", &[Act::Status(200)]),
+        Scripted::new("canary", &[Act::Status(200)]),
+        Scripted::new("writes", &[Act::Status(200)]),
+    );
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let path = || PathRule::new("/", PathType::Prefix).unwrap();
+    let g = group_of(&mut builder, "plain", &plain, 8210);
+    builder.add_entry(RouteEntry::new("plain", None, path(), g)).unwrap();
+    let g = group_of(&mut builder, "canary", &canary, 8211);
+    let m = RequestMatch::new().with_header("X-Canary", ValueMatch::regex("yes|true").unwrap()).unwrap();
+    builder.add_entry(RouteEntry { matcher: Some(m), ..RouteEntry::new("canary", None, path(), g) }).unwrap();
+    let g = group_of(&mut builder, "writes", &writes, 8212);
+    let m = RequestMatch::new().with_method("POST").unwrap();
+    builder.add_entry(RouteEntry { matcher: Some(m), ..RouteEntry::new("writes", None, path(), g) }).unwrap();
+    let tables = shared(builder.build(1));
+
+    assert_eq!(body_text(handle(&tables, get_with("/x", &[]), conn(false)).await).await, "from plain");
+    assert_eq!(
+        body_text(handle(&tables, get_with("/x", &[("x-canary", "true")]), conn(false)).await).await,
+        "from canary"
+    );
+    assert_eq!(
+        body_text(handle(&tables, get_with("/x", &[("x-canary", "nope")]), conn(false)).await).await,
+        "from plain"
+    );
+    let post = handle(&tables, request(Method::POST, full("x")), conn(false)).await;
+    assert_eq!(body_text(post).await, "from writes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_backends_split_requests_and_unresolved_shares_get_500() {
+    let (a, b) = (Scripted::new("a", &[Act::Status(200)]), Scripted::new("b", &[Act::Status(200)]));
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let (ga, gb) = (group_of(&mut builder, "a", &a, 8220), group_of(&mut builder, "b", &b, 8221));
+    let split = WeightedBackends::new(vec![(Some(ga.clone()), 3), (Some(gb), 1), (Some(ga.clone()), 0)]);
+    builder
+        .add_entry(RouteEntry::split("split", None, PathRule::new("/split", PathType::Prefix).unwrap(), split))
+        .unwrap();
+    let broken = WeightedBackends::new(vec![(Some(ga), 1), (None, 1)]);
+    builder
+        .add_entry(RouteEntry::split("half", None, PathRule::new("/half", PathType::Prefix).unwrap(), broken))
+        .unwrap();
+    let none = WeightedBackends::new(vec![]);
+    builder
+        .add_entry(RouteEntry::split("none", None, PathRule::new("/none", PathType::Prefix).unwrap(), none))
+        .unwrap();
+    let tables = shared(builder.build(1));
+
+    for _ in 0..400 {
+        assert_eq!(handle(&tables, get("/split"), conn(false)).await.status(), 200);
+    }
+    assert_eq!(a.calls() + b.calls(), 400);
+    assert!((270..330).contains(&a.calls()), "3:1 split, a got {}", a.calls());
+
+    let before = a.calls();
+    let mut errors = 0;
+    for _ in 0..200 {
+        if handle(&tables, get("/half"), conn(false)).await.status() == 500 {
+            errors += 1;
+        }
+    }
+    assert!((70..130).contains(&errors), "the unresolved half answers 500: {errors}");
+    assert_eq!(a.calls() - before + errors, 200);
+    assert_eq!(handle(&tables, get("/none"), conn(false)).await.status(), 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_modifiers_change_what_the_backend_and_the_client_see() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let request_side = HeaderModifier::new()
+        .with_set("x-env", "prod")
+        .unwrap()
+        .with_add("x-tag", "proxy")
+        .unwrap()
+        .with_remove("x-secret")
+        .unwrap();
+    let response_side = HeaderModifier::new().with_set("x-served-by", "quic-ingress").unwrap();
+    let tables = one_entry(&a, |g| {
+        catch_all(g, vec![Filter::RequestHeaders(request_side), Filter::ResponseHeaders(response_side)])
+    });
+    let resp =
+        handle(&tables, get_with("/", &[("x-env", "dev"), ("x-tag", "client"), ("x-secret", "s")]), conn(false)).await;
+    assert_eq!(resp.headers()["x-served-by"], "quic-ingress");
+    let seen = a.seen.lock().unwrap();
+    let h = seen[0].headers();
+    assert_eq!(h["x-env"], "prod");
+    assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["client", "proxy"]);
+    assert!(!h.contains_key("x-secret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redirect_answers_without_a_backend() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let redirect = Redirect::new()
+        .with_scheme("https")
+        .unwrap()
+        .with_hostname("new.example")
+        .unwrap()
+        .with_status(301)
+        .unwrap()
+        .with_path(PathModifier::prefix("/v2").unwrap());
+    let tables = one_entry(&a, |g| RouteEntry {
+        filters: vec![Filter::Redirect(redirect)],
+        ..RouteEntry::new("r", None, PathRule::new("/v1", PathType::Prefix).unwrap(), g)
+    });
+    let resp = handle(&tables, get("/v1/items?page=2"), conn(false)).await;
+    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.headers()["location"], "https://new.example/v2/items?page=2");
+    assert_eq!(a.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rewrite_changes_the_path_and_host_the_backend_sees() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let rewrite =
+        Rewrite::new().with_hostname("internal.example").unwrap().with_path(PathModifier::prefix("/").unwrap());
+    let tables = one_entry(&a, |g| RouteEntry {
+        filters: vec![Filter::Rewrite(rewrite)],
+        ..RouteEntry::new("r", None, PathRule::new("/shop/", PathType::Prefix).unwrap(), g)
+    });
+    assert_eq!(handle(&tables, get("/shop/cart?x=1"), conn(false)).await.status(), 200);
+    assert_eq!(handle(&tables, get("/shop"), conn(false)).await.status(), 200);
+    let seen = a.seen.lock().unwrap();
+    assert_eq!(seen[0].uri().path_and_query().unwrap().as_str(), "/cart?x=1");
+    assert_eq!(seen[1].uri().path(), "/");
+    assert_eq!(seen[0].headers()["host"], "internal.example");
+    assert_eq!(seen[0].headers()["x-forwarded-host"], "shop.example", "the client's host is kept there");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cors_preflights_are_answered_here_and_responses_get_the_headers() {
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cors = Cors::new(&s(&["https://*.shop.example"]), &s(&["GET", "POST"]), &s(&["x-token"]), &[], Some(60), false)
+        .unwrap();
+    let tables = one_entry(&a, |g| catch_all(g, vec![Filter::Cors(Arc::new(cors))]));
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("https://api.example/cart")
+        .header("origin", "https://www.shop.example")
+        .header("access-control-request-method", "POST")
+        .body(empty())
+        .unwrap();
+    let resp = handle(&tables, preflight, conn(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://www.shop.example");
+    assert_eq!(resp.headers()["access-control-allow-methods"], "GET, POST");
+    assert_eq!(resp.headers()["access-control-max-age"], "60");
+    assert_eq!(a.calls(), 0, "a preflight never reaches the backend");
+
+    let resp = handle(&tables, get_with("/cart", &[("origin", "https://www.shop.example")]), conn(false)).await;
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://www.shop.example");
+    let resp = handle(&tables, get_with("/cart", &[("origin", "https://evil.example")]), conn(false)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn mirrors_get_a_copy_of_bodiless_requests_and_the_client_does_not_wait() {
+    let (a, shadow) = (Scripted::new("a", &[Act::Status(200)]), Scripted::new("shadow", &[Act::Stall]));
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let g = group_of(&mut builder, "a", &a, 8230);
+    let m = group_of(&mut builder, "shadow", &shadow, 8231);
+    builder.add_entry(catch_all(g, vec![Filter::Mirror(Arc::new(Mirror::new(m, 100).unwrap()))])).unwrap();
+    let tables = shared(builder.build(1));
+    let started = tokio::time::Instant::now();
+    assert_eq!(handle(&tables, get("/items"), conn(false)).await.status(), 200);
+    assert_eq!(started.elapsed(), Duration::ZERO, "the mirror never answers, and nobody waits for it");
+    assert_eq!(handle(&tables, request(Method::POST, full("order")), conn(false)).await.status(), 200);
+    // The copy runs on its own task: let it reach the backend.
+    for _ in 0..100 {
+        if shadow.calls() > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(shadow.calls(), 1, "the GET is mirrored, the POST with a body is not");
+    assert_eq!(shadow.seen.lock().unwrap()[0].uri().path(), "/items");
+    assert_eq!(a.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_timeouts_bound_each_attempt_and_the_whole_request() {
+    let a = Scripted::new("a", &[Act::Stall]);
+    let tables = one_entry(&a, |g| RouteEntry {
+        timeouts: RouteTimeouts { backend_request: Some(Duration::from_secs(1)), request: None },
+        ..catch_all(g, vec![])
+    });
+    let started = tokio::time::Instant::now();
+    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 504);
+    assert_eq!(started.elapsed(), Duration::from_secs(1), "the route's per-attempt timeout, not the group's 60 s");
+
+    let b = Scripted::new("b", &[Act::Slow(5000)]);
+    let tables = one_entry(&b, |g| RouteEntry {
+        timeouts: RouteTimeouts { request: Some(Duration::from_secs(2)), backend_request: None },
+        ..catch_all(g, vec![])
+    });
+    let started = tokio::time::Instant::now();
+    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 504);
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn listener_scopes_split_the_tls_and_plaintext_listeners() {
+    let (https, http) = (Scripted::new("https", &[Act::Status(200)]), Scripted::new("http", &[Act::Status(200)]));
+    let mut builder = RouteTableBuilder::new(CertSet::default());
+    let g = group_of(&mut builder, "https", &https, 8240);
+    builder.add_entry(RouteEntry { scope: ListenerScope::Tls, ..catch_all(g, vec![]) }).unwrap();
+    let g = group_of(&mut builder, "http", &http, 8241);
+    let to_https = Redirect::new().with_scheme("https").unwrap().with_status(301).unwrap();
+    let entry = RouteEntry { scope: ListenerScope::Plain, ..catch_all(g, vec![Filter::Redirect(to_https)]) };
+    builder.add_entry(entry).unwrap();
+    let tables = shared(builder.build(1));
+    let plain = ConnInfo { protocol: Downstream::Cleartext, ..conn(false) };
+
+    assert_eq!(body_text(handle(&tables, get("/x"), conn(false)).await).await, "from https");
+    let resp = handle(&tables, get_with("/x?y=1", &[]), plain).await;
+    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.headers()["location"], "https://shop.example/x?y=1", "the HTTP listener's own route");
+    assert_eq!(https.calls() + http.calls(), 1);
+    // A route for the HTTP listener only is not served over TLS.
+    let a = Scripted::new("a", &[Act::Status(200)]);
+    let tables = one_entry(&a, |g| RouteEntry { scope: ListenerScope::Plain, ..catch_all(g, vec![]) });
+    assert_eq!(handle(&tables, get("/"), conn(false)).await.status(), 404);
+    assert_eq!(handle(&tables, get("/"), plain).await.status(), 200);
+}
