@@ -26,7 +26,7 @@ export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
-	@echo "make test  - install test dependencies, lint, and run every test (including cluster tests; the node tests: make test-node)"
+	@echo "make test  - install test dependencies, lint, and run every test (including the cluster and node tests; needs root)"
 
 build:
 	cargo build --bins
@@ -73,5 +73,6 @@ test-unit:
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
-test: deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e)
+test: deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e) \
+  $(if $(wildcard e2e/node.mk),test-node)
 	@echo "make test: all suites passed"

@@ -43,7 +43,17 @@ PAUSE_IMAGE ?= localhost/quic-ingress-pause:1
 IMAGE_CONTEXT := $(IMAGE_DIR)/context/rootfs
 IMAGE_BIN = $(abspath $(E2E_TARGET_DIR))/$(MUSL_TARGET)/release/quic-ingress
 
-.PHONY: image image-context image-deps
+.PHONY: image image-context image-deps node-deps
+
+# What the node cluster and the image build need from Debian, installed when missing
+# (fast when present): containerd, runc, the CNI plugins, iptables and conntrack for
+# kube-proxy, openssl for kubelet's certificates, buildah when no docker or podman works.
+node-deps:
+	@scripts/ensure-packages.sh containerd runc iptables conntrack openssl
+	@[ -x /usr/lib/cni/bridge ] || { SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO="sudo"; \
+	  echo "installing: containernetworking-plugins"; $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq containernetworking-plugins; }
+	@command -v docker >/dev/null 2>&1 || command -v podman >/dev/null 2>&1 || scripts/ensure-packages.sh buildah
 
 image-deps:
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
@@ -51,6 +61,7 @@ image-deps:
 	  echo "installing: musl-tools"; $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq musl-tools; }
 	@test -s /etc/ssl/certs/ca-certificates.crt || scripts/ensure-packages.sh ca-certificates
+	@scripts/ensure-packages.sh file
 
 # A static musl binary (ring's C and assembly build with musl-gcc), stripped, staged with
 # the Debian CA bundle and the passwd/group entries of the non-root user the image runs as.
@@ -76,7 +87,7 @@ image: image-context
 ## The cluster: scripts/node-cluster.sh does the work; these targets hand it the binaries.
 .PHONY: cluster-up cluster-down test-node
 
-cluster-up: $(NODE_BIN) $(TESTENV_BIN)
+cluster-up: node-deps $(NODE_BIN) $(TESTENV_BIN)
 	@test -f $(IMAGE_DIR)/quic-ingress.oci.tar -a -f $(IMAGE_DIR)/pause.oci.tar || $(MAKE) --no-print-directory image
 	PAUSE_IMAGE=$(PAUSE_IMAGE) scripts/node-cluster.sh up $(NODE_DIR) $(NODE_BIN) $(TESTENV_BIN) $(IMAGE_DIR)
 
@@ -84,20 +95,22 @@ cluster-down:
 	scripts/node-cluster.sh down $(NODE_DIR) $(NODE_BIN)
 
 # The node tests (e2e/tests/node.rs, ignored by plain cargo test) against the cluster of
-# cluster-up. A cluster this target started is removed afterwards, whatever the result
-# (NODE_KEEP=1 keeps it for inspection); one that was already up stays up.
+# cluster-up. A cluster this target started is removed afterwards, whatever happened: the
+# tests failed, cluster-up failed half-way, or make was interrupted (NODE_KEEP=1 keeps it
+# for inspection); one that was already up stays up. The test binary is built before the
+# cluster starts, so a compile error leaves nothing to clean.
 NODE_TEST_ARGS ?=
 NODE_KEEP ?=
-test-node: $(HELM_BIN) image $(NODE_BIN) $(TESTENV_BIN)
+NODE_TEST_ENV = QUIC_INGRESS_TEST_KUBECONFIG=$(abspath $(NODE_DIR))/kubeconfig QUIC_INGRESS_IMAGE=$(IMAGE) \
+  QUIC_INGRESS_HELM=$(HELM_BIN) QUIC_INGRESS_KUBECTL=$(abspath $(NODE_DIR))/bin/kubectl \
+  QUIC_INGRESS_TESTENV_DIR=$(abspath $(TESTENV_DIR))/runs
+test-node: node-deps $(HELM_BIN) image $(NODE_BIN) $(TESTENV_BIN)
+	cargo test -p quic-ingress-e2e --test node --no-run
 	@was_up=$$(scripts/node-cluster.sh status $(NODE_DIR) $(NODE_BIN) && echo yes); \
+	cleanup() { if [ -z "$$was_up" ] && [ -z "$(NODE_KEEP)" ]; then $(MAKE) --no-print-directory cluster-down; fi; }; \
+	trap cleanup EXIT; trap 'exit 130' INT TERM; \
 	$(MAKE) --no-print-directory cluster-up || exit 1; \
-	rc=0; \
-	QUIC_INGRESS_TEST_KUBECONFIG=$(abspath $(NODE_DIR))/kubeconfig QUIC_INGRESS_IMAGE=$(IMAGE) \
-	QUIC_INGRESS_HELM=$(HELM_BIN) QUIC_INGRESS_KUBECTL=$(abspath $(NODE_DIR))/bin/kubectl \
-	QUIC_INGRESS_TESTENV_DIR=$(abspath $(TESTENV_DIR))/runs \
-	  cargo test -p quic-ingress-e2e --test node $(NODE_TEST_ARGS) -- --ignored --nocapture || rc=$$?; \
-	if [ -z "$$was_up" ] && [ -z "$(NODE_KEEP)" ]; then $(MAKE) --no-print-directory cluster-down; fi; \
-	exit $$rc
+	$(NODE_TEST_ENV) cargo test -p quic-ingress-e2e --test node $(NODE_TEST_ARGS) -- --ignored --nocapture
 
 # The node module's own unit tests (the LoadBalancer helper's address choice). Not part of
 # make test: the test binary needs the whole module compiled for tests, minutes the first time.

@@ -26,10 +26,41 @@ pub enum ClientError {
     Connect(String),
     #[error("HTTP: {0}")]
     Http(String),
+    /// The connection went away (the server's GOAWAY, or a close) before the request was
+    /// written: nothing of it reached the server, so it may be sent again on a new
+    /// connection, as browsers do.
+    #[error("not sent: {0}")]
+    NotSent(String),
 }
 
-fn http_err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Http(e.to_string())
+fn http_err(e: impl std::error::Error) -> ClientError {
+    ClientError::Http(describe(&e))
+}
+
+/// The error and its sources: hyper says "operation was canceled" and keeps why
+/// ("connection closed", "connection was not ready") in the source.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What hyper's `try_send_request` said: a request it hands back was never written.
+fn sent<B>(
+    result: Result<Response<hyper::body::Incoming>, hyper::client::conn::TrySendError<Request<B>>>,
+) -> Result<Response<hyper::body::Incoming>, ClientError> {
+    result.map_err(|mut e| {
+        let unsent = e.take_message().is_some();
+        let text = describe(e.error());
+        if unsent { ClientError::NotSent(text) } else { ClientError::Http(text) }
+    })
 }
 
 /// Trust settings.
@@ -226,7 +257,10 @@ impl H3Client {
             parts.uri = format!("https://{}{pq}", self.authority).parse().map_err(http_err)?;
         }
         let mut send = self.send.clone();
-        let mut stream = send.send_request(Request::from_parts(parts, ())).await.map_err(http_err)?;
+        // Refused here (the server's GOAWAY, a closed connection), the request never got
+        // its headers out whole: the server cannot have acted on it.
+        let mut stream =
+            send.send_request(Request::from_parts(parts, ())).await.map_err(|e| ClientError::NotSent(describe(&e)))?;
         match body {
             RequestBody::Empty => {}
             RequestBody::Bytes(b) => stream.send_data(b).await.map_err(http_err)?,
@@ -237,7 +271,13 @@ impl H3Client {
             }
         }
         stream.finish().await.map_err(http_err)?;
-        let resp = stream.recv_response().await.map_err(http_err)?;
+        let resp = stream.recv_response().await.map_err(|e| match &e {
+            // RFC 9114 4.1.1: a request reset with H3_REQUEST_REJECTED was not processed.
+            h3::error::StreamError::RemoteTerminate { code, .. } if *code == h3::error::Code::H3_REQUEST_REJECTED => {
+                ClientError::NotSent(describe(&e))
+            }
+            _ => http_err(e),
+        })?;
         let (parts, ()) = resp.into_parts();
         Ok(ClientResponse {
             status: parts.status,
@@ -279,7 +319,7 @@ pub async fn request_tcp(
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(http_err)?;
         tokio::spawn(conn);
-        send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
+        sent(send.try_send_request(Request::from_parts(parts, body)).await)?
     } else {
         parts.uri = pq.parse().map_err(http_err)?;
         if let Ok(h) = http::HeaderValue::from_str(&authority) {
@@ -287,7 +327,7 @@ pub async fn request_tcp(
         }
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(http_err)?;
         tokio::spawn(conn);
-        send.send_request(Request::from_parts(parts, body)).await.map_err(http_err)?
+        sent(send.try_send_request(Request::from_parts(parts, body)).await)?
     };
     let (parts, incoming): (http::response::Parts, _) = resp.into_parts();
     Ok(ClientResponse {
@@ -324,4 +364,31 @@ pub async fn into_response(resp: ClientResponse) -> Result<Response<Bytes>, Clie
     *out.version_mut() = version;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection closed")]
+    struct Closed;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("operation was canceled")]
+    struct Canceled(#[source] Closed);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("request failed: {0}")]
+    struct SaysItsSource(#[source] Closed);
+
+    #[test]
+    fn an_error_is_described_with_its_sources() {
+        assert_eq!(describe(&Canceled(Closed)), "operation was canceled: connection closed");
+    }
+
+    #[test]
+    fn a_source_the_error_already_shows_is_not_repeated() {
+        assert_eq!(describe(&SaysItsSource(Closed)), "request failed: connection closed");
+    }
 }

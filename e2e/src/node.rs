@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use http::Version;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use quic_ingress::client::{H3Client, RequestBody, TrustOptions, request_tcp};
+use quic_ingress::client::{ClientError, H3Client, RequestBody, TrustOptions, request_tcp};
 use serde_json::json;
 
 use crate::process::{helm_bin, repo_root};
@@ -203,13 +203,13 @@ impl Client {
         slot.clone().context("no connection")
     }
 
-    /// GET over HTTP/3. A request refused because its connection was going away is sent
-    /// again once on a new connection, as browsers do after GOAWAY; it counts as retried.
-    pub async fn get_h3(&self, path: &str) -> anyhow::Result<(Answer, bool)> {
-        let first = self.try_h3(path, false).await;
-        match first {
-            Ok(a) => Ok((a, false)),
-            Err(_) => Ok((self.try_h3(path, true).await?, true)),
+    /// GET over HTTP/3. A request that fails on the kept connection (it went away: GOAWAY
+    /// on shutdown, a close) is sent again once on a new connection, as browsers do; the
+    /// first error comes back as the reason for the resend.
+    pub async fn get_h3(&self, path: &str) -> anyhow::Result<(Answer, Option<String>)> {
+        match self.try_h3(path, false).await {
+            Ok(a) => Ok((a, None)),
+            Err(e) => Ok((self.try_h3(path, true).await?, Some(format!("{e:#}")))),
         }
     }
 
@@ -225,8 +225,22 @@ impl Client {
         tokio::time::timeout(Duration::from_secs(5), fut).await.context("HTTP/3 request timed out")?
     }
 
-    /// GET over HTTP/2 on a new TLS connection.
-    pub async fn get_h2(&self, path: &str) -> anyhow::Result<Answer> {
+    /// GET over HTTP/2 on a new TLS connection. A request the connection never wrote,
+    /// because the server went away first (its GOAWAY came as the connection opened:
+    /// `ClientError::NotSent`), is sent again once on a new connection, as browsers do; the
+    /// first error comes back as the reason. Any other error is a failure: the request may
+    /// have reached the server.
+    pub async fn get_h2(&self, path: &str) -> anyhow::Result<(Answer, Option<String>)> {
+        match self.try_h2(path).await {
+            Ok(a) => Ok((a, None)),
+            Err(e) if matches!(e.downcast_ref(), Some(ClientError::NotSent(_))) => {
+                Ok((self.try_h2(path).await?, Some(format!("{e:#}"))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn try_h2(&self, path: &str) -> anyhow::Result<Answer> {
         let req = http::Request::get(format!("https://{}{path}", self.host)).body(())?;
         let fut = async {
             let resp =
@@ -251,7 +265,7 @@ fn answer(status: u16, version: Version, body: &[u8]) -> Answer {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoadCounts {
     pub ok: u64,
-    /// Sent again on a new connection after the first one went away (HTTP/3 only).
+    /// Sent again on a new connection after the first one went away.
     pub retried: u64,
     pub failed: u64,
 }
@@ -262,6 +276,7 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     counts: Arc<[AtomicU64; 3]>,
     errors: Arc<std::sync::Mutex<Vec<String>>>,
+    retries: Arc<std::sync::Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -270,15 +285,15 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let counts: Arc<[AtomicU64; 3]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
         let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for h3 in [true, false] {
-            let (stop, counts, errors) = (stop.clone(), counts.clone(), errors.clone());
+            let (stop, counts, errors, retries) = (stop.clone(), counts.clone(), errors.clone(), retries.clone());
             let client = Client::new(addr, host);
             let path = path.to_string();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let result =
-                        if h3 { client.get_h3(&path).await } else { client.get_h2(&path).await.map(|a| (a, false)) };
+                    let result = if h3 { client.get_h3(&path).await } else { client.get_h2(&path).await };
                     let outcome = match result {
                         Ok((a, retried)) if a.status == 200 && !a.backend.is_empty() => Ok(retried),
                         Ok((a, _)) => Err(format!("{}: status {} from {:?}", proto(h3), a.status, a.backend)),
@@ -287,24 +302,21 @@ impl Load {
                     match outcome {
                         Ok(retried) => {
                             counts[0].fetch_add(1, Ordering::Relaxed);
-                            if retried {
+                            if let Some(why) = retried {
                                 counts[1].fetch_add(1, Ordering::Relaxed);
+                                keep_first(&retries, format!("{}: {why}", proto(h3)));
                             }
                         }
                         Err(e) => {
                             counts[2].fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut errs) = errors.lock()
-                                && errs.len() < 20
-                            {
-                                errs.push(e);
-                            }
+                            keep_first(&errors, e);
                         }
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }));
         }
-        Self { stop, counts, errors, tasks }
+        Self { stop, counts, errors, retries, tasks }
     }
 
     pub fn counts(&self) -> LoadCounts {
@@ -320,6 +332,11 @@ impl Load {
         self.errors.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
+    /// Why the first resent requests (at most 20) were sent again.
+    pub fn retries(&self) -> Vec<String> {
+        self.retries.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
     /// Stops the clients and returns the final counts.
     pub async fn stop(self) -> LoadCounts {
         self.stop.store(true, Ordering::Relaxed);
@@ -331,6 +348,15 @@ impl Load {
             retried: self.counts[1].load(Ordering::Relaxed),
             failed: self.counts[2].load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Keeps the first 20 lines.
+fn keep_first(lines: &std::sync::Mutex<Vec<String>>, line: String) {
+    if let Ok(mut lines) = lines.lock()
+        && lines.len() < 20
+    {
+        lines.push(line);
     }
 }
 

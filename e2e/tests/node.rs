@@ -188,14 +188,18 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     eprintln!("first HTTP/3 answer: {first:?}");
     let mut seen_h3 = std::collections::BTreeSet::new();
     let mut seen_h2 = std::collections::BTreeSet::new();
+    let mut resent = Vec::new();
     for _ in 0..30 {
-        let (a, _) = client.get_h3("/").await?;
+        let (a, why) = client.get_h3("/").await?;
         ensure!(a.status == 200 && a.version == http::Version::HTTP_3, "{a:?}");
         seen_h3.insert(a.backend);
-        let a = client.get_h2("/").await?;
+        resent.extend(why.map(|w| format!("HTTP/3: {w}")));
+        let (a, why) = client.get_h2("/").await?;
         ensure!(a.status == 200 && a.version == http::Version::HTTP_2, "{a:?}");
         seen_h2.insert(a.backend);
+        resent.extend(why.map(|w| format!("HTTP/2: {w}")));
     }
+    figure(&format!("30 HTTP/3 and 30 HTTP/2 requests after install: {} sent again {resent:?}", resent.len()));
     for seen in [&seen_h3, &seen_h2] {
         ensure!(seen.iter().all(|b| backend_names.contains(b)), "answers from {seen:?}, pods are {backend_names:?}");
         ensure!(seen.len() >= 2, "requests spread over the pods: {seen:?}");
@@ -307,9 +311,9 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     ready_pods(ns, "app=web", 3).await?;
     wait_for_more_answers(&load, 20).await?;
     let counts = load.counts();
-    let errors = load.errors();
+    let (errors, resent) = (load.errors(), load.retries());
     let counts_at_end = load.stop().await;
-    figure(&format!("scale 3->1->3 and a backend pod deleted under load: {counts_at_end:?}"));
+    figure(&format!("scale 3->1->3 and a backend pod deleted under load: {counts_at_end:?}; sent again: {resent:?}"));
     ensure!(counts.failed == 0, "failed requests while scaling: {counts:?}: {errors:?}");
 
     // helm upgrade with a changed value rolls both controller pods, under load.
@@ -342,9 +346,9 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     .await?;
     figure(&format!("helm upgrade -> both controller pods replaced: {:.1} s", started.elapsed().as_secs_f64()));
     wait_for_more_answers(&load, 20).await?;
-    let errors = load.errors();
+    let (errors, resent) = (load.errors(), load.retries());
     let counts = load.stop().await;
-    figure(&format!("helm upgrade under load: {counts:?}"));
+    figure(&format!("helm upgrade under load: {counts:?}; sent again: {resent:?}"));
     ensure!(counts.failed == 0, "failed requests during the upgrade: {counts:?}: {errors:?}");
     let ports = service_ports(&services.get(FULLNAME).await?);
     ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "ports after upgrade {ports:?}");
@@ -358,10 +362,10 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     ready_pods(ns, &controllers, 2).await?;
     let recovered = started.elapsed();
     wait_for_more_answers(&load, 20).await?;
-    let errors = load.errors();
+    let (errors, resent) = (load.errors(), load.retries());
     let counts = load.stop().await;
     figure(&format!(
-        "controller pod force-deleted: replacement Ready after {:.1} s; load {counts:?}; first errors {errors:?}",
+        "controller pod force-deleted: replacement Ready after {:.1} s; load {counts:?}; first errors {errors:?}; sent again: {resent:?}",
         recovered.as_secs_f64()
     ));
 
@@ -384,7 +388,7 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     let moved = Client::new(SocketAddr::new(lb, 4443), HOST);
     let (a, _) = eventually("HTTP/3 on the new port", TIMEOUT, || async { Ok(moved.get_h3("/").await.ok()) }).await?;
     ensure!(a.status == 200, "HTTP/3 on 4443: {a:?}");
-    let a = eventually("HTTP/2 on the new port", TIMEOUT, || async { Ok(moved.get_h2("/").await.ok()) }).await?;
+    let (a, _) = eventually("HTTP/2 on the new port", TIMEOUT, || async { Ok(moved.get_h2("/").await.ok()) }).await?;
     ensure!(a.status == 200, "HTTP/2 on 4443: {a:?}");
     Ok(())
 }
