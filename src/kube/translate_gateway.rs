@@ -257,10 +257,53 @@ impl Translator<'_> {
         }
     }
 
-    /// Each programmed HTTPS listener's first certificate, for the hosts routed through
-    /// it; a host whose certificate an Ingress (or an earlier listener) already gives keeps
-    /// that one.
+    /// The Gateways' certificates: for the hosts their routes route, then for the names
+    /// their listeners accept.
     pub(super) fn gateway_certs(&mut self, gw: &GatewayState) {
+        self.gateway_routed_certs(gw);
+        self.gateway_listener_certs(gw);
+    }
+
+    /// A programmed HTTPS listener's certificate also answers the names the listener
+    /// itself accepts, routed or not (a client of an unrouted host there gets the
+    /// listener's certificate and a 404, as Gateway API expects): its `hostname`, or, for
+    /// a listener without one, every name no other certificate covers. The latter replaces
+    /// the controller's default certificate, so only a Gateway allowed catch-alls (host
+    /// ownership off, a one-tenant controller, or the IngressClass grant) may do it; the
+    /// oldest such listener wins.
+    fn gateway_listener_certs(&mut self, gw: &GatewayState) {
+        let mut fallback_taken = false;
+        for (g, gateway) in gw.model.gateways.iter().enumerate() {
+            let ns = gateway.key.namespace.as_str();
+            for (l, listener) in gateway.listeners.iter().enumerate() {
+                let Some((_, key)) = listener.certs.first() else { continue };
+                if !gw.serves(g, l) {
+                    continue;
+                }
+                match listener.hostname.as_deref().map(HostRule::parse_gateway) {
+                    Some(Ok(host)) => {
+                        if !self.builder.certs_mut().covers(&host) {
+                            self.builder.certs_mut().insert(&host, key.clone());
+                        }
+                    }
+                    Some(Err(_)) => {}
+                    None => {
+                        let catch_all =
+                            self.owners.is_none() || self.settings.serves_one_tenant(ns) || self.grants.catch_all(ns);
+                        if catch_all && !fallback_taken {
+                            self.builder.certs_mut().set_default(key.clone());
+                            fallback_taken = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each programmed HTTPS listener's first certificate, for the hosts routed through
+    /// it; a host whose certificate an Ingress (or an earlier listener) already gives
+    /// keeps that one.
+    fn gateway_routed_certs(&mut self, gw: &GatewayState) {
         for ((g, l), hosts) in &gw.listener_hosts {
             let gateway = &gw.model.gateways[*g];
             let Some((secret, key)) = gateway.listeners[*l].certs.first() else { continue };

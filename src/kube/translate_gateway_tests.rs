@@ -405,3 +405,23 @@ fn http_listener_routes_are_served_on_the_plaintext_listener_only() {
 
 #[path = "translate_grpc_tests.rs"]
 mod grpc;
+
+#[test]
+fn an_https_listener_answers_the_names_it_accepts_with_its_certificate() {
+    let mut w = gw_world();
+    let mut plain = https("https", PORT, None, json!({"name": "cert"}));
+    plain["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
+    let named = https("named", PORT, Some("*.wildcard.org"), json!({"name": "cert"}));
+    w.gateway.gateways = vec![gw("infra", "gw", json!([plain, named]))];
+    // No route at all: an unrouted host on the listener still gets its certificate (and 404).
+    let t = run(&w);
+    assert!(t.table.certs.resolve(Some("a.wildcard.org")).is_some(), "the listener's hostname");
+    assert!(
+        t.table.certs.resolve(Some("unknown.example")).is_none(),
+        "a hostname-less listener does not replace the default certificate for every tenant"
+    );
+    let mut single_tenant = gw_settings();
+    single_tenant.host_ownership = crate::kube::ownership::HostOwnership::None;
+    let t = run_with(&w, &single_tenant);
+    assert!(t.table.certs.resolve(Some("unknown.example")).is_some(), "with host ownership off it does");
+}

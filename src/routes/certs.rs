@@ -32,6 +32,19 @@ impl CertSet {
         Self { default: Some(default), ..Self::default() }
     }
 
+    /// Replaces the certificate for clients whose SNI name no other certificate covers.
+    pub fn set_default(&mut self, key: Arc<CertifiedKey>) {
+        self.default = Some(key);
+    }
+
+    /// Whether a certificate is kept for exactly this host rule.
+    pub fn covers(&self, host: &HostRule) -> bool {
+        match host {
+            HostRule::Exact(h) => self.exact.contains_key(h),
+            HostRule::Wildcard(s) | HostRule::Suffix(s) => self.wildcard.contains_key(s),
+        }
+    }
+
     pub fn insert(&mut self, host: &HostRule, key: Arc<CertifiedKey>) {
         match host {
             HostRule::Exact(h) => self.exact.insert(h.clone(), key),

@@ -611,7 +611,17 @@ impl Cors {
             out.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         out.insert(http::header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        // Gateway API's CORS filter sends the exposed names on the preflight too.
+        if let Some(v) = self.exposed() {
+            out.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        }
         out
+    }
+
+    /// `Access-Control-Expose-Headers`: `*` cannot be sent with credentials, and the names
+    /// exposed are then not known.
+    fn exposed(&self) -> Option<HeaderValue> {
+        if self.any_expose && self.credentials { None } else { self.expose_headers.clone() }
     }
 
     /// Adds the CORS headers of an actual response to a request from an allowed `origin`.
@@ -621,9 +631,7 @@ impl Cors {
         if self.credentials {
             headers.insert(ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
-        // `*` cannot be sent with credentials, and the names exposed are not known.
-        let expose = if self.any_expose && self.credentials { None } else { self.expose_headers.clone() };
-        if let Some(v) = expose {
+        if let Some(v) = self.exposed() {
             headers.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
         }
     }
@@ -788,6 +796,7 @@ mod tests {
         assert_eq!(h["access-control-allow-headers"], "x-a, x-b");
         assert_eq!(h["access-control-allow-credentials"], "true");
         assert_eq!(h["access-control-max-age"], "5");
+        assert_eq!(h["access-control-expose-headers"], "x-exposed", "the preflight names them too");
         let mut resp = HeaderMap::new();
         c.add_response_headers(&origin, &mut resp);
         assert_eq!(resp["access-control-expose-headers"], "x-exposed");

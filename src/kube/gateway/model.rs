@@ -478,7 +478,11 @@ fn listener_image(l: &api::Listener, gw_ns: &str, inputs: &Inputs<'_>, grants: &
             )),
         },
     };
-    let (supported_kinds, kinds_problem) = supported_kinds(l);
+    let (mut supported_kinds, kinds_problem) = supported_kinds(l);
+    // A listener of a protocol we do not serve supports no route kind at all.
+    if protocol.is_none() {
+        supported_kinds.clear();
+    }
     let mut problems: Vec<Refusal> = kinds_problem.into_iter().collect();
     let mut certs = Vec::new();
     if protocol == Some(Protocol::Https) {
