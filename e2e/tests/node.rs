@@ -145,7 +145,7 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
         eprintln!("controller {:?}: host pid {pid}, Uid {uids:?}, / {options:?}", pod.metadata.name);
     }
 
-    // The Service: one LoadBalancer address, UDP and TCP 443.
+    // The Service: one LoadBalancer address, UDP and TCP 443, and plaintext HTTP on TCP 80.
     let services = ns.api::<Service>();
     let lb: std::net::IpAddr = eventually("a LoadBalancer address", TIMEOUT, || async {
         let svc = services.get(FULLNAME).await?;
@@ -155,7 +155,7 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     .await?;
     let lb_addr = SocketAddr::new(lb, 443);
     let ports = service_ports(&services.get(FULLNAME).await?);
-    ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "ports {ports:?}");
+    ensure!(ports == vec![(80, "TCP".into()), (443, "TCP".into()), (443, "UDP".into())], "ports {ports:?}");
 
     // Demo backends: a Deployment of the same image, a Service, a BackendGroup and an
     // Ingress routing to it.
@@ -351,7 +351,10 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     figure(&format!("helm upgrade under load: {counts:?}; sent again: {resent:?}"));
     ensure!(counts.failed == 0, "failed requests during the upgrade: {counts:?}: {errors:?}");
     let ports = service_ports(&services.get(FULLNAME).await?);
-    ensure!(ports == vec![(443, "TCP".into()), (443, "UDP".into())], "ports after upgrade {ports:?}");
+    ensure!(
+        ports == vec![(80, "TCP".into()), (443, "TCP".into()), (443, "UDP".into())],
+        "ports after upgrade {ports:?}"
+    );
 
     // Force-delete a controller pod: report what fails and how long until all answer again.
     let load = Load::start(lb_addr, HOST, "/");
@@ -384,7 +387,10 @@ async fn install_and_serve(env: &TestEnv, ns: &TestNamespace) -> Result<()> {
     ));
     helm(env, &[&port_change[..], &["--force"]].concat()).await?;
     let ports = service_ports(&services.get(FULLNAME).await?);
-    ensure!(ports == vec![(4443, "TCP".into()), (4443, "UDP".into())], "ports after the port change {ports:?}");
+    ensure!(
+        ports == vec![(80, "TCP".into()), (4443, "TCP".into()), (4443, "UDP".into())],
+        "ports after the port change {ports:?}"
+    );
     let moved = Client::new(SocketAddr::new(lb, 4443), HOST);
     let (a, _) = eventually("HTTP/3 on the new port", TIMEOUT, || async { Ok(moved.get_h3("/").await.ok()) }).await?;
     ensure!(a.status == 200, "HTTP/3 on 4443: {a:?}");
