@@ -48,6 +48,7 @@ for protocol in $PROTOCOLS; do
     *) log "unknown protocol $protocol"; exit 2 ;;
   esac
   report="$REPORT_DIR/gateway-api-$GATEWAY_API_VERSION-quic-ingress-$protocol-report.yaml"
+  case $report in /*) ;; *) report="$PWD/$report" ;; esac
   started=$(date +%s)
   log "run over $protocol -> $report"
   (cd e2e/conformance && go test -count=1 -timeout 60m . -args \
@@ -55,7 +56,7 @@ for protocol in $PROTOCOLS; do
       -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC ${FEATURES:+-supported-features="$FEATURES"} \
       -organization=quic-ingress -project=quic-ingress -url=https://quic-ingress.dev \
       -version="v$version" -contact=quic-ingress-maintainers -mode=default \
-      -report-output="$(pwd)/../../$report" ${RUN_TEST:+-run-test="$RUN_TEST"}) || rc=$?
+      -report-output="$report" ${RUN_TEST:+-run-test="$RUN_TEST"}) || rc=$?
   log "run over $protocol: exit $rc in $(( $(date +%s) - started )) s"
 done
 exit $rc
