@@ -94,6 +94,8 @@ pub enum RequestBody {
     Empty,
     Bytes(Bytes),
     Stream(Pin<Box<dyn Stream<Item = Bytes> + Send>>),
+    /// Bytes, then a trailers block.
+    WithTrailers(Bytes, http::HeaderMap),
 }
 
 /// A response whose body is read chunk by chunk.
@@ -269,6 +271,12 @@ impl H3Client {
                     stream.send_data(chunk).await.map_err(http_err)?;
                 }
             }
+            RequestBody::WithTrailers(b, trailers) => {
+                if !b.is_empty() {
+                    stream.send_data(b).await.map_err(http_err)?;
+                }
+                stream.send_trailers(trailers).await.map_err(http_err)?;
+            }
         }
         stream.finish().await.map_err(http_err)?;
         let resp = stream.recv_response().await.map_err(|e| match &e {
@@ -308,6 +316,11 @@ pub async fn request_tcp(
         RequestBody::Bytes(b) => crate::body::full(b),
         RequestBody::Stream(s) => {
             let frames = s.map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
+            http_body_util::StreamBody::new(frames).boxed_unsync()
+        }
+        RequestBody::WithTrailers(b, trailers) => {
+            let frames = [http_body::Frame::data(b), http_body::Frame::trailers(trailers)];
+            let frames = futures::stream::iter(frames.map(Ok::<_, crate::body::BoxError>));
             http_body_util::StreamBody::new(frames).boxed_unsync()
         }
     };

@@ -98,12 +98,19 @@ async fn answer(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<P
     let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     let version = format!("{:?}", req.version());
 
-    // Count the request body as it streams in; nothing is kept.
+    // Count the request body as it streams in; nothing is kept but its trailers, echoed
+    // so tests can see that a proxy forwarded them.
     let mut body = req.into_body();
     let mut body_bytes: u64 = 0;
+    let mut trailers = serde_json::Map::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            body_bytes += data.len() as u64;
+        match frame?.into_data() {
+            Ok(data) => body_bytes += data.len() as u64,
+            Err(frame) => {
+                for (k, v) in frame.into_trailers().iter().flatten() {
+                    trailers.insert(k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+                }
+            }
         }
     }
 
@@ -112,7 +119,7 @@ async fn answer(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<P
         None => {
             let json = serde_json::json!({
                 "backend": &*name, "method": method, "path": path, "host": host,
-                "headers": headers, "body_bytes": body_bytes, "version": version,
+                "headers": headers, "body_bytes": body_bytes, "version": version, "trailers": trailers,
             });
             let mut r = Response::new(full(json.to_string()));
             r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));

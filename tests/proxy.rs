@@ -529,3 +529,37 @@ async fn websocket_upgrades_over_tcp_are_spliced_to_the_backend() {
         assert_eq!(echoed, message);
     }
 }
+
+/// Request trailers from an HTTP/3 client reach an HTTP/2 backend (gRPC's framing allows
+/// them; proxies that drop them break such clients silently), with and without a
+/// `content-length`, and a body-less GET still goes up without a body.
+#[tokio::test]
+async fn request_trailers_from_http3_clients_reach_h2_backends() {
+    let b = Backend::start_with("h2", "h2").await;
+    let proxy = Proxy::start(&catch_all(&b.url("h2c"))).await;
+    let c = proxy.h3().await;
+    let trailers = || {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+        t
+    };
+    for content_length in [None, Some(5)] {
+        let mut req = http::Request::post("https://shop.example.com/upload");
+        if let Some(n) = content_length {
+            req = req.header("content-length", n);
+        }
+        let body = RequestBody::WithTrailers(Bytes::from_static(b"hello"), trailers());
+        let a = h3_send(&c, req.body(()).unwrap(), body).await;
+        assert_eq!(a.status, 200);
+        let seen = a.json();
+        assert_eq!(seen["body_bytes"], 5, "{content_length:?}: {seen}");
+        assert_eq!(seen["trailers"]["x-checksum"], "abc123", "{content_length:?}: trailers lost: {seen}");
+    }
+    let req = http::Request::get("https://shop.example.com/").body(()).unwrap();
+    let body = RequestBody::WithTrailers(Bytes::new(), trailers());
+    let seen = h3_send(&c, req, body).await.json();
+    assert_eq!(seen["trailers"]["x-checksum"], "abc123", "trailers without data: {seen}");
+    let seen = h3_get(&c, "shop.example.com", "/").await.json();
+    assert_eq!(seen["trailers"], serde_json::json!({}));
+    assert_eq!(seen["body_bytes"], 0);
+}

@@ -372,14 +372,16 @@ struct H3RequestBody {
     recv: RecvHalf,
     /// Bytes still expected when the client sent `content-length`.
     remaining: Option<u64>,
-    /// A chunk read early by `peek_end`.
-    peeked: Option<Bytes>,
+    /// A frame read early by `peek_end`: the first chunk, or trailers without data.
+    peeked: Option<Frame<Bytes>>,
+    /// The data frames have ended; trailers, if the client sent any, come next.
+    data_done: bool,
     done: bool,
 }
 
 impl H3RequestBody {
     fn new(recv: RecvHalf, remaining: Option<u64>) -> Self {
-        Self { recv, remaining, peeked: None, done: remaining == Some(0) }
+        Self { recv, remaining, peeked: None, data_done: false, done: remaining == Some(0) }
     }
 
     /// Without `content-length`, finds out whether a body follows at all, so a GET is not
@@ -388,8 +390,18 @@ impl H3RequestBody {
     async fn peek_end(&mut self, wait: Duration) {
         let first = tokio::time::timeout(wait, std::future::poll_fn(|cx| self.recv.poll_recv_data(cx))).await;
         match first {
-            Ok(Ok(Some(mut buf))) => self.peeked = Some(buf.copy_to_bytes(buf.remaining())),
-            Ok(Ok(None)) => self.done = true,
+            Ok(Ok(Some(mut buf))) => self.peeked = Some(Frame::data(buf.copy_to_bytes(buf.remaining()))),
+            Ok(Ok(None)) => {
+                // No data: the stream ended, or trailers came at once. Either is known now,
+                // so a request without either is sent upstream as body-less.
+                self.data_done = true;
+                let trailers = std::future::poll_fn(|cx| self.recv.poll_recv_trailers(cx));
+                match tokio::time::timeout(wait, trailers).await {
+                    Ok(Ok(None)) => self.done = true,
+                    Ok(Ok(Some(t))) => self.peeked = Some(Frame::trailers(t)),
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            }
             Ok(Err(_)) | Err(_) => {}
         }
     }
@@ -401,34 +413,45 @@ impl Body for H3RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(data) = this.peeked.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
+        if let Some(frame) = this.peeked.take() {
+            this.done |= frame.is_trailers();
+            return Poll::Ready(Some(Ok(frame)));
         }
         if this.done {
             return Poll::Ready(None);
         }
-        match this.recv.poll_recv_data(cx) {
-            Poll::Ready(Ok(Some(mut buf))) => {
-                let data = buf.copy_to_bytes(buf.remaining());
-                if let Some(r) = this.remaining.as_mut() {
-                    *r = r.saturating_sub(data.len() as u64);
+        if !this.data_done {
+            match this.recv.poll_recv_data(cx) {
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    let data = buf.copy_to_bytes(buf.remaining());
+                    if let Some(r) = this.remaining.as_mut() {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                Poll::Ready(Ok(None)) => this.data_done = true,
+                Poll::Ready(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Ok(None)) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                this.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Pending => Poll::Pending,
+        }
+        // Request trailers (RFC 9114 4.1: a HEADERS frame after the data) go upstream as
+        // the body's last frame; hyper writes them as HTTP/2 trailers or, for an HTTP/1.1
+        // backend, in the last chunk when the request declared them in `trailer`.
+        let trailers = std::task::ready!(this.recv.poll_recv_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.peeked.is_none() && (self.done || self.remaining == Some(0))
+        // Not at `remaining == Some(0)`: trailers may still follow the declared length.
+        self.peeked.is_none() && self.done
     }
 
     fn size_hint(&self) -> SizeHint {
