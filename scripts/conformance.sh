@@ -6,11 +6,14 @@
 # twice (the suite's HTTP/1.1 + HTTP/2 client, then HTTP/3) and writes both reports.
 #
 # Environment: KUBECONFIG, KUBECTL, HELM, IMAGE (repo:tag), GATEWAY_API_VERSION,
-# GOMODCACHE/GOCACHE; optional RUN_TEST (one test), PROTOCOLS ("tcp h3"), REPORT_DIR.
+# GOMODCACHE/GOCACHE; optional RUN_TEST (one test), SKIP_TESTS (comma-separated names),
+# PROFILES (GATEWAY-HTTP,GATEWAY-GRPC), PROTOCOLS ("tcp h3"), REPORT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KUBECONFIG:?}" "${KUBECTL:?}" "${HELM:?}" "${IMAGE:?}" "${GATEWAY_API_VERSION:?}"
 PROTOCOLS=${PROTOCOLS:-tcp h3}
+PROFILES=${PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC}
+SKIP_TESTS=${SKIP_TESTS:-}
 REPORT_DIR=${REPORT_DIR:-conformance/reports}
 RELEASE=quic-ingress NAMESPACE=quic-ingress
 log() { echo "conformance: $*" >&2; }
@@ -53,7 +56,8 @@ for protocol in $PROTOCOLS; do
   log "run over $protocol -> $report"
   (cd e2e/conformance && go test -count=1 -timeout 60m . -args \
       -quic-ingress.protocol="$protocol" -gateway-class=quic \
-      -conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC ${FEATURES:+-supported-features="$FEATURES"} \
+      -conformance-profiles="$PROFILES" ${FEATURES:+-supported-features="$FEATURES"} \
+      ${SKIP_TESTS:+-skip-tests="$SKIP_TESTS"} \
       -organization=quic-ingress -project=quic-ingress -url=https://quic-ingress.dev \
       -version="v$version" -contact=quic-ingress-maintainers -mode=default \
       -report-output="$report" ${RUN_TEST:+-run-test="$RUN_TEST"}) || rc=$?
