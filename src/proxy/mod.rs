@@ -233,10 +233,24 @@ fn retry_token_key(path: &std::path::Path) -> Result<Arc<dyn quinn_proto::crypto
     Ok(Arc::new(keys))
 }
 
+/// Unidirectional streams a client may have open: HTTP/3 needs three (control, QPACK
+/// encoder and decoder); the rest is room for extensions and grease.
+const MAX_CONCURRENT_UNI_STREAMS: u32 = 8;
+// quinn-proto allocates the state of every stream a client may open when the connection is
+// created, in two hash tables (see `h3::raised_stream_limit`): up to 112 entries they fit in
+// 128 buckets, about 5 KiB per connection. The send table also holds our 3 uni streams.
+const _: () = assert!(h3::INITIAL_CONCURRENT_REQUESTS + MAX_CONCURRENT_UNI_STREAMS <= 112);
+const _: () = assert!(h3::INITIAL_CONCURRENT_REQUESTS + 3 <= 112);
+
 fn transport_config(congestion: CongestionControl, limits: &Limits) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(256u32.into());
-    transport.max_concurrent_uni_streams(16u32.into());
+    // Raised per connection when it is busy (h3::raised_stream_limit).
+    transport.max_concurrent_bidi_streams(h3::INITIAL_CONCURRENT_REQUESTS.into());
+    transport.max_concurrent_uni_streams(MAX_CONCURRENT_UNI_STREAMS.into());
+    // No QUIC DATAGRAM frames: nothing here reads them (HTTP/3 datagrams are not offered),
+    // and quinn would otherwise buffer up to 1.25 MB of them per connection for a client
+    // that sends them unread. A client that sends one anyway breaks the protocol.
+    transport.datagram_receive_buffer_size(None);
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits.idle_timeout.0) {
         transport.max_idle_timeout(Some(idle));
     }
