@@ -16,17 +16,23 @@ export QUIC_INGRESS_PYTHON := $(PYTHON)
 -include e2e/conformance.mk
 -include tests/h2spec.mk tests/browser/browser.mk
 -include fuzz/fuzz.mk
+-include bench/routes.mk bench/idle.mk bench/perf.mk
 
 # Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
 # proxy once per machine and version (see tools/jaeger/go.mod).
 JAEGER_BIN := $(CACHE)/bin/jaeger-$(shell cat tools/jaeger/go.mod tools/jaeger/go.sum | sha256sum | cut -c1-12)
 export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
 
-.PHONY: help run build release test lint test-unit test-integration deps python-deps system-deps jaeger jaeger-path
+bench: $(if $(wildcard bench/perf.mk),bench-cpu bench-bulk bench-h3) $(if $(wildcard bench/routes.mk),bench-routes) \
+  $(if $(wildcard bench/idle.mk),bench-idle)
+	@echo "make bench: every benchmark ran"
+
+.PHONY: help run build release test lint bench test-unit test-integration deps python-deps system-deps jaeger jaeger-path
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
 	@echo "make test  - install test dependencies, lint, and run every test (including the cluster and node tests; needs root)"
+	@echo "make bench - every benchmark beside its peer (Caddy, nginx), loopback, bounded in time"
 
 build:
 	cargo build --bins

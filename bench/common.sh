@@ -9,10 +9,11 @@ BIN=$CARGO_TARGET_DIR/release/quic-ingress
 OHA=${OHA:-$CACHE/tools/bin/oha}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -x "$OHA" ] || cargo install oha --locked --features http3 --root "$CACHE/tools"
-cargo build --release --bins -q
+# BENCH_NO_BUILD=1 runs the binary already built (a rebuild takes long on a loaded machine).
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bins -q
 
 work=$(mktemp -d); pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
 # Caddy's global options for a peer run: no admin API, never touching the machine's trust

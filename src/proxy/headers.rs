@@ -57,18 +57,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `X-Real-IP` is the resolved client; `X-Forwarded-Proto` (`scheme`, `http` or `https`) and
 /// `X-Forwarded-Host` are what this proxy received.
 pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>, scheme: &'static str) {
-    let joined = |name: &HeaderName, headers: &HeaderMap| -> Option<String> {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        let joined = values.join(", ");
-        (!joined.trim().is_empty()).then_some(joined)
-    };
     let peer = hop.peer.to_string();
-    let xff = match joined(&X_FORWARDED_FOR, headers).filter(|_| hop.peer_trusted) {
+    // A trusted proxy's earlier hops come first; most requests have none, and pay for no
+    // joined string then.
+    let previous = |name: &HeaderName| hop.peer_trusted.then(|| joined(headers, name)).flatten();
+    let xff = match previous(&X_FORWARDED_FOR) {
         Some(prev) => format!("{prev}, {peer}"),
         None => peer,
     };
     let element = forwarded_element(hop.peer, host, scheme);
-    let forwarded = match joined(&FORWARDED, headers).filter(|_| hop.peer_trusted) {
+    let forwarded = match previous(&FORWARDED) {
         Some(prev) => format!("{prev}, {element}"),
         None => element,
     };
@@ -83,6 +81,18 @@ pub fn set_forwarded(headers: &mut HeaderMap, hop: &Hop, host: Option<&str>, sch
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// Every value of `name`, joined with ", "; `None` when there is nothing but blanks.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut joined = String::new();
+    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(v);
+    }
+    (!joined.trim().is_empty()).then_some(joined)
 }
 
 /// Who sent a request: the peer of the connection, whether it is a trusted proxy, and the
@@ -123,7 +133,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("invalid"));
+    // A v4 UUID from the thread's generator: `Uuid::new_v4` asks the kernel for every id.
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id =
+        HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("invalid"));
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
@@ -218,6 +232,9 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
+        let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random), "a v4 UUID");
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id, "each request gets its own");
         assert_eq!(h.get("x-request-id").unwrap(), &id);
         let mut h = headers(&[("x-request-id", "")]);
         assert_ne!(ensure_request_id(&mut h), "");
