@@ -16,6 +16,7 @@ export QUIC_INGRESS_PYTHON := $(PYTHON)
 -include e2e/conformance.mk
 -include tests/h2spec.mk tests/browser/browser.mk
 -include fuzz/fuzz.mk
+-include bench/routes.mk
 
 # Jaeger (an OTLP receiver with a query API) for the trace tests, built from the Go module
 # proxy once per machine and version (see tools/jaeger/go.mod).
