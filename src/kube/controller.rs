@@ -1,13 +1,15 @@
 //! `quic-ingress controller`: watches the cluster through reflectors, rebuilds the route
-//! table when something it is built from changes (debounced; status writes do not count),
-//! off the data plane's worker threads, and hot-swaps it into the data plane running in the
-//! same process. Status is written by the elected leader only.
+//! table when something it is built from changes (at once; changes that come while a build
+//! runs are folded into one next build; status writes do not count), off the data plane's
+//! worker threads, and hot-swaps it into the data plane running in the same process.
+//! Status is written by the elected leader only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client, ResourceExt};
@@ -26,10 +28,6 @@ use crate::telemetry::metrics::Metrics;
 use crate::tls::{self, TlsError};
 use crate::upstream::{EndpointRegistry, HealthChecker};
 
-/// Quiet time that ends a burst of watch events before a rebuild.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// A steady stream of events still rebuilds at least this often.
-const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How long the first table waits for a watch that fails (a CRD not installed, a kind
 /// RBAC forbids) before it is built without that kind; a transient error is usually over
 /// by the first retry.
@@ -94,6 +92,8 @@ pub enum ControllerError {
     Signals(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("cannot start the route table builder thread: {0}")]
+    Builder(std::io::Error),
 }
 
 impl ControllerError {
@@ -213,8 +213,9 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
+    let builder = BuildThread::start().map_err(ControllerError::Builder)?;
     let rebuild =
-        tokio::spawn(rebuild_loop(stores, board, changed, settings, tables, ready.clone(), feed_tx, registry));
+        tokio::spawn(rebuild_loop(stores, board, changed, settings, tables, ready.clone(), feed_tx, registry, builder));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
     ready.set(false);
@@ -297,7 +298,7 @@ async fn wait_for_initial_lists(board: &Board) {
 }
 
 /// One table build: translation plus what status needs from it. Pure CPU work on owned
-/// data, so it runs on the blocking pool and a large build never holds a data-plane worker.
+/// data, so it runs on the builder thread and a large build never holds a data-plane worker.
 struct Built {
     t: Translation,
     feed: Feed,
@@ -315,23 +316,105 @@ fn build(
     let started = Instant::now();
     let mut t = translate(&world, settings, registry, &mut last_good, generation);
     let invalid_groups = std::mem::take(&mut t.refused_groups);
-    let served: std::collections::HashSet<(String, String)> =
-        std::mem::take(&mut t.served_ingresses).into_iter().collect();
+    let served = std::mem::take(&mut t.served_ingresses);
+    let serving: std::collections::HashSet<(&str, &str)> =
+        served.iter().map(|(n, m)| (n.as_str(), m.as_str())).collect();
     let unserved = world
         .ingresses
         .iter()
+        .filter(|i| {
+            let m = &i.metadata;
+            let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
+            !serving.contains(&(m.namespace.as_deref().unwrap_or_default(), name))
+        })
         .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
-        .filter(|key| !served.contains(key))
         .collect();
+    drop(serving);
     let feed = Feed {
         problems: t.problems.clone(),
         groups: std::mem::take(&mut t.groups),
-        served: served.into_iter().collect(),
+        served,
         unserved,
         invalid_groups,
         gateway: Arc::new(std::mem::take(&mut t.gateway)),
     };
     Built { t, feed, last_good, build: started.elapsed() }
+}
+
+/// The one thread table builds run on: off the data plane's workers, and always the same
+/// thread, so every table is allocated from (and freed to) one malloc arena. On the
+/// blocking pool each build (and each drop of an old table) could land on another thread
+/// and arena, and the replica kept several tables' worth of freed memory.
+struct BuildThread {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl BuildThread {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new().name("route-table".into()).spawn(move || {
+            for job in queue {
+                // A panic is a bug in one build: the thread lives on for the next one, and
+                // the caller sees the job's result dropped.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the thread; `None` if it panicked.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs.send(Box::new(move || drop(tx.send(f())))).ok()?;
+        rx.await.ok()
+    }
+
+    /// Frees `value` on the thread, where it was most likely allocated.
+    fn free<T: Send + 'static>(&self, value: T) {
+        let _ = self.jobs.send(Box::new(move || drop(value)));
+    }
+}
+
+/// When to build: at once the first time, then on the first change after the previous
+/// build ended, never waiting for a quiet period. Any number of changes while a build runs
+/// wake exactly one next build (a `Notify` holds a single permit).
+struct Wakes<'a> {
+    changed: &'a Notify,
+    started: bool,
+}
+
+/// What started a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The first table.
+    Start,
+    /// A change while nothing was being built: it came a moment ago.
+    Idle,
+    /// A change while the previous build ran: it came after that build read the stores.
+    DuringBuild,
+}
+
+impl<'a> Wakes<'a> {
+    fn new(changed: &'a Notify) -> Self {
+        Self { changed, started: false }
+    }
+
+    /// Waits for the next build; the caller reads the stores right after.
+    async fn next(&mut self) -> Wake {
+        let wake = if std::mem::replace(&mut self.started, true) {
+            let waiting = Instant::now();
+            self.changed.notified().await;
+            // A permit left by a change during the build answers at once.
+            if waiting.elapsed() < Duration::from_millis(1) { Wake::DuringBuild } else { Wake::Idle }
+        } else {
+            Wake::Start
+        };
+        // What the build about to start reads is already in the stores (a watch writes its
+        // store before it notifies), so a change notified before now needs no build of its
+        // own: drop its permit.
+        let _ = self.changed.notified().now_or_never();
+        wake
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -344,6 +427,7 @@ async fn rebuild_loop(
     ready: Arc<Readiness>,
     feed: watch::Sender<Arc<Feed>>,
     registry: Arc<EndpointRegistry>,
+    builder: BuildThread,
 ) {
     let settings = Arc::new(settings);
     let mut last_good = LastGoodCerts::default();
@@ -351,28 +435,24 @@ async fn rebuild_loop(
     let mut generation = 0u64;
     tracing::info!("waiting for the initial list of watched objects");
     wait_for_initial_lists(&board).await;
+    let mut wakes = Wakes::new(&changed);
+    // When the previous build read the stores: the earliest a change it missed came.
+    let mut last_snapshot = Instant::now();
     loop {
-        // Debounce: rebuild once a burst of events has been quiet for DEBOUNCE.
-        let burst_start = Instant::now();
-        while burst_start.elapsed() < MAX_DEBOUNCE {
-            if tokio::time::timeout(DEBOUNCE, changed.notified()).await.is_err() {
-                break;
-            }
-        }
+        let wake = wakes.next().await;
+        let woke = Instant::now();
+        let change_at = if wake == Wake::DuringBuild { last_snapshot } else { woke };
+        last_snapshot = woke;
         generation += 1;
         let world = stores.snapshot();
         let (settings_b, registry_b) = (settings.clone(), registry.clone());
-        let job = tokio::task::spawn_blocking(move || build(world, &settings_b, &registry_b, last_good, generation));
-        let Built { t, feed: new_feed, last_good: kept, build } = match job.await {
-            Ok(built) => built,
-            Err(e) => {
-                // A panic in translation is a bug; the last table keeps serving, and the
-                // next change tries again from empty certificate memory.
-                tracing::error!(error = %e, generation, "route table build failed; the previous table stays");
-                last_good = LastGoodCerts::default();
-                changed.notified().await;
-                continue;
-            }
+        let kept = std::mem::take(&mut last_good);
+        let job = builder.run(move || build(world, &settings_b, &registry_b, kept, generation));
+        let Some(Built { t, feed: new_feed, last_good: kept, build }) = job.await else {
+            // A panic in translation is a bug; the last table keeps serving, and the
+            // next change tries again from empty certificate memory.
+            tracing::error!(generation, "route table build failed; the previous table stays");
+            continue;
         };
         last_good = kept;
         for p in &t.problems {
@@ -380,22 +460,18 @@ async fn rebuild_loop(
         }
         checker.sync(t.table.groups());
         let routes = t.table.route_count();
+        let problems = t.problems.len();
         let metrics = registry.metrics();
         metrics.record_table(t.table.generation, routes, build);
         metrics.route_table_rebuilds.inc();
-        tables.store(Arc::new(t.table));
-        // burst_start is when the first event of this burst woke the loop.
-        metrics.change_to_serving.observe(burst_start.elapsed().as_secs_f64());
+        let old_table = tables.swap(Arc::new(t.table));
+        metrics.change_to_serving.observe(change_at.elapsed().as_secs_f64());
         ready.set(true);
-        tracing::info!(
-            generation,
-            routes,
-            problems = t.problems.len(),
-            build_ms = build.as_secs_f64() * 1000.0,
-            "route table published"
-        );
-        feed.send_replace(Arc::new(new_feed));
-        changed.notified().await;
+        tracing::info!(generation, routes, problems, build_ms = build.as_secs_f64() * 1000.0, "route table published");
+        let old_feed = feed.send_replace(Arc::new(new_feed));
+        // Freeing a large table (and the feed built with it) is work too: not on a
+        // data-plane worker.
+        builder.free((old_table, old_feed));
     }
 }
 
@@ -413,5 +489,30 @@ mod tests {
         assert_eq!(lease_namespace(Some("ingress"), &one, pod(), "default"), "ingress");
         assert_eq!(lease_namespace(None, &two, pod(), "default"), "ingress", "several: the pod's namespace");
         assert_eq!(lease_namespace(None, &Scope::Cluster, None, "default"), "default");
+    }
+
+    #[test]
+    fn the_first_build_starts_at_once_and_changes_during_a_build_make_exactly_one_more() {
+        let changed = Notify::new();
+        let mut wakes = Wakes::new(&changed);
+        assert_eq!(wakes.next().now_or_never(), Some(Wake::Start), "no waiting for the first table");
+        // Changes while the first build runs (the initial list's included).
+        for _ in 0..5 {
+            changed.notify_one();
+        }
+        assert_eq!(wakes.next().now_or_never(), Some(Wake::DuringBuild), "the next build starts at once");
+        assert_eq!(wakes.next().now_or_never(), None, "five changes, one build");
+        changed.notify_one();
+        assert!(wakes.next().now_or_never().is_some(), "a later change builds again");
+    }
+
+    #[test]
+    fn a_change_the_next_build_will_read_anyway_makes_no_build_of_its_own() {
+        let changed = Notify::new();
+        let mut wakes = Wakes::new(&changed);
+        // The initial list notified before the first build read the stores.
+        changed.notify_one();
+        assert_eq!(wakes.next().now_or_never(), Some(Wake::Start));
+        assert_eq!(wakes.next().now_or_never(), None, "the first build saw that change");
     }
 }

@@ -124,10 +124,65 @@ pub struct RefusedGroup {
     pub message: String,
 }
 
-/// Remembers the last certificate each Secret produced, so a Secret turning invalid keeps
-/// serving its previous certificate.
+/// What one build leaves to the next: the last certificate each Secret produced, so a
+/// Secret turning invalid keeps serving its previous certificate; and each Service group
+/// with the versions of the objects it was compiled from, so an unchanged Service is not
+/// compiled again (at thousands of Services that is much of a build).
 #[derive(Default)]
-pub struct LastGoodCerts(HashMap<(String, String), Arc<CertifiedKey>>);
+pub struct LastGoodCerts {
+    certs: HashMap<(String, String), Arc<CertifiedKey>>,
+    groups: GroupMemo,
+}
+
+/// The uid and resourceVersion of a Service and of each of its EndpointSlices: a group
+/// compiled from the same versions is the same group. Objects without versions (built by
+/// hand, in tests) are never remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GroupInputs(Vec<(String, String)>);
+
+impl GroupInputs {
+    fn of(
+        service: &k8s_openapi::api::core::v1::Service,
+        slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    ) -> Option<Self> {
+        let version = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            Some((m.uid.clone()?, m.resource_version.clone()?))
+        };
+        let mut v = Vec::with_capacity(1 + slices.len());
+        v.push(version(&service.metadata)?);
+        for s in slices {
+            v.push(version(&s.metadata)?);
+        }
+        Some(GroupInputs(v))
+    }
+}
+
+/// Service groups of the previous build, and those this build used (the next build's).
+#[derive(Default)]
+struct GroupMemo {
+    previous: HashMap<String, (GroupInputs, Arc<BackendGroup>)>,
+    used: HashMap<String, (GroupInputs, Arc<BackendGroup>)>,
+}
+
+impl GroupMemo {
+    fn reuse(&mut self, id: &str, inputs: &GroupInputs) -> Option<Arc<BackendGroup>> {
+        let (seen, group) = self.previous.remove(id)?;
+        if seen != *inputs {
+            return None;
+        }
+        self.used.insert(id.to_string(), (seen, group.clone()));
+        Some(group)
+    }
+
+    fn keep(&mut self, id: &str, inputs: GroupInputs, group: &Arc<BackendGroup>) {
+        self.used.insert(id.to_string(), (inputs, group.clone()));
+    }
+
+    /// Forgets the groups no route of this build used.
+    fn finish(&mut self) {
+        self.previous = std::mem::take(&mut self.used);
+    }
+}
 
 /// Whether `ingress` belongs to this controller.
 pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>], class: &str) -> bool {
@@ -186,10 +241,11 @@ pub fn translate(
     // Oldest first: the first object to claim a host and path keeps it.
     let mut ingresses: Vec<&Ingress> =
         world.ingresses.iter().map(AsRef::as_ref).filter(|i| is_ours(i, &world.classes, class)).collect();
-    ingresses.sort_by_key(|i| (i.metadata.creation_timestamp.clone(), i.namespace(), i.name_any()));
+    // Keys borrowed, not cloned: a sort compares each object about log2(n) times.
+    ingresses.sort_by(|a, b| precedence(*a).cmp(&precedence(*b)));
     let mut bg_objects: Vec<&BackendGroupCr> =
         world.groups.iter().map(AsRef::as_ref).filter(|g| !bg_of_other_class(g, class)).collect();
-    bg_objects.sort_by_key(|g| (g.metadata.creation_timestamp.clone(), g.namespace(), g.name_any()));
+    bg_objects.sort_by(|a, b| precedence(*a).cmp(&precedence(*b)));
     let routed_bgs: Vec<&BackendGroupCr> =
         bg_objects.iter().copied().filter(|g| bg_routes_are_ours(g, &world.classes, class)).collect();
 
@@ -202,8 +258,10 @@ pub fn translate(
         }
         HostOwnership::None => None,
     };
+    let LastGoodCerts { certs: last_good_certs, groups: memo } = last_good;
     let mut t = Translator {
         idx: &idx,
+        memo,
         registry,
         settings,
         grants: &grants,
@@ -222,7 +280,8 @@ pub fn translate(
     // whichever API declares it (README "Gateway API": precedence).
     let mut next_route = 0;
     for ing in &ingresses {
-        let order = (ing.metadata.creation_timestamp.clone(), ing.namespace().unwrap_or_default(), ing.name_any());
+        let (created, ns, name) = precedence(*ing);
+        let order = (created, ns.unwrap_or_default(), name);
         while next_route < gw.route_count() && gw.order(next_route) < order {
             t.gateway_route(&mut gw, next_route);
             next_route += 1;
@@ -240,7 +299,7 @@ pub fn translate(
         t.ingress_default_backend(ing);
     }
     for ing in &ingresses {
-        t.ingress_tls(ing, last_good);
+        t.ingress_tls(ing, last_good_certs);
     }
     t.gateway_certs(&gw);
 
@@ -263,6 +322,7 @@ pub fn translate(
         })
         .collect();
     let served_ingresses = ingresses.iter().map(|i| (i.namespace().unwrap_or_default(), i.name_any())).collect();
+    t.memo.finish();
     let mut problems = t.problems;
     problems.sort();
     problems.dedup();
@@ -276,6 +336,16 @@ pub fn translate(
         refused_groups,
         gateway: gw.finish(),
     }
+}
+
+/// Which of two objects keeps a contested host and path: the older, then by namespace and
+/// name (`name_any`), so every replica decides the same.
+fn precedence<K: kube::Resource>(
+    obj: &K,
+) -> (Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, Option<&str>, &str) {
+    let m = obj.meta();
+    let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
+    (m.creation_timestamp.as_ref(), m.namespace.as_deref(), name)
 }
 
 /// Every host an object of ours declares, for ownership.
@@ -300,6 +370,8 @@ fn claims(ingresses: &[&Ingress], groups: &[&BackendGroupCr]) -> Vec<Claim> {
 
 struct Translator<'a> {
     idx: &'a Indexed<'a>,
+    /// Service groups carried over from the previous build.
+    memo: &'a mut GroupMemo,
     registry: &'a EndpointRegistry,
     settings: &'a Settings,
     grants: &'a Grants,
@@ -583,6 +655,15 @@ impl Translator<'_> {
         if let Some(Some(existing)) = self.groups_by_id.get(&id) {
             return Ok(existing.clone());
         }
+        let inputs =
+            self.idx.services.get(&(ns, name)).and_then(|svc| {
+                GroupInputs::of(svc, self.idx.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]))
+            });
+        if let Some(group) = inputs.as_ref().and_then(|i| self.memo.reuse(&id, i)) {
+            self.builder.insert_group(group.clone());
+            self.groups_by_id.insert(id, Some(group.clone()));
+            return Ok(group);
+        }
         // The defaults of the shared model: round robin, passive checks only.
         let built = match self.service_endpoints(ns, name, port, scheme) {
             Ok(urls) => GroupSpec::new(id.clone(), Members::Discovered(urls))
@@ -593,6 +674,9 @@ impl Translator<'_> {
         };
         match &built {
             Ok(g) => {
+                if let Some(inputs) = inputs {
+                    self.memo.keep(&id, inputs, g);
+                }
                 self.builder.insert_group(g.clone());
                 self.groups_by_id.insert(id, Some(g.clone()));
             }
@@ -713,7 +797,7 @@ impl Translator<'_> {
         })
     }
 
-    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut LastGoodCerts) {
+    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut HashMap<(String, String), Arc<CertifiedKey>>) {
         let ns = ing.namespace().unwrap_or_default();
         let rule_hosts: Vec<String> =
             ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
@@ -723,11 +807,11 @@ impl Translator<'_> {
             let cache_key = (ns.clone(), secret_name.to_string());
             let key = match self.idx.secrets.get(&(ns.as_str(), secret_name)).map(|s| secret_cert(s)) {
                 Some(Ok(key)) => {
-                    last_good.0.insert(cache_key.clone(), key.clone());
+                    last_good.insert(cache_key.clone(), key.clone());
                     Some(key)
                 }
                 Some(Err(e)) => {
-                    let kept = last_good.0.get(&cache_key).cloned();
+                    let kept = last_good.get(&cache_key).cloned();
                     let note = if kept.is_some() { "; serving its last good certificate" } else { "" };
                     self.problem("Ingress", ing, "InvalidTLSSecret", format!("secret {ns}/{secret_name}: {e}{note}"));
                     kept

@@ -52,9 +52,9 @@ impl GatewayState {
     }
 
     /// The precedence key of route `i`, comparable with an Ingress's.
-    pub(super) fn order(&self, i: usize) -> (Option<Time>, String, String) {
+    pub(super) fn order(&self, i: usize) -> (Option<&Time>, &str, &str) {
         let k = &self.model.routes[i].key;
-        (k.created.clone(), k.namespace.clone(), k.name.clone())
+        (k.created.as_ref(), k.namespace.as_str(), k.name.as_str())
     }
 
     /// Whether listener `l` of gateway `g` carries traffic.

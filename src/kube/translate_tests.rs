@@ -985,3 +985,51 @@ fn backend_group_routes_carry_matches_filters_and_mirrors_of_their_namespace() {
 
 #[path = "translate_gateway_tests.rs"]
 mod gateway;
+
+/// Sets the uid and resourceVersion the API server would give `obj`.
+fn versioned<K: kube::Resource + Clone>(obj: &Arc<K>, rv: &str) -> Arc<K> {
+    let mut o = (**obj).clone();
+    let name = o.meta().name.clone().unwrap_or_default();
+    o.meta_mut().uid = Some(format!("uid-{name}"));
+    o.meta_mut().resource_version = Some(rv.into());
+    Arc::new(o)
+}
+
+#[test]
+fn an_unchanged_service_keeps_its_group_across_builds_and_a_changed_slice_gets_a_new_one() {
+    let mut world = shop_world();
+    world.services = world.services.iter().map(|s| versioned(s, "1")).collect();
+    world.slices = world.slices.iter().map(|s| versioned(s, "1")).collect();
+    world.ingresses =
+        vec![ingress("shop", "web").rule(Some("shop.example.com"), "/", "Prefix", svc_backend("api", 80)).build()];
+    let (registry, mut memory) = (EndpointRegistry::default(), LastGoodCerts::default());
+    let group = |t: &Translation| t.table.lookup(Some("shop.example.com"), "/").map(|r| r.group.clone()).unwrap();
+    let first = translate(&world, &settings(), &registry, &mut memory, 1);
+    let second = translate(&world, &settings(), &registry, &mut memory, 2);
+    assert!(Arc::ptr_eq(&group(&first), &group(&second)), "the same versions: the same group");
+
+    // A pod became ready: the slice has a new resourceVersion.
+    world.slices[1] = versioned(
+        &slice(
+            "shop",
+            "api-b",
+            "api",
+            "IPv4",
+            &[("http", 8080), ("admin", 9090)],
+            &[("10.0.0.3", true), ("10.0.0.4", true)],
+        ),
+        "2",
+    );
+    let third = translate(&world, &settings(), &registry, &mut memory, 3);
+    assert!(!Arc::ptr_eq(&group(&second), &group(&third)));
+    assert_eq!(
+        endpoints_for(&third, "shop.example.com", "/").unwrap(),
+        vec!["http://10.0.0.1:8080", "http://10.0.0.3:8080", "http://10.0.0.4:8080", "http://[fd00::1]:8080"]
+    );
+    // Objects without versions (as in the other tests) are compiled every time.
+    let mut plain = shop_world();
+    plain.ingresses = world.ingresses.clone();
+    let a = translate(&plain, &settings(), &registry, &mut memory, 4);
+    let b = translate(&plain, &settings(), &registry, &mut memory, 5);
+    assert!(!Arc::ptr_eq(&group(&a), &group(&b)));
+}

@@ -67,6 +67,27 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 /// unrelated labels are left out, so status writes wake nothing.
 pub trait Relevant {
     fn fingerprint(&self) -> u64;
+
+    /// Drops fields of this kind that neither translation nor status reads, before the
+    /// object is stored (see [`trim`]).
+    fn trim_unread(&mut self) {}
+}
+
+/// The annotation `kubectl apply` (client side) keeps a whole copy of the object in.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Makes a watched object smaller before its reflector stores it: managedFields (a tree of
+/// every field each writer set, often larger than the spec), `kubectl apply`'s copy of the
+/// object, and what [`Relevant::trim_unread`] drops. Stores hold every object of every
+/// watched kind for the life of the process, so this is most of a replica's memory at
+/// scale. Change detection sees the trimmed object, so what is trimmed must never matter.
+pub fn trim<K: Resource + Relevant>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    obj.trim_unread();
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
@@ -123,6 +144,11 @@ impl Relevant for Service {
         let m = &self.metadata;
         hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
     }
+
+    /// The published Service's address is read by a watch of its own (`status.rs`).
+    fn trim_unread(&mut self) {
+        self.status = None;
+    }
 }
 
 impl Relevant for EndpointSlice {
@@ -130,6 +156,18 @@ impl Relevant for EndpointSlice {
         let m = &self.metadata;
         let service = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
         hash_json(&(&m.uid, service, &self.address_type, &self.endpoints, &self.ports), m.resource_version.as_ref())
+    }
+
+    /// Endpoints are read for their addresses and conditions only (`endpoints.rs`); the
+    /// pod reference, node, zone and hints of every endpoint are the bulk of a large slice.
+    fn trim_unread(&mut self) {
+        for e in &mut self.endpoints {
+            e.target_ref = None;
+            e.node_name = None;
+            e.zone = None;
+            e.hints = None;
+            e.deprecated_topology = None;
+        }
     }
 }
 
@@ -543,7 +581,7 @@ where
     let mut streams = Vec::with_capacity(apis.len());
     for (i, (namespace, api)) in apis.into_iter().enumerate() {
         let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, cfg.clone()))
+        let stream = reflector::reflector(writer, watcher(api, cfg.clone()).modify(trim::<K>))
             .backoff(WatchBackoff::default())
             .map(move |event| (i, event))
             .boxed();
@@ -772,6 +810,59 @@ mod tests {
         };
         assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.2", "web").fingerprint());
         assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.1", "api").fingerprint());
+    }
+
+    #[test]
+    fn stored_objects_lose_managed_fields_and_the_last_applied_copy_but_keep_what_is_read() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let mut i = with_lb_status(ingress("a", 3), "192.0.2.10", "7");
+        i.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:rules": {}}}))),
+            ..ManagedFieldsEntry::default()
+        }]);
+        i.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{\"apiVersion\":\"networking.k8s.io/v1\"}".to_string()),
+                ("kubernetes.io/ingress.class".to_string(), "quic".to_string()),
+            ]
+            .into(),
+        );
+        let mut trimmed = i.clone();
+        trim(&mut trimmed);
+        assert_eq!(trimmed.metadata.managed_fields, None);
+        assert_eq!(
+            trimmed.annotations().keys().collect::<Vec<_>>(),
+            ["kubernetes.io/ingress.class"],
+            "the class annotation is read"
+        );
+        assert_eq!(trimmed.status, i.status, "the status writer compares the address written");
+        assert_eq!(
+            (trimmed.spec, trimmed.metadata.generation, trimmed.metadata.uid),
+            (i.spec, i.metadata.generation, i.metadata.uid)
+        );
+
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+        let endpoint = Endpoint {
+            addresses: vec!["10.0.0.1".into()],
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some("web-7d4b9".into()),
+                ..ObjectReference::default()
+            }),
+            node_name: Some("node-1".into()),
+            zone: Some("zone-a".into()),
+            ..Endpoint::default()
+        };
+        let mut slice =
+            EndpointSlice { address_type: "IPv4".into(), endpoints: vec![endpoint], ..EndpointSlice::default() };
+        trim(&mut slice);
+        let e = &slice.endpoints[0];
+        assert_eq!((e.target_ref.as_ref(), e.node_name.as_ref(), e.zone.as_ref()), (None, None, None));
+        assert_eq!(e.addresses, ["10.0.0.1"]);
+        assert_eq!(e.conditions.as_ref().and_then(|c| c.ready), Some(true), "readiness is read");
     }
 
     fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {

@@ -1,0 +1,720 @@
+//! Route propagation and memory at scale (issue 15, points 1 and 2), against the real API
+//! server the cluster tests use: how long a new Ingress or HTTPRoute takes from its API
+//! write to its first 200 while thousands exist and HTTP/3 load runs, whether anything
+//! fails while routes churn, and what one replica's memory costs per Ingress and per
+//! endpoint. Prints figures, never asserts on them. Run by `make bench-routes`
+//! (bench/routes.mk); every phase is bounded in count and time.
+//!
+//! Settings (environment): `BENCH_SIZES` (routes at which trials run, default
+//! `3000,10000`), `BENCH_MEMORY` (Ingress counts where RSS is read, default
+//! `1000,5000,10000`), `BENCH_TRIALS` (50), `BENCH_RATE` (background requests/s, 2000),
+//! `BENCH_CHURN` (routes added and removed under load, 1000), `BENCH_PHASES`
+//! (`ingress,endpoints,httproute`), `BENCH_ENDPOINTS` (`1000x100`), `BENCH_OUT` (a file
+//! the report is also written to).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, PostParams};
+use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
+use quic_ingress::kube::gateway::api::{GatewayClass, HTTPRoute};
+use quic_ingress_e2e::controller::{ControllerOptions, install_crd};
+use quic_ingress_e2e::gateway::{gateway, gateway_class, http_route, https_listener, install_gateway_crds};
+use quic_ingress_e2e::namespace::unique_name;
+use quic_ingress_e2e::objects::{ca_and_cert, endpoint_slice, ingress, service, tls_secret};
+use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+/// API writes in flight while objects are created in bulk.
+const WRITERS: usize = 32;
+/// Longest wait for one trial's route (a trial that takes longer is reported as lost).
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a bulk of objects to be in the table.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+const POLL_EVERY: Duration = Duration::from_millis(2);
+/// Connections the background load is spread over.
+const LOAD_CONNECTIONS: usize = 8;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Settings {
+    sizes: Vec<usize>,
+    memory: Vec<usize>,
+    trials: usize,
+    rate: u64,
+    churn: usize,
+    phases: Vec<String>,
+    endpoints: (usize, usize),
+}
+
+fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
+    let raw = std::env::var(name).unwrap_or_else(|_| default.to_string());
+    raw.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().with_context(|| format!("{name}={raw}")))
+        .collect()
+}
+
+fn env_num(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v}")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let endpoints = std::env::var("BENCH_ENDPOINTS").unwrap_or_else(|_| "1000x100".into());
+        let (services, per) = endpoints.split_once('x').ok_or_else(|| anyhow!("BENCH_ENDPOINTS={endpoints}"))?;
+        let s = Settings {
+            sizes: env_list("BENCH_SIZES", "3000,10000")?,
+            memory: env_list("BENCH_MEMORY", "1000,5000,10000")?,
+            trials: env_num("BENCH_TRIALS", 50)? as usize,
+            rate: env_num("BENCH_RATE", 2000)?,
+            churn: env_num("BENCH_CHURN", 1000)? as usize,
+            phases: std::env::var("BENCH_PHASES")
+                .unwrap_or_else(|_| "ingress,endpoints,httproute".into())
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+            endpoints: (services.parse()?, per.parse()?),
+        };
+        ensure!(s.trials > 0 && s.trials <= 1000, "BENCH_TRIALS must be 1..=1000");
+        ensure!(s.sizes.iter().chain(&s.memory).all(|n| *n <= 50_000), "at most 50,000 routes");
+        ensure!(s.rate <= 50_000, "BENCH_RATE at most 50000");
+        Ok(s)
+    }
+}
+
+// === Report ===
+
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn say(&mut self, line: String) {
+        println!("{line}");
+        self.lines.push(line);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `q` quantile (nearest rank) of sorted samples.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// === The background load ===
+
+/// What the background load saw.
+#[derive(Default, Debug)]
+struct LoadCounts {
+    ok: u64,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl LoadCounts {
+    fn failed(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.errors.values().sum::<u64>()
+    }
+
+    fn total(&self) -> u64 {
+        self.ok + self.failed()
+    }
+}
+
+/// A steady HTTP/3 load at `rate` requests/s over `LOAD_CONNECTIONS` connections, on
+/// hosts that exist for the whole run; counts every answer that is not 2xx.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// Answers and errors since the start, never reset (for the rate).
+    done: Arc<AtomicU64>,
+    counts: Arc<std::sync::Mutex<LoadCounts>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    async fn start(addr: SocketAddr, hosts: Arc<Vec<String>>, rate: u64) -> Result<Load> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(std::sync::Mutex::new(LoadCounts::default()));
+        let mut tasks = Vec::new();
+        let trust = TrustOptions { insecure: true, ca_file: None };
+        let per_conn = (rate / LOAD_CONNECTIONS as u64).max(1);
+        let seq = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        for c in 0..LOAD_CONNECTIONS {
+            let client = H3Client::connect(addr, &format!("load{c}.example.com"), &trust).await?;
+            let (stop, counts, hosts, seq, done) =
+                (stop.clone(), counts.clone(), hosts.clone(), seq.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn as f64));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                // Bounds what a stalled connection can pile up.
+                let in_flight = Arc::new(Semaphore::new(256));
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+                        *c.errors.entry("client overloaded (256 in flight)".into()).or_default() += 1;
+                        continue;
+                    };
+                    let n = seq.fetch_add(1, Ordering::Relaxed) as usize;
+                    let host = hosts[n.wrapping_mul(7919) % hosts.len()].clone();
+                    let (client, counts, done) = (client.clone(), counts.clone(), done.clone());
+                    tokio::spawn(async move {
+                        let outcome = get(&client, &host).await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(s) if (200..300).contains(&s) => c.ok += 1,
+                            Ok(s) => *c.statuses.entry(s).or_default() += 1,
+                            Err(e) => *c.errors.entry(format!("{e:#}")).or_default() += 1,
+                        }
+                        drop(permit);
+                    });
+                }
+            }));
+        }
+        Ok(Load { stop, done, counts, tasks, started: Instant::now() })
+    }
+
+    /// The counts so far, and resets them.
+    fn take(&self) -> LoadCounts {
+        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Stops; the counts since the last `take`, and the rate over the whole run.
+    async fn stop(mut self) -> (LoadCounts, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let elapsed = self.started.elapsed();
+        let done = self.done.load(Ordering::Relaxed);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        // Let the last requests answer.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (self.take(), done as f64 / elapsed.as_secs_f64())
+    }
+}
+
+async fn get(client: &H3Client, host: &str) -> Result<u16> {
+    let fut = async {
+        let req = http::Request::get(format!("https://{host}/")).body(())?;
+        let resp = client.request(req, RequestBody::Empty).await?;
+        let status = resp.status.as_u16();
+        resp.bytes().await?;
+        Ok::<_, anyhow::Error>(status)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| anyhow!("timed out"))?
+}
+
+// === Trials ===
+
+/// Writes one new route with `write`, then polls `host` over `probe` every 2 ms until it
+/// answers 200: the time from the start of the write to that answer.
+async fn trial<F>(probe: &H3Client, host: &str, write: F) -> Result<Duration>
+where
+    F: Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    write.await?;
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match get(probe, host).await? {
+            200 => return Ok(started.elapsed()),
+            404 => {}
+            s => bail!("{host} answered {s} while waiting for it"),
+        }
+        if started.elapsed() > TRIAL_TIMEOUT {
+            bail!("{host} not served after {TRIAL_TIMEOUT:?}");
+        }
+    }
+}
+
+fn summarize(report: &mut Report, what: &str, mut samples: Vec<Duration>, goal: &str) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len().max(1) as u32;
+    report.say(format!(
+        "{what}: {} trials, p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms, mean {:.1} ms (goal {goal})",
+        samples.len(),
+        ms(quantile(&samples, 0.5)),
+        ms(quantile(&samples, 0.99)),
+        ms(samples.first().copied().unwrap_or_default()),
+        ms(samples.last().copied().unwrap_or_default()),
+        ms(mean),
+    ));
+}
+
+// === Helpers ===
+
+/// Runs `f` for every item, `WRITERS` at a time; fails on the first error.
+async fn bulk<I, F, Fut>(items: I, f: F) -> Result<()>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    futures::stream::iter(items).map(f).buffer_unordered(WRITERS).try_collect::<Vec<()>>().await?;
+    Ok(())
+}
+
+/// Waits until the controller's table holds at least `want` routes.
+async fn settle(c: &Controller, want: usize) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let routes = c.metric("quic_ingress_route_table_routes").await? as usize;
+        if routes >= want {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > SETTLE_TIMEOUT {
+            bail!("{routes} of {want} routes in the table after {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// RSS after the process has been quiet for a moment (allocator caches settle).
+async fn rss_mib(c: &Controller) -> Result<f64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(c.rss_kib()? as f64 / 1024.0)
+}
+
+/// A Service with port `http` 80 and no cluster IP: the test control plane's service range
+/// holds 254 addresses, and translation reads the ports and EndpointSlices only.
+fn headless(name: &str) -> k8s_openapi::api::core::v1::Service {
+    let mut svc = service(name).port("http", 80).build();
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
+    }
+    svc
+}
+
+fn api_err(e: kube::Error) -> anyhow::Error {
+    anyhow!(e)
+}
+
+/// `perf record` of the controller while routes churn, when `BENCH_PERF_DIR` is set: the
+/// functions with the most samples go into the report.
+struct Profile {
+    child: tokio::process::Child,
+    data: std::path::PathBuf,
+}
+
+impl Profile {
+    fn start(c: &Controller, name: &str) -> Result<Option<Profile>> {
+        let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else { return Ok(None) };
+        std::fs::create_dir_all(&dir)?;
+        let data = std::path::Path::new(&dir).join(format!("{name}.data"));
+        let child = tokio::process::Command::new("perf")
+            .args(["record", "-q", "-F", "499", "-p", &c.pid().to_string(), "-o"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting perf record (BENCH_PERF_DIR is set)")?;
+        Ok(Some(Profile { child, data }))
+    }
+
+    /// Stops recording; the top of `perf report` as text.
+    async fn finish(mut self) -> Result<String> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill only sends a signal to the perf process this program started.
+            unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        let out = tokio::process::Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--sort", "symbol", "--percent-limit", "1.5", "-i"])
+            .arg(&self.data)
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let top: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(25).collect();
+        Ok(format!("  perf profile ({}), functions over 1.5% of samples:\n{}", self.data.display(), top.join("\n")))
+    }
+}
+
+// === Ingresses ===
+
+struct IngressBench<'a> {
+    ns: &'a TestNamespace,
+    backend_ip: String,
+    backend_port: i32,
+    /// Ingresses `i0..i{count}` exist, each with Service `s{n}` and its EndpointSlice.
+    count: usize,
+}
+
+impl IngressBench<'_> {
+    fn host(n: usize) -> String {
+        format!("i{n}.example.com")
+    }
+
+    async fn grow(&mut self, to: usize) -> Result<Duration> {
+        let started = Instant::now();
+        let (ns, ip, port) = (self.ns, self.backend_ip.clone(), self.backend_port);
+        bulk(self.count..to, |n| {
+            let ip = ip.clone();
+            async move {
+                let svc = format!("s{n}");
+                ns.create(&headless(&svc)).await?;
+                ns.create(&endpoint_slice(&svc).name(&format!("{svc}-1")).address(&ip).port("http", port).build())
+                    .await?;
+                ns.create(
+                    &ingress(&format!("i{n}")).class("quic").rule(&Self::host(n), "/", "Prefix", &svc, 80).build(),
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        self.count = to;
+        Ok(started.elapsed())
+    }
+}
+
+async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, report: &mut Report) -> Result<()> {
+    let web = Backend::start_in(host, "bench").await?;
+    let ns = TestNamespace::new(env, "bench-ing").await?;
+    let _rbac = ControllerRbac::grant(env, &ns).await?;
+    let c = Controller::start_with(env, ControllerOptions::new(ns.name())).await?;
+    // A second replica of another class watching the same namespace: it caches every
+    // object but serves none, so the difference is what the table (and what only served
+    // objects cost) holds.
+    let mut shadow_opts = ControllerOptions::new(ns.name());
+    shadow_opts.extra_args = vec!["--ingress-class".into(), "bench-other".into()];
+    let shadow = Controller::start_with(env, shadow_opts).await?;
+    let (rss0, shadow0) = (rss_mib(&c).await?, rss_mib(&shadow).await?);
+    report.say(format!(
+        "Ingress: RSS with 0 Ingresses {rss0:.1} MiB (replica of another class watching the same objects: {shadow0:.1} MiB)"
+    ));
+    let mut b =
+        IngressBench { ns: &ns, backend_ip: host.ip().to_string(), backend_port: i32::from(web.port()), count: 0 };
+    let trust = TrustOptions { insecure: true, ca_file: None };
+    let ns = &ns;
+
+    let mut steps: Vec<usize> = s.memory.iter().chain(&s.sizes).copied().collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let mut memory_rows = Vec::new();
+    for step in steps {
+        let created = b.grow(step).await?;
+        let settled = settle(&c, step).await?;
+        report.say(format!(
+            "Ingress: {step} Ingresses (with a Service and an EndpointSlice each) created in {:.1} s; in the table {:.1} s after the last write (load {})",
+            created.as_secs_f64(),
+            settled.as_secs_f64(),
+            load_average()
+        ));
+        if s.memory.contains(&step) {
+            let (rss, shadow_rss) = (rss_mib(&c).await?, rss_mib(&shadow).await?);
+            let per = (rss - rss0) * 1024.0 / step as f64;
+            report.say(format!(
+                "Ingress: RSS at {step}: {rss:.1} MiB ({per:.2} KiB per Ingress over the empty replica); \
+                 caches alone (replica of another class) {shadow_rss:.1} MiB, {:.2} KiB per Ingress; table and served state {:.1} MiB",
+                (shadow_rss - shadow0) * 1024.0 / step as f64,
+                (rss - rss0) - (shadow_rss - shadow0),
+            ));
+            memory_rows.push((step, rss, shadow_rss));
+        }
+        if !s.sizes.contains(&step) {
+            continue;
+        }
+        let hosts: Arc<Vec<String>> = Arc::new((0..step).map(IngressBench::host).collect());
+        let load = Load::start(c.addr(), hosts, s.rate).await?;
+        // A new connection: an idle one times out while objects are created.
+        let probe = H3Client::connect(c.addr(), "probe.example.com", &trust).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = load.take();
+        let mut samples = Vec::with_capacity(s.trials);
+        let mut lost = Vec::new();
+        for t in 0..s.trials {
+            let name = format!("t{step}-{t}");
+            let h = format!("{name}.example.com");
+            let ing = ingress(&name).class("quic").rule(&h, "/", "Prefix", "s0", 80).build();
+            match trial(&probe, &h, async { ns.create(&ing).await.map(drop) }).await {
+                Ok(d) => samples.push(d),
+                Err(e) => lost.push(format!("{e:#}")),
+            }
+        }
+        let during_trials = load.take();
+        summarize(report, &format!("Ingress propagation at {step}"), samples, goal_for(step));
+        if during_trials.failed() > 0 {
+            report.say(format!("  not 2xx during the trials: {:?} {:?}", during_trials.statuses, during_trials.errors));
+        }
+        if !lost.is_empty() {
+            report.say(format!("  {} trials lost: {:?}", lost.len(), lost));
+        }
+        // Churn: `churn` Ingresses added in bursts of 100, then removed in bursts of 100.
+        let profile = Profile::start(&c, &format!("ingress-{step}"))?;
+        let churn_started = Instant::now();
+        for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
+            bulk(burst.iter().copied(), |k| async move {
+                let name = format!("c{step}-{k}");
+                let h = format!("{name}.example.com");
+                ns.create(&ingress(&name).class("quic").rule(&h, "/", "Prefix", "s1", 80).build()).await.map(drop)
+            })
+            .await?;
+        }
+        for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
+            bulk(burst.iter().copied(), |k| async move { ns.delete::<Ingress>(&format!("c{step}-{k}")).await }).await?;
+        }
+        let churn_took = churn_started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(p) = profile {
+            report.say(p.finish().await?);
+        }
+        let during_churn = load.take();
+        let (_, rate) = load.stop().await;
+        report.say(format!(
+            "Ingress background load at {step}: {rate:.0} req/s over {LOAD_CONNECTIONS} HTTP/3 connections; \
+             during the trials {} of {} not 2xx; while {} Ingresses were added and removed in bursts of 100 ({:.1} s): {} of {} not 2xx {:?} {:?} (goal 0)",
+            during_trials.failed(),
+            during_trials.total(),
+            s.churn,
+            churn_took.as_secs_f64(),
+            during_churn.failed(),
+            during_churn.total(),
+            during_churn.statuses,
+            during_churn.errors,
+        ));
+        report.say(format!("  load average now {}", load_average()));
+        // The trial Ingresses go, so the next step starts from `step` routes again.
+        bulk(0..s.trials, |t| async move { ns.delete::<Ingress>(&format!("t{step}-{t}")).await }).await?;
+    }
+    if let [(n1, r1, s1), .., (n2, r2, s2)] = memory_rows.as_slice() {
+        let d = (*n2 - *n1) as f64;
+        report.say(format!(
+            "Ingress: marginal cost {n1}->{n2}: {:.2} KiB per Ingress (Ingress + Service + EndpointSlice), of which caches {:.2} KiB, table and served state {:.2} KiB",
+            (r2 - r1) * 1024.0 / d,
+            (s2 - s1) * 1024.0 / d,
+            ((r2 - r1) - (s2 - s1)) * 1024.0 / d
+        ));
+    }
+    drop(shadow);
+    drop(c);
+    Ok(())
+}
+
+fn goal_for(step: usize) -> &'static str {
+    if step <= 3000 { "p50 <= 20 ms, p99 <= 50 ms" } else { "p99 <= 100 ms" }
+}
+
+// === Endpoints ===
+
+async fn endpoints_phase(env: &TestEnv, s: &Settings, report: &mut Report) -> Result<()> {
+    let (services, per) = s.endpoints;
+    let ns = TestNamespace::new(env, "bench-ep").await?;
+    let _rbac = ControllerRbac::grant(env, &ns).await?;
+    let c = Controller::start_with(env, ControllerOptions::new(ns.name())).await?;
+    let rss0 = rss_mib(&c).await?;
+    let ns = &ns;
+    // Addresses in 10.200.0.0/16 are never sent traffic (no request reaches these hosts).
+    let build = |n: usize, endpoints: usize| {
+        let svc = format!("e{n}");
+        let mut slice = endpoint_slice(&svc).name(&format!("{svc}-1"));
+        for k in 0..endpoints {
+            let id = n * per + k;
+            slice = slice.address(format!("10.{}.{}.{}", 200 + id / 65_536, (id / 256) % 256, id % 256));
+        }
+        (svc, slice.port("http", 8080).build())
+    };
+    let mut rows = Vec::new();
+    for (round, endpoints) in [(0usize, 1usize), (1, per)] {
+        let started = Instant::now();
+        bulk(0..services, |n| async move {
+            let (svc, slice) = build(n, endpoints);
+            if round == 0 {
+                ns.create(&headless(&svc)).await?;
+                ns.create(
+                    &ingress(&format!("e{n}"))
+                        .class("quic")
+                        .rule(&format!("e{n}.example.com"), "/", "Prefix", &svc, 80)
+                        .build(),
+                )
+                .await?;
+            }
+            ns.apply(&slice).await.map(drop)
+        })
+        .await?;
+        settle(&c, services).await?;
+        // The last slice is in the table once its endpoint count shows in /debug/routes;
+        // a fixed wait is enough for the figure (the table follows within a second).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss_mib(&c).await?;
+        report.say(format!(
+            "Endpoints: {services} Services x {endpoints} endpoints ({} endpoints), written in {:.1} s: RSS {rss:.1} MiB (empty replica {rss0:.1} MiB; load {})",
+            services * endpoints,
+            started.elapsed().as_secs_f64(),
+            load_average()
+        ));
+        rows.push((services * endpoints, rss));
+    }
+    if let [(e1, r1), (e2, r2)] = rows.as_slice() {
+        report.say(format!(
+            "Endpoints: {:.0} bytes per endpoint ({} -> {} endpoints)",
+            (r2 - r1) * 1024.0 * 1024.0 / (*e2 - *e1) as f64,
+            e1,
+            e2
+        ));
+    }
+    drop(c);
+    Ok(())
+}
+
+// === HTTPRoutes ===
+
+async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, report: &mut Report) -> Result<()> {
+    install_gateway_crds(env).await?;
+    let web = Backend::start_in(host, "bench-gw").await?;
+    let ns = TestNamespace::new(env, "bench-gw").await?;
+    let _rbac = ControllerRbac::grant(env, &ns).await?;
+    let c = Controller::start_with(env, ControllerOptions::new(ns.name())).await?;
+    let class = unique_name("bench-gw");
+    let classes = Api::<GatewayClass>::all(env.client()?);
+    classes.create(&PostParams::default(), &gateway_class(&class)?).await.map_err(api_err)?;
+    ns.create(&service("web").port("http", 80).build()).await?;
+    ns.apply(&endpoint_slice("web").name("web-1").address(host.ip()).port("http", i32::from(web.port())).build())
+        .await?;
+    let (_, cert, key) = ca_and_cert("*.gw.example.com")?;
+    ns.apply(&tls_secret("gw-tls", &cert, &key).build()).await?;
+    ns.create(&gateway("gw", &class, json!([https_listener("https", c.addr().port(), None, "gw-tls")]))?).await?;
+    let route = |name: &str, host: &str| {
+        http_route(
+            name,
+            json!({
+                "parentRefs": [{"name": "gw"}],
+                "hostnames": [host],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                           "backendRefs": [{"name": "web", "port": 80}]}],
+            }),
+        )
+    };
+    let host_of = |n: usize| format!("r{n}.gw.example.com");
+    let trust = TrustOptions { insecure: true, ca_file: None };
+    let ns = &ns;
+    let mut count = 0;
+    let mut sizes = s.sizes.clone();
+    sizes.sort_unstable();
+    for step in sizes {
+        let started = Instant::now();
+        bulk(count..step, |n| {
+            let r = route(&format!("r{n}"), &host_of(n));
+            async move { ns.create(&r?).await.map(drop) }
+        })
+        .await?;
+        count = step;
+        let settled = settle(&c, step).await?;
+        report.say(format!(
+            "HTTPRoute: {step} HTTPRoutes on one Gateway created in {:.1} s; in the table {:.1} s after the last write; RSS {:.1} MiB (load {})",
+            started.elapsed().as_secs_f64(),
+            settled.as_secs_f64(),
+            rss_mib(&c).await?,
+            load_average()
+        ));
+        let hosts: Arc<Vec<String>> = Arc::new((0..step).map(host_of).collect());
+        let load = Load::start(c.addr(), hosts, s.rate).await?;
+        let probe = H3Client::connect(c.addr(), "probe.gw.example.com", &trust).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = load.take();
+        let mut samples = Vec::with_capacity(s.trials);
+        let mut lost = Vec::new();
+        for t in 0..s.trials {
+            let name = format!("t{step}-{t}");
+            let h = format!("{name}.gw.example.com");
+            let r = route(&name, &h)?;
+            match trial(&probe, &h, async { ns.create(&r).await.map(drop) }).await {
+                Ok(d) => samples.push(d),
+                Err(e) => lost.push(format!("{e:#}")),
+            }
+        }
+        summarize(report, &format!("HTTPRoute propagation at {step}"), samples, goal_for(step));
+        if !lost.is_empty() {
+            report.say(format!("  {} trials lost: {:?}", lost.len(), lost));
+        }
+        let churn_started = Instant::now();
+        for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
+            bulk(burst.iter().copied(), |k| {
+                let r = route(&format!("c{step}-{k}"), &format!("c{step}-{k}.gw.example.com"));
+                async move { ns.create(&r?).await.map(drop) }
+            })
+            .await?;
+        }
+        for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
+            bulk(burst.iter().copied(), |k| async move { ns.delete::<HTTPRoute>(&format!("c{step}-{k}")).await })
+                .await?;
+        }
+        let churn_took = churn_started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (counts, rate) = load.stop().await;
+        report.say(format!(
+            "HTTPRoute background load at {step}: {:.0} req/s; while {} HTTPRoutes were added and removed in bursts of 100 ({:.1} s): {} of {} not 2xx {:?} {:?} (goal 0)",
+            rate,
+            s.churn,
+            churn_took.as_secs_f64(),
+            counts.failed(),
+            counts.total(),
+            counts.statuses,
+            counts.errors
+        ));
+        bulk(0..s.trials, |t| async move { ns.delete::<HTTPRoute>(&format!("t{step}-{t}")).await }).await?;
+    }
+    drop(c);
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = Settings::from_env()?;
+    let mut report = Report::default();
+    let env = TestEnv::shared().await?;
+    install_crd(env).await?;
+    let host = TestHost::shared().await?;
+    let bin = std::env::var("QUIC_INGRESS_BIN").unwrap_or_default();
+    report.say(format!(
+        "bench-routes {} UTC, binary {bin}, {} CPUs, load average {}",
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load_average()
+    ));
+    let started = Instant::now();
+    for phase in s.phases.clone() {
+        match phase.as_str() {
+            "ingress" => ingress_phase(env, host, &s, &mut report).await?,
+            "endpoints" => endpoints_phase(env, &s, &mut report).await?,
+            "httproute" => httproute_phase(env, host, &s, &mut report).await?,
+            other => bail!("unknown phase {other:?} (ingress, endpoints, httproute)"),
+        }
+    }
+    report.say(format!("bench-routes done in {:.0} s", started.elapsed().as_secs_f64()));
+    if let Ok(out) = std::env::var("BENCH_OUT") {
+        std::fs::write(&out, report.lines.join("\n") + "\n").with_context(|| format!("writing {out}"))?;
+    }
+    Ok(())
+}
