@@ -425,3 +425,6 @@ fn an_https_listener_answers_the_names_it_accepts_with_its_certificate() {
     let t = run_with(&w, &single_tenant);
     assert!(t.table.certs.resolve(Some("unknown.example")).is_some(), "with host ownership off it does");
 }
+
+#[path = "translate_backend_tls_tests.rs"]
+mod backend_tls;

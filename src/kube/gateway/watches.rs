@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use super::api::{GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::api::{BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use super::model::GatewayWorld;
 use crate::kube::watches::{Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_scoped};
 
@@ -56,6 +56,23 @@ impl Relevant for ReferenceGrant {
     }
 }
 
+impl Relevant for BackendTLSPolicy {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for ConfigMap {
+    /// Only the CA bundle a BackendTLSPolicy may read matters.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let ca = self.data.as_ref().and_then(|d| d.get(super::backend_tls::CA_KEY));
+        hash_json(&(&m.uid, ca), m.resource_version.as_ref())
+    }
+}
+
 impl Relevant for Namespace {
     /// Only labels matter (listener selectors); phase and status changes do not.
     fn fingerprint(&self) -> u64 {
@@ -73,6 +90,9 @@ pub struct GatewayStores {
     pub grpc_routes: ScopedStore<GRPCRoute>,
     pub grants: ScopedStore<ReferenceGrant>,
     pub namespaces: Store<Namespace>,
+    pub backend_tls_policies: ScopedStore<BackendTLSPolicy>,
+    /// For BackendTLSPolicy CA bundles (`ca.crt`).
+    pub config_maps: ScopedStore<ConfigMap>,
 }
 
 impl GatewayStores {
@@ -91,7 +111,9 @@ impl GatewayStores {
             gateways: watch_scoped("Gateway", client, scope, cfg.clone(), c.clone(), b.clone()),
             routes: watch_scoped("HTTPRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
             grpc_routes: watch_scoped("GRPCRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
-            grants: watch_scoped("ReferenceGrant", client, scope, cfg, c.clone(), b.clone()),
+            grants: watch_scoped("ReferenceGrant", client, scope, cfg.clone(), c.clone(), b.clone()),
+            backend_tls_policies: watch_scoped("BackendTLSPolicy", client, scope, cfg.clone(), c.clone(), b.clone()),
+            config_maps: watch_scoped("ConfigMap", client, scope, cfg, c.clone(), b.clone()),
             namespaces: watch_kind("Namespace", Api::all(client.clone()), ns_cfg, c.clone(), b.clone()),
         }
     }
@@ -104,6 +126,8 @@ impl GatewayStores {
             grpc_routes: self.grpc_routes.state(),
             grants: self.grants.state(),
             namespaces: self.namespaces.state(),
+            backend_tls_policies: self.backend_tls_policies.state(),
+            config_maps: self.config_maps.state(),
         }
     }
 }
