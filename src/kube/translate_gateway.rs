@@ -20,7 +20,7 @@ use crate::kube::gateway::table::{self, TableBackend};
 use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
 use crate::kube::ownership::Claim;
 use crate::kube::world::{Indexed, World};
-use crate::routes::{HostRule, RouteEntry, TieBreak, WeightedBackends, spec};
+use crate::routes::{Filter, HostRule, ListenerScope, RouteEntry, TieBreak, WeightedBackends, spec};
 use crate::upstream::{BackendGroup, GroupSpec, Members, UpstreamTls};
 
 /// The group an unresolved mirror target sends copies to: no endpoints, so none leave.
@@ -196,6 +196,17 @@ impl Translator<'_> {
                     let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     ("UnsupportedValue", message)
                 })?;
+            // A redirect without a scheme keeps the listener's, also where the listener's
+            // routes are served on another (`--gateway-http-over-h3`).
+            let listener_tls = rule.scope == ListenerScope::Tls;
+            let filters = options
+                .filters
+                .into_iter()
+                .map(|f| match f {
+                    Filter::Redirect(r) => Filter::Redirect(r.with_listener_tls(listener_tls)),
+                    other => other,
+                })
+                .collect();
             let index = u32::try_from((rule_index << 16) | e.match_index).unwrap_or(u32::MAX);
             entries.push(RouteEntry {
                 id: id.to_string(),
@@ -205,7 +216,7 @@ impl Translator<'_> {
                 scope: rule.scope,
                 tie_break: TieBreak { created, name: object.to_string(), index },
                 backends: WeightedBackends::new(backends.clone()),
-                filters: options.filters,
+                filters,
                 timeouts: rule.timeouts,
             });
         }

@@ -219,6 +219,9 @@ pub struct Redirect {
     /// The port of the listener the route is served on, when the source knows it (a
     /// Gateway listener's `port`): what Gateway API means by "the listener port".
     listener_port: Option<u16>,
+    /// The scheme of the listener the route is served on, when the source knows it (a
+    /// Gateway listener's protocol); see [`Redirect::with_listener_tls`].
+    listener_scheme: Option<&'static str>,
     path: Option<PathModifier>,
     status: StatusCode,
 }
@@ -239,7 +242,15 @@ pub struct RequestParts<'a> {
 impl Redirect {
     /// A 302 to the same place; set what changes with the `with_*` methods.
     pub fn new() -> Self {
-        Self { scheme: None, hostname: None, port: None, listener_port: None, path: None, status: StatusCode::FOUND }
+        Self {
+            scheme: None,
+            hostname: None,
+            port: None,
+            listener_port: None,
+            listener_scheme: None,
+            path: None,
+            status: StatusCode::FOUND,
+        }
     }
 
     pub fn with_scheme(mut self, scheme: &str) -> Result<Self, FilterError> {
@@ -275,6 +286,16 @@ impl Redirect {
         self
     }
 
+    /// Whether the listener this route is served on is a TLS one (a Gateway listener's
+    /// protocol): its scheme is the redirect's when the filter names none. Without it the
+    /// request's scheme stands for the listener's, which differs only when a listener's
+    /// routes are also served on another (`--gateway-http-over-h3`: an HTTP listener's
+    /// routes reached over QUIC, whose redirects still go to `http`).
+    pub fn with_listener_tls(mut self, tls: bool) -> Self {
+        self.listener_scheme = Some(if tls { "https" } else { "http" });
+        self
+    }
+
     pub fn with_status(mut self, status: u16) -> Result<Self, FilterError> {
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
             return Err(FilterError::BadRedirectStatus(status));
@@ -297,7 +318,7 @@ impl Redirect {
     /// authority (the default port of its scheme when it names none). A port that is the
     /// default for the scheme is left out.
     pub fn location(&self, req: &RequestParts<'_>) -> String {
-        let request_scheme = if req.tls { "https" } else { "http" };
+        let request_scheme = self.listener_scheme.unwrap_or(if req.tls { "https" } else { "http" });
         let scheme = self.scheme.unwrap_or(request_scheme);
         let (req_host, req_port) = split_authority(req.authority.unwrap_or(""));
         let host = self.hostname.as_deref().unwrap_or(req_host);
@@ -717,6 +738,22 @@ mod tests {
             "https://example.org/",
             "the scheme's port"
         );
+    }
+
+    #[test]
+    fn a_redirect_without_a_scheme_keeps_the_listeners_not_the_connections() {
+        let over_quic = RequestParts { tls: true, ..parts("example.org", "/p", None, None) };
+        // An HTTP listener's route reached over QUIC (`--gateway-http-over-h3`).
+        let http_listener = Redirect::new().with_hostname("b.com").unwrap().with_listener_tls(false);
+        assert_eq!(http_listener.location(&over_quic), "http://b.com/p");
+        assert_eq!(http_listener.location(&parts("example.org", "/p", None, None)), "http://b.com/p");
+        let https_listener = Redirect::new().with_listener_tls(true);
+        assert_eq!(https_listener.location(&parts("example.org", "/p", None, None)), "https://example.org/p");
+        // A scheme the filter names still wins, with its own port.
+        let named = Redirect::new().with_scheme("https").unwrap().with_listener_tls(false);
+        assert_eq!(named.location(&over_quic), "https://example.org/p");
+        // Without the listener's scheme, the request's stands for it.
+        assert_eq!(Redirect::new().location(&over_quic), "https://example.org/p");
     }
 
     #[test]
