@@ -181,3 +181,28 @@ fn policy_status_keeps_condition_times_so_an_unchanged_policy_is_not_rewritten()
     assert_eq!(first[0].conditions[0].last_transition_time, again[0].conditions[0].last_transition_time);
     assert_eq!(comparable(&first), comparable(&again), "no change, no write");
 }
+
+#[test]
+fn subject_alt_names_replace_the_hostname_as_the_names_checked() {
+    let mut w = btls_world();
+    let mut v = ca_ref("ca");
+    v["subjectAltNames"] = json!([
+        {"type": "Hostname", "hostname": "Web.Example.com"},
+        {"type": "URI", "uri": "spiffe://cluster/ns/a/sa/web"},
+    ]);
+    w.gateway.backend_tls_policies = vec![policy("a", "web-tls", 10, "web", None, v.clone())];
+    let t = run(&w);
+    let Some(BackendTls::Verify { tls, .. }) = web_tls(&t) else { panic!("{:?}", web_tls(&t)) };
+    use crate::upstream::san::SubjectAltName;
+    assert_eq!(
+        tls.subject_alt_names,
+        vec![SubjectAltName::Dns("web.example.com".into()), SubjectAltName::Uri("spiffe://cluster/ns/a/sa/web".into())]
+    );
+    assert_eq!(tls.server_name.as_deref(), Some("web.internal"), "still the SNI");
+    // An entry without its value (the API server refuses it; an older one may have it).
+    v["subjectAltNames"] = json!([{"type": "URI"}]);
+    w.gateway.backend_tls_policies = vec![policy("a", "web-tls", 10, "web", None, v)];
+    let t = run(&w);
+    assert_eq!(cond(&policy_conditions(&t, "web-tls"), "Accepted"), pair("False", "Invalid"));
+    assert_eq!(web_tls(&t), Some(&BackendTls::Refused));
+}

@@ -1,18 +1,20 @@
 //! BackendTLSPolicy in the model: which Service ports a policy targets (`sectionName` is
 //! a port name), what the backend is verified with (the `ca.crt` of ConfigMaps in the
 //! policy's namespace, or the system roots for `wellKnownCACertificates: System`; the
-//! `hostname` is the SNI and the name checked), the spec's conflict rule (the oldest
-//! policy per target wins, the others are `Conflicted`), and which Gateways each policy
-//! is reached through (its status `ancestors`). Pure data, built from the watched objects.
+//! `hostname` is the SNI and the name checked, unless `subjectAltNames` lists the names to
+//! check instead), the spec's conflict rule (the oldest policy per target wins, the
+//! others are `Conflicted`), and which Gateways each policy is reached through (its
+//! status `ancestors`). Pure data, built from the watched objects.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
-use super::api::BackendTLSPolicy;
+use super::api::{self, BackendTLSPolicy};
 use super::model::{ObjectKey, Refusal};
 use crate::upstream::UpstreamTls;
+use crate::upstream::san::SubjectAltName;
 
 /// The key of a CA bundle in a referenced ConfigMap (the spec's Core support).
 pub const CA_KEY: &str = "ca.crt";
@@ -213,18 +215,18 @@ fn image(p: &BackendTLSPolicy, maps: &HashMap<(&str, &str), &ConfigMap>) -> Poli
     };
     let well_known = v.well_known_ca_certificates.as_deref().filter(|w| !w.is_empty());
     let hostname = v.hostname.to_ascii_lowercase();
+    let sans = subject_alt_names(&v.subject_alt_names);
     let base = |ca_pem| UpstreamTls {
         ca_file: None,
         ca_pem,
         server_name: Some(hostname.clone()),
         insecure_skip_verify: false,
+        subject_alt_names: sans.clone().unwrap_or_default(),
     };
     let (tls, accepted) = if hostname.is_empty() {
         (None, Err(("Invalid", "validation.hostname is required".to_string())))
-    } else if !v.subject_alt_names.is_empty() {
-        // Names other than the hostname are not checked: refuse rather than accept a
-        // certificate the policy would not.
-        (None, Err(("Invalid", "validation.subjectAltNames is not supported".to_string())))
+    } else if let Err(m) = &sans {
+        (None, Err(("Invalid", m.clone())))
     } else {
         match (well_known, v.ca_certificate_refs.is_empty()) {
             (Some(_), false) => {
@@ -246,6 +248,19 @@ fn image(p: &BackendTLSPolicy, maps: &HashMap<(&str, &str), &ConfigMap>) -> Poli
         }
     };
     PolicyImage { key: ObjectKey::of(p), targets, tls, accepted, resolved, ancestors: BTreeSet::new() }
+}
+
+/// `subjectAltNames` as the names a certificate must carry one of (then the hostname is
+/// only the SNI, as the spec says); an entry of an unknown type refuses the policy.
+fn subject_alt_names(list: &[api::SubjectAltName]) -> Result<Vec<SubjectAltName>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, n)| match (n.type_.as_str(), &n.hostname, &n.uri) {
+            ("Hostname", Some(h), _) if !h.is_empty() => Ok(SubjectAltName::Dns(h.to_ascii_lowercase())),
+            ("URI", _, Some(u)) if !u.is_empty() => Ok(SubjectAltName::Uri(u.clone())),
+            (t, _, _) => Err(format!("validation.subjectAltNames[{i}]: type {t:?} without its value")),
+        })
+        .collect()
 }
 
 /// The PEM bundle under `ca.crt` of ConfigMap `ns/name`, checked to hold certificates.
