@@ -1,7 +1,7 @@
-//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors),
-//! started beside the others by `kube::watches::Stores`. When the CRDs are not installed
-//! these watches fail like the BackendGroup one: named in `/readyz`, retried, and the
-//! table is built without them.
+//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors, and
+//! ConfigMaps, for BackendTLSPolicy CA bundles), started beside the others by
+//! `kube::watches::Stores`. When the CRDs are not installed these watches fail like the
+//! BackendGroup one: named in `/readyz`, retried, and the table is built without them.
 
 use std::sync::Arc;
 
@@ -179,5 +179,27 @@ mod tests {
         assert_eq!(plain, ns.fingerprint(), "namespace status");
         ns.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
         assert_ne!(plain, ns.fingerprint(), "labels select listeners");
+    }
+
+    #[test]
+    fn only_a_ca_bundle_or_a_policy_spec_change_counts() {
+        let mut cm = ConfigMap::default();
+        cm.metadata.uid = Some("uid-cm".into());
+        cm.data = Some([("ca.crt".to_string(), "PEM".to_string())].into());
+        let before = cm.fingerprint();
+        cm.data.as_mut().unwrap().insert("other".into(), "churn".into());
+        cm.metadata.resource_version = Some("7".into());
+        assert_eq!(before, cm.fingerprint(), "keys a policy never reads");
+        cm.data.as_mut().unwrap().insert("ca.crt".into(), "NEW PEM".into());
+        assert_ne!(before, cm.fingerprint(), "a rotated CA");
+
+        let mut p = BackendTLSPolicy::new("p", Default::default());
+        p.metadata.generation = Some(1);
+        let before = p.fingerprint();
+        p.status = Some(Default::default());
+        p.metadata.resource_version = Some("3".into());
+        assert_eq!(before, p.fingerprint(), "our own status write");
+        p.metadata.generation = Some(2);
+        assert_ne!(before, p.fingerprint(), "a spec change");
     }
 }
