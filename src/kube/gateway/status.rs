@@ -26,6 +26,7 @@ use super::{GatewayTranslation, ParentOutcome};
 /// spec requires. Each extended feature joins this list when the data plane serves it.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "Gateway",
     "HTTPRoute",
