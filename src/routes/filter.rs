@@ -318,9 +318,14 @@ impl Redirect {
     /// authority (the default port of its scheme when it names none). A port that is the
     /// default for the scheme is left out.
     pub fn location(&self, req: &RequestParts<'_>) -> String {
-        let request_scheme = self.listener_scheme.unwrap_or(if req.tls { "https" } else { "http" });
+        let connection_scheme = if req.tls { "https" } else { "http" };
+        let request_scheme = self.listener_scheme.unwrap_or(connection_scheme);
         let scheme = self.scheme.unwrap_or(request_scheme);
         let (req_host, req_port) = split_authority(req.authority.unwrap_or(""));
+        // The authority's port stands for the listener's only when the request came in
+        // over that listener's protocol (an HTTP listener's route reached over QUIC names
+        // the TLS port).
+        let req_port = req_port.filter(|_| request_scheme == connection_scheme);
         let host = self.hostname.as_deref().unwrap_or(req_host);
         let port = self.port.unwrap_or_else(|| match self.scheme {
             Some(s) => default_port(s),
@@ -754,6 +759,12 @@ mod tests {
         assert_eq!(named.location(&over_quic), "https://example.org/p");
         // Without the listener's scheme, the request's stands for it.
         assert_eq!(Redirect::new().location(&over_quic), "https://example.org/p");
+        // The TLS port in the authority (the suite's HTTP/3 client names it) is not the
+        // HTTP listener's.
+        let with_port = RequestParts { tls: true, ..parts("10.0.0.1:443", "/p", None, None) };
+        assert_eq!(http_listener.location(&with_port), "http://b.com/p");
+        let same = RequestParts { tls: true, ..parts("a.com:8443", "/p", None, None) };
+        assert_eq!(https_listener.location(&same), "https://a.com:8443/p", "its own protocol: its port");
     }
 
     #[test]
