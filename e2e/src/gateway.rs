@@ -132,3 +132,22 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 pub fn summary(conditions: &[Condition], type_: &str) -> Option<(String, String, Option<i64>)> {
     find(conditions, type_).map(|c| (c.status.clone(), c.reason.clone(), c.observed_generation))
 }
+
+/// A BackendTLSPolicy on port `section` of Service `service` (`validation` as JSON:
+/// caCertificateRefs or wellKnownCACertificates, hostname).
+pub fn backend_tls_policy(
+    name: &str,
+    service: &str,
+    section: Option<&str>,
+    validation: Value,
+) -> anyhow::Result<quic_ingress::kube::gateway::api::BackendTLSPolicy> {
+    let mut target = json!({"group": "", "kind": "Service", "name": service});
+    if let Some(s) = section {
+        target["sectionName"] = json!(s);
+    }
+    from_json(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+        "metadata": {"name": name},
+        "spec": {"targetRefs": [target], "validation": validation},
+    }))
+}

@@ -36,6 +36,7 @@ pub mod objects;
 pub mod process;
 pub mod relay;
 pub mod resumption;
+pub mod tls_echo;
 pub mod wait;
 
 pub use backend::Backend;

@@ -743,6 +743,7 @@ impl BackendGroupConfig {
                 ca_pem: None,
                 server_name: self.tls.server_name.clone(),
                 insecure_skip_verify: self.tls.insecure_skip_verify,
+                subject_alt_names: Vec::new(),
             },
             max_request_body_bytes: self.max_request_body_bytes,
         }

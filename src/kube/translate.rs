@@ -794,6 +794,7 @@ impl Translator<'_> {
             ca_pem,
             server_name: spec.server_name.clone(),
             insecure_skip_verify: spec.insecure_skip_verify,
+            subject_alt_names: Vec::new(),
         })
     }
 

@@ -13,18 +13,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{CATCH_ALL_REFUSED, HOST_OWNED, Translator};
 use crate::kube::endpoints::PortRef;
+use crate::kube::gateway::backend_tls::BackendTls;
 use crate::kube::gateway::grpc::BackendProtocol;
 use crate::kube::gateway::model::{self, Inputs, Model, RouteObject};
 use crate::kube::gateway::table::{self, TableBackend};
 use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
 use crate::kube::ownership::Claim;
 use crate::kube::world::{Indexed, World};
-use crate::routes::{HostRule, RouteEntry, TieBreak, WeightedBackends, spec};
-use crate::upstream::{BackendGroup, GroupSpec, Members};
+use crate::routes::{Filter, HostRule, ListenerScope, RouteEntry, TieBreak, WeightedBackends, spec};
+use crate::upstream::{BackendGroup, GroupSpec, Members, UpstreamTls};
 
 /// The group an unresolved mirror target sends copies to: no endpoints, so none leave.
 /// (An unresolved backendRef has no group: its share is answered 500.)
 const UNRESOLVED_GROUP: &str = "gateway:unresolved-backend";
+
+/// `Model::backend_tls`: the TLS of Service ports `(namespace, name, port)`.
+type BackendTlsByPort = std::collections::HashMap<(String, String, i32), BackendTls>;
 
 /// The Gateway API side of one translation.
 pub(super) struct GatewayState {
@@ -128,7 +132,8 @@ impl Translator<'_> {
                     gw.outcomes[i][p].drop_rule(r, reason, message);
                     continue;
                 }
-                let entries = match self.gateway_entries(&id, &format!("{ns}/{name}"), created, r, table_rule) {
+                let object = format!("{ns}/{name}");
+                let entries = match self.gateway_entries(&id, &object, created, r, table_rule, &gw.model.backend_tls) {
                     Ok(entries) => entries,
                     Err((reason, message)) => {
                         gw.outcomes[i][p].drop_rule(r, reason, message);
@@ -169,18 +174,19 @@ impl Translator<'_> {
         created: i64,
         rule_index: usize,
         rule: table::TableRule,
+        backend_tls: &BackendTlsByPort,
     ) -> Result<Vec<RouteEntry>, (&'static str, String)> {
         let mut backends = Vec::with_capacity(rule.backends.len());
         for (backend, weight) in &rule.backends {
-            let group = match backend {
-                TableBackend::Unresolved => None,
-                b => Some(self.gateway_group(b)?),
-            };
-            backends.push((group, *weight));
+            backends.push((self.gateway_group(backend, backend_tls)?, *weight));
         }
         let mut mirrors = Vec::with_capacity(rule.mirrors.len());
         for m in &rule.mirrors {
-            mirrors.push(self.gateway_group(m)?);
+            let group = match self.gateway_group(m, backend_tls)? {
+                Some(g) => g,
+                None => self.gateway_group_unresolved()?,
+            };
+            mirrors.push(group);
         }
         let mut entries = Vec::with_capacity(rule.entries.len());
         for e in rule.entries {
@@ -190,6 +196,17 @@ impl Translator<'_> {
                     let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     ("UnsupportedValue", message)
                 })?;
+            // A redirect without a scheme keeps the listener's, also where the listener's
+            // routes are served on another (`--gateway-http-over-h3`).
+            let listener_tls = rule.scope == ListenerScope::Tls;
+            let filters = options
+                .filters
+                .into_iter()
+                .map(|f| match f {
+                    Filter::Redirect(r) => Filter::Redirect(r.with_listener_tls(listener_tls)),
+                    other => other,
+                })
+                .collect();
             let index = u32::try_from((rule_index << 16) | e.match_index).unwrap_or(u32::MAX);
             entries.push(RouteEntry {
                 id: id.to_string(),
@@ -199,7 +216,7 @@ impl Translator<'_> {
                 scope: rule.scope,
                 tie_break: TieBreak { created, name: object.to_string(), index },
                 backends: WeightedBackends::new(backends.clone()),
-                filters: options.filters,
+                filters,
                 timeouts: rule.timeouts,
             });
         }
@@ -236,25 +253,79 @@ impl Translator<'_> {
         }
     }
 
-    fn gateway_group(&mut self, backend: &TableBackend) -> Result<Arc<BackendGroup>, (&'static str, String)> {
-        match backend {
-            TableBackend::Service { namespace, name, port, protocol } => {
+    /// The group of a backend; `None` for one whose requests are answered 500 (an
+    /// unresolved backendRef, or a Service whose BackendTLSPolicy has no valid CA).
+    fn gateway_group(
+        &mut self,
+        backend: &TableBackend,
+        backend_tls: &BackendTlsByPort,
+    ) -> Result<Option<Arc<BackendGroup>>, (&'static str, String)> {
+        let TableBackend::Service { namespace, name, port, protocol } = backend else { return Ok(None) };
+        match backend_tls.get(&(namespace.clone(), name.clone(), *port)) {
+            Some(BackendTls::Refused) => Ok(None),
+            Some(BackendTls::Verify { policy, tls, h3 }) => {
+                self.service_tls_group(namespace, name, *port, *h3, policy, tls).map(Some)
+            }
+            None => {
                 let scheme = match protocol {
                     BackendProtocol::AppProtocol => None,
                     BackendProtocol::H2c => Some("h2c"),
                 };
-                self.service_group_with(namespace, name, &PortRef::Number(*port), scheme)
-            }
-            TableBackend::Unresolved => {
-                if let Some(g) = self.builder.group(UNRESOLVED_GROUP) {
-                    return Ok(g);
-                }
-                let group = GroupSpec::new(UNRESOLVED_GROUP.to_string(), Members::Discovered(Vec::new()))
-                    .compile(self.registry)
-                    .map_err(|e| ("InvalidBackend", super::join(e)))?;
-                Ok(self.builder.add_group(group))
+                self.service_group_with(namespace, name, &PortRef::Number(*port), scheme).map(Some)
             }
         }
+    }
+
+    fn gateway_group_unresolved(&mut self) -> Result<Arc<BackendGroup>, (&'static str, String)> {
+        if let Some(g) = self.builder.group(UNRESOLVED_GROUP) {
+            return Ok(g);
+        }
+        let group = GroupSpec::new(UNRESOLVED_GROUP.to_string(), Members::Discovered(Vec::new()))
+            .compile(self.registry)
+            .map_err(|e| ("InvalidBackend", super::join(e)))?;
+        Ok(self.builder.add_group(group))
+    }
+
+    /// A Service port dialled over TLS as its BackendTLSPolicy says (`https://`, HTTP/2 or
+    /// HTTP/1.1 by ALPN; `h3://` when the port's `appProtocol` asks for HTTP/3), whatever
+    /// the route kind: gRPC backends negotiate h2 by ALPN. One group per policy and port
+    /// in a translation; a changed CA or hostname is another endpoint (and pool).
+    fn service_tls_group(
+        &mut self,
+        ns: &str,
+        name: &str,
+        port: i32,
+        h3: bool,
+        policy: &str,
+        tls: &UpstreamTls,
+    ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
+        let scheme = if h3 { "h3" } else { "https" };
+        let id = format!("service:{ns}/{name}:{port}:{scheme}:backendtlspolicy:{policy}");
+        if let Some(failure) = self.service_failures.get(&id) {
+            return Err(failure.clone());
+        }
+        if let Some(Some(existing)) = self.groups_by_id.get(&id) {
+            return Ok(existing.clone());
+        }
+        let built = match self.service_endpoints(ns, name, &PortRef::Number(port), Some(scheme)) {
+            Ok(urls) => {
+                let mut spec = GroupSpec::new(id.clone(), Members::Discovered(urls));
+                spec.tls = tls.clone();
+                spec.compile(self.registry).map(Arc::new).map_err(|errors| ("InvalidBackend", super::join(errors)))
+            }
+            Err(e) => Err(("ServiceNotFound", e)),
+        };
+        match &built {
+            Ok(g) => {
+                self.builder.insert_group(g.clone());
+                self.groups_by_id.insert(id, Some(g.clone()));
+            }
+            Err(failure) => {
+                self.service_failures.insert(id.clone(), failure.clone());
+                self.groups_by_id.insert(id, None);
+            }
+        }
+        built
     }
 
     /// The Gateways' certificates: for the hosts their routes route, then for the names

@@ -425,3 +425,46 @@ fn an_https_listener_answers_the_names_it_accepts_with_its_certificate() {
     let t = run_with(&w, &single_tenant);
     assert!(t.table.certs.resolve(Some("unknown.example")).is_some(), "with host ownership off it does");
 }
+
+#[path = "translate_backend_tls_tests.rs"]
+mod backend_tls;
+
+#[test]
+fn a_redirect_on_an_http_listener_keeps_http_when_reached_over_quic() {
+    let mut w = gw_world();
+    let mut plain = json!({"name": "http", "port": 80, "protocol": "HTTP"});
+    plain["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
+    w.gateway.gateways = vec![gw("infra", "gw", json!([plain]))];
+    w.gateway.routes = vec![route(
+        "a",
+        "moved",
+        50,
+        json!({
+            "parentRefs": [{"name": "gw", "namespace": "infra"}],
+            "hostnames": ["shop.example.com"],
+            "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "new.example.com"}}]}],
+        }),
+    )];
+    let mut settings = gw_settings();
+    settings.gateway_ports.http = Some(80);
+    settings.gateway_http_over_h3 = true;
+    let t = run_with(&w, &settings);
+    let headers = http::HeaderMap::new();
+    let view = crate::routes::RequestView {
+        host: Some("shop.example.com"),
+        path_and_query: "/p",
+        method: &http::Method::GET,
+        headers: &headers,
+        listener: crate::routes::Listener::Tls,
+    };
+    let route = t.table.route_for(&view).expect("served on the TLS listener too");
+    let Some(crate::routes::Filter::Redirect(r)) = route.filters.first() else { panic!("{:?}", route.filters) };
+    let over_quic = crate::routes::RequestParts {
+        tls: true,
+        authority: Some("shop.example.com"),
+        path: "/p",
+        query: None,
+        matched_prefix: None,
+    };
+    assert_eq!(r.location(&over_quic), "http://new.example.com/p", "the HTTP listener's scheme and port");
+}

@@ -219,6 +219,9 @@ pub struct Redirect {
     /// The port of the listener the route is served on, when the source knows it (a
     /// Gateway listener's `port`): what Gateway API means by "the listener port".
     listener_port: Option<u16>,
+    /// The scheme of the listener the route is served on, when the source knows it (a
+    /// Gateway listener's protocol); see [`Redirect::with_listener_tls`].
+    listener_scheme: Option<&'static str>,
     path: Option<PathModifier>,
     status: StatusCode,
 }
@@ -239,7 +242,15 @@ pub struct RequestParts<'a> {
 impl Redirect {
     /// A 302 to the same place; set what changes with the `with_*` methods.
     pub fn new() -> Self {
-        Self { scheme: None, hostname: None, port: None, listener_port: None, path: None, status: StatusCode::FOUND }
+        Self {
+            scheme: None,
+            hostname: None,
+            port: None,
+            listener_port: None,
+            listener_scheme: None,
+            path: None,
+            status: StatusCode::FOUND,
+        }
     }
 
     pub fn with_scheme(mut self, scheme: &str) -> Result<Self, FilterError> {
@@ -275,6 +286,16 @@ impl Redirect {
         self
     }
 
+    /// Whether the listener this route is served on is a TLS one (a Gateway listener's
+    /// protocol): its scheme is the redirect's when the filter names none. Without it the
+    /// request's scheme stands for the listener's, which differs only when a listener's
+    /// routes are also served on another (`--gateway-http-over-h3`: an HTTP listener's
+    /// routes reached over QUIC, whose redirects still go to `http`).
+    pub fn with_listener_tls(mut self, tls: bool) -> Self {
+        self.listener_scheme = Some(if tls { "https" } else { "http" });
+        self
+    }
+
     pub fn with_status(mut self, status: u16) -> Result<Self, FilterError> {
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
             return Err(FilterError::BadRedirectStatus(status));
@@ -297,9 +318,14 @@ impl Redirect {
     /// authority (the default port of its scheme when it names none). A port that is the
     /// default for the scheme is left out.
     pub fn location(&self, req: &RequestParts<'_>) -> String {
-        let request_scheme = if req.tls { "https" } else { "http" };
+        let connection_scheme = if req.tls { "https" } else { "http" };
+        let request_scheme = self.listener_scheme.unwrap_or(connection_scheme);
         let scheme = self.scheme.unwrap_or(request_scheme);
         let (req_host, req_port) = split_authority(req.authority.unwrap_or(""));
+        // The authority's port stands for the listener's only when the request came in
+        // over that listener's protocol (an HTTP listener's route reached over QUIC names
+        // the TLS port).
+        let req_port = req_port.filter(|_| request_scheme == connection_scheme);
         let host = self.hostname.as_deref().unwrap_or(req_host);
         let port = self.port.unwrap_or_else(|| match self.scheme {
             Some(s) => default_port(s),
@@ -717,6 +743,28 @@ mod tests {
             "https://example.org/",
             "the scheme's port"
         );
+    }
+
+    #[test]
+    fn a_redirect_without_a_scheme_keeps_the_listeners_not_the_connections() {
+        let over_quic = RequestParts { tls: true, ..parts("example.org", "/p", None, None) };
+        // An HTTP listener's route reached over QUIC (`--gateway-http-over-h3`).
+        let http_listener = Redirect::new().with_hostname("b.com").unwrap().with_listener_tls(false);
+        assert_eq!(http_listener.location(&over_quic), "http://b.com/p");
+        assert_eq!(http_listener.location(&parts("example.org", "/p", None, None)), "http://b.com/p");
+        let https_listener = Redirect::new().with_listener_tls(true);
+        assert_eq!(https_listener.location(&parts("example.org", "/p", None, None)), "https://example.org/p");
+        // A scheme the filter names still wins, with its own port.
+        let named = Redirect::new().with_scheme("https").unwrap().with_listener_tls(false);
+        assert_eq!(named.location(&over_quic), "https://example.org/p");
+        // Without the listener's scheme, the request's stands for it.
+        assert_eq!(Redirect::new().location(&over_quic), "https://example.org/p");
+        // The TLS port in the authority (the suite's HTTP/3 client names it) is not the
+        // HTTP listener's.
+        let with_port = RequestParts { tls: true, ..parts("10.0.0.1:443", "/p", None, None) };
+        assert_eq!(http_listener.location(&with_port), "http://b.com/p");
+        let same = RequestParts { tls: true, ..parts("a.com:8443", "/p", None, None) };
+        assert_eq!(https_listener.location(&same), "https://a.com:8443/p", "its own protocol: its port");
     }
 
     #[test]

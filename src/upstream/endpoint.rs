@@ -505,7 +505,22 @@ fn client_tls(
                 .map_err(|e| UpstreamError::CaBundle { path: path.clone(), reason: e.to_string() })?,
             (None, None) => crate::tls::system_roots(),
         };
-        crate::tls::client_config(roots).map_err(tls_err)?
+        if tls.subject_alt_names.is_empty() {
+            crate::tls::client_config(roots).map_err(tls_err)?
+        } else {
+            let provider = crate::tls::provider();
+            let verifier = super::san::SanVerifier::new(
+                roots,
+                tls.subject_alt_names.clone(),
+                provider.signature_verification_algorithms,
+            );
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok((Arc::new(config), server_name))

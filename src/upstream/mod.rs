@@ -8,6 +8,7 @@ mod h2;
 mod h3;
 pub mod health;
 mod retry_budget;
+pub mod san;
 mod spec;
 
 use std::path::PathBuf;
@@ -186,6 +187,9 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
     /// Skip certificate verification (for self-signed test backends only).
     pub insecure_skip_verify: bool,
+    /// Names the certificate must carry one of instead of the server name (which is then
+    /// only the SNI); empty: the server name is checked.
+    pub subject_alt_names: Vec<san::SubjectAltName>,
 }
 
 /// A group of endpoints behind one balancer, as compiled into a route table.

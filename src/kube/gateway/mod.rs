@@ -1,9 +1,10 @@
 //! Gateway API (gateway.networking.k8s.io, standard channel v1.6): GatewayClass, Gateway,
-//! HTTPRoute, GRPCRoute (`grpc`) and ReferenceGrant objects → a typed model (`model`), its status (`status`),
+//! HTTPRoute, GRPCRoute (`grpc`), ReferenceGrant and BackendTLSPolicy (`backend_tls`) objects → a typed model (`model`), its status (`status`),
 //! and the part of it today's route table can express (`table`, connected in
 //! `kube::translate`).
 
 pub mod api;
+pub mod backend_tls;
 pub mod grpc;
 pub mod model;
 pub mod status;

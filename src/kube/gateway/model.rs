@@ -10,15 +10,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
 use super::api::{
-    self, BackendObjectRef, Cors, GROUP, GRPCRoute, Gateway, GatewayClass, HTTPRoute, HTTPRouteFilter, HeaderModifier,
-    ParentRef, ReferenceGrant, RequestRedirect, RouteGroupKind, UrlRewrite,
+    self, BackendObjectRef, BackendTLSPolicy, Cors, GROUP, GRPCRoute, Gateway, GatewayClass, HTTPRoute,
+    HTTPRouteFilter, HeaderModifier, ParentRef, ReferenceGrant, RequestRedirect, RouteGroupKind, UrlRewrite,
 };
+use super::backend_tls::{BackendTls, Policies};
 use super::grpc::{self, BackendProtocol};
 
 /// `spec.controllerName` of GatewayClasses this controller serves (the domain of our API
@@ -38,6 +39,9 @@ pub struct GatewayWorld {
     pub grants: Vec<Arc<ReferenceGrant>>,
     /// For `allowedRoutes.namespaces.from: Selector`.
     pub namespaces: Vec<Arc<Namespace>>,
+    pub backend_tls_policies: Vec<Arc<BackendTLSPolicy>>,
+    /// For BackendTLSPolicy `caCertificateRefs`.
+    pub config_maps: Vec<Arc<ConfigMap>>,
 }
 
 /// Which ports this process serves, so a listener is Programmed only on one of them.
@@ -57,6 +61,10 @@ pub struct Model {
     pub classes: Vec<ClassImage>,
     pub gateways: Vec<GatewayImage>,
     pub routes: Vec<RouteImage>,
+    pub policies: Policies,
+    /// The TLS a BackendTLSPolicy asks for on a Service port `(namespace, name, port)`
+    /// some route uses.
+    pub backend_tls: HashMap<(String, String, i32), BackendTls>,
 }
 
 /// Identity of an object, for status and precedence.
@@ -70,7 +78,7 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
-    fn of(obj: &impl kube::Resource) -> Self {
+    pub(super) fn of(obj: &impl kube::Resource) -> Self {
         let m = obj.meta();
         ObjectKey {
             namespace: m.namespace.clone().unwrap_or_default(),
@@ -407,7 +415,52 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
         .filter_map(|r| route_image(r, &gateway_images, &index, &namespace_labels, inputs, &grants))
         .collect();
     grpc::refuse_kind_conflicts(&mut route_images);
-    Model { classes, gateways: gateway_images, routes: route_images }
+    let watched = |ns: &str| inputs.watched(ns);
+    let mut policies = Policies::resolve(&world.backend_tls_policies, &world.config_maps, &watched);
+    let backend_tls = apply_policies(&mut policies, &route_images, inputs);
+    Model { classes, gateways: gateway_images, routes: route_images, policies, backend_tls }
+}
+
+/// The TLS of every Service port a route uses that a policy targets, and each policy's
+/// ancestors: the Gateways of the routes that reach its targets.
+fn apply_policies(
+    policies: &mut Policies,
+    routes: &[RouteImage],
+    inputs: &Inputs<'_>,
+) -> HashMap<(String, String, i32), BackendTls> {
+    let mut out = HashMap::new();
+    if policies.images.is_empty() {
+        return out;
+    }
+    for route in routes {
+        let gateways: BTreeSet<usize> = route.parents.iter().map(|p| p.gateway).collect();
+        let mirrors =
+            route.rules.iter().flat_map(|r| r.filters.iter().chain(r.backends.iter().flat_map(|b| &b.filters)));
+        let targets = route.rules.iter().flat_map(|r| r.backends.iter().map(|b| &b.target)).chain(mirrors.filter_map(
+            |f| match f {
+                Filter::RequestMirror { backend, .. } => Some(backend),
+                _ => None,
+            },
+        ));
+        for target in targets {
+            let Backend::Service { namespace, name, port, .. } = target else { continue };
+            let Some(svc) = inputs.services.get(&(namespace.as_str(), name.as_str())) else { continue };
+            let port_name = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|ps| ps.iter().find(|p| p.port == *port))
+                .and_then(|p| p.name.clone());
+            let hits: Vec<usize> = policies.targeting(namespace, name, port_name.as_deref()).collect();
+            for i in hits {
+                policies.images[i].ancestors.extend(gateways.iter().copied());
+            }
+            if let Some(tls) = policies.backend_tls(namespace, svc, *port) {
+                out.insert((namespace.clone(), name.clone(), *port), tls);
+            }
+        }
+    }
+    out
 }
 
 /// ReferenceGrants by the namespace they grant access into.

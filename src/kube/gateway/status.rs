@@ -1,4 +1,4 @@
-//! Gateway API status: what GatewayClasses, Gateways and HTTPRoutes should say, computed
+//! Gateway API status: what GatewayClasses, Gateways, routes and BackendTLSPolicies should say, computed
 //! purely from the model and the translation's outcomes (conditions and reasons as the
 //! spec names them, with observedGeneration), and the leader's writer, which patches an
 //! object only when what it shows differs (condition times aside).
@@ -13,9 +13,11 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use super::api::{
-    GRPCRoute, GRPCRouteStatus, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus, HTTPRoute,
-    HTTPRouteStatus, ListenerStatus, RouteParentStatus, SupportedFeature,
+    BackendTLSPolicy, GROUP, GRPCRoute, GRPCRouteStatus, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus,
+    GatewayStatus, HTTPRoute, HTTPRouteStatus, ListenerStatus, ParentRef, PolicyAncestorStatus, PolicyStatus,
+    RouteParentStatus, SupportedFeature,
 };
+use super::backend_tls::PolicyImage;
 use super::model::{GATEWAY_CONTROLLER_NAME, GatewayImage, ObjectKey, RouteImage, RouteKind};
 use super::watches::GatewayStores;
 use super::{GatewayTranslation, ParentOutcome};
@@ -23,6 +25,8 @@ use super::{GatewayTranslation, ParentOutcome};
 /// The features of the Gateway API conformance profiles we really serve, sorted as the
 /// spec requires. Each extended feature joins this list when the data plane serves it.
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "Gateway",
     "HTTPRoute",
@@ -265,6 +269,74 @@ pub fn route_parents(
         .collect()
 }
 
+/// The spec's limit on `status.ancestors` entries.
+const MAX_ANCESTORS: usize = 16;
+
+/// Our entries of a BackendTLSPolicy's `status.ancestors`: one per Gateway whose routes
+/// reach a target, each with `Accepted` and `ResolvedRefs`.
+pub fn policy_ancestors(
+    policy: &PolicyImage,
+    gateways: &[GatewayImage],
+    previous: &PolicyStatus,
+) -> Vec<PolicyAncestorStatus> {
+    let key = &policy.key;
+    policy
+        .ancestors
+        .iter()
+        .filter_map(|g| gateways.get(*g))
+        .take(MAX_ANCESTORS)
+        .map(|gw| {
+            let ancestor_ref = ParentRef {
+                group: Some(GROUP.into()),
+                kind: Some("Gateway".into()),
+                namespace: Some(gw.key.namespace.clone()),
+                name: gw.key.name.clone(),
+                section_name: None,
+                port: None,
+            };
+            let prev = previous
+                .ancestors
+                .iter()
+                .find(|a| a.ancestor_ref == ancestor_ref && a.controller_name == GATEWAY_CONTROLLER_NAME)
+                .map(|a| a.conditions.as_slice())
+                .unwrap_or(&[]);
+            PolicyAncestorStatus {
+                ancestor_ref,
+                controller_name: GATEWAY_CONTROLLER_NAME.into(),
+                conditions: vec![
+                    judged("Accepted", "Accepted", "policy accepted", policy.accepted.as_ref().err(), key, prev),
+                    judged(
+                        "ResolvedRefs",
+                        "ResolvedRefs",
+                        "references resolved",
+                        policy.resolved.as_ref().err(),
+                        key,
+                        prev,
+                    ),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// A policy's status with our ancestors replaced by `mine` (others' entries kept), with
+/// the previous one; `None` when it neither shows entries of ours nor should.
+fn merged_ancestors(
+    previous: Option<&PolicyStatus>,
+    mine: Option<Vec<PolicyAncestorStatus>>,
+) -> Option<(PolicyStatus, PolicyStatus)> {
+    let prev = previous.cloned().unwrap_or_default();
+    let mine = mine.unwrap_or_default();
+    if mine.is_empty() && !prev.ancestors.iter().any(|a| a.controller_name == GATEWAY_CONTROLLER_NAME) {
+        return None;
+    }
+    let mut ancestors: Vec<PolicyAncestorStatus> =
+        prev.ancestors.iter().filter(|a| a.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
+    let room = MAX_ANCESTORS.saturating_sub(ancestors.len());
+    ancestors.extend(mine.into_iter().take(room));
+    Some((prev, PolicyStatus { ancestors }))
+}
+
 /// A status as JSON without condition times, for "did it change" comparisons.
 pub fn comparable<T: Serialize>(status: &T) -> serde_json::Value {
     fn strip(v: &mut serde_json::Value) {
@@ -360,6 +432,19 @@ impl Writer {
             let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key)) else { continue };
             let api: Api<GRPCRoute> = Api::namespaced(client.clone(), &key.1);
             self.patch(&api, "GRPCRoute", obj.as_ref(), &prev, &status).await;
+        }
+        let mut policies: HashMap<(String, String), Vec<PolicyAncestorStatus>> = HashMap::new();
+        for policy in &t.model.policies.images {
+            let (ns, name) = (&policy.key.namespace, &policy.key.name);
+            let Some(obj) = stores.backend_tls_policies.get(&ObjectRef::new(name).within(ns)) else { continue };
+            let prev = obj.status.clone().unwrap_or_default();
+            policies.insert((ns.clone(), name.clone()), policy_ancestors(policy, &t.model.gateways, &prev));
+        }
+        for obj in stores.backend_tls_policies.state() {
+            let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+            let Some((prev, status)) = merged_ancestors(obj.status.as_ref(), policies.remove(&key)) else { continue };
+            let api: Api<BackendTLSPolicy> = Api::namespaced(client.clone(), &key.0);
+            self.patch(&api, "BackendTLSPolicy", obj.as_ref(), &prev, &status).await;
         }
     }
 

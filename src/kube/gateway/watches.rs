@@ -1,17 +1,17 @@
-//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors),
-//! started beside the others by `kube::watches::Stores`. When the CRDs are not installed
-//! these watches fail like the BackendGroup one: named in `/readyz`, retried, and the
-//! table is built without them.
+//! Watches of the Gateway API kinds (and of Namespaces, for `allowedRoutes` selectors, and
+//! ConfigMaps, for BackendTLSPolicy CA bundles), started beside the others by
+//! `kube::watches::Stores`. When the CRDs are not installed these watches fail like the
+//! BackendGroup one: named in `/readyz`, retried, and the table is built without them.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use super::api::{GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
+use super::api::{BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use super::model::GatewayWorld;
 use crate::kube::watches::{Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_scoped};
 
@@ -56,6 +56,23 @@ impl Relevant for ReferenceGrant {
     }
 }
 
+impl Relevant for BackendTLSPolicy {
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let spec = m.generation.is_none().then_some(&self.spec);
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+    }
+}
+
+impl Relevant for ConfigMap {
+    /// Only the CA bundle a BackendTLSPolicy may read matters.
+    fn fingerprint(&self) -> u64 {
+        let m = &self.metadata;
+        let ca = self.data.as_ref().and_then(|d| d.get(super::backend_tls::CA_KEY));
+        hash_json(&(&m.uid, ca), m.resource_version.as_ref())
+    }
+}
+
 impl Relevant for Namespace {
     /// Only labels matter (listener selectors); phase and status changes do not.
     fn fingerprint(&self) -> u64 {
@@ -73,6 +90,9 @@ pub struct GatewayStores {
     pub grpc_routes: ScopedStore<GRPCRoute>,
     pub grants: ScopedStore<ReferenceGrant>,
     pub namespaces: Store<Namespace>,
+    pub backend_tls_policies: ScopedStore<BackendTLSPolicy>,
+    /// For BackendTLSPolicy CA bundles (`ca.crt`).
+    pub config_maps: ScopedStore<ConfigMap>,
 }
 
 impl GatewayStores {
@@ -91,7 +111,9 @@ impl GatewayStores {
             gateways: watch_scoped("Gateway", client, scope, cfg.clone(), c.clone(), b.clone()),
             routes: watch_scoped("HTTPRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
             grpc_routes: watch_scoped("GRPCRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
-            grants: watch_scoped("ReferenceGrant", client, scope, cfg, c.clone(), b.clone()),
+            grants: watch_scoped("ReferenceGrant", client, scope, cfg.clone(), c.clone(), b.clone()),
+            backend_tls_policies: watch_scoped("BackendTLSPolicy", client, scope, cfg.clone(), c.clone(), b.clone()),
+            config_maps: watch_scoped("ConfigMap", client, scope, cfg, c.clone(), b.clone()),
             namespaces: watch_kind("Namespace", Api::all(client.clone()), ns_cfg, c.clone(), b.clone()),
         }
     }
@@ -104,6 +126,8 @@ impl GatewayStores {
             grpc_routes: self.grpc_routes.state(),
             grants: self.grants.state(),
             namespaces: self.namespaces.state(),
+            backend_tls_policies: self.backend_tls_policies.state(),
+            config_maps: self.config_maps.state(),
         }
     }
 }
@@ -155,5 +179,27 @@ mod tests {
         assert_eq!(plain, ns.fingerprint(), "namespace status");
         ns.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
         assert_ne!(plain, ns.fingerprint(), "labels select listeners");
+    }
+
+    #[test]
+    fn only_a_ca_bundle_or_a_policy_spec_change_counts() {
+        let mut cm = ConfigMap::default();
+        cm.metadata.uid = Some("uid-cm".into());
+        cm.data = Some([("ca.crt".to_string(), "PEM".to_string())].into());
+        let before = cm.fingerprint();
+        cm.data.as_mut().unwrap().insert("other".into(), "churn".into());
+        cm.metadata.resource_version = Some("7".into());
+        assert_eq!(before, cm.fingerprint(), "keys a policy never reads");
+        cm.data.as_mut().unwrap().insert("ca.crt".into(), "NEW PEM".into());
+        assert_ne!(before, cm.fingerprint(), "a rotated CA");
+
+        let mut p = BackendTLSPolicy::new("p", Default::default());
+        p.metadata.generation = Some(1);
+        let before = p.fingerprint();
+        p.status = Some(Default::default());
+        p.metadata.resource_version = Some("3".into());
+        assert_eq!(before, p.fingerprint(), "our own status write");
+        p.metadata.generation = Some(2);
+        assert_ne!(before, p.fingerprint(), "a spec change");
     }
 }
