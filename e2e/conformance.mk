@@ -24,11 +24,13 @@ COREDNS_VERSION     := v1.12.2
 CONFORMANCE_BIN_DIR := $(TESTENV_CACHE)/bin/conformance-$(COREDNS_VERSION)
 CONFORMANCE_RUN_TEST ?=
 CONFORMANCE_SKIP ?=
+CONFORMANCE_SKIP_H3 ?=
 CONFORMANCE_PROTOCOLS ?= tcp h3
 CONFORMANCE_REPORT_DIR ?= conformance/reports
 # Known failures, each explained in the README ("Gateway API conformance"): every Gateway
 # of our class shares one address.
 CONFORMANCE_KNOWN_FAILURES := HTTPRouteMultipleGateways
+CONFORMANCE_KNOWN_FAILURES_H3 :=
 
 .PHONY: conformance-images conformance test-conformance
 
@@ -58,7 +60,7 @@ conformance: $(HELM_BIN) image conformance-images $(NODE_BIN) $(TESTENV_BIN)
 	rc=0; \
 	$(TESTENV_GOENV) GATEWAY_API_VERSION=$(GATEWAY_API_VERSION) HELM=$(HELM_BIN) \
 	  KUBECTL=$(abspath $(NODE_DIR))/bin/kubectl KUBECONFIG=$(abspath $(NODE_DIR))/kubeconfig \
-	  IMAGE=$(IMAGE) RUN_TEST=$(CONFORMANCE_RUN_TEST) SKIP_TESTS=$(CONFORMANCE_SKIP) \
+	  IMAGE=$(IMAGE) RUN_TEST=$(CONFORMANCE_RUN_TEST) SKIP_TESTS=$(CONFORMANCE_SKIP) SKIP_TESTS_H3=$(CONFORMANCE_SKIP_H3) \
 	  PROTOCOLS="$(CONFORMANCE_PROTOCOLS)" REPORT_DIR=$(abspath $(CONFORMANCE_REPORT_DIR)) \
 	  scripts/conformance.sh || rc=$$?; \
 	exit $$rc
@@ -66,5 +68,6 @@ conformance: $(HELM_BIN) image conformance-images $(NODE_BIN) $(TESTENV_BIN)
 test-conformance:
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory conformance CONFORMANCE_SKIP=$(CONFORMANCE_KNOWN_FAILURES) \
+	  CONFORMANCE_SKIP_H3=$(CONFORMANCE_KNOWN_FAILURES_H3) \
 	  CONFORMANCE_REPORT_DIR=$(abspath $(NODE_DIR))/conformance-reports && \
 	echo "test-conformance: passed in $$(( $$(date +%s) - start )) s (reports in $(abspath $(NODE_DIR))/conformance-reports)"

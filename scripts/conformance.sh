@@ -6,7 +6,8 @@
 # twice (the suite's HTTP/1.1 + HTTP/2 client, then HTTP/3) and writes both reports.
 #
 # Environment: KUBECONFIG, KUBECTL, HELM, IMAGE (repo:tag), GATEWAY_API_VERSION,
-# GOMODCACHE/GOCACHE; optional RUN_TEST (one test), SKIP_TESTS (comma-separated names),
+# GOMODCACHE/GOCACHE; optional RUN_TEST (one test), SKIP_TESTS (comma-separated names;
+# SKIP_TESTS_H3 adds names for the HTTP/3 run only),
 # PROFILES (GATEWAY-HTTP,GATEWAY-GRPC), PROTOCOLS ("tcp h3"), REPORT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 PROTOCOLS=${PROTOCOLS:-tcp h3}
 PROFILES=${PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC}
 SKIP_TESTS=${SKIP_TESTS:-}
+SKIP_TESTS_H3=${SKIP_TESTS_H3:-}
 REPORT_DIR=${REPORT_DIR:-conformance/reports}
 RELEASE=quic-ingress NAMESPACE=quic-ingress
 log() { echo "conformance: $*" >&2; }
@@ -50,6 +52,8 @@ for protocol in $PROTOCOLS; do
     h3) install '["--gateway-http-over-h3"]' ;;
     *) log "unknown protocol $protocol"; exit 2 ;;
   esac
+  skip=$SKIP_TESTS
+  if [ "$protocol" = h3 ] && [ -n "$SKIP_TESTS_H3" ]; then skip=${skip:+$skip,}$SKIP_TESTS_H3; fi
   report="$REPORT_DIR/gateway-api-$GATEWAY_API_VERSION-quic-ingress-$protocol-report.yaml"
   case $report in /*) ;; *) report="$PWD/$report" ;; esac
   started=$(date +%s)
@@ -57,7 +61,7 @@ for protocol in $PROTOCOLS; do
   (cd e2e/conformance && go test -count=1 -timeout 60m . -args \
       -quic-ingress.protocol="$protocol" -gateway-class=quic \
       -conformance-profiles="$PROFILES" ${FEATURES:+-supported-features="$FEATURES"} \
-      ${SKIP_TESTS:+-skip-tests="$SKIP_TESTS"} \
+      ${skip:+-skip-tests="$skip"} \
       -organization=quic-ingress -project=quic-ingress -url=https://quic-ingress.dev \
       -version="v$version" -contact=quic-ingress-maintainers -mode=default \
       -report-output="$report" ${RUN_TEST:+-run-test="$RUN_TEST"}) || rc=$?
