@@ -71,6 +71,17 @@ impl Relevant for ConfigMap {
         let ca = self.data.as_ref().and_then(|d| d.get(super::backend_tls::CA_KEY));
         hash_json(&(&m.uid, ca), m.resource_version.as_ref())
     }
+
+    /// Every ConfigMap of the watched namespaces is stored, so all but the CA bundle is
+    /// dropped: other tenants' configuration (and binary data) costs no memory here.
+    fn trim_unread(&mut self) {
+        self.binary_data = None;
+        if let Some(data) = self.data.as_mut() {
+            data.retain(|k, _| k == super::backend_tls::CA_KEY);
+        }
+        self.metadata.labels = None;
+        self.metadata.annotations = None;
+    }
 }
 
 impl Relevant for Namespace {
@@ -192,6 +203,11 @@ mod tests {
         assert_eq!(before, cm.fingerprint(), "keys a policy never reads");
         cm.data.as_mut().unwrap().insert("ca.crt".into(), "NEW PEM".into());
         assert_ne!(before, cm.fingerprint(), "a rotated CA");
+        cm.binary_data = Some([("blob".to_string(), Default::default())].into());
+        cm.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+        crate::kube::watches::trim(&mut cm);
+        assert_eq!(cm.data, Some([("ca.crt".to_string(), "NEW PEM".to_string())].into()), "only the bundle is kept");
+        assert_eq!((cm.binary_data, cm.metadata.annotations), (None, None));
 
         let mut p = BackendTLSPolicy::new("p", Default::default());
         p.metadata.generation = Some(1);
