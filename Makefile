@@ -80,5 +80,5 @@ test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
 test: deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e) \
-  $(if $(wildcard e2e/node.mk),test-node)
+  $(if $(wildcard e2e/node.mk),test-node) $(if $(wildcard e2e/conformance.mk),test-conformance)
 	@echo "make test: all suites passed"
