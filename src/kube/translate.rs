@@ -649,11 +649,8 @@ impl Translator<'_> {
             None => format!("service:{ns}/{name}:{port}"),
             Some(s) => format!("service:{ns}/{name}:{port}:{s}"),
         };
-        if let Some(failure) = self.service_failures.get(&id) {
-            return Err(failure.clone());
-        }
-        if let Some(Some(existing)) = self.groups_by_id.get(&id) {
-            return Ok(existing.clone());
+        if let Some(known) = self.known_group(&id) {
+            return known;
         }
         let inputs =
             self.idx.services.get(&(ns, name)).and_then(|svc| {
@@ -672,11 +669,28 @@ impl Translator<'_> {
                 .map_err(|errors| ("InvalidBackend", join(errors))),
             Err(e) => Err(("ServiceNotFound", e)),
         };
+        if let (Ok(g), Some(inputs)) = (&built, inputs) {
+            self.memo.keep(&id, inputs, g);
+        }
+        self.record_group(id, built)
+    }
+
+    /// What this build already made of Service group `id`: the group, or why it failed.
+    pub(super) fn known_group(&self, id: &str) -> Option<Result<Arc<BackendGroup>, (&'static str, String)>> {
+        if let Some(failure) = self.service_failures.get(id) {
+            return Some(Err(failure.clone()));
+        }
+        self.groups_by_id.get(id).cloned().flatten().map(Ok)
+    }
+
+    /// Keeps a Service group (or its failure) for the rest of this build, and returns it.
+    pub(super) fn record_group(
+        &mut self,
+        id: String,
+        built: Result<Arc<BackendGroup>, (&'static str, String)>,
+    ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
         match &built {
             Ok(g) => {
-                if let Some(inputs) = inputs {
-                    self.memo.keep(&id, inputs, g);
-                }
                 self.builder.insert_group(g.clone());
                 self.groups_by_id.insert(id, Some(g.clone()));
             }

@@ -301,11 +301,8 @@ impl Translator<'_> {
     ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
         let scheme = if h3 { "h3" } else { "https" };
         let id = format!("service:{ns}/{name}:{port}:{scheme}:backendtlspolicy:{policy}");
-        if let Some(failure) = self.service_failures.get(&id) {
-            return Err(failure.clone());
-        }
-        if let Some(Some(existing)) = self.groups_by_id.get(&id) {
-            return Ok(existing.clone());
+        if let Some(known) = self.known_group(&id) {
+            return known;
         }
         let built = match self.service_endpoints(ns, name, &PortRef::Number(port), Some(scheme)) {
             Ok(urls) => {
@@ -315,17 +312,7 @@ impl Translator<'_> {
             }
             Err(e) => Err(("ServiceNotFound", e)),
         };
-        match &built {
-            Ok(g) => {
-                self.builder.insert_group(g.clone());
-                self.groups_by_id.insert(id, Some(g.clone()));
-            }
-            Err(failure) => {
-                self.service_failures.insert(id.clone(), failure.clone());
-                self.groups_by_id.insert(id, None);
-            }
-        }
-        built
+        self.record_group(id, built)
     }
 
     /// The Gateways' certificates: for the hosts their routes route, then for the names
