@@ -29,6 +29,7 @@ pub mod controller;
 pub mod env;
 pub mod gateway;
 pub mod grpc;
+pub mod load;
 pub mod namespace;
 pub mod netns;
 pub mod node;
