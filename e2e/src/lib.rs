@@ -35,6 +35,7 @@ pub mod netns;
 pub mod node;
 pub mod objects;
 pub mod process;
+pub mod propagation;
 pub mod relay;
 pub mod resumption;
 pub mod tls_echo;
