@@ -284,12 +284,13 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// `p50 / p99 / max` of sorted samples, in ms, for reports.
+/// `min / p50 / p99 / max` of sorted samples, in ms, for reports.
 pub fn summary(sorted: &[Duration]) -> String {
     use crate::load::quantile;
     format!(
-        "n={} p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "n={} min {:.0} ms, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         sorted.len(),
+        ms(sorted.first().copied().unwrap_or_default()),
         ms(quantile(sorted, 0.5)),
         ms(quantile(sorted, 0.99)),
         ms(sorted.last().copied().unwrap_or_default())
