@@ -8,7 +8,8 @@
 //!
 //! Asserted: no request of the load answered other than 2xx and none without an answer;
 //! every added route served (and every changed one changed) within 10 s of its write, and
-//! their fastest, p50 and p99 under bounds that a fixed debounce or a stall would break; every
+//! their fastest, p50 and p99 under bounds that a quiet period or a stall would break, and
+//! tables rebuilt back to back while changes come (no delay before a build); every
 //! removed route at 404 within 10 s; no probe of a route ever saw anything but the answer
 //! before its write or the one after it; the load ran through every burst.
 
@@ -55,15 +56,20 @@ const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Propagation bounds under the load (added and changed routes together). The table is
 /// rebuilt as soon as a change comes (no quiet period), so a write waits for the build in
 /// progress and one more (about 90 ms each for 400 routes in a debug build), plus the API
-/// write and the watch event. Measured on the reference machine (e2e/README.md): min
-/// 0.1-0.3 s, p50 0.3-0.4 s and p99 0.6-0.7 s at load average 4-6, p50 0.6-0.8 s and p99
-/// 1.2-1.7 s at 8-11 (other builds running). The fastest of 360 changes barely moves with
-/// the machine's load, so its bound catches a fixed delay added to every change (a
-/// debounce or quiet period of 0.6 s or more); p50 and p99 catch builds that queue up or
-/// stall, with room for a busy machine; the 10 s deadline catches a change never served.
+/// write and the watch event. Measured on the reference machine (e2e/README.md): p50
+/// 0.3-0.4 s and p99 0.6-0.7 s at load average 4-6, p50 0.6-0.8 s and p99 1.2-1.7 s at
+/// 8-11 (other builds running). p50 and p99 catch builds that queue up or stall, with room
+/// for a busy machine; the 10 s deadline catches a change never served. The fastest of the
+/// 360 changes barely moves with the machine's load: its bound catches a quiet period
+/// (the last write of a burst would wait it out).
 const MIN_BOUND: Duration = Duration::from_millis(600);
 const P50_BOUND: Duration = Duration::from_millis(1500);
 const P99_BOUND: Duration = Duration::from_millis(4000);
+/// While writes keep coming, one build follows another: 7-15 builds per second of churn
+/// were measured (load average 4-11). A delay before each build (a debounce, a rate limit)
+/// caps that: a 700 ms one gave 1.1 per second, with p50 and p99 still inside their
+/// bounds on a loaded machine, so this floor is what catches it.
+const MIN_REBUILDS_PER_SECOND: f64 = 2.0;
 
 fn figure(line: &str) {
     use std::io::Write as _;
@@ -302,8 +308,9 @@ async fn routes_propagate_under_load_while_the_table_churns() -> Result<()> {
             summary(&initial.sorted("add"))
         ),
         format!(
-            "churn: {BURSTS} bursts of {CHURN} added + {CHURN} removed + {UPDATES} changed in {:.1} s, {rebuilds} table rebuilds",
-            churn_took.as_secs_f64()
+            "churn: {BURSTS} bursts of {CHURN} added + {CHURN} removed + {UPDATES} changed in {:.1} s, {rebuilds} table rebuilds ({:.1}/s)",
+            churn_took.as_secs_f64(),
+            rebuilds / churn_took.as_secs_f64()
         ),
         format!("added: {}", summary(&churn.sorted("add"))),
         format!("changed: {}", summary(&churn.sorted("update"))),
@@ -350,7 +357,12 @@ async fn routes_propagate_under_load_while_the_table_churns() -> Result<()> {
     ensure!(fastest <= MIN_BOUND, "the fastest propagation took {fastest:?} (over {MIN_BOUND:?}): a fixed delay?");
     ensure!(p50 <= P50_BOUND, "propagation p50 {p50:?} over {P50_BOUND:?}");
     ensure!(p99 <= P99_BOUND, "propagation p99 {p99:?} over {P99_BOUND:?}");
-    ensure!(rebuilds >= BURSTS as f64, "only {rebuilds} table rebuilds during the churn");
+    let per_second = rebuilds / churn_took.as_secs_f64();
+    ensure!(
+        per_second >= MIN_REBUILDS_PER_SECOND,
+        "{rebuilds} table rebuilds in {:.1} s of churn ({per_second:.1}/s, at least {MIN_REBUILDS_PER_SECOND}/s expected): builds are delayed",
+        churn_took.as_secs_f64()
+    );
 
     drop(c);
     let _ = classes.delete(&class, &DeleteParams::default()).await;
