@@ -135,6 +135,12 @@ enum Command {
         /// HTTPS under the default certificate.
         #[arg(long)]
         gateway_http_over_h3: bool,
+        /// The `spec.controllerName` of the GatewayClasses this controller serves, and the
+        /// name its status entries carry. Two installations in one cluster need names of
+        /// their own (a domain prefix and a path, e.g. `example.com/edge`), or each takes
+        /// the other's Gateways and overwrites their status.
+        #[arg(long, value_name = "NAME", default_value = quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME)]
+        gateway_controller_name: String,
         /// Connections from --trusted-proxy peers to the TCP listeners must start with a
         /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
         #[arg(long)]
@@ -372,6 +378,7 @@ async fn run(command: Command) -> ExitCode {
             http_listen,
             http_service_port,
             gateway_http_over_h3,
+            gateway_controller_name,
             proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -448,6 +455,7 @@ async fn run(command: Command) -> ExitCode {
                 alt_svc_port,
                 http_service_port: http_service_port.or(http_listen.map(|a| a.port())),
                 gateway_http_over_h3,
+                gateway_controller_name,
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),

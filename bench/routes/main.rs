@@ -12,26 +12,22 @@
 //! (`ingress,endpoints,httproute`), `BENCH_ENDPOINTS` (`1000x100`), `BENCH_OUT` (a file
 //! the report is also written to).
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, PostParams};
-use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
+use quic_ingress::client::{H3Client, TrustOptions};
 use quic_ingress::kube::gateway::api::{GatewayClass, HTTPRoute};
 use quic_ingress_e2e::controller::{ControllerOptions, install_crd};
 use quic_ingress_e2e::gateway::{gateway, gateway_class, http_route, https_listener, install_gateway_crds};
+use quic_ingress_e2e::load::{Load, LoadOptions, bulk, get, load_average, ms, quantile};
 use quic_ingress_e2e::namespace::unique_name;
 use quic_ingress_e2e::objects::{ca_and_cert, endpoint_slice, ingress, service, tls_secret};
 use quic_ingress_e2e::{Backend, Controller, ControllerRbac, TestEnv, TestHost, TestNamespace};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 /// API writes in flight while objects are created in bulk.
 const WRITERS: usize = 32;
@@ -42,7 +38,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL_EVERY: Duration = Duration::from_millis(2);
 /// Connections the background load is spread over.
 const LOAD_CONNECTIONS: usize = 8;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Settings {
     sizes: Vec<usize>,
@@ -107,131 +102,6 @@ impl Report {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The `q` quantile (nearest rank) of sorted samples.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-// === The background load ===
-
-/// What the background load saw.
-#[derive(Default, Debug)]
-struct LoadCounts {
-    ok: u64,
-    statuses: BTreeMap<u16, u64>,
-    errors: BTreeMap<String, u64>,
-}
-
-impl LoadCounts {
-    fn failed(&self) -> u64 {
-        self.statuses.values().sum::<u64>() + self.errors.values().sum::<u64>()
-    }
-
-    fn total(&self) -> u64 {
-        self.ok + self.failed()
-    }
-}
-
-/// A steady HTTP/3 load at `rate` requests/s over `LOAD_CONNECTIONS` connections, on
-/// hosts that exist for the whole run; counts every answer that is not 2xx.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// Answers and errors since the start, never reset (for the rate).
-    done: Arc<AtomicU64>,
-    counts: Arc<std::sync::Mutex<LoadCounts>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    started: Instant,
-}
-
-impl Load {
-    async fn start(addr: SocketAddr, hosts: Arc<Vec<String>>, rate: u64) -> Result<Load> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(std::sync::Mutex::new(LoadCounts::default()));
-        let mut tasks = Vec::new();
-        let trust = TrustOptions { insecure: true, ca_file: None };
-        let per_conn = (rate / LOAD_CONNECTIONS as u64).max(1);
-        let seq = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicU64::new(0));
-        for c in 0..LOAD_CONNECTIONS {
-            let client = H3Client::connect(addr, &format!("load{c}.example.com"), &trust).await?;
-            let (stop, counts, hosts, seq, done) =
-                (stop.clone(), counts.clone(), hosts.clone(), seq.clone(), done.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn as f64));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                // Bounds what a stalled connection can pile up.
-                let in_flight = Arc::new(Semaphore::new(256));
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                        *c.errors.entry("client overloaded (256 in flight)".into()).or_default() += 1;
-                        continue;
-                    };
-                    let n = seq.fetch_add(1, Ordering::Relaxed) as usize;
-                    let host = hosts[n.wrapping_mul(7919) % hosts.len()].clone();
-                    let (client, counts, done) = (client.clone(), counts.clone(), done.clone());
-                    tokio::spawn(async move {
-                        let outcome = get(&client, &host).await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-                        match outcome {
-                            Ok(s) if (200..300).contains(&s) => c.ok += 1,
-                            Ok(s) => *c.statuses.entry(s).or_default() += 1,
-                            Err(e) => *c.errors.entry(format!("{e:#}")).or_default() += 1,
-                        }
-                        drop(permit);
-                    });
-                }
-            }));
-        }
-        Ok(Load { stop, done, counts, tasks, started: Instant::now() })
-    }
-
-    /// The counts so far, and resets them.
-    fn take(&self) -> LoadCounts {
-        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Stops; the counts since the last `take`, and the rate over the whole run.
-    async fn stop(mut self) -> (LoadCounts, f64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let elapsed = self.started.elapsed();
-        let done = self.done.load(Ordering::Relaxed);
-        for t in std::mem::take(&mut self.tasks) {
-            let _ = t.await;
-        }
-        // Let the last requests answer.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        (self.take(), done as f64 / elapsed.as_secs_f64())
-    }
-}
-
-async fn get(client: &H3Client, host: &str) -> Result<u16> {
-    let fut = async {
-        let req = http::Request::get(format!("https://{host}/")).body(())?;
-        let resp = client.request(req, RequestBody::Empty).await?;
-        let status = resp.status.as_u16();
-        resp.bytes().await?;
-        Ok::<_, anyhow::Error>(status)
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| anyhow!("timed out"))?
-}
-
 // === Trials ===
 
 /// Writes one new route with `write`, then polls `host` over `probe` every 2 ms until it
@@ -246,7 +116,7 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match get(probe, host).await? {
+        match get(probe, host, "/").await?.0 {
             200 => return Ok(started.elapsed()),
             404 => {}
             s => bail!("{host} answered {s} while waiting for it"),
@@ -272,17 +142,6 @@ fn summarize(report: &mut Report, what: &str, mut samples: Vec<Duration>, goal: 
 }
 
 // === Helpers ===
-
-/// Runs `f` for every item, `WRITERS` at a time; fails on the first error.
-async fn bulk<I, F, Fut>(items: I, f: F) -> Result<()>
-where
-    I: IntoIterator,
-    F: Fn(I::Item) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    futures::stream::iter(items).map(f).buffer_unordered(WRITERS).try_collect::<Vec<()>>().await?;
-    Ok(())
-}
 
 /// Waits until the controller's table holds at least `want` routes.
 async fn settle(c: &Controller, want: usize) -> Result<Duration> {
@@ -378,7 +237,7 @@ impl IngressBench<'_> {
     async fn grow(&mut self, to: usize) -> Result<Duration> {
         let started = Instant::now();
         let (ns, ip, port) = (self.ns, self.backend_ip.clone(), self.backend_port);
-        bulk(self.count..to, |n| {
+        bulk(WRITERS, self.count..to, |n| {
             let ip = ip.clone();
             async move {
                 let svc = format!("s{n}");
@@ -446,7 +305,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
             continue;
         }
         let hosts: Arc<Vec<String>> = Arc::new((0..step).map(IngressBench::host).collect());
-        let load = Load::start(c.addr(), hosts, s.rate).await?;
+        let load = Load::start(c.addr(), hosts, LoadOptions::new(LOAD_CONNECTIONS, s.rate)).await?;
         // A new connection: an idle one times out while objects are created.
         let probe = H3Client::connect(c.addr(), "probe.example.com", &trust).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -474,7 +333,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         let profile = Profile::start(&c, &format!("ingress-{step}"))?;
         let churn_started = Instant::now();
         for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
-            bulk(burst.iter().copied(), |k| async move {
+            bulk(WRITERS, burst.iter().copied(), |k| async move {
                 let name = format!("c{step}-{k}");
                 let h = format!("{name}.example.com");
                 ns.create(&ingress(&name).class("quic").rule(&h, "/", "Prefix", "s1", 80).build()).await.map(drop)
@@ -482,7 +341,12 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
             .await?;
         }
         for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
-            bulk(burst.iter().copied(), |k| async move { ns.delete::<Ingress>(&format!("c{step}-{k}")).await }).await?;
+            bulk(
+                WRITERS,
+                burst.iter().copied(),
+                |k| async move { ns.delete::<Ingress>(&format!("c{step}-{k}")).await },
+            )
+            .await?;
         }
         let churn_took = churn_started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -490,7 +354,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
             report.say(p.finish().await?);
         }
         let during_churn = load.take();
-        let (_, rate) = load.stop().await;
+        let rate = load.stop().await.rate;
         report.say(format!(
             "Ingress background load at {step}: {rate:.0} req/s over {LOAD_CONNECTIONS} HTTP/3 connections; \
              during the trials {} of {} not 2xx; while {} Ingresses were added and removed in bursts of 100 ({:.1} s): {} of {} not 2xx {:?} {:?} (goal 0)",
@@ -505,7 +369,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         ));
         report.say(format!("  load average now {}", load_average()));
         // The trial Ingresses go, so the next step starts from `step` routes again.
-        bulk(0..s.trials, |t| async move { ns.delete::<Ingress>(&format!("t{step}-{t}")).await }).await?;
+        bulk(WRITERS, 0..s.trials, |t| async move { ns.delete::<Ingress>(&format!("t{step}-{t}")).await }).await?;
     }
     if let [(n1, r1, s1), .., (n2, r2, s2)] = memory_rows.as_slice() {
         let d = (*n2 - *n1) as f64;
@@ -547,7 +411,7 @@ async fn endpoints_phase(env: &TestEnv, s: &Settings, report: &mut Report) -> Re
     let mut rows = Vec::new();
     for (round, endpoints) in [(0usize, 1usize), (1, per)] {
         let started = Instant::now();
-        bulk(0..services, |n| async move {
+        bulk(WRITERS, 0..services, |n| async move {
             let (svc, slice) = build(n, endpoints);
             if round == 0 {
                 ns.create(&headless(&svc)).await?;
@@ -623,7 +487,7 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
     sizes.sort_unstable();
     for step in sizes {
         let started = Instant::now();
-        bulk(count..step, |n| {
+        bulk(WRITERS, count..step, |n| {
             let r = route(&format!("r{n}"), &host_of(n));
             async move { ns.create(&r?).await.map(drop) }
         })
@@ -638,7 +502,7 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
             load_average()
         ));
         let hosts: Arc<Vec<String>> = Arc::new((0..step).map(host_of).collect());
-        let load = Load::start(c.addr(), hosts, s.rate).await?;
+        let load = Load::start(c.addr(), hosts, LoadOptions::new(LOAD_CONNECTIONS, s.rate)).await?;
         let probe = H3Client::connect(c.addr(), "probe.gw.example.com", &trust).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = load.take();
@@ -659,19 +523,24 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
         }
         let churn_started = Instant::now();
         for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
-            bulk(burst.iter().copied(), |k| {
+            bulk(WRITERS, burst.iter().copied(), |k| {
                 let r = route(&format!("c{step}-{k}"), &format!("c{step}-{k}.gw.example.com"));
                 async move { ns.create(&r?).await.map(drop) }
             })
             .await?;
         }
         for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
-            bulk(burst.iter().copied(), |k| async move { ns.delete::<HTTPRoute>(&format!("c{step}-{k}")).await })
-                .await?;
+            bulk(
+                WRITERS,
+                burst.iter().copied(),
+                |k| async move { ns.delete::<HTTPRoute>(&format!("c{step}-{k}")).await },
+            )
+            .await?;
         }
         let churn_took = churn_started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (counts, rate) = load.stop().await;
+        let stopped = load.stop().await;
+        let (counts, rate) = (stopped.counts, stopped.rate);
         report.say(format!(
             "HTTPRoute background load at {step}: {:.0} req/s; while {} HTTPRoutes were added and removed in bursts of 100 ({:.1} s): {} of {} not 2xx {:?} {:?} (goal 0)",
             rate,
@@ -682,7 +551,7 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
             counts.statuses,
             counts.errors
         ));
-        bulk(0..s.trials, |t| async move { ns.delete::<HTTPRoute>(&format!("t{step}-{t}")).await }).await?;
+        bulk(WRITERS, 0..s.trials, |t| async move { ns.delete::<HTTPRoute>(&format!("t{step}-{t}")).await }).await?;
     }
     drop(c);
     let _ = classes.delete(&class, &DeleteParams::default()).await;

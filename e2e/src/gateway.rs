@@ -61,12 +61,17 @@ fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
     serde_json::from_value(v).context("building a Gateway API object")
 }
 
-/// A GatewayClass of this controller.
+/// A GatewayClass of this controller (the default controllerName).
 pub fn gateway_class(name: &str) -> anyhow::Result<GatewayClass> {
+    gateway_class_of(name, quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME)
+}
+
+/// A GatewayClass of the controller started with `--gateway-controller-name CONTROLLER`.
+pub fn gateway_class_of(name: &str, controller: &str) -> anyhow::Result<GatewayClass> {
     from_json(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
         "metadata": {"name": name},
-        "spec": {"controllerName": quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME},
+        "spec": {"controllerName": controller},
     }))
 }
 

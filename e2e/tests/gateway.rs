@@ -18,7 +18,7 @@ use quic_ingress::client::{H3Connector, RequestBody, TrustOptions, request_tcp};
 use quic_ingress::kube::gateway::api::{Gateway, GatewayClass, HTTPRoute};
 use quic_ingress::kube::gateway::status::SUPPORTED_FEATURES;
 use quic_ingress_e2e::controller::{ControllerOptions, install_crd};
-use quic_ingress_e2e::gateway::{gateway, gateway_class, http_route, https_listener, reference_grant, summary};
+use quic_ingress_e2e::gateway::{gateway, gateway_class_of, http_route, https_listener, reference_grant, summary};
 use quic_ingress_e2e::namespace::unique_name;
 use quic_ingress_e2e::objects::{ca_and_cert, endpoint_slice, ingress, service, tls_secret};
 use quic_ingress_e2e::process::log_path;
@@ -42,9 +42,14 @@ struct Class {
 
 impl Class {
     async fn create(env: &TestEnv) -> Result<Class> {
+        Self::create_of(env, quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME).await
+    }
+
+    /// A class of the controller started with `--gateway-controller-name CONTROLLER`.
+    async fn create_of(env: &TestEnv, controller: &str) -> Result<Class> {
         let name = unique_name("quic-gw");
         let api = Api::<GatewayClass>::all(env.client()?);
-        api.create(&PostParams::default(), &gateway_class(&name)?).await?;
+        api.create(&PostParams::default(), &gateway_class_of(&name, controller)?).await?;
         Ok(Class { name, api })
     }
 
@@ -316,10 +321,18 @@ async fn cross_namespace_certificates_need_a_grant_and_the_oldest_of_ingress_and
     let ns = TestNamespace::new(env, "gw-app").await?;
     let certs = TestNamespace::new(env, "gw-certs").await?;
     let rbac = ControllerRbac::grant(env, &ns).await?;
-    let c =
-        Controller::start_with(env, ControllerOptions { watch_namespace: false, ..ControllerOptions::new(ns.name()) })
-            .await?;
-    let class = Class::create(env).await?;
+    // This controller watches every namespace, beside the other tests' controllers: with
+    // the same controllerName it would take their Gateways too (refusing their listeners,
+    // whose port it does not serve) and write that over their routes' status. A name of
+    // its own keeps the two installations apart.
+    let controller_name = format!("e2e.quic-ingress.dev/{}", ns.name());
+    let opts = ControllerOptions {
+        watch_namespace: false,
+        extra_args: vec!["--gateway-controller-name".into(), controller_name.clone()],
+        ..ControllerOptions::new(ns.name())
+    };
+    let c = Controller::start_with(env, opts).await?;
+    let class = Class::create_of(env, &controller_name).await?;
 
     let hostname = format!("{}.example.com", ns.name());
     let (ca, cert, key) = ca_and_cert(&hostname)?;

@@ -44,6 +44,8 @@ pub struct Settings {
     /// `--gateway-http-over-h3`: routes of Gateway HTTP listeners are served on the TLS
     /// listeners too (HTTP/3 has no plaintext form; the conformance suite's HTTP/3 run).
     pub gateway_http_over_h3: bool,
+    /// `--gateway-controller-name`: the `spec.controllerName` of the GatewayClasses served.
+    pub gateway_controller_name: String,
 }
 
 impl Settings {
@@ -57,6 +59,7 @@ impl Settings {
             backend_policy: BackendPolicy::default(),
             gateway_ports: ServedPorts::default(),
             gateway_http_over_h3: false,
+            gateway_controller_name: super::gateway::GATEWAY_CONTROLLER_NAME.to_string(),
         }
     }
 }

@@ -45,6 +45,7 @@ impl GatewayState {
             secrets: &idx.secrets,
             ports: settings.gateway_ports,
             watch_namespaces: &settings.watch_namespaces,
+            controller_name: &settings.gateway_controller_name,
         };
         let model = model::resolve(&world.gateway, &inputs);
         let outcomes = model.routes.iter().map(|r| vec![ParentOutcome::default(); r.parents.len()]).collect();

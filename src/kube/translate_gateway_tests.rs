@@ -468,3 +468,58 @@ fn a_redirect_on_an_http_listener_keeps_http_when_reached_over_quic() {
     };
     assert_eq!(r.location(&over_quic), "http://new.example.com/p", "the HTTP listener's scheme and port");
 }
+
+/// Two installations in one cluster, as the cluster tests run them side by side: one
+/// serving port 443 with the default controllerName, one serving port 8443.
+fn two_installations_world() -> World {
+    let mut w = gw_world();
+    w.gateway.classes.push(class("edge", "example.com/edge"));
+    let edge_gw = obj(
+        Some("infra"),
+        "edge-gw",
+        900,
+        "Gateway",
+        json!({"gatewayClassName": "edge", "listeners": [https("https", 8443, None, json!({"name": "cert"}))]}),
+    );
+    w.gateway.gateways.push(edge_gw);
+    let mut edge_route = (*simple_route("infra", "edge-shop", 50, &["edge.example.com"], "/", "web")).clone();
+    edge_route.spec.parent_refs[0].name = "edge-gw".into();
+    w.gateway.routes = vec![simple_route("a", "shop", 50, &["shop.example.com"], "/", "web"), Arc::new(edge_route)];
+    w
+}
+
+#[test]
+fn an_installation_takes_only_the_classes_of_its_controller_name_and_keeps_to_its_status_entries() {
+    let w = two_installations_world();
+    let edge_port = ServedPorts { https: Some(8443), http: None };
+    // One controllerName for both (the default): the installation on 8443 takes the other's
+    // Gateway too, finds its listener on a port it does not serve, and refuses the other's
+    // route; its leader would write that over the other's Accepted=True (the entries share
+    // a controllerName), which the cluster tests saw as a passing NotAllowedByListeners.
+    let same_name = Settings { gateway_ports: edge_port, ..gw_settings() };
+    let t = run_with(&w, &same_name);
+    assert_eq!(cond(&route_parent(&t.gateway, "shop"), "Accepted"), pair("False", "NotAllowedByListeners"));
+
+    // With a name of its own, each takes only its classes, Gateways and routes.
+    let edge =
+        Settings { gateway_ports: edge_port, gateway_controller_name: "example.com/edge".into(), ..gw_settings() };
+    let t = run_with(&w, &edge);
+    let names = |t: &Translation| -> (Vec<String>, Vec<String>) {
+        let m = &t.gateway.model;
+        (m.gateways.iter().map(|g| g.key.name.clone()).collect(), m.routes.iter().map(|r| r.key.name.clone()).collect())
+    };
+    assert_eq!(names(&t), (vec!["edge-gw".to_string()], vec!["edge-shop".to_string()]));
+    assert_eq!(cond(&route_parent(&t.gateway, "edge-shop"), "Accepted"), pair("True", "Accepted"));
+    assert!(endpoints_for(&t, "edge.example.com", "/").is_some(), "routed (to no endpoints: infra has no Service)");
+    assert_eq!(endpoints_for(&t, "shop.example.com", "/"), None, "the other installation's route");
+    let i = t.gateway.model.routes.iter().position(|r| r.key.name == "edge-shop").unwrap();
+    let entry = route_parents(&t.gateway.model.routes[i], &t.gateway.outcomes[i], &Default::default()).remove(0);
+    assert_eq!(entry.controller_name, "example.com/edge", "its status entry carries its own name");
+
+    let t = run(&w);
+    assert_eq!(names(&t), (vec!["gw".to_string()], vec!["shop".to_string()]));
+    assert_eq!(cond(&route_parent(&t.gateway, "shop"), "Accepted"), pair("True", "Accepted"));
+    let i = t.gateway.model.routes.iter().position(|r| r.key.name == "shop").unwrap();
+    let entry = route_parents(&t.gateway.model.routes[i], &t.gateway.outcomes[i], &Default::default()).remove(0);
+    assert_eq!(entry.controller_name, GATEWAY_CONTROLLER_NAME);
+}

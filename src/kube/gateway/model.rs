@@ -22,8 +22,9 @@ use super::api::{
 use super::backend_tls::{BackendTls, Policies};
 use super::grpc::{self, BackendProtocol};
 
-/// `spec.controllerName` of GatewayClasses this controller serves (the domain of our API
-/// group, `quic-ingress.dev`).
+/// `spec.controllerName` of GatewayClasses this controller serves by default (the domain
+/// of our API group, `quic-ingress.dev`); `--gateway-controller-name` sets another, so two
+/// installations each serve their own classes and keep to their own status entries.
 pub const GATEWAY_CONTROLLER_NAME: &str = "quic-ingress.dev/gateway-controller";
 
 /// A condition's `(reason, message)` when it is not in its good state.
@@ -58,6 +59,8 @@ pub struct ServedPorts {
 /// Everything the Gateway API asks for, resolved.
 #[derive(Debug, Default)]
 pub struct Model {
+    /// The controllerName of the classes served (`--gateway-controller-name`).
+    pub controller_name: Arc<str>,
     pub classes: Vec<ClassImage>,
     pub gateways: Vec<GatewayImage>,
     pub routes: Vec<RouteImage>,
@@ -101,6 +104,8 @@ pub struct ClassImage {
 #[derive(Debug, Clone)]
 pub struct GatewayImage {
     pub key: ObjectKey,
+    /// The controllerName of its class (ours): the name our status entries carry.
+    pub controller: Arc<str>,
     /// Gateway-level refusal (`Accepted=False`): unsupported spec fields.
     pub refusal: Option<Refusal>,
     pub listeners: Vec<ListenerImage>,
@@ -249,6 +254,8 @@ pub struct ParentImage {
     pub parent_ref: ParentRef,
     /// Index into `Model::gateways`.
     pub gateway: usize,
+    /// The controllerName of that Gateway's class: the name of our status entry.
+    pub controller: Arc<str>,
     /// Attachments to listeners, or why none (`Accepted=False`).
     pub attached: Result<Vec<Attachment>, Refusal>,
 }
@@ -363,6 +370,8 @@ pub struct Inputs<'a> {
     pub ports: ServedPorts,
     /// `--namespace`: only objects there are watched (empty: every namespace).
     pub watch_namespaces: &'a std::collections::BTreeSet<String>,
+    /// `--gateway-controller-name`: the GatewayClasses served are those naming it.
+    pub controller_name: &'a str,
 }
 
 impl Inputs<'_> {
@@ -377,7 +386,7 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
     let classes: Vec<ClassImage> = world
         .classes
         .iter()
-        .filter(|c| c.spec.controller_name == GATEWAY_CONTROLLER_NAME)
+        .filter(|c| c.spec.controller_name == inputs.controller_name)
         .map(|c| ClassImage {
             key: ObjectKey::of(c.as_ref()),
             refusal: c.spec.parameters_ref.as_ref().map(|_| {
@@ -398,7 +407,9 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
         .filter(|g| accepted_classes.contains(g.spec.gateway_class_name.as_str()))
         .collect();
     gateways.sort_by_key(|g| (g.metadata.creation_timestamp.clone(), g.namespace(), g.name_any()));
-    let gateway_images: Vec<GatewayImage> = gateways.iter().map(|g| gateway_image(g, inputs, &grants)).collect();
+    let controller: Arc<str> = Arc::from(inputs.controller_name);
+    let gateway_images: Vec<GatewayImage> =
+        gateways.iter().map(|g| gateway_image(g, &controller, inputs, &grants)).collect();
     let index: HashMap<(String, String), usize> =
         gateway_images.iter().enumerate().map(|(i, g)| ((g.key.namespace.clone(), g.key.name.clone()), i)).collect();
 
@@ -418,7 +429,14 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
     let watched = |ns: &str| inputs.watched(ns);
     let mut policies = Policies::resolve(&world.backend_tls_policies, &world.config_maps, &watched);
     let backend_tls = apply_policies(&mut policies, &route_images, inputs);
-    Model { classes, gateways: gateway_images, routes: route_images, policies, backend_tls }
+    Model {
+        controller_name: controller,
+        classes,
+        gateways: gateway_images,
+        routes: route_images,
+        policies,
+        backend_tls,
+    }
 }
 
 /// The TLS of every Service port a route uses that a policy targets, and each policy's
@@ -490,7 +508,7 @@ impl<'a> Grants<'a> {
     }
 }
 
-fn gateway_image(gw: &Gateway, inputs: &Inputs<'_>, grants: &Grants<'_>) -> GatewayImage {
+fn gateway_image(gw: &Gateway, controller: &Arc<str>, inputs: &Inputs<'_>, grants: &Grants<'_>) -> GatewayImage {
     let key = ObjectKey::of(gw);
     let refusal = if !gw.spec.addresses.is_empty() {
         Some((
@@ -506,7 +524,7 @@ fn gateway_image(gw: &Gateway, inputs: &Inputs<'_>, grants: &Grants<'_>) -> Gate
     let mut listeners: Vec<ListenerImage> =
         gw.spec.listeners.iter().map(|l| listener_image(l, &key.namespace, inputs, grants)).collect();
     mark_conflicts(&mut listeners);
-    GatewayImage { key, refusal, listeners }
+    GatewayImage { key, controller: controller.clone(), refusal, listeners }
 }
 
 fn listener_image(l: &api::Listener, gw_ns: &str, inputs: &Inputs<'_>, grants: &Grants<'_>) -> ListenerImage {
@@ -699,7 +717,8 @@ fn route_image(
             let gateway = *index.get(&(ns, p.name.clone()))?;
             let labels = namespace_labels.get(&key.namespace);
             let attached = attach(route.kind(), &hostnames, &key.namespace, labels, p, &gateways[gateway]);
-            Some(ParentImage { parent_ref: p.clone(), gateway, attached })
+            let controller = gateways[gateway].controller.clone();
+            Some(ParentImage { parent_ref: p.clone(), gateway, controller, attached })
         })
         .collect();
     if parents.is_empty() {

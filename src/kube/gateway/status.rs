@@ -18,7 +18,7 @@ use super::api::{
     RouteParentStatus, SupportedFeature,
 };
 use super::backend_tls::PolicyImage;
-use super::model::{GATEWAY_CONTROLLER_NAME, GatewayImage, ObjectKey, RouteImage, RouteKind};
+use super::model::{GatewayImage, ObjectKey, RouteImage, RouteKind};
 use super::watches::GatewayStores;
 use super::{GatewayTranslation, ParentOutcome};
 
@@ -223,7 +223,7 @@ pub fn route_parents(
             let prev = previous
                 .parents
                 .iter()
-                .find(|p| p.parent_ref == parent.parent_ref && p.controller_name == GATEWAY_CONTROLLER_NAME)
+                .find(|p| p.parent_ref == parent.parent_ref && p.controller_name == *parent.controller)
                 .map(|p| p.conditions.as_slice())
                 .unwrap_or(&[]);
             let dropped: Vec<(usize, &'static str, String)> = outcome
@@ -262,7 +262,7 @@ pub fn route_parents(
             }
             RouteParentStatus {
                 parent_ref: parent.parent_ref.clone(),
-                controller_name: GATEWAY_CONTROLLER_NAME.into(),
+                controller_name: parent.controller.to_string(),
                 conditions,
             }
         })
@@ -297,12 +297,12 @@ pub fn policy_ancestors(
             let prev = previous
                 .ancestors
                 .iter()
-                .find(|a| a.ancestor_ref == ancestor_ref && a.controller_name == GATEWAY_CONTROLLER_NAME)
+                .find(|a| a.ancestor_ref == ancestor_ref && a.controller_name == *gw.controller)
                 .map(|a| a.conditions.as_slice())
                 .unwrap_or(&[]);
             PolicyAncestorStatus {
                 ancestor_ref,
-                controller_name: GATEWAY_CONTROLLER_NAME.into(),
+                controller_name: gw.controller.to_string(),
                 conditions: vec![
                     judged("Accepted", "Accepted", "policy accepted", policy.accepted.as_ref().err(), key, prev),
                     judged(
@@ -319,19 +319,21 @@ pub fn policy_ancestors(
         .collect()
 }
 
-/// A policy's status with our ancestors replaced by `mine` (others' entries kept), with
-/// the previous one; `None` when it neither shows entries of ours nor should.
+/// A policy's status with our ancestors (entries named `controller`) replaced by `mine`
+/// (others' entries kept), with the previous one; `None` when it neither shows entries of
+/// ours nor should.
 fn merged_ancestors(
     previous: Option<&PolicyStatus>,
     mine: Option<Vec<PolicyAncestorStatus>>,
+    controller: &str,
 ) -> Option<(PolicyStatus, PolicyStatus)> {
     let prev = previous.cloned().unwrap_or_default();
     let mine = mine.unwrap_or_default();
-    if mine.is_empty() && !prev.ancestors.iter().any(|a| a.controller_name == GATEWAY_CONTROLLER_NAME) {
+    if mine.is_empty() && !prev.ancestors.iter().any(|a| a.controller_name == controller) {
         return None;
     }
     let mut ancestors: Vec<PolicyAncestorStatus> =
-        prev.ancestors.iter().filter(|a| a.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
+        prev.ancestors.iter().filter(|a| a.controller_name != controller).cloned().collect();
     let room = MAX_ANCESTORS.saturating_sub(ancestors.len());
     ancestors.extend(mine.into_iter().take(room));
     Some((prev, PolicyStatus { ancestors }))
@@ -354,19 +356,21 @@ pub fn comparable<T: Serialize>(status: &T) -> serde_json::Value {
     v
 }
 
-/// A route's status with our parents replaced by `mine` (others' entries are kept), with
+/// A route's status with our parents (entries named `controller`) replaced by `mine`
+/// (others' entries are kept: another installation's, under its own controllerName), with
 /// the previous one; `None` when it neither shows entries of ours nor should.
 fn merged_parents(
     previous: Option<&HTTPRouteStatus>,
     mine: Option<Vec<RouteParentStatus>>,
+    controller: &str,
 ) -> Option<(HTTPRouteStatus, GRPCRouteStatus)> {
     let prev = previous.cloned().unwrap_or_default();
     let mine = mine.unwrap_or_default();
-    if mine.is_empty() && !prev.parents.iter().any(|p| p.controller_name == GATEWAY_CONTROLLER_NAME) {
+    if mine.is_empty() && !prev.parents.iter().any(|p| p.controller_name == controller) {
         return None;
     }
     let mut parents: Vec<RouteParentStatus> =
-        prev.parents.iter().filter(|p| p.controller_name != GATEWAY_CONTROLLER_NAME).cloned().collect();
+        prev.parents.iter().filter(|p| p.controller_name != controller).cloned().collect();
     parents.extend(mine);
     Some((prev, HTTPRouteStatus { parents }))
 }
@@ -392,6 +396,7 @@ impl Writer {
         stores: &GatewayStores,
         addresses: &[String],
     ) {
+        let controller = &*t.model.controller_name;
         for class in &t.model.classes {
             let Some(obj) = stores.classes.get(&ObjectRef::new(&class.key.name)) else { continue };
             let prev = obj.status.clone().unwrap_or_default();
@@ -423,13 +428,17 @@ impl Writer {
         // Every route that shows entries of ours or should: others' entries are kept.
         for obj in stores.routes.state() {
             let key = (RouteKind::Http, obj.namespace().unwrap_or_default(), obj.name_any());
-            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key)) else { continue };
+            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key), controller) else {
+                continue;
+            };
             let api: Api<HTTPRoute> = Api::namespaced(client.clone(), &key.1);
             self.patch(&api, "HTTPRoute", obj.as_ref(), &prev, &status).await;
         }
         for obj in stores.grpc_routes.state() {
             let key = (RouteKind::Grpc, obj.namespace().unwrap_or_default(), obj.name_any());
-            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key)) else { continue };
+            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key), controller) else {
+                continue;
+            };
             let api: Api<GRPCRoute> = Api::namespaced(client.clone(), &key.1);
             self.patch(&api, "GRPCRoute", obj.as_ref(), &prev, &status).await;
         }
@@ -442,7 +451,9 @@ impl Writer {
         }
         for obj in stores.backend_tls_policies.state() {
             let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-            let Some((prev, status)) = merged_ancestors(obj.status.as_ref(), policies.remove(&key)) else { continue };
+            let Some((prev, status)) = merged_ancestors(obj.status.as_ref(), policies.remove(&key), controller) else {
+                continue;
+            };
             let api: Api<BackendTLSPolicy> = Api::namespaced(client.clone(), &key.0);
             self.patch(&api, "BackendTLSPolicy", obj.as_ref(), &prev, &status).await;
         }
@@ -471,5 +482,34 @@ impl Writer {
             }
             Err(e) => tracing::warn!(kind, namespace = %ns, name = %name, error = %e, "cannot write status"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(gateway: &str, controller: &str) -> RouteParentStatus {
+        RouteParentStatus {
+            parent_ref: ParentRef { name: gateway.into(), ..ParentRef::default() },
+            controller_name: controller.into(),
+            conditions: Vec::new(),
+        }
+    }
+
+    fn controllers(s: &HTTPRouteStatus) -> Vec<(&str, &str)> {
+        s.parents.iter().map(|p| (p.parent_ref.name.as_str(), p.controller_name.as_str())).collect()
+    }
+
+    #[test]
+    fn a_route_status_keeps_the_entries_of_other_controller_names() {
+        let previous = HTTPRouteStatus { parents: vec![entry("edge-gw", "example.com/edge"), entry("gw", "ours/x")] };
+        let (_, merged) = merged_parents(Some(&previous), Some(vec![entry("gw", "ours/x")]), "ours/x").unwrap();
+        assert_eq!(controllers(&merged), [("edge-gw", "example.com/edge"), ("gw", "ours/x")]);
+        // Detached from our Gateways: only our entry goes.
+        let (_, merged) = merged_parents(Some(&previous), None, "ours/x").unwrap();
+        assert_eq!(controllers(&merged), [("edge-gw", "example.com/edge")]);
+        // Another installation's route, none of ours in it: not written at all.
+        assert!(merged_parents(Some(&previous), None, "third.example/y").is_none());
     }
 }
