@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -84,6 +84,9 @@ pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration
 pub fn trim<K: Resource + Relevant>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
+    // Nothing reads who owns an object or what holds up its deletion.
+    meta.owner_references = None;
+    meta.finalizers = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
@@ -118,6 +121,11 @@ impl Relevant for Ingress {
         let spec = m.generation.is_none().then_some(&self.spec);
         hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
     }
+
+    /// Annotations, the spec and the status are read; labels are not.
+    fn trim_unread(&mut self) {
+        self.metadata.labels = None;
+    }
 }
 
 impl Relevant for IngressClass {
@@ -145,9 +153,17 @@ impl Relevant for Service {
         hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
     }
 
-    /// The published Service's address is read by a watch of its own (`status.rs`).
+    /// Translation reads a Service's ports and nothing else of its spec (`endpoints.rs`,
+    /// the Gateway API backends); the published Service's address is read by a watch of
+    /// its own (`status.rs`). The rest (cluster IPs, IP families, selector, policies, and
+    /// the labels and annotations) is a dozen allocations per Service in every store.
     fn trim_unread(&mut self) {
         self.status = None;
+        self.metadata.labels = None;
+        self.metadata.annotations = None;
+        if let Some(spec) = self.spec.as_mut() {
+            *spec = ServiceSpec { ports: spec.ports.take(), ..ServiceSpec::default() };
+        }
     }
 }
 
@@ -160,14 +176,31 @@ impl Relevant for EndpointSlice {
 
     /// Endpoints are read for their addresses and conditions only (`endpoints.rs`); the
     /// pod reference, node, zone and hints of every endpoint are the bulk of a large slice.
+    /// What is left of an endpoint is still about 380 bytes around one address, so the
+    /// endpoints with the same conditions become one endpoint with all their addresses (in
+    /// their order): a slice keeps one value per set of conditions, not one per pod.
     fn trim_unread(&mut self) {
-        for e in &mut self.endpoints {
-            e.target_ref = None;
-            e.node_name = None;
-            e.zone = None;
-            e.hints = None;
-            e.deprecated_topology = None;
+        let mut merged: Vec<k8s_openapi::api::discovery::v1::Endpoint> = Vec::new();
+        for mut e in std::mem::take(&mut self.endpoints) {
+            match merged.iter_mut().find(|m| m.conditions == e.conditions) {
+                Some(same) => same.addresses.append(&mut e.addresses),
+                None => {
+                    e.target_ref = None;
+                    e.node_name = None;
+                    e.zone = None;
+                    e.hints = None;
+                    e.deprecated_topology = None;
+                    e.hostname = None;
+                    merged.push(e);
+                }
+            }
         }
+        self.endpoints = merged;
+        // Of the labels, only the one naming the Service is read (`world.rs`).
+        if let Some(labels) = self.metadata.labels.as_mut() {
+            labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+        }
+        self.metadata.annotations = None;
     }
 }
 
@@ -863,6 +896,92 @@ mod tests {
         assert_eq!((e.target_ref.as_ref(), e.node_name.as_ref(), e.zone.as_ref()), (None, None, None));
         assert_eq!(e.addresses, ["10.0.0.1"]);
         assert_eq!(e.conditions.as_ref().and_then(|c| c.ready), Some(true), "readiness is read");
+    }
+
+    #[test]
+    fn stored_services_keep_their_ports_and_slices_the_label_naming_their_service() {
+        use k8s_openapi::api::core::v1::ServicePort;
+        let port = ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            app_protocol: Some("h2c".into()),
+            ..ServicePort::default()
+        };
+        let mut svc = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                uid: Some("uid-web".into()),
+                labels: Some([("app".to_string(), "web".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                ports: Some(vec![port.clone()]),
+                cluster_ip: Some("10.96.0.7".into()),
+                selector: Some([("app".to_string(), "web".to_string())].into()),
+                type_: Some("ClusterIP".into()),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        trim(&mut svc);
+        assert_eq!(svc.spec, Some(ServiceSpec { ports: Some(vec![port]), ..ServiceSpec::default() }));
+        assert_eq!((svc.metadata.labels, svc.metadata.uid.as_deref()), (None, Some("uid-web")));
+
+        let mut slice = EndpointSlice {
+            metadata: ObjectMeta {
+                labels: Some(
+                    [
+                        (SERVICE_NAME_LABEL.to_string(), "web".to_string()),
+                        ("endpointslice.kubernetes.io/managed-by".to_string(), "endpointslice-controller".to_string()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..EndpointSlice::default()
+        };
+        trim(&mut slice);
+        assert_eq!(slice.labels().keys().collect::<Vec<_>>(), [SERVICE_NAME_LABEL]);
+    }
+
+    #[test]
+    fn endpoints_with_the_same_conditions_are_stored_as_one_and_give_the_same_addresses() {
+        use crate::kube::endpoints::ready_addresses;
+        use k8s_openapi::api::core::v1::ServicePort;
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+        let endpoint = |ip: &str, ready: Option<bool>| Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions { ready, serving: ready, terminating: Some(false) }),
+            node_name: Some("node-1".into()),
+            ..Endpoint::default()
+        };
+        let slice = EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: vec![
+                endpoint("10.0.0.3", Some(true)),
+                endpoint("10.0.0.1", Some(false)),
+                endpoint("10.0.0.2", Some(true)),
+                Endpoint { addresses: vec!["10.0.0.4".into()], ..Endpoint::default() },
+                endpoint("10.0.0.5", Some(false)),
+            ],
+            ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
+            ..EndpointSlice::default()
+        };
+        let mut trimmed = slice.clone();
+        trim(&mut trimmed);
+        let addresses: Vec<&[String]> = trimmed.endpoints.iter().map(|e| e.addresses.as_slice()).collect();
+        assert_eq!(
+            addresses,
+            [
+                &["10.0.0.3".to_string(), "10.0.0.2".into()][..],
+                &["10.0.0.1".into(), "10.0.0.5".into()],
+                &["10.0.0.4".into()]
+            ]
+        );
+        assert!(trimmed.endpoints.iter().all(|e| e.node_name.is_none()));
+        let port = ServicePort { name: Some("http".into()), port: 80, ..ServicePort::default() };
+        assert_eq!(ready_addresses(&[&trimmed], &port), ready_addresses(&[&slice], &port));
+        assert_eq!(ready_addresses(&[&trimmed], &port), ["10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"]);
     }
 
     fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {

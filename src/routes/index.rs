@@ -68,8 +68,18 @@ impl<T> Slot<T> {
         }
         // After every entry that precedes or ties with it: insertion order breaks ties.
         let at = self.0.iter().position(|c| candidate.precedes(c)).unwrap_or(self.0.len());
+        reserve_first(&mut self.0);
         self.0.insert(at, candidate);
         Ok(())
+    }
+}
+
+/// Makes room for one element in an empty vector, instead of the four a first push
+/// reserves: almost every host has one path and every path one entry, and with 10,000
+/// Ingresses the unused room was 530 of the 2,280 bytes each route held (heaptrack).
+fn reserve_first<E>(v: &mut Vec<E>) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
     }
 }
 
@@ -115,6 +125,7 @@ impl<T> PathIndex<T> {
                     Some(i) => i,
                     None => {
                         let at = self.regexes.partition_point(|(q, _)| q.as_str().len() >= r.as_str().len());
+                        reserve_first(&mut self.regexes);
                         self.regexes.insert(at, (r, Slot::default()));
                         at
                     }
@@ -127,6 +138,7 @@ impl<T> PathIndex<T> {
                     None => {
                         // Keep longest first so the first match is the most specific one.
                         let at = self.prefixes.partition_point(|(q, _)| q.len() >= p.len());
+                        reserve_first(&mut self.prefixes);
                         self.prefixes.insert(at, (p, Slot::default()));
                         at
                     }

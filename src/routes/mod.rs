@@ -314,7 +314,9 @@ impl RouteTableBuilder {
         }
     }
 
-    pub fn build(self, generation: u64) -> RouteTable {
+    pub fn build(mut self, generation: u64) -> RouteTable {
+        // Grown by doubling while routes were added; the table keeps it for its whole life.
+        self.routes.shrink_to_fit();
         RouteTable { generation, index: self.index, groups: self.groups, routes: self.routes, certs: self.certs }
     }
 }

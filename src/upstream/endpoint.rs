@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -60,7 +60,12 @@ pub struct Endpoint {
     transitions: Option<mpsc::UnboundedSender<Transition>>,
     /// Open connections, for the pool metrics.
     counts: Arc<ConnCounts>,
-    client: Transport,
+    /// The client, boxed and built on the first request for plain HTTP endpoints (see
+    /// [`Endpoint::new`]), at once for TLS ones.
+    client: OnceLock<Box<Transport>>,
+    /// What a plain endpoint's client is built from.
+    pool: PoolSettings,
+    connect_timeout: Duration,
 }
 
 /// The client an endpoint's protocol needs.
@@ -157,13 +162,21 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// A plain HTTP endpoint (`http://`, `h2c://`) gets its client on its first request: a
+    /// hyper client with its pool and timers, or an HTTP/2 dialler, is most of what an
+    /// idle endpoint would hold, and a replica at scale has many endpoints that no request
+    /// reaches. A TLS endpoint builds its client now, so that TLS settings it cannot use (an
+    /// unreadable CA bundle, a bad server name) fail its group when the table is built.
     fn new(
         spec: &EndpointSpec,
         metrics: &Arc<Metrics>,
         transitions: Option<mpsc::UnboundedSender<Transition>>,
     ) -> Result<Self, UpstreamError> {
         let counts = Arc::new(ConnCounts::default());
-        let client = Self::transport(spec, &counts)?;
+        let client = match spec.url.protocol {
+            Protocol::Https | Protocol::H3 => Some(Self::tls_transport(spec, &counts)?),
+            Protocol::Http1 | Protocol::H2c => None,
+        };
         Ok(Self::with_client(spec, metrics, transitions, counts, client))
     }
 
@@ -171,10 +184,31 @@ impl Endpoint {
     #[cfg(test)]
     pub fn stub(spec: &EndpointSpec, transport: Arc<dyn StubTransport>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")));
-        Arc::new(Self::with_client(spec, &metrics, None, Arc::default(), Transport::Stub(transport)))
+        Arc::new(Self::with_client(spec, &metrics, None, Arc::default(), Some(Transport::Stub(transport))))
     }
 
-    fn transport(spec: &EndpointSpec, counts: &Arc<ConnCounts>) -> Result<Transport, UpstreamError> {
+    /// The client of a plain HTTP endpoint (HTTP/1.1 pooled by hyper, or HTTP/2 with prior
+    /// knowledge); building it cannot fail.
+    fn plain_transport(&self) -> Transport {
+        let connector = |h2c| {
+            EndpointConnector::new(
+                self.url.host.clone(),
+                self.url.port,
+                self.connect_timeout,
+                None,
+                self.counts.clone(),
+                h2c,
+            )
+        };
+        match self.url.protocol {
+            Protocol::H2c => Transport::H2(H2Upstream::new(connector(true), self.pool.idle_timeout)),
+            _ => Transport::Hyper(http1_client(connector(false), &self.pool)),
+        }
+    }
+
+    /// The client of a TLS endpoint: `h3://`, or `https://` (the only other scheme that
+    /// comes here).
+    fn tls_transport(spec: &EndpointSpec, counts: &Arc<ConnCounts>) -> Result<Transport, UpstreamError> {
         Ok(match spec.url.protocol {
             Protocol::H3 => {
                 let (config, name) = client_tls(&spec.url, &spec.tls, &[b"h3"])?;
@@ -190,41 +224,31 @@ impl Endpoint {
                 .map_err(UpstreamError::Tls)?;
                 Transport::H3(h3)
             }
-            Protocol::Http1 | Protocol::H2c | Protocol::Https => {
-                let connector = |tls, h2c| {
+            Protocol::Https | Protocol::Http1 | Protocol::H2c => {
+                let connector = |tls| {
                     EndpointConnector::new(
                         spec.url.host.clone(),
                         spec.url.port,
                         spec.connect_timeout,
-                        tls,
+                        Some(tls),
                         counts.clone(),
-                        h2c,
+                        false,
                     )
                 };
-                let http1 = |connector| {
-                    let mut builder = Client::builder(TokioExecutor::new());
-                    builder
-                        .pool_timer(TokioTimer::new())
-                        .timer(TokioTimer::new())
-                        .pool_idle_timeout(spec.pool.idle_timeout)
-                        .pool_max_idle_per_host(spec.pool.max_idle_connections);
-                    builder.build(connector)
-                };
-                match spec.url.protocol {
-                    Protocol::H2c => Transport::H2(H2Upstream::new(connector(None, true), spec.pool.idle_timeout)),
-                    Protocol::Https => {
-                        let both = client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?;
-                        let only_http1 = client_tls(&spec.url, &spec.tls, &[b"http/1.1"])?;
-                        Transport::Https {
-                            h2: H2Upstream::new(connector(Some(both), false), spec.pool.idle_timeout),
-                            http1: http1(connector(Some(only_http1), false)),
-                            http1_only: AtomicBool::new(false),
-                        }
-                    }
-                    _ => Transport::Hyper(http1(connector(None, false))),
+                let both = client_tls(&spec.url, &spec.tls, &[b"h2", b"http/1.1"])?;
+                let only_http1 = client_tls(&spec.url, &spec.tls, &[b"http/1.1"])?;
+                Transport::Https {
+                    h2: H2Upstream::new(connector(both), spec.pool.idle_timeout),
+                    http1: http1_client(connector(only_http1), &spec.pool),
+                    http1_only: AtomicBool::new(false),
                 }
             }
         })
+    }
+
+    /// The client requests are sent on (built now if this is its first request).
+    fn transport(&self) -> &Transport {
+        self.client.get_or_init(|| Box::new(self.plain_transport()))
     }
 
     fn with_client(
@@ -232,7 +256,7 @@ impl Endpoint {
         metrics: &Arc<Metrics>,
         transitions: Option<mpsc::UnboundedSender<Transition>>,
         counts: Arc<ConnCounts>,
-        client: Transport,
+        client: Option<Transport>,
     ) -> Self {
         let address = spec.url.address();
         Self {
@@ -250,7 +274,9 @@ impl Endpoint {
             passive: Mutex::new(PassiveState::default()),
             transitions,
             counts,
-            client,
+            client: client.map(Box::new).map(OnceLock::from).unwrap_or_default(),
+            pool: spec.pool.clone(),
+            connect_timeout: spec.connect_timeout,
         }
     }
 
@@ -398,7 +424,7 @@ impl Endpoint {
     /// Sends a request on the pooled client. The URI carries the client's authority, for
     /// `:authority` on HTTP/2 and HTTP/3; connections go to this endpoint whatever it says.
     pub async fn send(&self, req: http::Request<ProxyBody>) -> Result<http::Response<UpstreamBody>, SendError> {
-        match &self.client {
+        match self.transport() {
             Transport::Hyper(client) => Ok(client.request(self.pool_keyed(req)).await?.map(UpstreamBody::Hyper)),
             Transport::H2(h2) => match h2.send(req).await? {
                 Ok(resp) => Ok(resp.map(UpstreamBody::Hyper)),
@@ -524,6 +550,17 @@ fn client_tls(
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok((Arc::new(config), server_name))
+}
+
+/// hyper's pooled HTTP/1.1 client over `connector`, with the endpoint's pool limits.
+fn http1_client(connector: EndpointConnector, pool: &PoolSettings) -> Client<EndpointConnector, ProxyBody> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(pool.idle_timeout)
+        .pool_max_idle_per_host(pool.max_idle_connections);
+    builder.build(connector)
 }
 
 /// Splits open connections into active and idle. An HTTP/1.1 connection carries one
@@ -689,6 +726,24 @@ mod tests {
         assert!(lines.len() <= 6, "{lines:?}");
         assert_eq!(reg.live_count(), 1);
         drop(steady);
+    }
+
+    #[tokio::test]
+    async fn plain_endpoints_get_their_client_with_their_first_request_tls_ones_at_once() {
+        let reg = EndpointRegistry::default();
+        for url in ["http://127.0.0.1:1", "h2c://127.0.0.1:2"] {
+            let ep = reg.endpoint(&spec(url)).unwrap();
+            assert!(ep.client.get().is_none(), "{url}: no client before a request");
+            let req = http::Request::get("http://example.com/").body(crate::body::empty()).unwrap();
+            assert!(ep.send(req).await.is_err(), "{url}: nothing listens there");
+            assert!(ep.client.get().is_some(), "{url}: kept for the next request");
+        }
+        let mut tls = spec("https://127.0.0.1:3");
+        tls.tls.insecure_skip_verify = true;
+        assert!(reg.endpoint(&tls).unwrap().client.get().is_some(), "TLS settings are checked when built");
+        let mut bad = spec("https://127.0.0.1:4");
+        bad.tls.ca_pem = Some(("secret ns/ca".into(), b"not a certificate".to_vec()));
+        assert!(reg.endpoint(&bad).is_err(), "an unusable CA bundle fails the table build, not a request");
     }
 
     #[tokio::test]
