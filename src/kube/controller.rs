@@ -214,8 +214,18 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
     let builder = BuildThread::start().map_err(ControllerError::Builder)?;
-    let rebuild =
-        tokio::spawn(rebuild_loop(stores, board, changed, settings, tables, ready.clone(), feed_tx, registry, builder));
+    let publisher = Publisher { tables, scoped: plane.scoped_listeners() };
+    let rebuild = tokio::spawn(rebuild_loop(
+        stores,
+        board,
+        changed,
+        settings,
+        publisher,
+        ready.clone(),
+        feed_tx,
+        registry,
+        builder,
+    ));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
     ready.set(false);
@@ -417,13 +427,19 @@ impl<'a> Wakes<'a> {
     }
 }
 
+/// Where tables go: the data plane's tables, and its scoped ports' listeners.
+struct Publisher {
+    tables: crate::proxy::Tables,
+    scoped: crate::proxy::ScopedListeners,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn rebuild_loop(
     stores: Stores,
     board: Board,
     changed: Arc<Notify>,
     settings: Settings,
-    tables: crate::proxy::Tables,
+    publisher: Publisher,
     ready: Arc<Readiness>,
     feed: watch::Sender<Arc<Feed>>,
     registry: Arc<EndpointRegistry>,
@@ -464,7 +480,11 @@ async fn rebuild_loop(
         let metrics = registry.metrics();
         metrics.record_table(t.table.generation, routes, build);
         metrics.route_table_rebuilds.inc();
-        let old_table = tables.swap(Arc::new(t.table));
+        let table = Arc::new(t.table);
+        let old_table = publisher.tables.swap(table.clone());
+        // After the swap: a new port's first request finds its routes.
+        publisher.scoped.sync(table.scoped_ports());
+        drop(table);
         metrics.change_to_serving.observe(change_at.elapsed().as_secs_f64());
         ready.set(true);
         tracing::info!(generation, routes, problems, build_ms = build.as_secs_f64() * 1000.0, "route table published");

@@ -214,6 +214,7 @@ impl Translator<'_> {
                 path: e.path,
                 matcher: options.matcher,
                 scope: rule.scope,
+                scoped: None,
                 tie_break: TieBreak { created, name: object.to_string(), index },
                 backends: WeightedBackends::new(backends.clone()),
                 filters,
