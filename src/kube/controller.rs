@@ -50,6 +50,8 @@ pub struct ControllerOptions {
     pub http_service_port: Option<u16>,
     /// `--gateway-http-over-h3`: Gateway HTTP listeners' routes on the TLS listeners too.
     pub gateway_http_over_h3: bool,
+    /// `--gateway-addresses per-gateway` with `--gateway-port-range`; `None`: shared.
+    pub gateway_port_range: Option<super::gateway::addresses::PortRange>,
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub drain_timeout: Duration,
     /// Serve safe methods from 0-RTT early data.
@@ -181,6 +183,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
             http: opts.http_service_port,
         },
         gateway_http_over_h3: opts.gateway_http_over_h3,
+        gateway_port_range: opts.gateway_port_range,
     };
 
     // Leader election and status.

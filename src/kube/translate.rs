@@ -44,6 +44,9 @@ pub struct Settings {
     /// `--gateway-http-over-h3`: routes of Gateway HTTP listeners are served on the TLS
     /// listeners too (HTTP/3 has no plaintext form; the conformance suite's HTTP/3 run).
     pub gateway_http_over_h3: bool,
+    /// `--gateway-addresses per-gateway`: each Gateway's routes are also served on data-plane
+    /// ports of its own, from this range (`None`: every Gateway shares the listeners).
+    pub gateway_port_range: Option<super::gateway::addresses::PortRange>,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             backend_policy: BackendPolicy::default(),
             gateway_ports: ServedPorts::default(),
             gateway_http_over_h3: false,
+            gateway_port_range: None,
         }
     }
 }
@@ -291,6 +295,7 @@ pub fn translate(
     for i in next_route..gw.route_count() {
         t.gateway_route(&mut gw, i);
     }
+    t.gateway_scoped_ports(&gw);
     for bg in &routed_bgs {
         t.backend_group_routes(bg);
     }
