@@ -212,7 +212,26 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         ));
     }
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
-    let sources = status::Sources { published, ingresses: stores.ingresses.clone(), gateway: stores.gateway.clone() };
+    let gateway_addresses = match (&opts.gateway_port_range, &opts.publish) {
+        (Some(_), Publish::Service(namespace, _)) => {
+            Some(super::gateway::services::start(super::gateway::services::Keeper {
+                client: client.clone(),
+                namespace: namespace.clone(),
+                instance: opts.ingress_class.clone(),
+                served: settings.gateway_ports,
+                template: published.service.clone(),
+                feed: feed_rx.clone(),
+                leading: leading_rx.clone(),
+            }))
+        }
+        _ => None,
+    };
+    let sources = status::Sources {
+        published: published.addresses,
+        ingresses: stores.ingresses.clone(),
+        gateway: stores.gateway.clone(),
+        gateway_addresses,
+    };
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));

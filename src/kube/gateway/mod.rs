@@ -8,6 +8,7 @@ pub mod api;
 pub mod backend_tls;
 pub mod grpc;
 pub mod model;
+pub mod services;
 pub mod status;
 pub mod table;
 pub mod watches;
