@@ -27,9 +27,8 @@ CONFORMANCE_SKIP ?=
 CONFORMANCE_SKIP_H3 ?=
 CONFORMANCE_PROTOCOLS ?= tcp h3
 CONFORMANCE_REPORT_DIR ?= conformance/reports
-# Known failures, each explained in the README ("Gateway API conformance"): every Gateway
-# of our class shares one address.
-CONFORMANCE_KNOWN_FAILURES := HTTPRouteMultipleGateways
+# Known failures, each explained in the README ("Gateway API conformance"): none left.
+CONFORMANCE_KNOWN_FAILURES :=
 CONFORMANCE_KNOWN_FAILURES_H3 :=
 
 .PHONY: conformance-images conformance test-conformance

@@ -34,6 +34,13 @@ struct Cli {
     command: Command,
 }
 
+/// `--gateway-addresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GatewayAddresses {
+    Shared,
+    PerGateway,
+}
+
 // Parsed once at start-up; boxing the controller's flags would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -141,6 +148,8 @@ enum Command {
         /// the other's Gateways and overwrites their status.
         #[arg(long, value_name = "NAME", default_value = quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME)]
         gateway_controller_name: String,
+        #[command(flatten)]
+        gateway: GatewayAddressFlags,
         /// Connections from --trusted-proxy peers to the TCP listeners must start with a
         /// PROXY protocol header (v2 or v1) naming the client; others are served as they are.
         #[arg(long)]
@@ -212,6 +221,23 @@ enum Command {
 
 /// The controller's `--limit-*` flags: `server.limits` of the standalone file, each
 /// defaulting to the same value.
+/// Per-Gateway addresses.
+#[derive(clap::Args)]
+struct GatewayAddressFlags {
+    /// Where Gateways of our GatewayClasses are reached: `shared`, every one on the
+    /// published address; `per-gateway`, each accepted Gateway on an address of its
+    /// own, a Service the leader creates in the namespace of --publish-service (same
+    /// type and selector), mapping the Gateway's listener ports to data-plane ports of
+    /// its own from --gateway-port-range. Needs --publish-service.
+    #[arg(long, value_enum, default_value = "shared")]
+    gateway_addresses: GatewayAddresses,
+    /// The data-plane ports of per-Gateway addresses, FIRST-LAST, two per Gateway
+    /// (TLS on TCP and UDP, plaintext on TCP).
+    #[arg(long, value_name = "FIRST-LAST", default_value = "20000-20999",
+          value_parser = |s: &str| quic_ingress::kube::gateway::addresses::PortRange::parse(s))]
+    gateway_port_range: quic_ingress::kube::gateway::addresses::PortRange,
+}
+
 #[derive(clap::Args)]
 struct LimitFlags {
     /// Largest request header section in bytes (HTTP/3 field section, HTTP/2 header list) [default: 65536].
@@ -379,6 +405,7 @@ async fn run(command: Command) -> ExitCode {
             http_service_port,
             gateway_http_over_h3,
             gateway_controller_name,
+            gateway,
             proxy_protocol,
             debug_routes_from_anywhere,
             ticket_key_rotation,
@@ -444,6 +471,11 @@ async fn run(command: Command) -> ExitCode {
                 (None, Some(addr)) => Publish::Address(addr),
                 (None, None) => Publish::None,
             };
+            let per_gateway = gateway.gateway_addresses == GatewayAddresses::PerGateway;
+            if per_gateway && !matches!(publish, Publish::Service(..)) {
+                eprintln!("error: --gateway-addresses per-gateway needs --publish-service (its type and selector)");
+                return ExitCode::from(2);
+            }
             let opts = ControllerOptions {
                 kubeconfig,
                 ingress_class,
@@ -456,6 +488,7 @@ async fn run(command: Command) -> ExitCode {
                 http_service_port: http_service_port.or(http_listen.map(|a| a.port())),
                 gateway_http_over_h3,
                 gateway_controller_name,
+                gateway_port_range: per_gateway.then_some(gateway.gateway_port_range),
                 default_cert: default_cert.zip(default_key),
                 drain_timeout,
                 early_data: early_data.unwrap_or(true),

@@ -75,7 +75,8 @@ func runLB(args []string) error {
 	if _, err := services.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
-		// A deleted Service frees its address: nothing to write.
+		// A deleted Service frees its address: nothing to write, only to forget.
+		DeleteFunc: enqueue,
 	}); err != nil {
 		return err
 	}
@@ -88,12 +89,16 @@ func runLB(args []string) error {
 		<-ctx.Done()
 		queue.ShutDown()
 	}()
+	// The addresses handed out, by Service: the informer's cache shows a status written a
+	// moment ago only once its watch event arrives, so two Services created together would
+	// otherwise both be given the lowest free address. One worker: no lock.
+	assigned := map[string]netip.Addr{}
 	for {
 		key, shutdown := queue.Get()
 		if shutdown {
 			return nil
 		}
-		if err := reconcileLB(ctx, client, lister, o, key); err != nil {
+		if err := reconcileLB(ctx, client, lister, o, assigned, key); err != nil {
 			klog.ErrorS(err, "lb-addresses: retrying", "service", key)
 			queue.AddRateLimited(key)
 		} else {
@@ -146,13 +151,14 @@ func lastAddress(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
-func reconcileLB(ctx context.Context, client kubernetes.Interface, lister corelisters.ServiceLister, o lbOptions, key string) error {
+func reconcileLB(ctx context.Context, client kubernetes.Interface, lister corelisters.ServiceLister, o lbOptions, assigned map[string]netip.Addr, key string) error {
 	ns, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
 		return nil
 	}
 	svc, err := lister.Services(ns).Get(name)
 	if err != nil {
+		delete(assigned, key)
 		return nil // deleted
 	}
 	var want []corev1.LoadBalancerIngress
@@ -170,6 +176,11 @@ func reconcileLB(ctx context.Context, client kubernetes.Interface, lister coreli
 				used[a] = true
 			}
 		}
+		for other, a := range assigned {
+			if other != key {
+				used[a] = true
+			}
+		}
 		addr, err := pickAddress(svc, used, o)
 		if err != nil {
 			return err
@@ -179,9 +190,17 @@ func reconcileLB(ctx context.Context, client kubernetes.Interface, lister coreli
 	} else if _, ok := ownAddress(svc, o.pool); !ok {
 		return nil // not ours, never was
 	}
+	remember := func() {
+		if a, err := netip.ParseAddr(firstIP(want)); err == nil {
+			assigned[key] = a
+		} else {
+			delete(assigned, key)
+		}
+	}
 	if slices.EqualFunc(svc.Status.LoadBalancer.Ingress, want, func(a, b corev1.LoadBalancerIngress) bool {
 		return a.IP == b.IP && a.Hostname == b.Hostname
 	}) {
+		remember()
 		return nil
 	}
 	updated := svc.DeepCopy()
@@ -191,8 +210,16 @@ func reconcileLB(ctx context.Context, client kubernetes.Interface, lister coreli
 	if _, err := client.CoreV1().Services(ns).UpdateStatus(uctx, updated, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
+	remember()
 	fmt.Fprintf(os.Stderr, "lb-addresses: %s -> %v\n", key, want)
 	return nil
 }
 
 var everything = labels.Everything()
+
+func firstIP(ing []corev1.LoadBalancerIngress) string {
+	if len(ing) == 0 {
+		return ""
+	}
+	return ing[0].IP
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::IngressClass;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::Api;
 use quic_ingress::client::{H3Client, RequestBody, TrustOptions};
 use quic_ingress::kube::crd::BackendGroup;
@@ -44,17 +44,22 @@ async fn plain_get(addr: std::net::SocketAddr, host: &str) -> Result<String> {
 
 /// The rules of the ClusterRole in `deploy/rbac.yaml`, as JSON.
 async fn manifest_rules(env: &TestEnv) -> Result<serde_json::Value> {
+    manifest_object_rules(env, "ClusterRole", None).await
+}
+
+/// The rules of the object of `kind` (and `name`, when given) in `deploy/rbac.yaml`.
+async fn manifest_object_rules(env: &TestEnv, kind: &str, name: Option<&str>) -> Result<serde_json::Value> {
     let mut cmd = env.kubectl();
     cmd.args(["create", "--dry-run=client", "-o", "json", "-f"]).arg(repo_root().join("deploy/rbac.yaml"));
     // One JSON document per object.
     let out = kubectl(cmd).await?;
     for object in serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>() {
         let object = object?;
-        if object["kind"] == "ClusterRole" {
+        if object["kind"] == kind && name.is_none_or(|n| object["metadata"]["name"] == n) {
             return Ok(object["rules"].clone());
         }
     }
-    bail!("no ClusterRole in deploy/rbac.yaml")
+    bail!("no {kind} {name:?} in deploy/rbac.yaml")
 }
 
 #[tokio::test]
@@ -111,6 +116,15 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     ensure!(gc.spec.controller_name == quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME, "{:?}", gc.spec);
     let chart_rules = serde_json::to_value(Api::<ClusterRole>::all(client.clone()).get(FULLNAME).await?.rules)?;
     ensure!(chart_rules == manifest_rules(env).await?, "the chart's ClusterRole differs from deploy/rbac.yaml");
+    // Per-Gateway addresses (on by default): Services in the release namespace only.
+    let services_role = format!("{FULLNAME}-gateway-services");
+    let role = Api::<Role>::namespaced(client.clone(), ns.name()).get(&services_role).await?;
+    let want = manifest_object_rules(env, "Role", Some("quic-ingress-gateway-services")).await?;
+    ensure!(serde_json::to_value(&role.rules)? == want, "the chart's {services_role} differs from deploy/rbac.yaml");
+    ensure!(
+        want == json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch", "delete"]}]),
+        "Services only, and no more verbs than the keeper uses: {want}"
+    );
 
     // The controller as the chart deploys it: the Deployment's arguments, the chart's
     // ServiceAccount, only the listen addresses moved to loopback.
@@ -118,6 +132,10 @@ async fn the_chart_installs_and_its_service_account_runs_the_controller() -> Res
     ensure!(
         args.windows(2).any(|w| w == ["--congestion-control", "bbr"]),
         "chart values reach the arguments: {args:?}"
+    );
+    ensure!(
+        args.windows(2).any(|w| w == ["--gateway-addresses", "per-gateway"]),
+        "per-Gateway addresses are on by default: {args:?}"
     );
     let kubeconfig = service_account_kubeconfig(env, ns.name(), FULLNAME).await?;
     let controller = ChartController::start(&args, &kubeconfig, ns.name(), "edge-0").await?;

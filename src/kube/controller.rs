@@ -52,6 +52,8 @@ pub struct ControllerOptions {
     pub gateway_http_over_h3: bool,
     /// `--gateway-controller-name`.
     pub gateway_controller_name: String,
+    /// `--gateway-addresses per-gateway` with `--gateway-port-range`; `None`: shared.
+    pub gateway_port_range: Option<super::gateway::addresses::PortRange>,
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub drain_timeout: Duration,
     /// Serve safe methods from 0-RTT early data.
@@ -184,6 +186,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         },
         gateway_http_over_h3: opts.gateway_http_over_h3,
         gateway_controller_name: opts.gateway_controller_name.clone(),
+        gateway_port_range: opts.gateway_port_range,
     };
 
     // Leader election and status.
@@ -212,13 +215,42 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
         ));
     }
     let reporter = Reporter { controller: "quic-ingress".into(), instance: Some(identity) };
-    let sources = status::Sources { published, ingresses: stores.ingresses.clone(), gateway: stores.gateway.clone() };
+    let gateway_addresses = match (&opts.gateway_port_range, &opts.publish) {
+        (Some(_), Publish::Service(namespace, _)) => {
+            Some(super::gateway::services::start(super::gateway::services::Keeper {
+                client: client.clone(),
+                namespace: namespace.clone(),
+                instance: opts.ingress_class.clone(),
+                served: settings.gateway_ports,
+                template: published.service.clone(),
+                feed: feed_rx.clone(),
+                leading: leading_rx.clone(),
+            }))
+        }
+        _ => None,
+    };
+    let sources = status::Sources {
+        published: published.addresses,
+        ingresses: stores.ingresses.clone(),
+        gateway: stores.gateway.clone(),
+        gateway_addresses,
+    };
     tokio::spawn(status::run(client.clone(), reporter, sources, leading_rx, feed_rx, transitions_rx));
 
     let registry = Arc::new(EndpointRegistry::new(metrics, Some(transitions_tx)));
     let builder = BuildThread::start().map_err(ControllerError::Builder)?;
-    let rebuild =
-        tokio::spawn(rebuild_loop(stores, board, changed, settings, tables, ready.clone(), feed_tx, registry, builder));
+    let publisher = Publisher { tables, scoped: plane.scoped_listeners() };
+    let rebuild = tokio::spawn(rebuild_loop(
+        stores,
+        board,
+        changed,
+        settings,
+        publisher,
+        ready.clone(),
+        feed_tx,
+        registry,
+        builder,
+    ));
 
     crate::serve::wait_for_termination().await.map_err(|e| ControllerError::Signals(e.to_string()))?;
     ready.set(false);
@@ -420,13 +452,19 @@ impl<'a> Wakes<'a> {
     }
 }
 
+/// Where tables go: the data plane's tables, and its scoped ports' listeners.
+struct Publisher {
+    tables: crate::proxy::Tables,
+    scoped: crate::proxy::ScopedListeners,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn rebuild_loop(
     stores: Stores,
     board: Board,
     changed: Arc<Notify>,
     settings: Settings,
-    tables: crate::proxy::Tables,
+    publisher: Publisher,
     ready: Arc<Readiness>,
     feed: watch::Sender<Arc<Feed>>,
     registry: Arc<EndpointRegistry>,
@@ -467,7 +505,11 @@ async fn rebuild_loop(
         let metrics = registry.metrics();
         metrics.record_table(t.table.generation, routes, build);
         metrics.route_table_rebuilds.inc();
-        let old_table = tables.swap(Arc::new(t.table));
+        let table = Arc::new(t.table);
+        let old_table = publisher.tables.swap(table.clone());
+        // After the swap: a new port's first request finds its routes.
+        publisher.scoped.sync(table.scoped_ports());
+        drop(table);
         metrics.change_to_serving.observe(change_at.elapsed().as_secs_f64());
         ready.set(true);
         tracing::info!(generation, routes, problems, build_ms = build.as_secs_f64() * 1000.0, "route table published");

@@ -65,6 +65,9 @@ pub struct Sources {
     pub ingresses: super::watches::ScopedStore<Ingress>,
     /// The Gateway API stores, for the status objects show now.
     pub gateway: super::gateway::watches::GatewayStores,
+    /// With per-Gateway addresses: each Gateway's (its Service's), kept current by
+    /// `gateway::services`; `None`: every Gateway shows `published`.
+    pub gateway_addresses: Option<watch::Receiver<super::gateway::services::Addresses>>,
 }
 
 /// Runs forever; acts only while `leading` is true.
@@ -78,6 +81,7 @@ pub async fn run(
 ) {
     let recorder = Recorder::new(client.clone(), reporter);
     let mut published = sources.published.clone();
+    let mut gateway_addresses = sources.gateway_addresses.clone();
     let mut writer = Writer {
         client,
         recorder,
@@ -97,6 +101,7 @@ pub async fn run(
             r = feed.changed() => if r.is_err() { return },
             r = leading.changed() => if r.is_err() { return },
             r = published.changed(), if published_follows => published_follows = r.is_ok(),
+            r = changed_or_never(gateway_addresses.as_mut()) => if r.is_err() { gateway_addresses = None },
             t = transitions.recv() => match t { Some(t) => transition = Some(t), None => return },
         }
         if !*leading.borrow() {
@@ -112,9 +117,19 @@ pub async fn run(
         writer.problem_events(&current).await;
         writer.group_statuses(&current).await;
         writer.ingress_statuses(&current).await;
-        let addresses = writer.sources.published.borrow().clone().unwrap_or_default();
+        let shared = writer.sources.published.borrow().clone().unwrap_or_default();
+        let per_gateway = writer.sources.gateway_addresses.as_ref().map(|rx| rx.borrow().clone());
+        let addresses = super::gateway::status::GatewayAddresses { shared, per_gateway };
         let Writer { client, sources, gateway, .. } = &mut writer;
         gateway.write(client, &current.gateway, &sources.gateway, &addresses).await;
+    }
+}
+
+/// A change of `rx`, or never when there is none to follow.
+async fn changed_or_never<T>(rx: Option<&mut watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -433,8 +448,9 @@ impl Writer {
 /// Follows where Ingresses say they can be reached: a fixed address, nothing, or the
 /// published Service's addresses, which are watched (one object, by field selector)
 /// rather than fetched on every status pass.
-pub fn follow_published(client: &Client, publish: &Publish, board: &Board) -> watch::Receiver<Option<Vec<String>>> {
+pub fn follow_published(client: &Client, publish: &Publish, board: &Board) -> Published {
     let (tx, rx) = watch::channel(None);
+    let (service_tx, service_rx) = watch::channel(None);
     match publish {
         Publish::None => {}
         Publish::Address(a) => {
@@ -464,6 +480,13 @@ pub fn follow_published(client: &Client, publish: &Publish, board: &Board) -> wa
                         }
                     }
                     board.ok(PUBLISHED_SERVICE, true);
+                    let service = current.clone().map(Arc::new);
+                    service_tx.send_if_modified(|old| {
+                        let spec = |s: &Option<Arc<Service>>| s.as_ref().and_then(|s| s.spec.clone());
+                        let changed = spec(old) != spec(&service);
+                        *old = service;
+                        changed
+                    });
                     let addresses = current.as_ref().and_then(service_addresses);
                     tx.send_if_modified(|old| {
                         let changed = *old != addresses;
@@ -474,7 +497,15 @@ pub fn follow_published(client: &Client, publish: &Publish, board: &Board) -> wa
             });
         }
     }
-    rx
+    Published { addresses: rx, service: service_rx }
+}
+
+/// What [`follow_published`] follows.
+pub struct Published {
+    /// The addresses to publish (`None`: nothing to publish).
+    pub addresses: watch::Receiver<Option<Vec<String>>>,
+    /// The published Service itself (per-Gateway Services copy its type and selector).
+    pub service: watch::Receiver<Option<Arc<Service>>>,
 }
 
 /// The addresses a Service in front of the controller offers: its load balancer's, else

@@ -46,6 +46,9 @@ pub struct Settings {
     pub gateway_http_over_h3: bool,
     /// `--gateway-controller-name`: the `spec.controllerName` of the GatewayClasses served.
     pub gateway_controller_name: String,
+    /// `--gateway-addresses per-gateway`: each Gateway's routes are also served on data-plane
+    /// ports of its own, from this range (`None`: every Gateway shares the listeners).
+    pub gateway_port_range: Option<super::gateway::addresses::PortRange>,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
             gateway_ports: ServedPorts::default(),
             gateway_http_over_h3: false,
             gateway_controller_name: super::gateway::GATEWAY_CONTROLLER_NAME.to_string(),
+            gateway_port_range: None,
         }
     }
 }
@@ -294,6 +298,7 @@ pub fn translate(
     for i in next_route..gw.route_count() {
         t.gateway_route(&mut gw, i);
     }
+    t.gateway_scoped_ports(&gw);
     for bg in &routed_bgs {
         t.backend_group_routes(bg);
     }

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{CATCH_ALL_REFUSED, HOST_OWNED, Translator};
 use crate::kube::endpoints::PortRef;
+use crate::kube::gateway::addresses::{self, GatewayId, GatewayPorts};
 use crate::kube::gateway::backend_tls::BackendTls;
 use crate::kube::gateway::grpc::BackendProtocol;
 use crate::kube::gateway::model::{self, Inputs, Model, RouteObject};
@@ -20,7 +21,7 @@ use crate::kube::gateway::table::{self, TableBackend};
 use crate::kube::gateway::{GatewayTranslation, ParentOutcome};
 use crate::kube::ownership::Claim;
 use crate::kube::world::{Indexed, World};
-use crate::routes::{Filter, HostRule, ListenerScope, RouteEntry, TieBreak, WeightedBackends, spec};
+use crate::routes::{Filter, HostRule, ListenerScope, RouteEntry, ScopedPort, TieBreak, WeightedBackends, spec};
 use crate::upstream::{BackendGroup, GroupSpec, Members, UpstreamTls};
 
 /// The group an unresolved mirror target sends copies to: no endpoints, so none leave.
@@ -36,6 +37,8 @@ pub(super) struct GatewayState {
     outcomes: Vec<Vec<ParentOutcome>>,
     /// Hosts routed through each listener `(gateway, listener)`: its certificate's hosts.
     listener_hosts: BTreeMap<(usize, usize), BTreeSet<HostRule>>,
+    /// Per-Gateway addresses: each such Gateway's data-plane ports (by gateway index).
+    ports: BTreeMap<usize, GatewayPorts>,
 }
 
 impl GatewayState {
@@ -49,7 +52,11 @@ impl GatewayState {
         };
         let model = model::resolve(&world.gateway, &inputs);
         let outcomes = model.routes.iter().map(|r| vec![ParentOutcome::default(); r.parents.len()]).collect();
-        GatewayState { model, outcomes, listener_hosts: BTreeMap::new() }
+        let ports = match settings.gateway_port_range {
+            Some(range) => gateway_ports(&model, range),
+            None => BTreeMap::new(),
+        };
+        GatewayState { model, outcomes, listener_hosts: BTreeMap::new(), ports }
     }
 
     pub(super) fn route_count(&self) -> usize {
@@ -100,8 +107,32 @@ impl GatewayState {
     }
 
     pub(super) fn finish(self) -> GatewayTranslation {
-        GatewayTranslation { model: self.model, outcomes: self.outcomes }
+        GatewayTranslation { model: self.model, outcomes: self.outcomes, ports: self.ports }
     }
+
+    /// The port scope of gateway `g`'s routes, when it has an address of its own.
+    fn scope_of(&self, g: usize) -> Option<String> {
+        self.ports.contains_key(&g).then(|| {
+            let key = &self.model.gateways[g].key;
+            addresses::scope_name(&key.namespace, &key.name)
+        })
+    }
+}
+
+/// The ports of every Gateway of our classes, assigned over all of them (so a Gateway's
+/// acceptance changing moves no other), kept for those that carry traffic.
+fn gateway_ports(model: &Model, range: addresses::PortRange) -> BTreeMap<usize, GatewayPorts> {
+    let ids: Vec<GatewayId<'_>> = model
+        .gateways
+        .iter()
+        .map(|g| GatewayId { namespace: &g.key.namespace, name: &g.key.name, created: g.key.created.as_ref() })
+        .collect();
+    let mut ports = addresses::assign(&ids, range);
+    ports.retain(|g, _| {
+        let gw = &model.gateways[*g];
+        gw.refusal.is_none() && gw.listeners.iter().any(|l| l.programmed().is_ok())
+    });
+    ports
 }
 
 impl Translator<'_> {
@@ -134,32 +165,66 @@ impl Translator<'_> {
                     continue;
                 }
                 let object = format!("{ns}/{name}");
-                let entries = match self.gateway_entries(&id, &object, created, r, table_rule, &gw.model.backend_tls) {
-                    Ok(entries) => entries,
-                    Err((reason, message)) => {
-                        gw.outcomes[i][p].drop_rule(r, reason, message);
-                        continue;
-                    }
-                };
-                for entry in entries {
-                    let entry_host = entry.host.clone();
-                    match self.builder.add_entry(entry) {
-                        Ok(()) => {}
-                        // The same rule reached through another listener or parent.
-                        Err(conflict) if conflict.existing == id => {}
-                        Err(conflict) => {
-                            gw.outcomes[i][p].drop_rule(
-                                r,
-                                "RouteConflict",
-                                format!("{conflict} (the oldest object wins)"),
-                            );
-                            continue;
+                // With an address of its own, the Gateway's routes are served on its ports
+                // (what its status says, and what status reports on), and on the shared
+                // listeners as before, where the oldest route keeps a contested host and path.
+                let scoped = gw.scope_of(g);
+                let mut passes = vec![(None, scoped.is_none())];
+                if let Some(scope) = scoped {
+                    passes.push((Some(scope), true));
+                }
+                for (scope, reported) in passes {
+                    let built =
+                        self.gateway_entries(&id, &object, created, r, table_rule.clone(), &gw.model.backend_tls);
+                    let entries = match built {
+                        Ok(entries) => entries,
+                        Err((reason, message)) => {
+                            gw.outcomes[i][p].drop_rule(r, reason, message);
+                            break;
+                        }
+                    };
+                    for mut entry in entries {
+                        entry.scoped = scope.clone();
+                        let entry_host = entry.host.clone();
+                        match self.builder.add_entry(entry) {
+                            Ok(()) => {}
+                            // The same rule reached through another listener or parent.
+                            Err(conflict) if conflict.existing == id => {}
+                            Err(_) if !reported => continue,
+                            Err(conflict) => {
+                                gw.outcomes[i][p].drop_rule(
+                                    r,
+                                    "RouteConflict",
+                                    format!("{conflict} (the oldest object wins)"),
+                                );
+                                continue;
+                            }
+                        }
+                        if reported {
+                            gw.outcomes[i][p].served.insert(r);
+                        }
+                        if let Some(h) = entry_host {
+                            gw.listener_hosts.entry((g, l)).or_default().insert(h);
                         }
                     }
-                    gw.outcomes[i][p].served.insert(r);
-                    if let Some(h) = entry_host {
-                        gw.listener_hosts.entry((g, l)).or_default().insert(h);
-                    }
+                }
+            }
+        }
+    }
+
+    /// The data-plane ports of the Gateways with addresses of their own: TLS (Alt-Svc
+    /// advertises the HTTPS listener port clients reach) and, with a plaintext listener,
+    /// plaintext.
+    pub(super) fn gateway_scoped_ports(&mut self, gw: &GatewayState) {
+        let served = self.settings.gateway_ports;
+        for (g, ports) in &gw.ports {
+            let Some(scope) = gw.scope_of(*g) else { continue };
+            let tls = ScopedPort { scope: scope.clone(), tls: true, alt_svc_port: served.https };
+            let plain = served.http.map(|_| ScopedPort { scope, tls: false, alt_svc_port: None });
+            for (port, kind) in std::iter::once((ports.tls, tls)).chain(plain.map(|k| (ports.plain, k))) {
+                if let Err(e) = self.builder.add_scoped_port(port, kind) {
+                    // Not reachable: the assignment gives every port once.
+                    tracing::warn!(error = %e, "a Gateway's data-plane port is taken");
                 }
             }
         }
@@ -215,6 +280,7 @@ impl Translator<'_> {
                 path: e.path,
                 matcher: options.matcher,
                 scope: rule.scope,
+                scoped: None,
                 tie_break: TieBreak { created, name: object.to_string(), index },
                 backends: WeightedBackends::new(backends.clone()),
                 filters,

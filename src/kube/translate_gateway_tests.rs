@@ -403,6 +403,67 @@ fn http_listener_routes_are_served_on_the_plaintext_listener_only() {
     assert!(on(&t, crate::routes::Listener::Plain) && on(&t, crate::routes::Listener::Tls));
 }
 
+#[test]
+fn with_per_gateway_addresses_each_gateway_serves_its_own_routes_on_its_own_ports() {
+    let mut w = gw_world();
+    let mut plain = json!({"name": "http", "port": 80, "protocol": "HTTP"});
+    plain["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
+    w.gateway.gateways = vec![gw("infra", "one", json!([plain.clone()])), gw("infra", "two", json!([plain]))];
+    let to = |ns: &str, name: &str, age: i64, gateway: &str| {
+        route(
+            ns,
+            name,
+            age,
+            json!({"parentRefs": [{"name": gateway, "namespace": "infra"}],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+        )
+    };
+    // The same host-less `/` on both Gateways; r1 is the older (ages count back).
+    w.gateway.routes = vec![to("a", "r1", 50, "one"), to("b", "r2", 40, "two")];
+    let mut settings = gw_settings();
+    settings.gateway_ports.http = Some(80);
+    settings.host_ownership = HostOwnership::None;
+    let routed = |t: &Translation, port: Option<u16>, listener| {
+        let headers = http::HeaderMap::new();
+        let view = crate::routes::RequestView {
+            host: Some("any.example"),
+            path_and_query: "/",
+            method: &http::Method::GET,
+            headers: &headers,
+            listener,
+        };
+        t.table.route_on(port, &view).map(|r| r.id.clone())
+    };
+    let plain_listener = crate::routes::Listener::Plain;
+
+    // Shared listeners (the default): the older route wins, the other is refused.
+    let t = run_with(&w, &settings);
+    assert!(t.table.scoped_ports().is_empty() && t.gateway.ports.is_empty());
+    assert_eq!(routed(&t, None, plain_listener).as_deref(), Some("httproute:a/r1"));
+    assert_eq!(cond(&route_parent(&t.gateway, "r2"), "Accepted"), pair("False", "RouteConflict"));
+
+    settings.gateway_port_range = Some(crate::kube::gateway::addresses::PortRange::DEFAULT);
+    let t = run_with(&w, &settings);
+    let ports = &t.gateway.ports;
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let (one, two) = (ports[&0], ports[&1]);
+    assert_ne!(one, two);
+    assert_eq!(t.table.scoped_ports().len(), 4, "TLS and plaintext for each");
+    assert_eq!(t.table.scoped_ports()[&one.tls].alt_svc_port, Some(PORT), "Alt-Svc names the listener port");
+    assert_eq!(routed(&t, Some(one.plain), plain_listener).as_deref(), Some("httproute:a/r1"));
+    assert_eq!(routed(&t, Some(two.plain), plain_listener).as_deref(), Some("httproute:b/r2"));
+    assert_eq!(routed(&t, Some(one.tls), crate::routes::Listener::Tls), None, "an HTTP listener's route is plaintext");
+    assert_eq!(routed(&t, None, plain_listener).as_deref(), Some("httproute:a/r1"), "the shared listener as before");
+    for r in ["r1", "r2"] {
+        assert_eq!(cond(&route_parent(&t.gateway, r), "Accepted"), pair("True", "Accepted"), "{r}");
+    }
+    // --gateway-http-over-h3: the HTTP listener's routes on the Gateway's TLS port too.
+    settings.gateway_http_over_h3 = true;
+    let t = run_with(&w, &settings);
+    let one = t.gateway.ports[&0];
+    assert_eq!(routed(&t, Some(one.tls), crate::routes::Listener::Tls).as_deref(), Some("httproute:a/r1"));
+}
+
 #[path = "translate_grpc_tests.rs"]
 mod grpc;
 

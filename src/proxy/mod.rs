@@ -10,6 +10,7 @@ mod pipeline;
 mod proxy_header;
 mod retry;
 mod retry_token;
+mod scoped;
 mod tcp;
 #[cfg(test)]
 mod test_support;
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 #[doc(hidden)]
 pub use pipeline::fuzz as fuzz_hooks;
 pub use pipeline::{ConnInfo, Downstream, Shared, Tables, handle};
+pub use scoped::ScopedListeners;
 
 use crate::config::{CongestionControl, Limits};
 use crate::net::TrustedProxies;
@@ -98,6 +100,7 @@ pub struct DataPlane {
     tracker: TaskTracker,
     endpoint: quinn::Endpoint,
     resumption: Resumption,
+    scoped: ScopedListeners,
 }
 
 impl DataPlane {
@@ -117,11 +120,8 @@ impl DataPlane {
         if let Some(path) = &options.limits.retry_token_key_file {
             server_config.token_key(retry_token_key(path)?);
         }
-        let endpoint = quinn::Endpoint::server(server_config, options.address).map_err(|source| ListenError::Bind {
-            proto: "UDP",
-            addr: options.address,
-            source,
-        })?;
+        let endpoint = quinn::Endpoint::server(server_config.clone(), options.address)
+            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
         let local_addr = endpoint.local_addr().map_err(|source| ListenError::Bind {
             proto: "UDP",
             addr: options.address,
@@ -163,6 +163,7 @@ impl DataPlane {
             limits: limits.clone(),
             body_idle_hits: metrics.limit_counter("request_body_idle"),
             metrics,
+            scope_port: None,
         });
         let admission = admission::Admission::new(&limits);
         tracker.spawn(h3::serve(
@@ -173,6 +174,16 @@ impl DataPlane {
             tracker.clone(),
         ));
         let proxy_protocol = options.tcp.proxy_protocol;
+        let scoped = ScopedListeners::new(scoped::Setup {
+            ip: local_addr.ip(),
+            shared: shared.clone(),
+            admission: admission.clone(),
+            quic: server_config,
+            acceptor: acceptor.clone(),
+            proxy_protocol,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
         if let Some(http) = http {
             let plain = tcp::Listener { security: tcp::Security::Plain, proxy_protocol };
             tracker.spawn(tcp::serve(
@@ -194,12 +205,22 @@ impl DataPlane {
             shared_ticket_keys = matches!(resumption, Resumption::SharedKeys(_)),
             "listening (HTTP/3 on UDP, HTTP/1.1 and HTTP/2 on TCP)"
         );
-        Ok(Self { local_addr, http_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone() })
+        scoped.sync(tables.load().scoped_ports());
+        Ok(Self { local_addr, http_addr, tables, shutdown, tracker, endpoint, resumption: resumption.clone(), scoped })
     }
 
-    /// Publishes a new route table; requests already routed finish on the old one.
+    /// Publishes a new route table, and listens on the scoped ports it names (and no
+    /// others); requests already routed finish on the old one.
     pub fn publish(&self, table: RouteTable) {
-        self.tables.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.tables.store(table.clone());
+        self.scoped.sync(table.scoped_ports());
+    }
+
+    /// The scoped ports' listeners, for a publisher that swaps `tables` itself: it calls
+    /// `sync` with each table it publishes.
+    pub fn scoped_listeners(&self) -> ScopedListeners {
+        self.scoped.clone()
     }
 
     pub fn tables(&self) -> &Tables {
@@ -217,9 +238,14 @@ impl DataPlane {
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout(drain, self.tracker.wait()).await.is_ok();
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        let endpoints: Vec<quinn::Endpoint> =
+            std::iter::once(self.endpoint.clone()).chain(self.scoped.endpoints()).collect();
+        for endpoint in &endpoints {
+            endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        }
         // Let the CONNECTION_CLOSE frames leave before the process exits.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let idle = futures::future::join_all(endpoints.iter().map(quinn::Endpoint::wait_idle));
+        let _ = tokio::time::timeout(Duration::from_secs(1), idle).await;
         drained
     }
 }

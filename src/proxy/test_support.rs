@@ -142,5 +142,6 @@ pub fn shared(table: RouteTable) -> Shared {
         metrics,
         trusted: TrustedProxies::default(),
         limits: Arc::default(),
+        scope_port: None,
     }
 }

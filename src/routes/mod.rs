@@ -11,6 +11,11 @@
 //! - `matcher`: a [`RequestMatch`] (method, header and query matches, Exact or
 //!   RegularExpression), or none;
 //! - `scope`: the listeners it serves ([`ListenerScope`], both by default);
+//! - `scoped`: the *port scope* it belongs to (e.g. one Gateway with an address of its own):
+//!   `None` (the default) serves it on the default listeners; `Some(name)` only on the
+//!   ports the table gives that scope ([`RouteTableBuilder::add_scoped_port`]), which see
+//!   no other routes. The data plane opens and closes those ports as tables name them;
+//!   a port scope has its own precedence and conflicts, apart from the default listeners';
 //! - `tie_break`: the [`TieBreak`] among entries equal in every other respect (Gateway
 //!   API: creation time, `namespace/name`, rule and match index);
 //! - `backends`: [`WeightedBackends`], one group or a weighted split (an unresolved
@@ -43,7 +48,7 @@ mod pattern;
 mod request_match;
 pub mod spec;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +103,8 @@ pub struct RouteEntry {
     pub path: PathRule,
     pub matcher: Option<RequestMatch>,
     pub scope: ListenerScope,
+    /// The port scope the entry is served in; `None`: the default listeners.
+    pub scoped: Option<String>,
     pub tie_break: TieBreak,
     pub backends: WeightedBackends,
     pub filters: Vec<Filter>,
@@ -118,6 +125,7 @@ impl RouteEntry {
             path,
             matcher: None,
             scope: ListenerScope::Both,
+            scoped: None,
             tie_break: TieBreak::default(),
             backends,
             filters: Vec::new(),
@@ -133,6 +141,29 @@ pub struct RouteInfo {
     pub host: Option<String>,
     pub path: String,
     pub backend_group: String,
+    /// The port scope it is served in, when not the default listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scoped: Option<String>,
+}
+
+/// A port whose requests see only the routes of one port scope (a Gateway with an address
+/// of its own): the data plane listens on it while a published table names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScopedPort {
+    pub scope: String,
+    /// TLS (HTTPS over TCP, HTTP/3 over UDP on the same port) or plaintext HTTP over TCP.
+    pub tls: bool,
+    /// The port advertised in `Alt-Svc` (the one clients reach, e.g. a Service port that
+    /// maps to this one); this port itself when `None`.
+    pub alt_svc_port: Option<u16>,
+}
+
+/// A scoped port another scope (or the same scope, as the other kind) already has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("port {port} is already scoped to {existing:?}")]
+pub struct PortTaken {
+    pub port: u16,
+    pub existing: String,
 }
 
 /// The immutable snapshot the data plane serves from.
@@ -141,6 +172,9 @@ pub struct RouteTable {
     /// Increases with every table published.
     pub generation: u64,
     index: HostIndex<Arc<Route>>,
+    /// The routes of each port scope, by scope name.
+    scoped: HashMap<String, HostIndex<Arc<Route>>>,
+    scoped_ports: BTreeMap<u16, ScopedPort>,
     groups: BTreeMap<String, Arc<BackendGroup>>,
     routes: Vec<RouteInfo>,
     pub certs: CertSet,
@@ -149,7 +183,25 @@ pub struct RouteTable {
 impl RouteTable {
     /// A table with no routes: every request gets 404.
     pub fn empty(certs: CertSet) -> Self {
-        Self { generation: 0, index: HostIndex::default(), groups: BTreeMap::new(), routes: Vec::new(), certs }
+        RouteTableBuilder::new(certs).build(0)
+    }
+
+    /// The route for a request that came in on `port` when that port is scoped (`None`:
+    /// a default listener). A scoped port this table does not name routes nothing: its
+    /// scope is gone, and its listener is closing.
+    pub fn route_on(&self, port: Option<u16>, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        match port {
+            None => self.index.lookup_request(req),
+            Some(p) => {
+                let scope = self.scoped_ports.get(&p)?;
+                self.scoped.get(&scope.scope)?.lookup_request(req)
+            }
+        }
+    }
+
+    /// The scoped ports the data plane is to listen on.
+    pub fn scoped_ports(&self) -> &BTreeMap<u16, ScopedPort> {
+        &self.scoped_ports
     }
 
     /// The route for a request's raw host (`Host`/`:authority`) and path (query allowed),
@@ -176,7 +228,7 @@ impl RouteTable {
     }
 
     pub fn route_count(&self) -> usize {
-        self.index.len()
+        self.index.len() + self.scoped.values().map(HostIndex::len).sum::<usize>()
     }
 
     /// What `/debug/routes` shows: the routes as declared, each group's endpoints with
@@ -197,6 +249,7 @@ impl RouteTable {
         serde_json::json!({
             "generation": self.generation,
             "routes": self.routes(),
+            "scoped_ports": self.scoped_ports,
             "backend_groups": groups,
             "certificates": self.certs.hosts().collect::<Vec<_>>(),
         })
@@ -232,6 +285,8 @@ fn describe(m: &RequestMatch) -> String {
 #[derive(Default)]
 pub struct RouteTableBuilder {
     index: HostIndex<Arc<Route>>,
+    scoped: HashMap<String, HostIndex<Arc<Route>>>,
+    scoped_ports: BTreeMap<u16, ScopedPort>,
     groups: BTreeMap<String, Arc<BackendGroup>>,
     routes: Vec<RouteInfo>,
     certs: CertSet,
@@ -263,6 +318,16 @@ impl RouteTableBuilder {
         self.groups.get(id).cloned()
     }
 
+    /// Gives `port` to a port scope: requests on it see only the scope's routes.
+    pub fn add_scoped_port(&mut self, port: u16, scoped: ScopedPort) -> Result<(), PortTaken> {
+        if let Some(existing) = self.scoped_ports.get(&port) {
+            return Err(PortTaken { port, existing: existing.scope.clone() });
+        }
+        self.scoped.entry(scoped.scope.clone()).or_default();
+        self.scoped_ports.insert(port, scoped);
+        Ok(())
+    }
+
     /// Adds a route to `group`. The first route to claim a host and path keeps it.
     pub fn add_route(
         &mut self,
@@ -276,7 +341,7 @@ impl RouteTableBuilder {
 
     /// Adds an entry. The first entry to claim a host, path and match on a listener keeps it.
     pub fn add_entry(&mut self, entry: RouteEntry) -> Result<(), RouteConflict> {
-        let RouteEntry { id, host, path, matcher, scope, tie_break, backends, filters, timeouts } = entry;
+        let RouteEntry { id, host, path, matcher, scope, scoped, tie_break, backends, filters, timeouts } = entry;
         let group = match backends.first() {
             Some(g) => g.clone(),
             // Nothing resolved: every request gets 500 before this group is asked.
@@ -300,12 +365,21 @@ impl RouteTableBuilder {
         if let Some(m) = &matcher {
             path_text.push_str(&format!(" {}", describe(m)));
         }
-        let info =
-            RouteInfo { id: id.clone(), host: host.as_ref().map(ToString::to_string), path: path_text, backend_group };
+        let info = RouteInfo {
+            id: id.clone(),
+            host: host.as_ref().map(ToString::to_string),
+            path: path_text,
+            backend_group,
+            scoped: scoped.clone(),
+        };
         let response_filters = filters.iter().any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)));
         let route = Arc::new(Route { id, filters, group, backends, path: path.clone(), timeouts, response_filters });
         let candidate = Candidate { matcher, scope, tie_break, target: route };
-        match self.index.insert_candidate(host.as_ref(), path, candidate) {
+        let index = match scoped {
+            None => &mut self.index,
+            Some(name) => self.scoped.entry(name).or_default(),
+        };
+        match index.insert_candidate(host.as_ref(), path, candidate) {
             Ok(()) => {
                 self.routes.push(info);
                 Ok(())
@@ -317,6 +391,71 @@ impl RouteTableBuilder {
     pub fn build(mut self, generation: u64) -> RouteTable {
         // Grown by doubling while routes were added; the table keeps it for its whole life.
         self.routes.shrink_to_fit();
-        RouteTable { generation, index: self.index, groups: self.groups, routes: self.routes, certs: self.certs }
+        RouteTable {
+            generation,
+            index: self.index,
+            scoped: self.scoped,
+            scoped_ports: self.scoped_ports,
+            groups: self.groups,
+            routes: self.routes,
+            certs: self.certs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Strategy;
+
+    fn group(id: &str) -> Arc<BackendGroup> {
+        Arc::new(BackendGroup::new(id.into(), Strategy::RoundRobin, Default::default(), vec![]))
+    }
+
+    /// A catch-all for `/` to a group of its own id, in port scope `scoped`.
+    fn catch_all(id: &str, scoped: Option<&str>) -> RouteEntry {
+        let path = PathRule::new("/", PathType::Prefix).unwrap();
+        RouteEntry { scoped: scoped.map(str::to_string), ..RouteEntry::new(id, None, path, group(id)) }
+    }
+
+    fn port(scope: &str, tls: bool) -> ScopedPort {
+        ScopedPort { scope: scope.into(), tls, alt_svc_port: None }
+    }
+
+    fn routed_to(table: &RouteTable, on: Option<u16>) -> Option<String> {
+        table.route_on(on, &RequestView::get(Some("any.example"), "/x")).map(|r| r.id.clone())
+    }
+
+    #[test]
+    fn a_scoped_port_sees_only_its_scopes_routes_and_the_default_listeners_none_of_them() {
+        let mut b = RouteTableBuilder::default();
+        b.add_scoped_port(20000, port("gw-a", true)).unwrap();
+        b.add_scoped_port(20001, port("gw-a", false)).unwrap();
+        b.add_scoped_port(20002, port("gw-b", true)).unwrap();
+        b.add_entry(catch_all("default", None)).unwrap();
+        // The same host and path in two scopes and the default: no conflict between them.
+        b.add_entry(catch_all("a", Some("gw-a"))).unwrap();
+        b.add_entry(catch_all("b", Some("gw-b"))).unwrap();
+        let conflict = b.add_entry(catch_all("a2", Some("gw-a"))).unwrap_err();
+        assert_eq!(conflict.existing, "a", "within one scope, the first entry keeps its place");
+        let table = b.build(1);
+        assert_eq!(routed_to(&table, None).as_deref(), Some("default"));
+        assert_eq!(routed_to(&table, Some(20000)).as_deref(), Some("a"));
+        assert_eq!(routed_to(&table, Some(20001)).as_deref(), Some("a"), "both ports of a scope");
+        assert_eq!(routed_to(&table, Some(20002)).as_deref(), Some("b"));
+        assert_eq!(routed_to(&table, Some(20003)), None, "a port no scope has (any more) routes nothing");
+        assert_eq!(table.route_count(), 3);
+        assert_eq!(table.scoped_ports().keys().copied().collect::<Vec<_>>(), [20000, 20001, 20002]);
+    }
+
+    #[test]
+    fn a_scoped_port_is_given_once() {
+        let mut b = RouteTableBuilder::default();
+        b.add_scoped_port(20000, port("gw-a", true)).unwrap();
+        let taken = b.add_scoped_port(20000, port("gw-b", false)).unwrap_err();
+        assert_eq!(taken, PortTaken { port: 20000, existing: "gw-a".into() });
+        let table = b.build(1);
+        assert_eq!(table.scoped_ports()[&20000], port("gw-a", true), "the first keeps it");
+        assert_eq!(routed_to(&table, Some(20000)), None, "a scope without routes routes nothing");
     }
 }

@@ -3,10 +3,12 @@
 //! and the part of it today's route table can express (`table`, connected in
 //! `kube::translate`).
 
+pub mod addresses;
 pub mod api;
 pub mod backend_tls;
 pub mod grpc;
 pub mod model;
+pub mod services;
 pub mod status;
 pub mod table;
 pub mod watches;
@@ -19,6 +21,10 @@ pub struct GatewayTranslation {
     pub model: Model,
     /// Per route of `model.routes`, per parent of that route.
     pub outcomes: Vec<Vec<ParentOutcome>>,
+    /// With per-Gateway addresses: the data-plane ports of the Gateways (by index into
+    /// `model.gateways`) that have an address of their own (accepted, with a programmed
+    /// listener and a free slot).
+    pub ports: std::collections::BTreeMap<usize, addresses::GatewayPorts>,
 }
 
 /// How the rules of one route fared on one parent.

@@ -384,6 +384,26 @@ pub struct Writer {
     written: HashMap<(&'static str, String, String), (serde_json::Value, Option<String>)>,
 }
 
+/// Where Gateways say they are reached.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayAddresses {
+    /// The published addresses, every Gateway's when there are no per-Gateway ones.
+    pub shared: Vec<String>,
+    /// Per-Gateway addresses (`--gateway-addresses per-gateway`), of the Gateways' Services.
+    pub per_gateway: Option<super::services::Addresses>,
+}
+
+impl GatewayAddresses {
+    /// A Gateway's addresses: its Service's when it has `own` ports (none until the
+    /// Service has an address), else the shared ones, where its routes are served.
+    pub fn of(&self, namespace: &str, name: &str, own: bool) -> Vec<String> {
+        match &self.per_gateway {
+            Some(each) if own => each.get(&(namespace.to_string(), name.to_string())).cloned().unwrap_or_default(),
+            _ => self.shared.clone(),
+        }
+    }
+}
+
 impl Writer {
     pub fn forget(&mut self) {
         self.written.clear();
@@ -394,7 +414,7 @@ impl Writer {
         client: &Client,
         t: &GatewayTranslation,
         stores: &GatewayStores,
-        addresses: &[String],
+        addresses: &GatewayAddresses,
     ) {
         let controller = &*t.model.controller_name;
         for class in &t.model.classes {
@@ -409,7 +429,8 @@ impl Writer {
                 continue;
             };
             let prev = obj.status.clone().unwrap_or_default();
-            let status = gateway_status(t, g, addresses, &prev);
+            let own = addresses.of(&gw.key.namespace, &gw.key.name, t.ports.contains_key(&g));
+            let status = gateway_status(t, g, &own, &prev);
             let api: Api<Gateway> = Api::namespaced(client.clone(), &gw.key.namespace);
             self.patch(&api, "Gateway", obj.as_ref(), &prev, &status).await;
         }

@@ -93,6 +93,23 @@ pub struct Shared {
     pub limits: Arc<crate::config::Limits>,
     /// Request bodies cut off for silence, resolved once rather than per request.
     pub body_idle_hits: prometheus::IntCounter,
+    /// The scoped port these listeners serve (see `RouteTable::route_on`); `None` on the
+    /// default listeners.
+    pub scope_port: Option<u16>,
+}
+
+impl Shared {
+    /// The same, for the listeners of scoped port `port`.
+    pub fn scoped(&self, port: u16) -> Self {
+        Self {
+            tables: self.tables.clone(),
+            metrics: self.metrics.clone(),
+            trusted: self.trusted.clone(),
+            limits: self.limits.clone(),
+            body_idle_hits: self.body_idle_hits.clone(),
+            scope_port: Some(port),
+        }
+    }
 }
 
 /// Serves one request from the current route table.
@@ -120,7 +137,7 @@ async fn serve(
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let req = normalize(ctx, req)?;
-    let route = route(&shared.tables, ctx, &req)?;
+    let route = route(&shared.tables, shared.scope_port, ctx, &req)?;
     let req = match filters::apply(ctx, &route, req, &shared.metrics) {
         filters::Flow::Continue(req) => req,
         filters::Flow::Respond(resp) => return Ok(resp),
@@ -193,6 +210,7 @@ fn normalize(ctx: &mut RequestContext, mut req: Request<ProxyBody>) -> Result<Re
 /// The route phase: one load per request, so the whole request sees one table.
 fn route(
     tables: &ArcSwap<RouteTable>,
+    scope_port: Option<u16>,
     ctx: &mut RequestContext,
     req: &Request<ProxyBody>,
 ) -> Result<Arc<Route>, ProxyError> {
@@ -205,7 +223,7 @@ fn route(
         headers: req.headers(),
         listener: ctx.listener(),
     };
-    let route = tables.load().route_for(&view).cloned().ok_or(ProxyError::NoRoute)?;
+    let route = tables.load().route_on(scope_port, &view).cloned().ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.clone());
     Ok(route)
 }

@@ -1,0 +1,139 @@
+//! The listeners of scoped ports (a Gateway with an address of its own, see
+//! `RouteTable::scoped_ports`): opened when a published table names a port, closed when
+//! none does any more. Closing is graceful, as at shutdown: no new connections, GOAWAY on
+//! HTTP/3 and HTTP/2, and the requests in flight finish.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::admission::Admission;
+use super::pipeline::Shared;
+use super::{ListenError, h3, tcp};
+use crate::routes::ScopedPort;
+
+/// What every scoped listener shares with the default ones: the pipeline's state, the
+/// per-client caps, the TLS setups and the shutdown.
+pub(super) struct Setup {
+    pub ip: IpAddr,
+    pub shared: Arc<Shared>,
+    pub admission: Arc<Admission>,
+    pub quic: quinn::ServerConfig,
+    pub acceptor: TlsAcceptor,
+    pub proxy_protocol: bool,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// One open scoped port.
+struct Open {
+    kind: ScopedPort,
+    stop: CancellationToken,
+    /// The QUIC endpoint of a TLS port, closed at shutdown.
+    endpoint: Option<quinn::Endpoint>,
+}
+
+/// The scoped ports listened on; cloned handles share them.
+#[derive(Clone)]
+pub struct ScopedListeners(Arc<Inner>);
+
+struct Inner {
+    setup: Setup,
+    open: Mutex<BTreeMap<u16, Open>>,
+}
+
+impl ScopedListeners {
+    pub(super) fn new(setup: Setup) -> Self {
+        Self(Arc::new(Inner { setup, open: Mutex::new(BTreeMap::new()) }))
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Open>> {
+        // A map of handles, never left half-changed by a panic.
+        self.0.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The scoped ports listened on now.
+    pub fn ports(&self) -> Vec<u16> {
+        self.open().keys().copied().collect()
+    }
+
+    /// Listens on exactly the ports of `wanted`: closes the others (gracefully), opens the
+    /// new ones. A port that cannot be bound is logged and tried again on the next call.
+    pub fn sync(&self, wanted: &BTreeMap<u16, ScopedPort>) {
+        let setup = &self.0.setup;
+        if setup.shutdown.is_cancelled() {
+            return;
+        }
+        let mut open = self.open();
+        open.retain(|port, o| {
+            let keep = wanted.get(port) == Some(&o.kind);
+            if !keep {
+                tracing::info!(port, scope = %o.kind.scope, "closing a scoped port");
+                o.stop.cancel();
+            }
+            keep
+        });
+        for (port, kind) in wanted {
+            if open.contains_key(port) {
+                continue;
+            }
+            match listen(setup, *port, kind) {
+                Ok(o) => {
+                    tracing::info!(port, scope = %kind.scope, tls = kind.tls, "listening on a scoped port");
+                    open.insert(*port, o);
+                }
+                Err(e) => tracing::warn!(port, scope = %kind.scope, error = %e, "cannot listen on a scoped port"),
+            }
+        }
+    }
+
+    /// The QUIC endpoints, for the shutdown's last step.
+    pub(super) fn endpoints(&self) -> Vec<quinn::Endpoint> {
+        self.open().values().filter_map(|o| o.endpoint.clone()).collect()
+    }
+}
+
+/// Binds `port` (TCP, and UDP for a TLS port) and serves it until its stop token (a child
+/// of the shutdown) is cancelled.
+fn listen(setup: &Setup, port: u16, kind: &ScopedPort) -> Result<Open, ListenError> {
+    let addr = SocketAddr::new(setup.ip, port);
+    let bind = |proto: &'static str| move |source: std::io::Error| ListenError::Bind { proto, addr, source };
+    let shared = Arc::new(setup.shared.scoped(port));
+    let stop = setup.shutdown.child_token();
+    // std's bind sets SO_REUSEADDR, as tokio's does: a port closed a moment ago (its old
+    // connections in TIME_WAIT) can be opened again.
+    let std_tcp = std::net::TcpListener::bind(addr).map_err(bind("TCP"))?;
+    std_tcp.set_nonblocking(true).map_err(bind("TCP"))?;
+    let endpoint =
+        if kind.tls { Some(quinn::Endpoint::server(setup.quic.clone(), addr).map_err(bind("UDP"))?) } else { None };
+    let tcp = TcpListener::from_std(std_tcp).map_err(bind("TCP"))?;
+    let security = match &endpoint {
+        Some(endpoint) => {
+            setup.tracker.spawn(h3::serve(
+                endpoint.clone(),
+                shared.clone(),
+                setup.admission.clone(),
+                stop.clone(),
+                setup.tracker.clone(),
+            ));
+            let alt_svc = Arc::new(tcp::alt_svc(kind.alt_svc_port.unwrap_or(port)));
+            tcp::Security::Tls { acceptor: setup.acceptor.clone(), alt_svc }
+        }
+        None => tcp::Security::Plain,
+    };
+    let listener = tcp::Listener { security, proxy_protocol: setup.proxy_protocol };
+    setup.tracker.spawn(tcp::serve(
+        tcp,
+        listener,
+        shared,
+        setup.admission.clone(),
+        stop.clone(),
+        setup.tracker.clone(),
+    ));
+    Ok(Open { kind: kind.clone(), stop, endpoint })
+}

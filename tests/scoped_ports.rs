@@ -1,0 +1,154 @@
+//! Scoped ports (a Gateway with an address of its own) on the real data plane over
+//! loopback: two port scopes with a route for `/` each answer with their own backend over
+//! HTTP/1.1 (TLS and plaintext) and HTTP/3, the default listener keeps its own routes, and a
+//! port no table names any more is closed while the others keep serving. Every wait has a
+//! deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, free_port, h3_get, insecure, tls, wait_until};
+use quic_ingress::client::H3Client;
+use quic_ingress::proxy::{DataPlane, ListenOptions, TcpOptions};
+use quic_ingress::routes::{CertSet, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, ScopedPort};
+use quic_ingress::telemetry::metrics::Metrics;
+use quic_ingress::upstream::{BackendUrl, EndpointRegistry, GroupSpec, Members};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+
+fn certs() -> CertSet {
+    let g = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key =
+        quic_ingress::tls::certified_key_from_pem(g.cert.pem().as_bytes(), g.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+    CertSet::with_default(key)
+}
+
+/// The ports of one scope: TLS (TCP and UDP) and plaintext.
+#[derive(Clone, Copy)]
+struct Ports {
+    tls: u16,
+    plain: u16,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Self { tls: free_port(), plain: free_port() }
+    }
+}
+
+/// A table: `/` on the default listeners to `default`, and for each `(scope, ports,
+/// backend)` a scope of its own with `/` to that backend.
+fn table(
+    registry: &EndpointRegistry,
+    certs: &CertSet,
+    default: &Backend,
+    scopes: &[(&str, Ports, &Backend)],
+    generation: u64,
+) -> RouteTable {
+    let mut b = RouteTableBuilder::new(certs.clone());
+    let route = |b: &mut RouteTableBuilder, id: &str, scoped: Option<&str>, backend: &Backend| {
+        let url = BackendUrl::parse(&backend.url("http")).unwrap();
+        let group = b.add_group(GroupSpec::new(id, Members::Discovered(vec![url])).compile(registry).unwrap());
+        let path = PathRule::new("/", PathType::Prefix).unwrap();
+        let entry = RouteEntry { scoped: scoped.map(str::to_string), ..RouteEntry::new(id, None, path, group) };
+        b.add_entry(entry).unwrap();
+    };
+    route(&mut b, "default", None, default);
+    for (scope, ports, backend) in scopes {
+        let tls = ScopedPort { scope: scope.to_string(), tls: true, alt_svc_port: Some(443) };
+        b.add_scoped_port(ports.tls, tls).unwrap();
+        b.add_scoped_port(ports.plain, ScopedPort { scope: scope.to_string(), tls: false, alt_svc_port: None })
+            .unwrap();
+        route(&mut b, scope, Some(scope), backend);
+    }
+    b.build(generation)
+}
+
+/// One HTTP/1.1 GET `/` over `io`: the status and the answering backend (`x-backend`).
+async fn get1<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> (u16, String, String) {
+    io.write_all(b"GET / HTTP/1.1\r\nHost: any.example\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut buf)).await.expect("answer in time").unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+            .unwrap_or("")
+            .to_string()
+    };
+    (status, header("x-backend"), header("alt-svc"))
+}
+
+async fn https1(port: u16) -> (u16, String, String) {
+    get1(tls((LOCALHOST, port).into(), b"http/1.1").await).await
+}
+
+async fn http1(port: u16) -> (u16, String, String) {
+    get1(tokio::net::TcpStream::connect(SocketAddr::from((LOCALHOST, port))).await.unwrap()).await
+}
+
+async fn h3(port: u16) -> (u16, String) {
+    let client = H3Client::connect((LOCALHOST, port).into(), "localhost", &insecure()).await.expect("h3 connect");
+    let answer = h3_get(&client, "any.example", "/").await;
+    (answer.status, answer.backend())
+}
+
+#[tokio::test]
+async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropped_scope_closes() {
+    let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = EndpointRegistry::new(metrics.clone(), None);
+    let certs = certs();
+    let options = ListenOptions {
+        address: (LOCALHOST, 0).into(),
+        alt_svc_port: None,
+        congestion: Default::default(),
+        resumption: quic_ingress::tls::Resumption::single_use(false),
+        trusted_proxies: Default::default(),
+        limits: Default::default(),
+        tcp: TcpOptions::default(),
+    };
+    let tables = quic_ingress::proxy::tables(RouteTable::empty(certs.clone()));
+    let plane = DataPlane::start(&options, tables, metrics).await.unwrap();
+    let (pa, pb) = (Ports::new(), Ports::new());
+    plane.publish(table(&registry, &certs, &d, &[("gw-a", pa, &a), ("gw-b", pb, &b)], 1));
+
+    // Published means listening: no wait is needed before the first request.
+    assert_eq!(h3(pa.tls).await, (200, "a".into()), "HTTP/3 on scope a's port");
+    assert_eq!(h3(pb.tls).await, (200, "b".into()), "HTTP/3 on scope b's port");
+    assert_eq!(h3(plane.local_addr.port()).await, (200, "default".into()), "the default listener");
+    let (status, backend, alt_svc) = https1(pa.tls).await;
+    assert_eq!((status, backend.as_str()), (200, "a"), "HTTPS over TCP on scope a's port");
+    assert_eq!(alt_svc, "h3=\":443\"; ma=86400", "the advertised port is the scope's, not the data-plane port");
+    let (status, backend, _) = https1(pb.tls).await;
+    assert_eq!((status, backend.as_str()), (200, "b"));
+    let (status, backend, alt_svc) = http1(pa.plain).await;
+    assert_eq!((status, backend.as_str()), (200, "a"), "plaintext HTTP on scope a's plain port");
+    assert_eq!(alt_svc, "", "no Alt-Svc on plaintext");
+    assert_eq!(http1(pb.plain).await.1, "b");
+    let mut open = plane.scoped_listeners().ports();
+    open.sort_unstable();
+    let mut want = vec![pa.tls, pa.plain, pb.tls, pb.plain];
+    want.sort_unstable();
+    assert_eq!(open, want);
+
+    // Scope b goes: its ports close, scope a's keep serving.
+    let held = tls((LOCALHOST, pa.tls).into(), b"http/1.1").await;
+    plane.publish(table(&registry, &certs, &d, &[("gw-a", pa, &a)], 2));
+    wait_until("scope b's TCP port to close", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(SocketAddr::from((LOCALHOST, pb.tls))).await.is_err()
+    })
+    .await;
+    assert!(tokio::net::TcpStream::connect(SocketAddr::from((LOCALHOST, pb.plain))).await.is_err());
+    assert_eq!(get1(held).await.1, "a", "a connection to a kept port, made before the change, is served");
+    assert_eq!(h3(pa.tls).await, (200, "a".into()));
+    assert_eq!(http1(pa.plain).await.1, "a");
+    assert!(plane.shutdown(Duration::from_secs(5)).await, "drained");
+}
