@@ -14,19 +14,24 @@ use std::time::Duration;
 use common::{Backend, free_port, h3_get, insecure, tls, wait_until};
 use quic_ingress::client::H3Client;
 use quic_ingress::proxy::{DataPlane, ListenOptions, TcpOptions};
-use quic_ingress::routes::{CertSet, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, ScopedPort};
+use quic_ingress::routes::{
+    CertSet, HostRule, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, ScopedPort,
+};
 use quic_ingress::telemetry::metrics::Metrics;
 use quic_ingress::upstream::{BackendUrl, EndpointRegistry, GroupSpec, Members};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
 
-fn certs() -> CertSet {
+fn localhost_key() -> Arc<CertifiedKey> {
     let g = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key =
-        quic_ingress::tls::certified_key_from_pem(g.cert.pem().as_bytes(), g.signing_key.serialize_pem().as_bytes())
-            .unwrap();
-    CertSet::with_default(key)
+    quic_ingress::tls::certified_key_from_pem(g.cert.pem().as_bytes(), g.signing_key.serialize_pem().as_bytes())
+        .unwrap()
+}
+
+fn certs() -> CertSet {
+    CertSet::with_default(localhost_key())
 }
 
 /// The ports of one scope: TLS (TCP and UDP) and plaintext.
@@ -51,6 +56,18 @@ fn table(
     scopes: &[(&str, Ports, &Backend)],
     generation: u64,
 ) -> RouteTable {
+    table_with(registry, certs, default, scopes, generation, |_| {})
+}
+
+/// [`table`], with `more` run on the builder before it is built.
+fn table_with(
+    registry: &EndpointRegistry,
+    certs: &CertSet,
+    default: &Backend,
+    scopes: &[(&str, Ports, &Backend)],
+    generation: u64,
+    more: impl FnOnce(&mut RouteTableBuilder),
+) -> RouteTable {
     let mut b = RouteTableBuilder::new(certs.clone());
     let route = |b: &mut RouteTableBuilder, id: &str, scoped: Option<&str>, backend: &Backend| {
         let url = BackendUrl::parse(&backend.url("http")).unwrap();
@@ -67,6 +84,7 @@ fn table(
             .unwrap();
         route(&mut b, scope, Some(scope), backend);
     }
+    more(&mut b);
     b.build(generation)
 }
 
@@ -150,5 +168,50 @@ async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropp
     assert_eq!(get1(held).await.1, "a", "a connection to a kept port, made before the change, is served");
     assert_eq!(h3(pa.tls).await, (200, "a".into()));
     assert_eq!(http1(pa.plain).await.1, "a");
+    assert!(plane.shutdown(Duration::from_secs(5)).await, "drained");
+}
+
+/// The certificate the TLS listener on `port` presents for SNI `localhost`.
+async fn presented(port: u16) -> Vec<u8> {
+    let stream = tls((LOCALHOST, port).into(), b"http/1.1").await;
+    let certs = stream.get_ref().1.peer_certificates().expect("a certificate");
+    certs[0].as_ref().to_vec()
+}
+
+#[tokio::test]
+async fn a_scoped_port_presents_its_scopes_certificate_and_no_other_scopes() {
+    let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let registry = EndpointRegistry::new(metrics.clone(), None);
+    let certs = certs();
+    let options = ListenOptions {
+        address: (LOCALHOST, 0).into(),
+        alt_svc_port: None,
+        congestion: Default::default(),
+        resumption: quic_ingress::tls::Resumption::single_use(false),
+        trusted_proxies: Default::default(),
+        limits: Default::default(),
+        tcp: TcpOptions::default(),
+    };
+    let tables = quic_ingress::proxy::tables(RouteTable::empty(certs.clone()));
+    let plane = DataPlane::start(&options, tables, metrics).await.unwrap();
+    let (pa, pb) = (Ports::new(), Ports::new());
+    // Scope a has a certificate of its own for `localhost`; the shared listeners another.
+    let (own, shared) = (localhost_key(), localhost_key());
+    let own_der = own.cert[0].as_ref().to_vec();
+    let shared_der = shared.cert[0].as_ref().to_vec();
+    let host = HostRule::Exact("localhost".into());
+    plane.publish(table_with(&registry, &certs, &d, &[("gw-a", pa, &a), ("gw-b", pb, &b)], 1, |b| {
+        b.scoped_certs_mut("gw-a").insert(&host, own.clone());
+        b.certs_mut().insert(&host, shared.clone());
+    }));
+    assert_eq!(presented(pa.tls).await, own_der, "scope a's port: its own certificate");
+    assert_eq!(presented(plane.local_addr.port()).await, shared_der, "the shared listener: its own");
+    let on_b = presented(pb.tls).await;
+    assert!(on_b != own_der && on_b != shared_der, "scope b's port: the default, neither of the others");
+    assert_eq!(on_b, certs.resolve(None).unwrap().cert[0].as_ref().to_vec());
+    // Requests are still served there, by the scope's routes.
+    assert_eq!(h3(pa.tls).await, (200, "a".into()));
+    assert_eq!(h3(pb.tls).await, (200, "b".into()));
     assert!(plane.shutdown(Duration::from_secs(5)).await, "drained");
 }

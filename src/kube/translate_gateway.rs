@@ -398,12 +398,24 @@ impl Translator<'_> {
     /// oldest such listener wins.
     fn gateway_listener_certs(&mut self, gw: &GatewayState) {
         let mut fallback_taken = false;
+        // The Gateways whose own address has its catch-all certificate (its first listener's).
+        let mut own_fallback_taken = BTreeSet::new();
         for (g, gateway) in gw.model.gateways.iter().enumerate() {
             let ns = gateway.key.namespace.as_str();
             for (l, listener) in gateway.listeners.iter().enumerate() {
                 let Some((_, key)) = listener.certs.first() else { continue };
                 if !gw.serves(g, l) {
                     continue;
+                }
+                // On the Gateway's own address, its listeners answer for every name they
+                // accept, a catch-all included: no other tenant's clients arrive there.
+                if let Some(scope) = gw.scope_of(g) {
+                    let own = self.builder.scoped_certs_mut(&scope);
+                    match listener.hostname.as_deref().map(HostRule::parse_gateway) {
+                        Some(Ok(host)) if !own.covers(&host) => own.insert(&host, key.clone()),
+                        None if own_fallback_taken.insert(g) => own.set_default(key.clone()),
+                        _ => {}
+                    }
                 }
                 match listener.hostname.as_deref().map(HostRule::parse_gateway) {
                     Some(Ok(host)) => {
@@ -432,6 +444,16 @@ impl Translator<'_> {
         for ((g, l), hosts) in &gw.listener_hosts {
             let gateway = &gw.model.gateways[*g];
             let Some((secret, key)) = gateway.listeners[*l].certs.first() else { continue };
+            // On the Gateway's own address, its own listeners' certificates only (the first
+            // listener routing a host keeps it), whatever the shared listeners serve.
+            if let Some(scope) = gw.scope_of(*g) {
+                let own = self.builder.scoped_certs_mut(&scope);
+                for host in hosts {
+                    if !own.covers(host) {
+                        own.insert(host, key.clone());
+                    }
+                }
+            }
             for host in hosts {
                 match self.cert_claims.get(host) {
                     None => {

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::kube::gateway::addresses::scope_name;
 use crate::kube::gateway::api::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use crate::kube::gateway::model::GATEWAY_CONTROLLER_NAME;
 use crate::kube::gateway::status::{SUPPORTED_FEATURES, class_status, comparable, gateway_status, route_parents};
@@ -462,6 +463,46 @@ fn with_per_gateway_addresses_each_gateway_serves_its_own_routes_on_its_own_port
     let t = run_with(&w, &settings);
     let one = t.gateway.ports[&0];
     assert_eq!(routed(&t, Some(one.tls), crate::routes::Listener::Tls).as_deref(), Some("httproute:a/r1"));
+}
+
+#[test]
+fn with_per_gateway_addresses_each_gateway_answers_with_its_own_certificate_for_a_shared_name() {
+    let mut w = gw_world();
+    w.secrets =
+        vec![tls_secret("infra", "cert-one", "shop.example.com"), tls_secret("infra", "cert-two", "shop.example.com")];
+    let listener = |cert: &str| {
+        let mut l = https("https", PORT, Some("shop.example.com"), json!({"name": cert}));
+        l["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
+        l
+    };
+    w.gateway.gateways =
+        vec![gw("infra", "one", json!([listener("cert-one")])), gw("infra", "two", json!([listener("cert-two")]))];
+    let to = |ns: &str, name: &str, age: i64, gateway: &str| {
+        route(
+            ns,
+            name,
+            age,
+            json!({"parentRefs": [{"name": gateway, "namespace": "infra"}], "hostnames": ["shop.example.com"],
+                   "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}),
+        )
+    };
+    w.gateway.routes = vec![to("a", "r1", 50, "one"), to("b", "r2", 40, "two")];
+    let mut settings = gw_settings();
+    settings.host_ownership = HostOwnership::None;
+    settings.gateway_port_range = Some(crate::kube::gateway::addresses::PortRange::DEFAULT);
+    let t = run_with(&w, &settings);
+    assert_eq!(t.gateway.ports.len(), 2);
+    let served =
+        |scope: Option<&str>, sni: &str| t.table.certs_for(scope).resolve(Some(sni)).map(|k| k.cert[0].clone());
+    let (one, two) = (scope_name("infra", "one"), scope_name("infra", "two"));
+    let on_one = served(Some(&one), "shop.example.com").expect("Gateway one's certificate");
+    let on_two = served(Some(&two), "shop.example.com").expect("Gateway two's certificate");
+    assert_ne!(on_one, on_two, "each Gateway's own address answers with its own listener's certificate");
+    assert_eq!(served(None, "shop.example.com"), Some(on_one.clone()), "the shared listeners: the older Gateway's");
+    // A name none of a Gateway's listeners accepts gets the controller's default there, not
+    // another Gateway's certificate.
+    assert_eq!(served(Some(&two), "other.example.com"), served(None, "other.example.com"));
+    assert_eq!(served(Some("no-such-scope"), "shop.example.com"), served(None, "unknown.example"));
 }
 
 #[path = "translate_grpc_tests.rs"]

@@ -80,13 +80,63 @@ pub struct TcpOptions {
 }
 
 /// Picks certificates by SNI from the route table currently published, so certificates
-/// change atomically with the routes that need them.
+/// change atomically with the routes that need them: a default listener's from the table's
+/// certificates, a scoped port's from its scope's.
 #[derive(Debug)]
-struct TableCerts(Tables);
+struct TableCerts {
+    tables: Tables,
+    scope: Option<String>,
+}
 
 impl ResolvesServerCert for TableCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.load().certs.resolve(hello.server_name())
+        self.tables.load().certs_for(self.scope.as_deref()).resolve(hello.server_name())
+    }
+}
+
+/// Builds a listener's TLS setups, QUIC and TCP, around a certificate resolver: once for
+/// the default listeners, and again for each scoped TLS port, whose resolver serves only its
+/// scope's certificates. Everything but the resolver is shared: transport settings, session
+/// resumption (tickets open on every listener) and the Retry token key.
+pub(crate) struct TlsSetups {
+    options: ListenOptions,
+    metrics: Arc<Metrics>,
+    token_key: Option<Arc<dyn quinn_proto::crypto::HandshakeTokenKey>>,
+}
+
+impl TlsSetups {
+    fn new(options: &ListenOptions, metrics: Arc<Metrics>) -> Result<Self, ListenError> {
+        let token_key = options.limits.retry_token_key_file.as_deref().map(retry_token_key).transpose()?;
+        Ok(Self { options: options.clone(), metrics, token_key })
+    }
+
+    fn build(
+        &self,
+        resolver: Arc<dyn ResolvesServerCert>,
+    ) -> Result<(quinn::ServerConfig, tokio_rustls::TlsAcceptor), ListenError> {
+        let tls_err = |e: &dyn std::fmt::Display| ListenError::Tls(e.to_string());
+        let (options, metrics) = (&self.options, &self.metrics);
+        let quic_tls = crate::tls::server_config(resolver.clone(), &[b"h3"], true, &options.resumption, metrics)
+            .map_err(|e| tls_err(&e))?;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
+        let observed = early_data::ObservedServerCrypto { inner: Arc::new(quic_crypto), metrics: metrics.clone() };
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(observed));
+        server_config.transport_config(Arc::new(transport_config(options.congestion, &options.limits)));
+        if let Some(key) = &self.token_key {
+            server_config.token_key(key.clone());
+        }
+        let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, &options.resumption, metrics)
+            .map_err(|e| tls_err(&e))?;
+        Ok((server_config, tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls))))
+    }
+
+    /// The setups of a scoped TLS port: its scope's certificates only.
+    pub(crate) fn for_scope(
+        &self,
+        tables: &Tables,
+        scope: &str,
+    ) -> Result<(quinn::ServerConfig, tokio_rustls::TlsAcceptor), ListenError> {
+        self.build(Arc::new(TableCerts { tables: tables.clone(), scope: Some(scope.to_string()) }))
     }
 }
 
@@ -107,19 +157,9 @@ impl DataPlane {
     /// Binds UDP and TCP on the same address (with port 0, TCP takes UDP's port) and
     /// starts serving `tables`, recording into `metrics`.
     pub async fn start(options: &ListenOptions, tables: Tables, metrics: Arc<Metrics>) -> Result<Self, ListenError> {
-        let resolver: Arc<dyn ResolvesServerCert> = Arc::new(TableCerts(tables.clone()));
-        let tls_err = |e: &dyn std::fmt::Display| ListenError::Tls(e.to_string());
-
         let resumption = &options.resumption;
-        let quic_tls = crate::tls::server_config(resolver.clone(), &[b"h3"], true, resumption, &metrics)
-            .map_err(|e| tls_err(&e))?;
-        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).map_err(|e| tls_err(&e))?;
-        let observed = early_data::ObservedServerCrypto { inner: Arc::new(quic_crypto), metrics: metrics.clone() };
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(observed));
-        server_config.transport_config(Arc::new(transport_config(options.congestion, &options.limits)));
-        if let Some(path) = &options.limits.retry_token_key_file {
-            server_config.token_key(retry_token_key(path)?);
-        }
+        let tls = Arc::new(TlsSetups::new(options, metrics.clone())?);
+        let (server_config, acceptor) = tls.build(Arc::new(TableCerts { tables: tables.clone(), scope: None }))?;
         let endpoint = quinn::Endpoint::server(server_config.clone(), options.address)
             .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
         let local_addr = endpoint.local_addr().map_err(|source| ListenError::Bind {
@@ -133,9 +173,6 @@ impl DataPlane {
             source,
         })?;
 
-        let tcp_tls = crate::tls::server_config(resolver, &[b"h2", b"http/1.1"], false, resumption, &metrics)
-            .map_err(|e| tls_err(&e))?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
         let alt_svc = Arc::new(tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port())));
         let http = match options.tcp.http_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ListenError::Bind {
@@ -178,8 +215,8 @@ impl DataPlane {
             ip: local_addr.ip(),
             shared: shared.clone(),
             admission: admission.clone(),
-            quic: server_config,
-            acceptor: acceptor.clone(),
+            tls: tls.clone(),
+            tables: tables.clone(),
             proxy_protocol,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

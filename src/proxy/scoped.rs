@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,8 +22,9 @@ pub(super) struct Setup {
     pub ip: IpAddr,
     pub shared: Arc<Shared>,
     pub admission: Arc<Admission>,
-    pub quic: quinn::ServerConfig,
-    pub acceptor: TlsAcceptor,
+    /// Each TLS port gets setups of its own, serving its scope's certificates.
+    pub tls: Arc<super::TlsSetups>,
+    pub tables: super::Tables,
     pub proxy_protocol: bool,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -109,20 +109,25 @@ fn listen(setup: &Setup, port: u16, kind: &ScopedPort) -> Result<Open, ListenErr
     // connections in TIME_WAIT) can be opened again.
     let std_tcp = std::net::TcpListener::bind(addr).map_err(bind("TCP"))?;
     std_tcp.set_nonblocking(true).map_err(bind("TCP"))?;
-    let endpoint =
-        if kind.tls { Some(quinn::Endpoint::server(setup.quic.clone(), addr).map_err(bind("UDP"))?) } else { None };
+    let tls = if kind.tls {
+        let (quic, acceptor) = setup.tls.for_scope(&setup.tables, &kind.scope)?;
+        Some((quinn::Endpoint::server(quic, addr).map_err(bind("UDP"))?, acceptor))
+    } else {
+        None
+    };
     let tcp = TcpListener::from_std(std_tcp).map_err(bind("TCP"))?;
-    let security = match &endpoint {
-        Some(endpoint) => {
+    let endpoint = tls.as_ref().map(|(endpoint, _)| endpoint.clone());
+    let security = match tls {
+        Some((endpoint, acceptor)) => {
             setup.tracker.spawn(h3::serve(
-                endpoint.clone(),
+                endpoint,
                 shared.clone(),
                 setup.admission.clone(),
                 stop.clone(),
                 setup.tracker.clone(),
             ));
             let alt_svc = Arc::new(tcp::alt_svc(kind.alt_svc_port.unwrap_or(port)));
-            tcp::Security::Tls { acceptor: setup.acceptor.clone(), alt_svc }
+            tcp::Security::Tls { acceptor, alt_svc }
         }
         None => tcp::Security::Plain,
     };

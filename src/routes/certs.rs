@@ -32,6 +32,11 @@ impl CertSet {
         Self { default: Some(default), ..Self::default() }
     }
 
+    /// A set with this one's default certificate and nothing else.
+    pub fn default_only(&self) -> Self {
+        Self { default: self.default.clone(), ..Self::default() }
+    }
+
     /// Replaces the certificate for clients whose SNI name no other certificate covers.
     pub fn set_default(&mut self, key: Arc<CertifiedKey>) {
         self.default = Some(key);

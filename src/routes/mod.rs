@@ -178,12 +178,26 @@ pub struct RouteTable {
     groups: BTreeMap<String, Arc<BackendGroup>>,
     routes: Vec<RouteInfo>,
     pub certs: CertSet,
+    /// The certificates of each port scope: a Gateway with an address of its own answers
+    /// with its own listeners' certificates only, never another Gateway's for the same name.
+    scoped_certs: HashMap<String, CertSet>,
+    /// What a scoped port without certificates of its own answers with: the default only.
+    unscoped_default: CertSet,
 }
 
 impl RouteTable {
     /// A table with no routes: every request gets 404.
     pub fn empty(certs: CertSet) -> Self {
         RouteTableBuilder::new(certs).build(0)
+    }
+
+    /// The certificates served on a listener of port scope `scope` (`None`: a default
+    /// listener): the scope's own, else only the default certificate.
+    pub fn certs_for(&self, scope: Option<&str>) -> &CertSet {
+        match scope {
+            None => &self.certs,
+            Some(s) => self.scoped_certs.get(s).unwrap_or(&self.unscoped_default),
+        }
     }
 
     /// The route for a request that came in on `port` when that port is scoped (`None`:
@@ -290,15 +304,25 @@ pub struct RouteTableBuilder {
     groups: BTreeMap<String, Arc<BackendGroup>>,
     routes: Vec<RouteInfo>,
     certs: CertSet,
+    scoped_certs: HashMap<String, CertSet>,
+    /// The default certificate the builder started with (the controller's), before any
+    /// Gateway's catch-all listener replaced it: where a scope's certificates start from.
+    unscoped_default: CertSet,
 }
 
 impl RouteTableBuilder {
     pub fn new(certs: CertSet) -> Self {
-        Self { certs, ..Self::default() }
+        Self { unscoped_default: certs.default_only(), certs, ..Self::default() }
     }
 
     pub fn certs_mut(&mut self) -> &mut CertSet {
         &mut self.certs
+    }
+
+    /// The certificates of port scope `scope`, starting with the builder's first default.
+    pub fn scoped_certs_mut(&mut self, scope: &str) -> &mut CertSet {
+        let start = &self.unscoped_default;
+        self.scoped_certs.entry(scope.to_string()).or_insert_with(|| start.clone())
     }
 
     /// Adds a group; a later group with the same id replaces the earlier one.
@@ -399,6 +423,8 @@ impl RouteTableBuilder {
             groups: self.groups,
             routes: self.routes,
             certs: self.certs,
+            scoped_certs: self.scoped_certs,
+            unscoped_default: self.unscoped_default,
         }
     }
 }
