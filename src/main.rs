@@ -476,6 +476,18 @@ async fn run(command: Command) -> ExitCode {
                 eprintln!("error: --gateway-addresses per-gateway needs --publish-service (its type and selector)");
                 return ExitCode::from(2);
             }
+            // A Gateway given a port another listener holds would never be served there.
+            let taken =
+                [("--listen", Some(listen)), ("--admin-listen", Some(admin_listen)), ("--http-listen", http_listen)];
+            if let Some((flag, addr)) = taken.iter().find_map(|(flag, a)| {
+                a.filter(|a| per_gateway && gateway.gateway_port_range.contains(a.port())).map(|a| (flag, a))
+            }) {
+                eprintln!(
+                    "error: --gateway-port-range {} holds the port of {flag} {addr}; choose a range apart from the listeners",
+                    gateway.gateway_port_range
+                );
+                return ExitCode::from(2);
+            }
             let opts = ControllerOptions {
                 kubeconfig,
                 ingress_class,

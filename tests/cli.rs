@@ -53,6 +53,24 @@ fn serve_refuses_an_invalid_config_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].backend_group"));
 }
 
+#[test]
+fn per_gateway_ports_may_not_overlap_a_listener() {
+    let controller = |extra: &[&str]| {
+        let mut args = vec!["controller", "--gateway-addresses", "per-gateway", "--publish-service", "qi/edge"];
+        args.extend_from_slice(extra);
+        // A kubeconfig that does not exist: the flags are checked before any connection.
+        args.extend_from_slice(&["--kubeconfig", "/nonexistent/kubeconfig"]);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let out = controller(&["--listen", "127.0.0.1:20001"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--gateway-port-range 20000-20999 holds the port of --listen 127.0.0.1:20001"), "{err}");
+    let out = controller(&["--gateway-port-range", "9000-9100"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-listen"), "the admin port 9090 is in 9000-9100");
+}
+
 #[tokio::test]
 async fn get_prints_status_protocol_and_body_over_each_protocol() {
     let b = Backend::start("cli").await;

@@ -45,6 +45,11 @@ impl PortRange {
         Ok(Self { first, last })
     }
 
+    /// Whether `port` is in the range (a listener there would take a Gateway's port).
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
     /// Pairs of ports in the range.
     pub fn slots(&self) -> usize {
         let ports = usize::from(self.last) - usize::from(self.first) + 1;
