@@ -118,9 +118,14 @@ async fn h3(port: u16) -> (u16, String) {
     (answer.status, answer.backend())
 }
 
-#[tokio::test]
-async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropped_scope_closes() {
-    let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+/// A data plane on loopback with an empty table, and what tables for it are built from.
+struct Started {
+    plane: DataPlane,
+    registry: EndpointRegistry,
+    certs: CertSet,
+}
+
+async fn start() -> Started {
     let metrics = Arc::new(Metrics::new().unwrap());
     let registry = EndpointRegistry::new(metrics.clone(), None);
     let certs = certs();
@@ -135,6 +140,13 @@ async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropp
     };
     let tables = quic_ingress::proxy::tables(RouteTable::empty(certs.clone()));
     let plane = DataPlane::start(&options, tables, metrics).await.unwrap();
+    Started { plane, registry, certs }
+}
+
+#[tokio::test]
+async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropped_scope_closes() {
+    let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+    let Started { plane, registry, certs } = start().await;
     let (pa, pb) = (Ports::new(), Ports::new());
     plane.publish(table(&registry, &certs, &d, &[("gw-a", pa, &a), ("gw-b", pb, &b)], 1));
 
@@ -181,20 +193,7 @@ async fn presented(port: u16) -> Vec<u8> {
 #[tokio::test]
 async fn a_scoped_port_presents_its_scopes_certificate_and_no_other_scopes() {
     let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
-    let metrics = Arc::new(Metrics::new().unwrap());
-    let registry = EndpointRegistry::new(metrics.clone(), None);
-    let certs = certs();
-    let options = ListenOptions {
-        address: (LOCALHOST, 0).into(),
-        alt_svc_port: None,
-        congestion: Default::default(),
-        resumption: quic_ingress::tls::Resumption::single_use(false),
-        trusted_proxies: Default::default(),
-        limits: Default::default(),
-        tcp: TcpOptions::default(),
-    };
-    let tables = quic_ingress::proxy::tables(RouteTable::empty(certs.clone()));
-    let plane = DataPlane::start(&options, tables, metrics).await.unwrap();
+    let Started { plane, registry, certs } = start().await;
     let (pa, pb) = (Ports::new(), Ports::new());
     // Scope a has a certificate of its own for `localhost`; the shared listeners another.
     let (own, shared) = (localhost_key(), localhost_key());
