@@ -125,6 +125,11 @@ struct Started {
     certs: CertSet,
 }
 
+/// The tests here run one at a time: each binds ports picked free a moment before
+/// (`free_port`), and the data plane takes UDP port 0 and then the same port over TCP, so
+/// two of them side by side could take each other's ports.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start() -> Started {
     let metrics = Arc::new(Metrics::new().unwrap());
     let registry = EndpointRegistry::new(metrics.clone(), None);
@@ -146,6 +151,7 @@ async fn start() -> Started {
 #[tokio::test]
 async fn two_scopes_answer_for_the_same_path_with_their_own_backends_and_a_dropped_scope_closes() {
     let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+    let _one = ONE_AT_A_TIME.lock().await;
     let Started { plane, registry, certs } = start().await;
     let (pa, pb) = (Ports::new(), Ports::new());
     plane.publish(table(&registry, &certs, &d, &[("gw-a", pa, &a), ("gw-b", pb, &b)], 1));
@@ -193,6 +199,7 @@ async fn presented(port: u16) -> Vec<u8> {
 #[tokio::test]
 async fn a_scoped_port_presents_its_scopes_certificate_and_no_other_scopes() {
     let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("default").await);
+    let _one = ONE_AT_A_TIME.lock().await;
     let Started { plane, registry, certs } = start().await;
     let (pa, pb) = (Ports::new(), Ports::new());
     // Scope a has a certificate of its own for `localhost`; the shared listeners another.
