@@ -575,7 +575,33 @@ fn split_pool(open: i64, multiplexed: i64, in_flight: i64) -> (i64, i64) {
 }
 
 /// Live endpoints by spec, held weakly: an endpoint lives as long as some table names it.
-type LiveEndpoints = Arc<Mutex<HashMap<EndpointSpec, Weak<Endpoint>>>>;
+type LiveEndpoints = Arc<Mutex<LiveMap>>;
+
+/// The registry's map, swept of dead entries when it has doubled since the last sweep: a
+/// sweep on every new endpoint made a build creating n endpoints cost n² (10,000 new
+/// Services took a second per build).
+#[derive(Default)]
+struct LiveMap {
+    map: HashMap<EndpointSpec, Weak<Endpoint>>,
+    sweep_at: usize,
+}
+
+impl LiveMap {
+    /// The smallest map worth sweeping.
+    const MIN_SWEEP: usize = 64;
+
+    fn insert(&mut self, spec: EndpointSpec, endpoint: &Arc<Endpoint>) {
+        if self.map.len() >= self.sweep_at.max(Self::MIN_SWEEP) {
+            self.sweep();
+        }
+        self.map.insert(spec, Arc::downgrade(endpoint));
+    }
+
+    fn sweep(&mut self) {
+        self.map.retain(|_, weak| weak.strong_count() > 0);
+        self.sweep_at = self.map.len() * 2;
+    }
+}
 
 /// Hands out shared endpoints by spec; keeps only weak references so endpoints no table
 /// uses any more are dropped with their pools. Owns the per-backend gauges: they are read
@@ -616,12 +642,11 @@ impl EndpointRegistry {
     pub fn endpoint(&self, spec: &EndpointSpec) -> Result<Arc<Endpoint>, UpstreamError> {
         // Only table builds and scrapes take this lock, never requests.
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(existing) = live.get(spec).and_then(Weak::upgrade) {
+        if let Some(existing) = live.map.get(spec).and_then(Weak::upgrade) {
             return Ok(existing);
         }
         let endpoint = Arc::new(Endpoint::new(spec, &self.metrics, self.transitions.clone())?);
-        live.retain(|_, weak| weak.strong_count() > 0);
-        live.insert(spec.clone(), Arc::downgrade(&endpoint));
+        live.insert(spec.clone(), &endpoint);
         Ok(endpoint)
     }
 
@@ -633,14 +658,17 @@ impl EndpointRegistry {
     /// Endpoints still referenced by some table.
     pub fn live_count(&self) -> usize {
         let live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.values().filter(|w| w.strong_count() > 0).count()
+        live.map.values().filter(|w| w.strong_count() > 0).count()
     }
 }
 
 /// What each live endpoint shows in the per-backend gauges.
 fn sample(live: &LiveEndpoints) -> Vec<EndpointSample> {
-    let live = live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    live.values()
+    let mut live = live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // A scrape visits every entry anyway: the dead go now, not at the next doubling.
+    live.sweep();
+    live.map
+        .values()
         .filter_map(Weak::upgrade)
         .map(|e| {
             let (active, idle) = e.pool_connections();
@@ -759,6 +787,21 @@ mod tests {
         drop((a, again, other));
         assert_eq!(reg.live_count(), 0);
         assert!(reg.endpoint(&spec("http://127.0.0.1:1")).unwrap().is_healthy(), "forgotten once unused");
+    }
+
+    #[tokio::test]
+    async fn dropped_endpoints_are_swept_as_the_registry_grows_and_at_a_scrape() {
+        let reg = EndpointRegistry::default();
+        let kept: Vec<_> =
+            (0..100u16).map(|i| reg.endpoint(&spec(&format!("http://10.4.0.{i}:80"))).unwrap()).collect();
+        for i in 0..5000u16 {
+            drop(reg.endpoint(&spec(&format!("http://10.5.{}.{}:80", i / 250, i % 250))).unwrap());
+        }
+        let held = reg.live.lock().unwrap().map.len();
+        assert!(held <= 2 * (kept.len() + LiveMap::MIN_SWEEP), "dead entries bounded by the live ones: {held}");
+        sample(&reg.live);
+        assert_eq!(reg.live.lock().unwrap().map.len(), kept.len(), "a scrape sweeps the rest");
+        assert_eq!(reg.live_count(), kept.len());
     }
 
     #[tokio::test]
