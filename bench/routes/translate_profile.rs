@@ -1,7 +1,8 @@
 //! Route-table builds without an API server, for profiling (`perf record` on this binary):
-//! a `World` of N Ingresses, each with its own Service and one-endpoint EndpointSlice (the
-//! shape bench-routes creates), translated `ROUNDS` times. Prints the time per build.
-//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20]
+//! a `World` of N Ingresses, each with its own Service and one-endpoint EndpointSlice, or of
+//! N HTTPRoutes on one Gateway to one Service (the shapes bench-routes creates), translated
+//! `ROUNDS` more times after the first. Prints the time per build.
+//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20] [ingress|httproute]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,12 +19,19 @@ use quic_ingress::kube::world::{SERVICE_NAME_LABEL, World};
 use quic_ingress::telemetry::metrics::Metrics;
 use quic_ingress::upstream::EndpointRegistry;
 
+// The binary's allocator: a build is mostly allocation, so its cost depends on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn meta(name: &str, n: usize) -> ObjectMeta {
     let ts = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + n as i64).unwrap_or_default();
     ObjectMeta {
         namespace: Some("bench".into()),
         name: Some(name.into()),
         uid: Some(format!("uid-{name}")),
+        // As the API server writes it: with a version, the previous build's Service groups
+        // are reused, as in a cluster.
+        resource_version: Some(format!("{}", 1000 + n)),
         creation_timestamp: Some(Time(ts)),
         generation: Some(1),
         ..ObjectMeta::default()
@@ -86,27 +94,109 @@ fn world(n: usize) -> World {
     w
 }
 
+/// A Gateway API object of `kind` from its spec, with the metadata the API server writes.
+fn gateway_object<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    n: usize,
+    spec: serde_json::Value,
+) -> anyhow::Result<Arc<T>> {
+    let mut m = serde_json::to_value(meta(name, n))?;
+    if namespace.is_none() {
+        m.as_object_mut().map(|o| o.remove("namespace"));
+    }
+    let v =
+        serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": kind, "metadata": m, "spec": spec});
+    Ok(Arc::new(serde_json::from_value(v)?))
+}
+
+/// One GatewayClass of ours, Gateway `bench/gw` with an HTTP listener on port 80, and `n`
+/// HTTPRoutes, each of its own host, to Service `s0` (of `world(1)`).
+fn httproute_world(n: usize) -> anyhow::Result<World> {
+    let mut w = world(1);
+    w.ingresses.clear();
+    let g = &mut w.gateway;
+    let controller = quic_ingress::kube::gateway::GATEWAY_CONTROLLER_NAME;
+    g.classes.push(gateway_object("GatewayClass", None, "quic", 0, serde_json::json!({"controllerName": controller}))?);
+    let listeners = serde_json::json!([{"name": "http", "port": 80, "protocol": "HTTP"}]);
+    g.gateways.push(gateway_object(
+        "Gateway",
+        Some("bench"),
+        "gw",
+        0,
+        serde_json::json!({"gatewayClassName": "quic", "listeners": listeners}),
+    )?);
+    for i in 0..n {
+        let spec = serde_json::json!({
+            "parentRefs": [{"name": "gw"}],
+            "hostnames": [format!("r{i}.example.com")],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "backendRefs": [{"name": "s0", "port": 80}]}],
+        });
+        g.routes.push(gateway_object("HTTPRoute", Some("bench"), &format!("r{i}"), i + 1, spec)?);
+    }
+    Ok(w)
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
-    let w = world(n);
-    let settings = Settings::new("quic");
+    anyhow::ensure!(rounds >= 1, "ROUNDS must be at least 1");
+    let kind = args.next().unwrap_or_else(|| "ingress".into());
+    let mut settings = Settings::new("quic");
+    let w = match kind.as_str() {
+        "ingress" => world(n),
+        "httproute" => {
+            settings.gateway_ports.http = Some(80);
+            httproute_world(n)?
+        }
+        other => anyhow::bail!("{other}: expected ingress or httproute"),
+    };
     let registry = EndpointRegistry::new(Arc::new(Metrics::new()?), None);
     let mut last_good = LastGoodCerts::default();
     let mut times = Vec::with_capacity(rounds);
-    for g in 0..rounds {
+    let mut first = None;
+    let mut cpu_at_first = None;
+    for g in 0..=rounds {
         let started = Instant::now();
         let t = translate(&w, &settings, &registry, &mut last_good, g as u64 + 1);
-        times.push(started.elapsed());
+        let took = started.elapsed();
         anyhow::ensure!(t.table.route_count() >= n, "{} routes of {n}", t.table.route_count());
+        // The first build compiles every Service group; the next ones reuse them.
+        match first {
+            None => {
+                first = Some(took);
+                cpu_at_first = Some(process_cpu()?);
+            }
+            Some(_) => times.push(took),
+        }
     }
+    // CPU time, unlike wall time, hardly moves with what else the machine runs.
+    let cpu = process_cpu()? - cpu_at_first.unwrap_or_default();
     times.sort();
+    println!("translate: {n} {kind}s, first build {:.1} ms", first.unwrap_or_default().as_secs_f64() * 1000.0);
     println!(
-        "translate: {n} Ingresses, {rounds} builds: median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        "translate: {n} {kind}s, {rounds} more builds: median {:.1} ms, min {:.1} ms, max {:.1} ms",
         times[rounds / 2].as_secs_f64() * 1000.0,
         times[0].as_secs_f64() * 1000.0,
         times[rounds - 1].as_secs_f64() * 1000.0
     );
+    println!(
+        "translate: {n} {kind}s, CPU per build {:.1} ms (from /proc, {rounds} builds)",
+        cpu * 1000.0 / rounds as f64
+    );
     Ok(())
+}
+
+/// This process's user + system CPU seconds (`/proc/self/stat`, in clock ticks of 1/100 s).
+fn process_cpu() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+    Ok((ticks(11) + ticks(12)) / 100.0)
 }
