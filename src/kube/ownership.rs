@@ -159,8 +159,18 @@ impl Owners {
     fn record(&mut self, host: HostRule, ns: String) {
         match host {
             HostRule::Exact(h) => {
+                // Looked up before inserting: most hosts share a few suffixes and one
+                // namespace each, so nothing is allocated for them.
                 if let Some(s) = wildcard_suffix(&h) {
-                    self.under.entry(s.to_string()).or_default().insert(ns.clone());
+                    match self.under.get_mut(s) {
+                        Some(owners) if owners.contains(&ns) => {}
+                        Some(owners) => {
+                            owners.insert(ns.clone());
+                        }
+                        None => {
+                            self.under.insert(s.to_string(), BTreeSet::from([ns.clone()]));
+                        }
+                    }
                 }
                 self.exact.entry(h).or_insert(ns);
             }
@@ -172,6 +182,11 @@ impl Owners {
 
     /// The namespace owning `host` when `kind` `namespace/name`'s claim of it was refused.
     pub fn refusal(&self, kind: &'static str, namespace: &str, name: &str, host: &HostRule) -> Option<&str> {
+        // Asked for every rule of every object each build, and most clusters refuse
+        // nothing: no key is built then.
+        if self.refused.is_empty() {
+            return None;
+        }
         self.refused.get(&(kind, namespace.to_string(), name.to_string(), host.clone())).map(String::as_str)
     }
 }

@@ -3,7 +3,7 @@
 //! builders. Invalid or dangling objects become `Problem`s and are skipped; the rest of the
 //! table is built as usual.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
@@ -137,8 +137,20 @@ pub struct RefusedGroup {
 /// compiled again (at thousands of Services that is much of a build).
 #[derive(Default)]
 pub struct LastGoodCerts {
-    certs: HashMap<(String, String), Arc<CertifiedKey>>,
+    certs: HashMap<(String, String), GoodCert>,
     groups: GroupMemo,
+}
+
+/// The last certificate a TLS Secret `(namespace, name)` gave, with the uid and
+/// resourceVersion it was read from: the same version is not parsed again (a key and its
+/// chain take tens of microseconds, on every build, for every TLS Ingress).
+struct GoodCert {
+    version: Option<(String, String)>,
+    key: Arc<CertifiedKey>,
+}
+
+fn object_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(&str, &str)> {
+    Some((m.uid.as_deref()?, m.resource_version.as_deref()?))
 }
 
 /// The uid and resourceVersion of a Service and of each of its EndpointSlices: a group
@@ -147,47 +159,59 @@ pub struct LastGoodCerts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GroupInputs(Vec<(String, String)>);
 
+type ServiceAndSlices<'a> =
+    (&'a k8s_openapi::api::core::v1::Service, &'a [&'a k8s_openapi::api::discovery::v1::EndpointSlice]);
+
 impl GroupInputs {
-    fn of(
-        service: &k8s_openapi::api::core::v1::Service,
-        slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
-    ) -> Option<Self> {
-        let version = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            Some((m.uid.clone()?, m.resource_version.clone()?))
-        };
-        let mut v = Vec::with_capacity(1 + slices.len());
-        v.push(version(&service.metadata)?);
-        for s in slices {
-            v.push(version(&s.metadata)?);
-        }
-        Some(GroupInputs(v))
+    fn metas<'a>(
+        (service, slices): ServiceAndSlices<'a>,
+    ) -> impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+        std::iter::once(&service.metadata).chain(slices.iter().map(|s| &s.metadata))
+    }
+
+    fn of(objects: ServiceAndSlices<'_>) -> Option<Self> {
+        let versions = Self::metas(objects).map(|m| object_version(m).map(|(u, r)| (u.to_string(), r.to_string())));
+        versions.collect::<Option<Vec<_>>>().map(GroupInputs)
+    }
+
+    /// Whether `objects` are at these versions; compared in place, since it is asked of
+    /// every Service on every build.
+    fn matches(&self, objects: ServiceAndSlices<'_>) -> bool {
+        self.0.len() == 1 + objects.1.len()
+            && Self::metas(objects).zip(&self.0).all(|(m, (u, r))| object_version(m) == Some((u.as_str(), r.as_str())))
     }
 }
 
-/// Service groups of the previous build, and those this build used (the next build's).
+/// Service groups by id, each with the build that last used it: a build reuses what the
+/// previous one made from the same inputs, and what no build used is forgotten.
 #[derive(Default)]
 struct GroupMemo {
-    previous: HashMap<String, (GroupInputs, Arc<BackendGroup>)>,
-    used: HashMap<String, (GroupInputs, Arc<BackendGroup>)>,
+    groups: HashMap<String, MemoGroup>,
+    build: u64,
+}
+
+struct MemoGroup {
+    inputs: GroupInputs,
+    group: Arc<BackendGroup>,
+    used: u64,
 }
 
 impl GroupMemo {
-    fn reuse(&mut self, id: &str, inputs: &GroupInputs) -> Option<Arc<BackendGroup>> {
-        let (seen, group) = self.previous.remove(id)?;
-        if seen != *inputs {
-            return None;
-        }
-        self.used.insert(id.to_string(), (seen, group.clone()));
-        Some(group)
+    fn reuse(&mut self, id: &str, objects: ServiceAndSlices<'_>) -> Option<Arc<BackendGroup>> {
+        let memo = self.groups.get_mut(id).filter(|m| m.inputs.matches(objects))?;
+        memo.used = self.build;
+        Some(memo.group.clone())
     }
 
     fn keep(&mut self, id: &str, inputs: GroupInputs, group: &Arc<BackendGroup>) {
-        self.used.insert(id.to_string(), (inputs, group.clone()));
+        self.groups.insert(id.to_string(), MemoGroup { inputs, group: group.clone(), used: self.build });
     }
 
     /// Forgets the groups no route of this build used.
     fn finish(&mut self) {
-        self.previous = std::mem::take(&mut self.used);
+        let build = self.build;
+        self.groups.retain(|_, m| m.used == build);
+        self.build += 1;
     }
 }
 
@@ -275,8 +299,8 @@ pub fn translate(
         owners: owners.as_ref(),
         builder: RouteTableBuilder::new(settings.default_cert.clone().map(CertSet::with_default).unwrap_or_default()),
         problems: Vec::new(),
-        groups_by_id: BTreeMap::new(),
-        service_failures: BTreeMap::new(),
+        groups_by_id: HashMap::new(),
+        service_failures: HashMap::new(),
         refused_groups: Vec::new(),
         accepted_hosts: HashMap::new(),
         cert_claims: HashMap::new(),
@@ -388,9 +412,9 @@ struct Translator<'a> {
     builder: RouteTableBuilder,
     problems: Vec<Problem>,
     /// Groups compiled so far by id; `None` records a group that could not be built.
-    groups_by_id: BTreeMap<String, Option<Arc<BackendGroup>>>,
+    groups_by_id: HashMap<String, Option<Arc<BackendGroup>>>,
     /// Why a Service group could not be built, so every Ingress naming it is told.
-    service_failures: BTreeMap<String, (&'static str, String)>,
+    service_failures: HashMap<String, (&'static str, String)>,
     refused_groups: Vec<RefusedGroup>,
     /// Hosts each Ingress `(namespace, name)` may route (its namespace owns or shares them):
     /// the only hosts its TLS Secrets are served for.
@@ -415,10 +439,10 @@ impl Translator<'_> {
 
     /// Whether `obj`'s namespace may route `host`; tells the object why not.
     fn host_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, host: Option<&HostRule>) -> bool {
-        let ns = obj.meta().namespace.clone().unwrap_or_default();
-        let name = obj.meta().name.clone().unwrap_or_default();
         let Some(host) = host else { return self.catch_all_allowed(kind, obj, "a rule without a host") };
-        let Some(owner) = self.owners.and_then(|o| o.refusal(kind, &ns, &name, host)) else { return true };
+        let (ns, name) =
+            (obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default());
+        let Some(owner) = self.owners.and_then(|o| o.refusal(kind, ns, name, host)) else { return true };
         let message = format!(
             "host {host} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
         );
@@ -458,6 +482,7 @@ impl Translator<'_> {
         let Some(spec) = &ing.spec else { return };
         let ns = ing.namespace().unwrap_or_default();
         let id = format!("{ns}/{}", ing.name_any());
+        let has_tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
         for rule in spec.rules.iter().flatten() {
             let host = match rule.host.as_deref().map(HostRule::parse).transpose() {
                 Ok(h) => h,
@@ -469,7 +494,8 @@ impl Translator<'_> {
             if !self.host_allowed("Ingress", ing, host.as_ref()) {
                 continue;
             }
-            if let Some(h) = &host {
+            // Only TLS sections read them (`ingress_tls`).
+            if let Some(h) = host.as_ref().filter(|_| has_tls) {
                 self.accepted_hosts.entry((ns.clone(), ing.name_any())).or_default().insert(h.clone());
             }
             for p in rule.http.iter().flat_map(|h| &h.paths) {
@@ -660,15 +686,17 @@ impl Translator<'_> {
         if let Some(known) = self.known_group(&id) {
             return known;
         }
-        let inputs =
-            self.idx.services.get(&(ns, name)).and_then(|svc| {
-                GroupInputs::of(svc, self.idx.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]))
-            });
-        if let Some(group) = inputs.as_ref().and_then(|i| self.memo.reuse(&id, i)) {
+        let objects = self
+            .idx
+            .services
+            .get(&(ns, name))
+            .map(|svc| (*svc, self.idx.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[])));
+        if let Some(group) = objects.and_then(|o| self.memo.reuse(&id, o)) {
             self.builder.insert_group(group.clone());
             self.groups_by_id.insert(id, Some(group.clone()));
             return Ok(group);
         }
+        let inputs = objects.and_then(GroupInputs::of);
         // The defaults of the shared model: round robin, passive checks only.
         let built = match self.service_endpoints(ns, name, port, scheme) {
             Ok(urls) => GroupSpec::new(id.clone(), Members::Discovered(urls))
@@ -820,7 +848,10 @@ impl Translator<'_> {
         })
     }
 
-    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut HashMap<(String, String), Arc<CertifiedKey>>) {
+    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut HashMap<(String, String), GoodCert>) {
+        if ing.spec.as_ref().and_then(|s| s.tls.as_ref()).is_none_or(Vec::is_empty) {
+            return;
+        }
         let ns = ing.namespace().unwrap_or_default();
         let rule_hosts: Vec<String> =
             ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
@@ -828,13 +859,15 @@ impl Translator<'_> {
         for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
             let Some(secret_name) = tls.secret_name.as_deref() else { continue };
             let cache_key = (ns.clone(), secret_name.to_string());
-            let key = match self.idx.secrets.get(&(ns.as_str(), secret_name)).map(|s| secret_cert(s)) {
-                Some(Ok(key)) => {
-                    last_good.insert(cache_key.clone(), key.clone());
-                    Some(key)
-                }
+            let key = match self
+                .idx
+                .secrets
+                .get(&(ns.as_str(), secret_name))
+                .map(|s| secret_cert_memo(last_good, &cache_key, s))
+            {
+                Some(Ok(key)) => Some(key),
                 Some(Err(e)) => {
-                    let kept = last_good.get(&cache_key).cloned();
+                    let kept = last_good.get(&cache_key).map(|good| good.key.clone());
                     let note = if kept.is_some() { "; serving its last good certificate" } else { "" };
                     self.problem("Ingress", ing, "InvalidTLSSecret", format!("secret {ns}/{secret_name}: {e}{note}"));
                     kept
@@ -886,6 +919,26 @@ impl Translator<'_> {
 fn covers(accepted: &BTreeSet<HostRule>, host: &HostRule) -> bool {
     accepted.contains(host)
         || matches!(host, HostRule::Exact(h) if wildcard_suffix(h).is_some_and(|s| accepted.contains(&HostRule::Wildcard(s.to_string()))))
+}
+
+/// Secret `key`'s certificate, parsed only when its version is not the one last parsed;
+/// a good one is remembered (an invalid one leaves the last good in place).
+fn secret_cert_memo(
+    last_good: &mut HashMap<(String, String), GoodCert>,
+    key: &(String, String),
+    secret: &k8s_openapi::api::core::v1::Secret,
+) -> Result<Arc<CertifiedKey>, String> {
+    let version = object_version(&secret.metadata);
+    if let Some(good) = last_good
+        .get(key)
+        .filter(|g| version.is_some() && g.version.as_ref().map(|(u, r)| (u.as_str(), r.as_str())) == version)
+    {
+        return Ok(good.key.clone());
+    }
+    let parsed = secret_cert(secret)?;
+    let version = version.map(|(u, r)| (u.to_string(), r.to_string()));
+    last_good.insert(key.clone(), GoodCert { version, key: parsed.clone() });
+    Ok(parsed)
 }
 
 pub(crate) fn secret_cert(secret: &k8s_openapi::api::core::v1::Secret) -> Result<Arc<CertifiedKey>, String> {

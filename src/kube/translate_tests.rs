@@ -1033,3 +1033,26 @@ fn an_unchanged_service_keeps_its_group_across_builds_and_a_changed_slice_gets_a
     let b = translate(&plain, &settings(), &registry, &mut memory, 5);
     assert!(!Arc::ptr_eq(&group(&a), &group(&b)));
 }
+
+#[test]
+fn a_tls_secret_is_parsed_again_only_when_its_version_changes() {
+    let mut world = shop_world();
+    world.secrets = vec![versioned(&tls_secret("shop", "shop-tls", "shop.example.com"), "1")];
+    world.ingresses = vec![
+        ingress("shop", "web")
+            .rule(Some("shop.example.com"), "/", "Prefix", svc_backend("api", 80))
+            .tls(&["shop.example.com"], "shop-tls")
+            .build(),
+    ];
+    let (registry, mut memory) = (EndpointRegistry::default(), LastGoodCerts::default());
+    let cert = |t: &Translation| t.table.certs.resolve(Some("shop.example.com")).expect("a certificate");
+    let first = translate(&world, &settings(), &registry, &mut memory, 1);
+    let second = translate(&world, &settings(), &registry, &mut memory, 2);
+    assert!(Arc::ptr_eq(&cert(&first), &cert(&second)), "the same version is not parsed again");
+
+    // Rotated: the Secret's new version is read at the next build.
+    world.secrets = vec![versioned(&tls_secret("shop", "shop-tls", "shop.example.com"), "2")];
+    let third = translate(&world, &settings(), &registry, &mut memory, 3);
+    assert!(!Arc::ptr_eq(&cert(&second), &cert(&third)), "a new version is parsed");
+    assert!(third.problems.is_empty(), "{:?}", third.problems);
+}

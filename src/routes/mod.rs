@@ -376,15 +376,18 @@ impl RouteTableBuilder {
                 vec![],
             )),
         };
-        let backend_group = backends
-            .weights()
-            .map(|(g, w)| match (g, backends.weights().count()) {
-                (Some(g), 1) => g.id.clone(),
-                (Some(g), _) => format!("{}={w}", g.id),
-                (None, _) => format!("(unresolved)={w}"),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let backend_group = match (backends.weights().count(), backends.weights().next()) {
+            // Almost every route: one group, named as it is.
+            (1, Some((Some(g), _))) => g.id.clone(),
+            _ => backends
+                .weights()
+                .map(|(g, w)| match g {
+                    Some(g) => format!("{}={w}", g.id),
+                    None => format!("(unresolved)={w}"),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        };
         let mut path_text = path.to_string();
         if let Some(m) = &matcher {
             path_text.push_str(&format!(" {}", describe(m)));
