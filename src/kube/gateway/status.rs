@@ -13,9 +13,9 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use super::api::{
-    BackendTLSPolicy, GROUP, GRPCRoute, GRPCRouteStatus, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus,
-    GatewayStatus, HTTPRoute, HTTPRouteStatus, ListenerStatus, ParentRef, PolicyAncestorStatus, PolicyStatus,
-    RouteParentStatus, SupportedFeature,
+    BackendTLSPolicy, GROUP, GRPCRouteStatus, Gateway, GatewayAddress, GatewayClass, GatewayClassStatus, GatewayStatus,
+    HTTPRouteStatus, ListenerStatus, ParentRef, PolicyAncestorStatus, PolicyStatus, RouteParentStatus,
+    SupportedFeature,
 };
 use super::backend_tls::PolicyImage;
 use super::model::{GatewayImage, ObjectKey, RouteImage, RouteKind};
@@ -382,7 +382,14 @@ fn merged_parents(
 #[derive(Default)]
 pub struct Writer {
     written: HashMap<(&'static str, String, String), (serde_json::Value, Option<String>)>,
+    /// Per route: the resourceVersion it had and a hash of our entries for it when its
+    /// status was last found right. The same pair again needs no comparison: with 10,000
+    /// routes, comparing every status as JSON after every build took longer than the build.
+    judged: HashMap<RouteKey, Judged>,
 }
+
+type RouteKey = (RouteKind, String, String);
+type Judged = (Option<String>, u64);
 
 /// Where Gateways say they are reached.
 #[derive(Debug, Clone, Default)]
@@ -407,6 +414,7 @@ impl GatewayAddresses {
 impl Writer {
     pub fn forget(&mut self) {
         self.written.clear();
+        self.judged.clear();
     }
 
     pub async fn write(
@@ -447,22 +455,20 @@ impl Writer {
             ours.insert(key, route_parents(route, outcomes, &prev));
         }
         // Every route that shows entries of ours or should: others' entries are kept.
+        // Routes judged right at this version with these entries are skipped; what is
+        // judged now replaces the map, so deleted routes leave it.
+        let mut judged = HashMap::with_capacity(self.judged.len());
         for obj in stores.routes.state() {
             let key = (RouteKind::Http, obj.namespace().unwrap_or_default(), obj.name_any());
-            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key), controller) else {
-                continue;
-            };
-            let api: Api<HTTPRoute> = Api::namespaced(client.clone(), &key.1);
-            self.patch(&api, "HTTPRoute", obj.as_ref(), &prev, &status).await;
+            let entries = ours.remove(&key);
+            self.route_status(client, key, obj.as_ref(), obj.status.as_ref(), entries, controller, &mut judged).await;
         }
         for obj in stores.grpc_routes.state() {
             let key = (RouteKind::Grpc, obj.namespace().unwrap_or_default(), obj.name_any());
-            let Some((prev, status)) = merged_parents(obj.status.as_ref(), ours.remove(&key), controller) else {
-                continue;
-            };
-            let api: Api<GRPCRoute> = Api::namespaced(client.clone(), &key.1);
-            self.patch(&api, "GRPCRoute", obj.as_ref(), &prev, &status).await;
+            let entries = ours.remove(&key);
+            self.route_status(client, key, obj.as_ref(), obj.status.as_ref(), entries, controller, &mut judged).await;
         }
+        self.judged = judged;
         let mut policies: HashMap<(String, String), Vec<PolicyAncestorStatus>> = HashMap::new();
         for policy in &t.model.policies.images {
             let (ns, name) = (&policy.key.namespace, &policy.key.name);
@@ -480,21 +486,59 @@ impl Writer {
         }
     }
 
-    async fn patch<K, S>(&mut self, api: &Api<K>, kind: &'static str, obj: &K, previous: &S, status: &S)
+    /// Writes route `obj`'s status (`status` as the store shows it) with our `entries`,
+    /// unless it was judged right at this version with the same entries; records it in
+    /// `judged` once it is right.
+    #[allow(clippy::too_many_arguments)]
+    async fn route_status<K>(
+        &mut self,
+        client: &Client,
+        key: RouteKey,
+        obj: &K,
+        status: Option<&HTTPRouteStatus>,
+        entries: Option<Vec<RouteParentStatus>>,
+        controller: &str,
+        judged: &mut HashMap<RouteKey, Judged>,
+    ) where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let stamp = (obj.meta().resource_version.clone(), crate::kube::watches::hash_json(&entries, None));
+        if self.judged.get(&key) != Some(&stamp) {
+            let right = match merged_parents(status, entries, controller) {
+                None => true,
+                Some((prev, wanted)) => {
+                    let api: Api<K> = Api::namespaced(client.clone(), &key.1);
+                    self.patch(&api, key.0.name(), obj, &prev, &wanted).await
+                }
+            };
+            if !right {
+                return;
+            }
+        }
+        judged.insert(key, stamp);
+    }
+
+    /// Writes `status` unless `previous` already says it; whether the object's status is
+    /// (or was just written) right.
+    async fn patch<K, S>(&mut self, api: &Api<K>, kind: &'static str, obj: &K, previous: &S, status: &S) -> bool
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
         S: Serialize,
     {
         let wanted = comparable(status);
         if comparable(previous) == wanted {
-            return;
+            return true;
         }
         let (ns, name) =
             (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
         let key = (kind, ns.clone(), name.clone());
         let seen = (wanted, obj.meta().resource_version.clone());
         if self.written.get(&key) == Some(&seen) {
-            return;
+            // Written, and the store has not caught up yet: judged again when it has.
+            return false;
         }
         let patch = serde_json::json!({ "status": status });
         match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -503,6 +547,9 @@ impl Writer {
             }
             Err(e) => tracing::warn!(kind, namespace = %ns, name = %name, error = %e, "cannot write status"),
         }
+        // Either way, not right yet at this version: the write's own event brings a new
+        // version, and a failed write is tried again at the next pass.
+        false
     }
 }
 
