@@ -9,8 +9,10 @@
 //! `3000,10000`), `BENCH_MEMORY` (Ingress counts where RSS is read, default
 //! `1000,5000,10000`), `BENCH_TRIALS` (50), `BENCH_RATE` (background requests/s, 2000),
 //! `BENCH_CHURN` (routes added and removed under load, 1000), `BENCH_PHASES`
-//! (`ingress,endpoints,httproute`), `BENCH_ENDPOINTS` (`1000x100`), `BENCH_OUT` (a file
-//! the report is also written to).
+//! (`ingress,endpoints,httproute`), `BENCH_ENDPOINTS` (`1000x100`), `BENCH_SHARED_SERVICES`
+//! (0: every Ingress has a Service and an EndpointSlice of its own; N: the Ingresses share
+//! N Services, Ingress `i{n}` pointing at Service `s{n % N}`), `BENCH_OUT` (a file the
+//! report is also written to).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +49,8 @@ struct Settings {
     churn: usize,
     phases: Vec<String>,
     endpoints: (usize, usize),
+    /// Services the Ingresses share; 0 for one per Ingress.
+    shared_services: usize,
 }
 
 fn env_list(name: &str, default: &str) -> Result<Vec<usize>> {
@@ -80,10 +84,12 @@ impl Settings {
                 .map(|s| s.trim().to_string())
                 .collect(),
             endpoints: (services.parse()?, per.parse()?),
+            shared_services: env_num("BENCH_SHARED_SERVICES", 0)? as usize,
         };
         ensure!(s.trials > 0 && s.trials <= 1000, "BENCH_TRIALS must be 1..=1000");
         ensure!(s.sizes.iter().chain(&s.memory).all(|n| *n <= 50_000), "at most 50,000 routes");
         ensure!(s.rate <= 50_000, "BENCH_RATE at most 50000");
+        ensure!(s.shared_services <= 50_000, "BENCH_SHARED_SERVICES at most 50000");
         Ok(s)
     }
 }
@@ -225,8 +231,11 @@ struct IngressBench<'a> {
     ns: &'a TestNamespace,
     backend_ip: String,
     backend_port: i32,
-    /// Ingresses `i0..i{count}` exist, each with Service `s{n}` and its EndpointSlice.
+    /// Ingresses `i0..i{count}` exist, each pointing at Service [`Self::service`] (which
+    /// has an EndpointSlice).
     count: usize,
+    /// Services the Ingresses share (0: one each).
+    shared: usize,
 }
 
 impl IngressBench<'_> {
@@ -234,22 +243,44 @@ impl IngressBench<'_> {
         format!("i{n}.example.com")
     }
 
+    /// The Service Ingress `n` points at.
+    fn service(&self, n: usize) -> String {
+        match self.shared {
+            0 => format!("s{n}"),
+            shared => format!("s{}", n % shared),
+        }
+    }
+
     async fn grow(&mut self, to: usize) -> Result<Duration> {
         let started = Instant::now();
         let (ns, ip, port) = (self.ns, self.backend_ip.clone(), self.backend_port);
-        bulk(WRITERS, self.count..to, |n| {
+        // With shared Services, the first growth creates them all.
+        let services = match self.shared {
+            0 => self.count..to,
+            shared if self.count == 0 => 0..shared,
+            _ => 0..0,
+        };
+        bulk(WRITERS, services, |n| {
             let ip = ip.clone();
             async move {
                 let svc = format!("s{n}");
                 ns.create(&headless(&svc)).await?;
                 ns.create(&endpoint_slice(&svc).name(&format!("{svc}-1")).address(&ip).port("http", port).build())
                     .await?;
-                ns.create(
-                    &ingress(&format!("i{n}")).class("quic").rule(&Self::host(n), "/", "Prefix", &svc, 80).build(),
-                )
-                .await?;
                 Ok(())
             }
+        })
+        .await?;
+        let this = &*self;
+        bulk(WRITERS, self.count..to, |n| async move {
+            ns.create(
+                &ingress(&format!("i{n}"))
+                    .class("quic")
+                    .rule(&Self::host(n), "/", "Prefix", &this.service(n), 80)
+                    .build(),
+            )
+            .await?;
+            Ok(())
         })
         .await?;
         self.count = to;
@@ -272,8 +303,18 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
     report.say(format!(
         "Ingress: RSS with 0 Ingresses {rss0:.1} MiB (replica of another class watching the same objects: {shadow0:.1} MiB)"
     ));
-    let mut b =
-        IngressBench { ns: &ns, backend_ip: host.ip().to_string(), backend_port: i32::from(web.port()), count: 0 };
+    let mut b = IngressBench {
+        ns: &ns,
+        backend_ip: host.ip().to_string(),
+        backend_port: i32::from(web.port()),
+        count: 0,
+        shared: s.shared_services,
+    };
+    let shared = match s.shared_services {
+        0 => "a Service and an EndpointSlice each".to_string(),
+        n => format!("{n} Services with an EndpointSlice each shared by all"),
+    };
+    let (trial_svc, churn_svc) = (b.service(0), b.service(1));
     let trust = TrustOptions { insecure: true, ca_file: None };
     let ns = &ns;
 
@@ -285,7 +326,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         let created = b.grow(step).await?;
         let settled = settle(&c, step).await?;
         report.say(format!(
-            "Ingress: {step} Ingresses (with a Service and an EndpointSlice each) created in {:.1} s; in the table {:.1} s after the last write (load {})",
+            "Ingress: {step} Ingresses (with {shared}) created in {:.1} s; in the table {:.1} s after the last write (load {})",
             created.as_secs_f64(),
             settled.as_secs_f64(),
             load_average()
@@ -315,7 +356,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         for t in 0..s.trials {
             let name = format!("t{step}-{t}");
             let h = format!("{name}.example.com");
-            let ing = ingress(&name).class("quic").rule(&h, "/", "Prefix", "s0", 80).build();
+            let ing = ingress(&name).class("quic").rule(&h, "/", "Prefix", &trial_svc, 80).build();
             match trial(&probe, &h, async { ns.create(&ing).await.map(drop) }).await {
                 Ok(d) => samples.push(d),
                 Err(e) => lost.push(format!("{e:#}")),
@@ -332,11 +373,12 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         // Churn: `churn` Ingresses added in bursts of 100, then removed in bursts of 100.
         let profile = Profile::start(&c, &format!("ingress-{step}"))?;
         let churn_started = Instant::now();
+        let churn_svc = &churn_svc;
         for burst in (0..s.churn).collect::<Vec<_>>().chunks(100) {
             bulk(WRITERS, burst.iter().copied(), |k| async move {
                 let name = format!("c{step}-{k}");
                 let h = format!("{name}.example.com");
-                ns.create(&ingress(&name).class("quic").rule(&h, "/", "Prefix", "s1", 80).build()).await.map(drop)
+                ns.create(&ingress(&name).class("quic").rule(&h, "/", "Prefix", churn_svc, 80).build()).await.map(drop)
             })
             .await?;
         }
@@ -374,7 +416,7 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
     if let [(n1, r1, s1), .., (n2, r2, s2)] = memory_rows.as_slice() {
         let d = (*n2 - *n1) as f64;
         report.say(format!(
-            "Ingress: marginal cost {n1}->{n2}: {:.2} KiB per Ingress (Ingress + Service + EndpointSlice), of which caches {:.2} KiB, table and served state {:.2} KiB",
+            "Ingress: marginal cost {n1}->{n2}: {:.2} KiB per Ingress (with {shared}), of which caches {:.2} KiB, table and served state {:.2} KiB",
             (r2 - r1) * 1024.0 / d,
             (s2 - s1) * 1024.0 / d,
             ((r2 - r1) - (s2 - s1)) * 1024.0 / d
