@@ -169,7 +169,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
 
     let changed = Arc::new(Notify::new());
     let board = Board::new(metrics.clone());
-    let stores = Stores::start(&client, &opts.scope, changed.clone(), &board);
+    let stores = Stores::start(&client, &opts.scope, &opts.gateway_controller_name, changed.clone(), &board);
     let published = status::follow_published(&client, &opts.publish, &board);
     tokio::spawn(report_watches(board.clone(), ready.clone(), metrics.clone()));
     let (feed_tx, feed_rx) = watch::channel(Arc::new(Feed::default()));

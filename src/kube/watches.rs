@@ -231,7 +231,19 @@ pub struct Changes {
 impl Changes {
     /// Whether `event` changed what translation reads.
     pub fn observe<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> bool {
+        self.observe_tracked(event, &|_: &K| true)
+    }
+
+    /// [`Changes::observe`] for a kind of which translation reads only the objects
+    /// `tracked` says (another controller's GatewayClass is not ours to serve): the others
+    /// come, change and go without a rebuild.
+    pub fn observe_tracked<K: Resource + Relevant>(
+        &mut self,
+        event: &watcher::Event<K>,
+        tracked: &dyn Fn(&K) -> bool,
+    ) -> bool {
         match event {
+            watcher::Event::Apply(obj) if !tracked(obj) => self.seen.remove(&key_of(obj)).is_some(),
             watcher::Event::Apply(obj) => {
                 let fp = obj.fingerprint();
                 self.seen.insert(key_of(obj), fp) != Some(fp)
@@ -242,7 +254,9 @@ impl Changes {
                 false
             }
             watcher::Event::InitApply(obj) => {
-                self.relisting.get_or_insert_with(HashMap::new).insert(key_of(obj), obj.fingerprint());
+                if tracked(obj) {
+                    self.relisting.get_or_insert_with(HashMap::new).insert(key_of(obj), obj.fingerprint());
+                }
                 false
             }
             watcher::Event::InitDone => {
@@ -564,7 +578,24 @@ where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let mut store = watch_parts(kind, vec![(None, api)], cfg, changed, board);
+    watch_kind_tracked(kind, api, cfg, changed, board, |_| true)
+}
+
+/// [`watch_kind`] for a kind of which only the objects `tracked` says wake a rebuild (see
+/// [`Changes::observe_tracked`]); the store holds them all.
+pub fn watch_kind_tracked<K>(
+    kind: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    changed: Arc<Notify>,
+    board: Board,
+    tracked: impl Fn(&K) -> bool + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let mut store = watch_parts(kind, vec![(None, api)], cfg, changed, board, tracked);
     match store.parts.pop() {
         Some((_, one)) => one,
         // watch_parts makes one store per API given.
@@ -593,7 +624,7 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    watch_parts(kind, scope.apis(client), cfg, changed, board)
+    watch_parts(kind, scope.apis(client), cfg, changed, board, |_| true)
 }
 
 /// One task for every watch of `kind`: their events are merged (each watch keeps its own
@@ -604,6 +635,7 @@ fn watch_parts<K>(
     cfg: watcher::Config,
     changed: Arc<Notify>,
     board: Board,
+    tracked: impl Fn(&K) -> bool + Send + 'static,
 ) -> ScopedStore<K>
 where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -639,7 +671,7 @@ where
                     if !matches!(event, watcher::Event::Init) {
                         health.ok(i, matches!(event, watcher::Event::InitDone));
                     }
-                    if changes.get_mut(i).is_some_and(|c| c.observe(&event)) {
+                    if changes.get_mut(i).is_some_and(|c| c.observe_tracked(&event, &tracked)) {
                         changes_seen.inc();
                         changed.notify_one();
                     }
@@ -669,7 +701,14 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn start(client: &kube::Client, scope: &Scope, changed: Arc<Notify>, board: &Board) -> Self {
+    /// `gateway_controller_name`: the GatewayClasses served are those naming it.
+    pub fn start(
+        client: &kube::Client,
+        scope: &Scope,
+        gateway_controller_name: &str,
+        changed: Arc<Notify>,
+        board: &Board,
+    ) -> Self {
         let cfg = watcher::Config::default();
         let (c, b) = (&changed, board);
         Self {
@@ -689,7 +728,7 @@ impl Stores {
                 b.clone(),
             ),
             groups: watch_scoped("BackendGroup", client, scope, cfg, c.clone(), b.clone()),
-            gateway: super::gateway::watches::GatewayStores::start(client, scope, c, b),
+            gateway: super::gateway::watches::GatewayStores::start(client, scope, gateway_controller_name, c, b),
         }
     }
 

@@ -13,7 +13,9 @@ use tokio::sync::Notify;
 
 use super::api::{BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use super::model::GatewayWorld;
-use crate::kube::watches::{Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_scoped};
+use crate::kube::watches::{
+    Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_kind_tracked, watch_scoped,
+};
 
 impl Relevant for GatewayClass {
     /// Status writes (ours) leave `generation` alone.
@@ -92,6 +94,12 @@ impl Relevant for Namespace {
     }
 }
 
+/// Whether a GatewayClass names `controller_name`.
+fn ours(controller_name: &str) -> impl Fn(&GatewayClass) -> bool + Send + 'static {
+    let name = controller_name.to_string();
+    move |class| class.spec.controller_name == name
+}
+
 /// The reflector stores of the Gateway API kinds.
 #[derive(Clone)]
 pub struct GatewayStores {
@@ -107,7 +115,15 @@ pub struct GatewayStores {
 }
 
 impl GatewayStores {
-    pub fn start(client: &kube::Client, scope: &Scope, changed: &Arc<Notify>, board: &Board) -> Self {
+    /// Only the GatewayClasses naming `controller_name` wake a rebuild: another
+    /// controller's classes (and their Gateways) are not ours to serve.
+    pub fn start(
+        client: &kube::Client,
+        scope: &Scope,
+        controller_name: &str,
+        changed: &Arc<Notify>,
+        board: &Board,
+    ) -> Self {
         let cfg = watcher::Config::default();
         // Watching one namespace, only its labels are needed; a field selector names one
         // object only, so several namespaces watch them all (labels only matter).
@@ -118,7 +134,14 @@ impl GatewayStores {
         };
         let (c, b) = (changed, board);
         GatewayStores {
-            classes: watch_kind("GatewayClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
+            classes: watch_kind_tracked(
+                "GatewayClass",
+                Api::all(client.clone()),
+                cfg.clone(),
+                c.clone(),
+                b.clone(),
+                ours(controller_name),
+            ),
             gateways: watch_scoped("Gateway", client, scope, cfg.clone(), c.clone(), b.clone()),
             routes: watch_scoped("HTTPRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
             grpc_routes: watch_scoped("GRPCRoute", client, scope, cfg.clone(), c.clone(), b.clone()),
@@ -190,6 +213,38 @@ mod tests {
         assert_eq!(plain, ns.fingerprint(), "namespace status");
         ns.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
         assert_ne!(plain, ns.fingerprint(), "labels select listeners");
+    }
+
+    #[test]
+    fn another_controllers_gateway_classes_come_and_go_without_a_rebuild() {
+        use crate::kube::gateway::api::GatewayClassSpec;
+        use crate::kube::watches::Changes;
+        use kube::runtime::watcher::Event;
+        let class = |name: &str, controller: &str, generation: i64| {
+            let mut c =
+                GatewayClass::new(name, GatewayClassSpec { controller_name: controller.into(), ..Default::default() });
+            c.metadata.uid = Some(format!("uid-{name}"));
+            c.metadata.generation = Some(generation);
+            c
+        };
+        let tracked = ours("quic-ingress.dev/gateway-controller");
+        let mut c = Changes::default();
+        let mut observe = |e: Event<GatewayClass>| c.observe_tracked(&e, &tracked);
+        observe(Event::Init);
+        observe(Event::InitApply(class("theirs", "example.com/other", 1)));
+        observe(Event::InitApply(class("quic", "quic-ingress.dev/gateway-controller", 1)));
+        assert!(observe(Event::InitDone), "the first list builds");
+        assert!(!observe(Event::Apply(class("other", "example.com/other", 1))), "a foreign class created");
+        assert!(!observe(Event::Apply(class("other", "example.com/other", 2))), "and changed");
+        assert!(!observe(Event::Delete(class("other", "example.com/other", 2))), "and deleted");
+        assert!(observe(Event::Apply(class("quic", "quic-ingress.dev/gateway-controller", 2))), "ours changed");
+        assert!(observe(Event::Apply(class("mine", "quic-ingress.dev/gateway-controller", 1))), "ours created");
+        assert!(observe(Event::Delete(class("mine", "quic-ingress.dev/gateway-controller", 1))), "ours deleted");
+        // A relist that differs only in foreign classes changes nothing.
+        observe(Event::Init);
+        observe(Event::InitApply(class("quic", "quic-ingress.dev/gateway-controller", 2)));
+        observe(Event::InitApply(class("new-foreign", "example.com/other", 1)));
+        assert!(!observe(Event::InitDone));
     }
 
     #[test]
