@@ -110,20 +110,28 @@ impl Report {
 
 // === Trials ===
 
+/// One trial's times from the start of the API write: to the write's answer, and to the
+/// first 200.
+struct Trial {
+    written: Duration,
+    served: Duration,
+}
+
 /// Writes one new route with `write`, then polls `host` over `probe` every 2 ms until it
-/// answers 200: the time from the start of the write to that answer.
-async fn trial<F>(probe: &H3Client, host: &str, write: F) -> Result<Duration>
+/// answers 200.
+async fn trial<F>(probe: &H3Client, host: &str, write: F) -> Result<Trial>
 where
     F: Future<Output = Result<()>>,
 {
     let started = Instant::now();
     write.await?;
+    let written = started.elapsed();
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match get(probe, host, "/").await?.0 {
-            200 => return Ok(started.elapsed()),
+            200 => return Ok(Trial { written, served: started.elapsed() }),
             404 => {}
             s => bail!("{host} answered {s} while waiting for it"),
         }
@@ -133,7 +141,48 @@ where
     }
 }
 
-fn summarize(report: &mut Report, what: &str, mut samples: Vec<Duration>, goal: &str) {
+/// The controller's own account of the tables it published: how many, and the sums of
+/// `change_to_serving_seconds` (first watch event of a burst to serving) and
+/// `route_table_build_seconds`.
+#[derive(Clone, Copy, Default)]
+struct ControllerTimes {
+    tables: f64,
+    change_to_serving: f64,
+    builds: f64,
+    build: f64,
+}
+
+impl ControllerTimes {
+    async fn read(c: &Controller) -> Result<Self> {
+        Ok(ControllerTimes {
+            tables: c.metric("quic_ingress_change_to_serving_seconds_count").await?,
+            change_to_serving: c.metric("quic_ingress_change_to_serving_seconds_sum").await?,
+            builds: c.metric("quic_ingress_route_table_build_seconds_count").await?,
+            build: c.metric("quic_ingress_route_table_build_seconds_sum").await?,
+        })
+    }
+
+    /// Where a trial's time went: the API write (client side), the controller (watch event
+    /// to serving, and the build within it), and the rest (the watch's delivery, the poll).
+    async fn report_since(self, c: &Controller, trials: &[Trial], report: &mut Report) -> Result<()> {
+        let now = Self::read(c).await?;
+        let tables = (now.tables - self.tables).max(1.0);
+        let builds = (now.builds - self.builds).max(1.0);
+        let mut written: Vec<Duration> = trials.iter().map(|t| t.written).collect();
+        written.sort();
+        report.say(format!(
+            "  where it went: API write p50 {:.1} ms; in the controller {} tables, watch event to serving mean {:.1} ms, build mean {:.1} ms",
+            ms(quantile(&written, 0.5)),
+            now.tables - self.tables,
+            (now.change_to_serving - self.change_to_serving) * 1000.0 / tables,
+            (now.build - self.build) * 1000.0 / builds,
+        ));
+        Ok(())
+    }
+}
+
+fn summarize(report: &mut Report, what: &str, trials: &[Trial], goal: &str) {
+    let mut samples: Vec<Duration> = trials.iter().map(|t| t.served).collect();
     samples.sort();
     let mean = samples.iter().sum::<Duration>() / samples.len().max(1) as u32;
     report.say(format!(
@@ -207,21 +256,39 @@ impl Profile {
         Ok(Some(Profile { child, data }))
     }
 
-    /// Stops recording; the top of `perf report` as text.
+    /// Stops recording; the top of `perf report` as text, of the whole process and of the
+    /// thread that builds tables (`route-table`).
     async fn finish(mut self) -> Result<String> {
         if let Some(pid) = self.child.id() {
             // SAFETY: kill only sends a signal to the perf process this program started.
             unsafe { libc::kill(pid as i32, libc::SIGINT) };
         }
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        let all = self.top(&[]).await?;
+        let builds = self.top(&["--comms", "route-table"]).await?;
+        Ok(format!(
+            "  perf profile ({}), functions over 1.5% of samples:\n{all}\n  of the route-table thread alone:\n{builds}",
+            self.data.display()
+        ))
+    }
+
+    async fn top(&self, filter: &[&str]) -> Result<String> {
         let out = tokio::process::Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--sort", "symbol", "--percent-limit", "1.5", "-i"])
+            .args(["report", "--stdio", "--no-children", "--sort", "symbol", "--percent-limit", "1.5"])
+            .args(filter)
+            .arg("-i")
             .arg(&self.data)
             .output()
             .await?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let top: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(25).collect();
-        Ok(format!("  perf profile ({}), functions over 1.5% of samples:\n{}", self.data.display(), top.join("\n")))
+        // perf pads each line to the terminal's width and ends it with the empty columns.
+        let top: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.trim_end().trim_end_matches(['-', ' ']))
+            .take(25)
+            .collect();
+        Ok(top.join("\n"))
     }
 }
 
@@ -351,6 +418,8 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
         let probe = H3Client::connect(c.addr(), "probe.example.com", &trust).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = load.take();
+        let times = ControllerTimes::read(&c).await?;
+        let profile = Profile::start(&c, &format!("ingress-trials-{step}"))?;
         let mut samples = Vec::with_capacity(s.trials);
         let mut lost = Vec::new();
         for t in 0..s.trials {
@@ -363,7 +432,11 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
             }
         }
         let during_trials = load.take();
-        summarize(report, &format!("Ingress propagation at {step}"), samples, goal_for(step));
+        summarize(report, &format!("Ingress propagation at {step}"), &samples, goal_for(step));
+        times.report_since(&c, &samples, report).await?;
+        if let Some(p) = profile {
+            report.say(p.finish().await?);
+        }
         if during_trials.failed() > 0 {
             report.say(format!("  not 2xx during the trials: {:?} {:?}", during_trials.statuses, during_trials.errors));
         }
@@ -548,6 +621,8 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
         let probe = H3Client::connect(c.addr(), "probe.gw.example.com", &trust).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = load.take();
+        let times = ControllerTimes::read(&c).await?;
+        let profile = Profile::start(&c, &format!("httproute-trials-{step}"))?;
         let mut samples = Vec::with_capacity(s.trials);
         let mut lost = Vec::new();
         for t in 0..s.trials {
@@ -559,7 +634,11 @@ async fn httproute_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, r
                 Err(e) => lost.push(format!("{e:#}")),
             }
         }
-        summarize(report, &format!("HTTPRoute propagation at {step}"), samples, goal_for(step));
+        summarize(report, &format!("HTTPRoute propagation at {step}"), &samples, goal_for(step));
+        times.report_since(&c, &samples, report).await?;
+        if let Some(p) = profile {
+            report.say(p.finish().await?);
+        }
         if !lost.is_empty() {
             report.say(format!("  {} trials lost: {:?}", lost.len(), lost));
         }
