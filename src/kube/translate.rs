@@ -333,6 +333,9 @@ pub fn translate(
     for ing in &ingresses {
         t.ingress_tls(ing, last_good_certs);
     }
+    // A deleted Secret's key is not kept: its memory, and what a Secret re-created under
+    // the same name (invalid) would otherwise serve, go with it.
+    last_good_certs.retain(|(ns, name), _| idx.secrets.contains_key(&(ns.as_str(), name.as_str())));
     t.gateway_certs(&gw);
 
     // Every BackendGroup object of ours (or of no class) gets a compiled group for status,

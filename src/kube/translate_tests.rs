@@ -471,10 +471,20 @@ fn tls_secrets_are_chosen_by_sni_and_the_last_good_one_survives() {
     assert!(Arc::ptr_eq(&t.table.certs.resolve(Some("shop.example.com")).unwrap(), &served));
     assert_eq!(t.problems[0].reason, "InvalidTLSSecret");
 
-    // A missing Secret is reported too.
+    // A missing Secret is reported too, and its last good key is forgotten.
+    let broken = world.secrets.clone();
     world.secrets.clear();
-    let t = translate(&world, &settings(), &registry, &mut LastGoodCerts::default(), 3);
+    let t = translate(&world, &settings(), &registry, &mut last_good, 3);
     assert_eq!(t.problems[0].reason, "TLSSecretNotFound");
+    assert!(t.table.certs.resolve(Some("shop.example.com")).is_none());
+    assert!(last_good.certs.is_empty(), "a deleted Secret's key stays in memory");
+
+    // Re-created invalid under the same name: the deleted Secret's key is not served.
+    world.secrets = broken;
+    let t = translate(&world, &settings(), &registry, &mut last_good, 4);
+    assert_eq!(t.problems[0].reason, "InvalidTLSSecret");
+    assert!(!t.problems[0].message.contains("last good"), "{}", t.problems[0].message);
+    assert!(t.table.certs.resolve(Some("shop.example.com")).is_none());
 }
 
 #[test]
