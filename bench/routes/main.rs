@@ -219,6 +219,40 @@ async fn rss_mib(c: &Controller) -> Result<f64> {
     Ok(c.rss_kib()? as f64 / 1024.0)
 }
 
+/// Waits until the served table's groups hold `want` endpoints in all (`/debug/routes`);
+/// how long that took.
+async fn wait_for_endpoints(c: &Controller, want: usize) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let routes = c.debug_routes().await?;
+        let have: usize = routes["backend_groups"]
+            .as_array()
+            .map(|groups| groups.iter().map(|g| g["endpoints"].as_array().map_or(0, Vec::len)).sum())
+            .unwrap_or(0);
+        if have >= want {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > SETTLE_TIMEOUT {
+            bail!("{have} of {want} endpoints in the table after {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// RSS once two readings a second apart differ by less than 1 MiB (at most 30 s).
+async fn steady_rss_mib(c: &Controller) -> Result<f64> {
+    let mut last = c.rss_kib()? as f64 / 1024.0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = c.rss_kib()? as f64 / 1024.0;
+        if (now - last).abs() < 1.0 {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 /// A Service with port `http` 80 and no cluster IP: the test control plane's service range
 /// holds 254 addresses, and translation reads the ports and EndpointSlices only.
 fn headless(name: &str) -> k8s_openapi::api::core::v1::Service {
@@ -541,15 +575,17 @@ async fn endpoints_phase(env: &TestEnv, s: &Settings, report: &mut Report) -> Re
             ns.apply(&slice).await.map(drop)
         })
         .await?;
+        let written = started.elapsed();
         settle(&c, services).await?;
-        // The last slice is in the table once its endpoint count shows in /debug/routes;
-        // a fixed wait is enough for the figure (the table follows within a second).
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = rss_mib(&c).await?;
+        // Every endpoint in the served table (a build that was still running once made the
+        // figure a third of the truth), then RSS once it holds.
+        let in_table = wait_for_endpoints(&c, services * endpoints).await?;
+        let rss = steady_rss_mib(&c).await?;
         report.say(format!(
-            "Endpoints: {services} Services x {endpoints} endpoints ({} endpoints), written in {:.1} s: RSS {rss:.1} MiB (empty replica {rss0:.1} MiB; load {})",
+            "Endpoints: {services} Services x {endpoints} endpoints ({} endpoints), written in {:.1} s, all in the table {:.1} s later: RSS {rss:.1} MiB (empty replica {rss0:.1} MiB; load {})",
             services * endpoints,
-            started.elapsed().as_secs_f64(),
+            written.as_secs_f64(),
+            in_table.as_secs_f64(),
             load_average()
         ));
         rows.push((services * endpoints, rss));
