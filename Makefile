@@ -75,6 +75,7 @@ lint:
 
 test-unit:
 	cargo test --lib --bins
+	cargo test -p heap-purge
 
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
