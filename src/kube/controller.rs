@@ -380,35 +380,37 @@ fn build(
 /// changes reuse them (faulting fresh pages in cost a build about a third more CPU).
 const PURGE_AFTER: Duration = Duration::from_secs(1);
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The builder's next job; `None` once the sender is gone. Idle for [`PURGE_AFTER`], it
+/// first returns the pages the last builds freed (old tables, the worlds they were built
+/// from): mimalloc purges a thread's freed pages only when that thread next allocates,
+/// and this one sleeps until the next change. At 100,000 endpoints a replica kept about
+/// 200 MiB that way (bench/README.md).
+fn next_job(queue: &std::sync::mpsc::Receiver<Job>) -> Option<Job> {
+    match queue.recv_timeout(PURGE_AFTER) {
+        Ok(job) => Some(job),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            heap_purge::purge();
+            queue.recv().ok()
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+    }
+}
+
 /// The one thread table builds run on: off the data plane's workers, and always the same
 /// thread, so every table is allocated from (and freed to) one malloc arena. On the
 /// blocking pool each build (and each drop of an old table) could land on another thread
 /// and arena, and the replica kept several tables' worth of freed memory.
 struct BuildThread {
-    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl BuildThread {
     fn start() -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("route-table".into()).spawn(move || {
-            loop {
-                let job = match queue.recv_timeout(PURGE_AFTER) {
-                    Ok(job) => job,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        // Idle: return the pages the last builds freed (old tables, the
-                        // worlds they were built from). mimalloc purges a thread's freed
-                        // pages only when that thread next allocates, and this one sleeps
-                        // until the next change: at 100,000 endpoints a replica kept about
-                        // 200 MiB that way (bench/README.md).
-                        heap_purge::purge();
-                        match queue.recv() {
-                            Ok(job) => job,
-                            Err(_) => break,
-                        }
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                };
+            while let Some(job) = next_job(&queue) {
                 // A panic is a bug in one build: the thread lives on for the next one, and
                 // the caller sees the job's result dropped.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

@@ -217,6 +217,7 @@ mod tests {
 
     #[test]
     fn another_controllers_gateway_classes_come_and_go_without_a_rebuild() {
+        use crate::kube::gateway::GATEWAY_CONTROLLER_NAME;
         use crate::kube::gateway::api::GatewayClassSpec;
         use crate::kube::watches::Changes;
         use kube::runtime::watcher::Event;
@@ -227,22 +228,22 @@ mod tests {
             c.metadata.generation = Some(generation);
             c
         };
-        let tracked = ours("quic-ingress.dev/gateway-controller");
+        let tracked = ours(GATEWAY_CONTROLLER_NAME);
         let mut c = Changes::default();
         let mut observe = |e: Event<GatewayClass>| c.observe_tracked(&e, &tracked);
         observe(Event::Init);
         observe(Event::InitApply(class("theirs", "example.com/other", 1)));
-        observe(Event::InitApply(class("quic", "quic-ingress.dev/gateway-controller", 1)));
+        observe(Event::InitApply(class("quic", GATEWAY_CONTROLLER_NAME, 1)));
         assert!(observe(Event::InitDone), "the first list builds");
         assert!(!observe(Event::Apply(class("other", "example.com/other", 1))), "a foreign class created");
         assert!(!observe(Event::Apply(class("other", "example.com/other", 2))), "and changed");
         assert!(!observe(Event::Delete(class("other", "example.com/other", 2))), "and deleted");
-        assert!(observe(Event::Apply(class("quic", "quic-ingress.dev/gateway-controller", 2))), "ours changed");
-        assert!(observe(Event::Apply(class("mine", "quic-ingress.dev/gateway-controller", 1))), "ours created");
-        assert!(observe(Event::Delete(class("mine", "quic-ingress.dev/gateway-controller", 1))), "ours deleted");
+        assert!(observe(Event::Apply(class("quic", GATEWAY_CONTROLLER_NAME, 2))), "ours changed");
+        assert!(observe(Event::Apply(class("mine", GATEWAY_CONTROLLER_NAME, 1))), "ours created");
+        assert!(observe(Event::Delete(class("mine", GATEWAY_CONTROLLER_NAME, 1))), "ours deleted");
         // A relist that differs only in foreign classes changes nothing.
         observe(Event::Init);
-        observe(Event::InitApply(class("quic", "quic-ingress.dev/gateway-controller", 2)));
+        observe(Event::InitApply(class("quic", GATEWAY_CONTROLLER_NAME, 2)));
         observe(Event::InitApply(class("new-foreign", "example.com/other", 1)));
         assert!(!observe(Event::InitDone));
     }
