@@ -16,8 +16,9 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::delta::{self, HostClaims, Previous};
 use super::status::{self, Feed, Publish};
-use super::translate::{LastGoodCerts, Settings, Translation, translate};
+use super::translate::{LastGoodCerts, Problem, Settings, translate};
 use super::watches::{self, Board, Stores};
 use super::world::World;
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
@@ -334,21 +335,42 @@ async fn wait_for_initial_lists(board: &Board) {
 
 /// One table build: translation plus what status needs from it. Pure CPU work on owned
 /// data, so it runs on the builder thread and a large build never holds a data-plane worker.
-struct Built {
-    t: Translation,
-    feed: Feed,
-    last_good: LastGoodCerts,
-    build: Duration,
+pub(super) struct Built {
+    pub(super) table: RouteTable,
+    pub(super) problems: Vec<Problem>,
+    pub(super) feed: Feed,
+    pub(super) claims: HostClaims,
+    /// What the build read, for the next one to start from.
+    pub(super) world: World,
+    pub(super) last_good: LastGoodCerts,
+    pub(super) build: Duration,
+    /// `Some(n)`: an update of the previous table for `n` changed Ingress versions.
+    pub(super) incremental: Option<usize>,
 }
 
-fn build(
+pub(super) fn build(
     world: World,
     settings: &Settings,
     registry: &EndpointRegistry,
     mut last_good: LastGoodCerts,
+    previous: Option<&Previous>,
     generation: u64,
 ) -> Built {
     let started = Instant::now();
+    let update = previous.and_then(|p| delta::update(p, &world, settings, registry, &mut last_good, generation));
+    if let Some(u) = update {
+        let problems = u.feed.problems.clone();
+        return Built {
+            table: u.table,
+            problems,
+            feed: u.feed,
+            claims: u.claims,
+            world,
+            last_good,
+            build: started.elapsed(),
+            incremental: Some(u.changed),
+        };
+    }
     let mut t = translate(&world, settings, registry, &mut last_good, generation);
     let invalid_groups = std::mem::take(&mut t.refused_groups);
     let served = std::mem::take(&mut t.served_ingresses);
@@ -373,7 +395,16 @@ fn build(
         invalid_groups,
         gateway: Arc::new(std::mem::take(&mut t.gateway)),
     };
-    Built { t, feed, last_good, build: started.elapsed() }
+    Built {
+        table: t.table,
+        problems: t.problems,
+        feed,
+        claims: t.claims,
+        world,
+        last_good,
+        build: started.elapsed(),
+        incremental: None,
+    }
 }
 
 /// How long the builder thread is idle before it returns freed pages: builds in a burst of
@@ -501,6 +532,7 @@ async fn rebuild_loop(
     let mut wakes = Wakes::new(&changed);
     // When the previous build read the stores: the earliest a change it missed came.
     let mut last_snapshot = Instant::now();
+    let mut previous: Option<Previous> = None;
     loop {
         let wake = wakes.next().await;
         let woke = Instant::now();
@@ -510,32 +542,45 @@ async fn rebuild_loop(
         let world = stores.snapshot();
         let (settings_b, registry_b) = (settings.clone(), registry.clone());
         let kept = std::mem::take(&mut last_good);
-        let job = builder.run(move || build(world, &settings_b, &registry_b, kept, generation));
-        let Some(Built { t, feed: new_feed, last_good: kept, build }) = job.await else {
+        let prev = previous.take();
+        let job = builder.run(move || {
+            let built = build(world, &settings_b, &registry_b, kept, prev.as_ref(), generation);
+            // The previous build's world and table go here, off the data plane's workers.
+            drop(prev);
+            built
+        });
+        let Some(Built { table, problems, feed: new_feed, claims, world, last_good: kept, build, incremental }) =
+            job.await
+        else {
             // A panic in translation is a bug; the last table keeps serving, and the
-            // next change tries again from empty certificate memory.
+            // next change tries again from empty certificate memory and a full build.
             tracing::error!(generation, "route table build failed; the previous table stays");
             continue;
         };
         last_good = kept;
-        for p in &t.problems {
+        for p in &problems {
             tracing::info!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = p.reason, error = %p.message, "skipping part of an object");
         }
-        checker.sync(t.table.groups());
-        let routes = t.table.route_count();
-        let problems = t.problems.len();
+        checker.sync(table.groups());
+        let routes = table.route_count();
+        let problems = problems.len();
         let metrics = registry.metrics();
-        metrics.record_table(t.table.generation, routes, build);
+        metrics.record_table(table.generation, routes, build);
         metrics.route_table_rebuilds.inc();
-        let table = Arc::new(t.table);
+        let table = Arc::new(table);
         let old_table = publisher.tables.swap(table.clone());
         // After the swap: a new port's first request finds its routes.
         publisher.scoped.sync(table.scoped_ports());
-        drop(table);
         metrics.change_to_serving.observe(change_at.elapsed().as_secs_f64());
         ready.set(true);
-        tracing::info!(generation, routes, problems, build_ms = build.as_secs_f64() * 1000.0, "route table published");
-        let old_feed = feed.send_replace(Arc::new(new_feed));
+        let build_ms = build.as_secs_f64() * 1000.0;
+        match incremental {
+            Some(changed) => tracing::info!(generation, routes, problems, build_ms, changed, "route table updated"),
+            None => tracing::info!(generation, routes, problems, build_ms, "route table published"),
+        }
+        let new_feed = Arc::new(new_feed);
+        previous = Some(Previous { world, table, feed: new_feed.clone(), claims });
+        let old_feed = feed.send_replace(new_feed);
         // Freeing a large table (and the feed built with it) is work too: not on a
         // data-plane worker.
         builder.free((old_table, old_feed));

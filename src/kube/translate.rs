@@ -105,9 +105,12 @@ pub struct Translation {
     pub refused_groups: Vec<RefusedGroup>,
     /// The Gateway API model and what became of each route, for status.
     pub gateway: GatewayTranslation,
+    /// Who claims which host, for the next build to tell whether it can be incremental.
+    pub claims: super::delta::HostClaims,
 }
 
 /// What the status writer needs for one BackendGroup object.
+#[derive(Clone)]
 pub struct GroupStatusSource {
     pub namespace: String,
     pub name: String,
@@ -265,6 +268,29 @@ pub fn translate(
     last_good: &mut LastGoodCerts,
     generation: u64,
 ) -> Translation {
+    translate_in(world, settings, registry, last_good, generation, true)
+}
+
+/// Translates `part`, a few objects of the world (with the Services they read): what the
+/// previous builds remembered of the rest (certificates, Service groups) is kept.
+pub(super) fn translate_part(
+    part: &World,
+    settings: &Settings,
+    registry: &EndpointRegistry,
+    last_good: &mut LastGoodCerts,
+    generation: u64,
+) -> Translation {
+    translate_in(part, settings, registry, last_good, generation, false)
+}
+
+fn translate_in(
+    world: &World,
+    settings: &Settings,
+    registry: &EndpointRegistry,
+    last_good: &mut LastGoodCerts,
+    generation: u64,
+    whole: bool,
+) -> Translation {
     let idx = world.index();
     let class = settings.ingress_class.as_str();
     let grants = Grants::from_class(our_class(&world.classes, class));
@@ -281,12 +307,11 @@ pub fn translate(
         bg_objects.iter().copied().filter(|g| bg_routes_are_ours(g, &world.classes, class)).collect();
 
     let mut gw = gateway_routes::GatewayState::new(world, &idx, settings);
+    let mut all_claims = claims(&ingresses, &routed_bgs);
+    all_claims.extend(gw.claims());
+    let mut host_claims = super::delta::HostClaims::of(&all_claims);
     let owners = match settings.host_ownership {
-        HostOwnership::Namespace => {
-            let mut all = claims(&ingresses, &routed_bgs);
-            all.extend(gw.claims());
-            Some(Owners::decide(all, &grants))
-        }
+        HostOwnership::Namespace => Some(Owners::decide(all_claims, &grants)),
         HostOwnership::None => None,
     };
     let LastGoodCerts { certs: last_good_certs, groups: memo } = last_good;
@@ -334,8 +359,11 @@ pub fn translate(
         t.ingress_tls(ing, last_good_certs);
     }
     // A deleted Secret's key is not kept: its memory, and what a Secret re-created under
-    // the same name (invalid) would otherwise serve, go with it.
-    last_good_certs.retain(|(ns, name), _| idx.secrets.contains_key(&(ns.as_str(), name.as_str())));
+    // the same name (invalid) would otherwise serve, go with it. (A part of the world
+    // holds no Secrets: it keeps them all.)
+    if whole {
+        last_good_certs.retain(|(ns, name), _| idx.secrets.contains_key(&(ns.as_str(), name.as_str())));
+    }
     t.gateway_certs(&gw);
 
     // Every BackendGroup object of ours (or of no class) gets a compiled group for status,
@@ -357,20 +385,18 @@ pub fn translate(
         })
         .collect();
     let served_ingresses = ingresses.iter().map(|i| (i.namespace().unwrap_or_default(), i.name_any())).collect();
-    t.memo.finish();
+    // A part of the world uses few groups: what the rest of it uses stays remembered.
+    if whole {
+        t.memo.finish();
+    }
     let mut problems = t.problems;
     problems.sort();
     problems.dedup();
     let mut refused_groups = t.refused_groups;
     refused_groups.dedup();
-    Translation {
-        table: t.builder.build(generation),
-        problems,
-        served_ingresses,
-        groups,
-        refused_groups,
-        gateway: gw.finish(),
-    }
+    let table = t.builder.build(generation);
+    host_claims.add_wildcards(table.wildcard_hosts());
+    Translation { table, problems, served_ingresses, groups, refused_groups, gateway: gw.finish(), claims: host_claims }
 }
 
 /// Which of two objects keeps a contested host and path: the older, then by namespace and
@@ -695,7 +721,7 @@ impl Translator<'_> {
             .get(&(ns, name))
             .map(|svc| (*svc, self.idx.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[])));
         if let Some(group) = objects.and_then(|o| self.memo.reuse(&id, o)) {
-            self.builder.insert_group(group.clone());
+            self.builder.use_group(group.clone());
             self.groups_by_id.insert(id, Some(group.clone()));
             return Ok(group);
         }
@@ -730,7 +756,7 @@ impl Translator<'_> {
     ) -> Result<Arc<BackendGroup>, (&'static str, String)> {
         match &built {
             Ok(g) => {
-                self.builder.insert_group(g.clone());
+                self.builder.use_group(g.clone());
                 self.groups_by_id.insert(id, Some(g.clone()));
             }
             Err(failure) => {

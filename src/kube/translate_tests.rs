@@ -1066,3 +1066,6 @@ fn a_tls_secret_is_parsed_again_only_when_its_version_changes() {
     assert!(!Arc::ptr_eq(&cert(&second), &cert(&third)), "a new version is parsed");
     assert!(third.problems.is_empty(), "{:?}", third.problems);
 }
+
+#[path = "delta_tests.rs"]
+mod delta;

@@ -14,6 +14,7 @@
 //!    then the entry's [`TieBreak`] (lower first), then the order of insertion.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::matching::{HostRule, PathRule, normalize_request_host, prefix_matches, strip_query, wildcard_suffix};
 use super::pattern::Pattern;
@@ -148,6 +149,12 @@ impl<T> PathIndex<T> {
         }
     }
 
+    fn targets(&self) -> impl Iterator<Item = &T> + '_ {
+        let slots =
+            self.exact.values().chain(self.regexes.iter().map(|(_, s)| s)).chain(self.prefixes.iter().map(|(_, s)| s));
+        slots.flat_map(|s| s.0.iter().map(|c| &c.target))
+    }
+
     fn len(&self) -> usize {
         self.exact.values().map(|s| s.0.len()).sum::<usize>()
             + self.regexes.iter().map(|(_, s)| s.0.len()).sum::<usize>()
@@ -156,11 +163,14 @@ impl<T> PathIndex<T> {
 }
 
 /// Routes indexed by host rule, then path rule (see the module's precedence list).
+///
+/// Each host's paths are shared (`Arc`): a table updated for a few hosts
+/// ([`HostIndex::spliced`]) copies the host map, not the routes of every other host.
 #[derive(Debug, Clone)]
 pub struct HostIndex<T> {
-    exact_hosts: HashMap<String, PathIndex<T>>,
-    wildcard_hosts: HashMap<String, PathIndex<T>>,
-    suffix_hosts: HashMap<String, PathIndex<T>>,
+    exact_hosts: HashMap<String, Arc<PathIndex<T>>>,
+    wildcard_hosts: HashMap<String, Arc<PathIndex<T>>>,
+    suffix_hosts: HashMap<String, Arc<PathIndex<T>>>,
     any_host: PathIndex<T>,
 }
 
@@ -175,7 +185,7 @@ impl<T> Default for HostIndex<T> {
     }
 }
 
-impl<T> HostIndex<T> {
+impl<T: Clone> HostIndex<T> {
     /// Adds a rule taking any request; on conflict (same host rule and path rule) returns
     /// the existing target.
     pub fn insert(&mut self, host: Option<&HostRule>, path: PathRule, target: T) -> Result<(), &T> {
@@ -190,15 +200,30 @@ impl<T> HostIndex<T> {
         path: PathRule,
         candidate: Candidate<T>,
     ) -> Result<(), &T> {
+        // Copied on write only when an older table still shares the host's paths.
         let index = match host {
-            Some(HostRule::Exact(h)) => self.exact_hosts.entry(h.clone()).or_default(),
-            Some(HostRule::Wildcard(s)) => self.wildcard_hosts.entry(s.clone()).or_default(),
-            Some(HostRule::Suffix(s)) => self.suffix_hosts.entry(s.clone()).or_default(),
+            Some(HostRule::Exact(h)) => Arc::make_mut(self.exact_hosts.entry(h.clone()).or_default()),
+            Some(HostRule::Wildcard(s)) => Arc::make_mut(self.wildcard_hosts.entry(s.clone()).or_default()),
+            Some(HostRule::Suffix(s)) => Arc::make_mut(self.suffix_hosts.entry(s.clone()).or_default()),
             None => &mut self.any_host,
         };
         index.insert(path, candidate)
     }
 
+    /// This index with every entry of the exact hosts `replaced` taken out and `with`'s
+    /// exact hosts put in. `with` holds exact hosts only, each of them in `replaced`: the
+    /// caller re-translated every object that claims them.
+    pub fn spliced<'h>(&self, replaced: impl IntoIterator<Item = &'h str>, with: HostIndex<T>) -> Self {
+        let mut out = self.clone();
+        for host in replaced {
+            out.exact_hosts.remove(host);
+        }
+        out.exact_hosts.extend(with.exact_hosts);
+        out
+    }
+}
+
+impl<T> HostIndex<T> {
     /// Finds the target for a request host (raw `Host`/`:authority`) and path (with query),
     /// seen as a GET without headers on a TLS listener.
     pub fn lookup(&self, raw_host: Option<&str>, path_and_query: &str) -> Option<&T> {
@@ -236,12 +261,31 @@ impl<T> HostIndex<T> {
             + [&self.exact_hosts, &self.wildcard_hosts, &self.suffix_hosts]
                 .iter()
                 .flat_map(|m| m.values())
-                .map(PathIndex::len)
+                .map(|p| p.len())
                 .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every entry's target, in no particular order.
+    pub fn targets(&self) -> impl Iterator<Item = &T> + '_ {
+        [&self.exact_hosts, &self.wildcard_hosts, &self.suffix_hosts]
+            .into_iter()
+            .flat_map(|m| m.values().map(AsRef::as_ref))
+            .chain(std::iter::once(&self.any_host))
+            .flat_map(PathIndex::targets)
+    }
+
+    /// The targets of exact host `host`'s entries.
+    pub fn targets_of(&self, host: &str) -> impl Iterator<Item = &T> + '_ {
+        self.exact_hosts.get(host).into_iter().flat_map(|p| p.targets())
+    }
+
+    /// The suffixes of the wildcard host rules (either kind) with entries.
+    pub fn wildcard_suffixes(&self) -> impl Iterator<Item = &str> + '_ {
+        self.wildcard_hosts.keys().chain(self.suffix_hosts.keys()).map(String::as_str)
     }
 
     /// Exact and wildcard host names with at least one rule (for certificates, debugging).

@@ -48,7 +48,7 @@ mod pattern;
 mod request_match;
 pub mod spec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,8 +175,13 @@ pub struct RouteTable {
     /// The routes of each port scope, by scope name.
     scoped: HashMap<String, HostIndex<Arc<Route>>>,
     scoped_ports: BTreeMap<u16, ScopedPort>,
+    /// The groups the routes use, and the pinned ones.
     groups: BTreeMap<String, Arc<BackendGroup>>,
-    routes: Vec<RouteInfo>,
+    /// Groups kept whether a route uses them or not (a BackendGroup object's, for its
+    /// health checks and status; every group of a standalone config).
+    pinned: BTreeSet<String>,
+    /// Shared, so that a table updated for a few hosts copies pointers, not every route's.
+    routes: Vec<Arc<RouteInfo>>,
     pub certs: CertSet,
     /// The certificates of each port scope: a Gateway with an address of its own answers
     /// with its own listeners' certificates only, never another Gateway's for the same name.
@@ -237,8 +242,67 @@ impl RouteTable {
         self.groups.get(id)
     }
 
-    pub fn routes(&self) -> &[RouteInfo] {
+    pub fn routes(&self) -> &[Arc<RouteInfo>] {
         &self.routes
+    }
+
+    /// The suffixes of the default listeners' wildcard host rules (either kind).
+    pub fn wildcard_hosts(&self) -> impl Iterator<Item = &str> + '_ {
+        self.index.wildcard_suffixes()
+    }
+
+    /// The ids of the routes of exact host `host` on the default listeners.
+    pub fn route_ids_of_host(&self, host: &str) -> impl Iterator<Item = &str> + '_ {
+        self.index.targets_of(host).map(|r| r.id.as_str())
+    }
+
+    /// The ids of the groups the routes of exact host `host` use.
+    pub fn groups_of_host(&self, host: &str) -> BTreeSet<String> {
+        self.index.targets_of(host).flat_map(|r| r.group_ids()).map(str::to_string).collect()
+    }
+
+    /// This table with the routes of the exact hosts `replaced` taken out and `with`'s
+    /// put in, as generation `generation`. `with` routes exact hosts only, all of them in
+    /// `replaced`, on the default listeners: it is the translation of every object claiming
+    /// those hosts. Groups `with` uses are added; the groups in `maybe_unused` (what the
+    /// replaced routes used) stay only if a route or a pin still holds them. Everything
+    /// else (scoped ports, certificates) is this table's.
+    pub fn spliced(
+        &self,
+        generation: u64,
+        replaced: &BTreeSet<String>,
+        with: RouteTable,
+        maybe_unused: BTreeSet<String>,
+    ) -> RouteTable {
+        let index = self.index.spliced(replaced.iter().map(String::as_str), with.index);
+        let mut routes: Vec<Arc<RouteInfo>> = self
+            .routes
+            .iter()
+            .filter(|r| r.scoped.is_some() || r.host.as_ref().is_none_or(|h| !replaced.contains(h)))
+            .cloned()
+            .collect();
+        routes.extend(with.routes);
+        let mut groups = self.groups.clone();
+        groups.extend(with.groups);
+        let gone: Vec<String> = maybe_unused.into_iter().filter(|id| !self.pinned.contains(id)).collect();
+        if !gone.is_empty() {
+            let used = used_groups(&index, &self.scoped);
+            for id in gone.iter().filter(|id| !used.contains(id.as_str())) {
+                groups.remove(id);
+            }
+        }
+        RouteTable {
+            generation,
+            index,
+            scoped: self.scoped.clone(),
+            scoped_ports: self.scoped_ports.clone(),
+            groups,
+            pinned: self.pinned.clone(),
+            routes,
+            certs: self.certs.clone(),
+            scoped_certs: self.scoped_certs.clone(),
+            unscoped_default: self.unscoped_default.clone(),
+        }
     }
 
     pub fn route_count(&self) -> usize {
@@ -295,6 +359,27 @@ fn describe(m: &RequestMatch) -> String {
     format!("[{}]", parts.join(" "))
 }
 
+/// The ids of the groups some route of `index` or of a port scope uses.
+fn used_groups<'a>(
+    index: &'a HostIndex<Arc<Route>>,
+    scoped: &'a HashMap<String, HostIndex<Arc<Route>>>,
+) -> HashSet<&'a str> {
+    std::iter::once(index).chain(scoped.values()).flat_map(HostIndex::targets).flat_map(|r| r.group_ids()).collect()
+}
+
+impl Route {
+    /// The ids of the groups this route sends requests (or mirrored copies) to.
+    fn group_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        let mirrors = self.filters.iter().filter_map(|f| match f {
+            Filter::Mirror(m) => Some(m.group.id.as_str()),
+            _ => None,
+        });
+        std::iter::once(self.group.id.as_str())
+            .chain(self.backends.weights().filter_map(|(g, _)| g.map(|g| g.id.as_str())))
+            .chain(mirrors)
+    }
+}
+
 /// Collects groups and routes, then freezes them into a `RouteTable`.
 #[derive(Default)]
 pub struct RouteTableBuilder {
@@ -302,7 +387,8 @@ pub struct RouteTableBuilder {
     scoped: HashMap<String, HostIndex<Arc<Route>>>,
     scoped_ports: BTreeMap<u16, ScopedPort>,
     groups: BTreeMap<String, Arc<BackendGroup>>,
-    routes: Vec<RouteInfo>,
+    pinned: BTreeSet<String>,
+    routes: Vec<Arc<RouteInfo>>,
     certs: CertSet,
     scoped_certs: HashMap<String, CertSet>,
     /// The default certificate the builder started with (the controller's), before any
@@ -325,15 +411,22 @@ impl RouteTableBuilder {
         self.scoped_certs.entry(scope.to_string()).or_insert_with(|| start.clone())
     }
 
-    /// Adds a group; a later group with the same id replaces the earlier one.
+    /// Adds a pinned group; a later group with the same id replaces the earlier one.
     pub fn add_group(&mut self, group: BackendGroup) -> Arc<BackendGroup> {
         let group = Arc::new(group);
         self.insert_group(group.clone());
         group
     }
 
-    /// Adds a group already shared elsewhere.
+    /// Adds a pinned group already shared elsewhere: the table keeps it, routed or not.
     pub fn insert_group(&mut self, group: Arc<BackendGroup>) {
+        self.pinned.insert(group.id.clone());
+        self.groups.insert(group.id.clone(), group);
+    }
+
+    /// Adds a group for routes: the table keeps it only if one of its routes uses it (a
+    /// route that lost a conflict leaves no group behind).
+    pub fn use_group(&mut self, group: Arc<BackendGroup>) {
         self.groups.insert(group.id.clone(), group);
     }
 
@@ -408,7 +501,7 @@ impl RouteTableBuilder {
         };
         match index.insert_candidate(host.as_ref(), path, candidate) {
             Ok(()) => {
-                self.routes.push(info);
+                self.routes.push(Arc::new(info));
                 Ok(())
             }
             Err(existing) => Err(RouteConflict { host: info.host, path: info.path, existing: existing.id.clone() }),
@@ -418,12 +511,16 @@ impl RouteTableBuilder {
     pub fn build(mut self, generation: u64) -> RouteTable {
         // Grown by doubling while routes were added; the table keeps it for its whole life.
         self.routes.shrink_to_fit();
+        let used = used_groups(&self.index, &self.scoped);
+        let pinned = &self.pinned;
+        self.groups.retain(|id, _| pinned.contains(id) || used.contains(id.as_str()));
         RouteTable {
             generation,
             index: self.index,
             scoped: self.scoped,
             scoped_ports: self.scoped_ports,
             groups: self.groups,
+            pinned: self.pinned,
             routes: self.routes,
             certs: self.certs,
             scoped_certs: self.scoped_certs,

@@ -1,0 +1,276 @@
+//! Incremental route table updates. Most changes in a large cluster are a few Ingresses
+//! added, changed or deleted. When nothing but Ingresses changed, and every changed one
+//! routes only exact hosts that no unchanged object claims (no TLS section, no default
+//! backend, Service backends only), its routes depend on nothing but itself and the
+//! Services it names. Those Ingresses are then translated alone, and their hosts spliced
+//! into the previous table: the work grows with the change, not with the cluster. Any
+//! other change is a full build, which an update must equal (`delta_tests`).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
+
+use super::ownership::Claim;
+use super::status::Feed;
+use super::translate::{LastGoodCerts, Problem, Settings, is_ours, translate_part};
+use super::world::{SERVICE_NAME_LABEL, World};
+use crate::routes::{HostRule, RouteTable, wildcard_suffix};
+use crate::upstream::EndpointRegistry;
+
+/// Past this many changed Ingresses (or a quarter of them all), a full build is as cheap.
+const MAX_CHANGED: usize = 2_000;
+
+/// Which hosts the objects of the last build claim.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostClaims {
+    /// Exact hosts of Ingress rules, with how many rules claim each.
+    ingress: HashMap<String, u32>,
+    /// Exact hosts other objects claim (BackendGroup routes, HTTPRoutes, GRPCRoutes).
+    others: HashSet<String>,
+    /// Suffixes of every wildcard host claimed or routed: the exact hosts one label under
+    /// one share its ownership (and its certificate).
+    wildcards: HashSet<String>,
+}
+
+impl HostClaims {
+    /// The hosts of `claims` (every object's, before ownership is decided).
+    pub fn of(claims: &[Claim]) -> Self {
+        let mut c = Self::default();
+        for claim in claims {
+            match &claim.host {
+                HostRule::Exact(h) if claim.order.3 == "Ingress" => *c.ingress.entry(h.clone()).or_default() += 1,
+                HostRule::Exact(h) => {
+                    c.others.insert(h.clone());
+                }
+                HostRule::Wildcard(s) | HostRule::Suffix(s) => {
+                    c.wildcards.insert(s.clone());
+                }
+            }
+        }
+        c
+    }
+
+    /// Adds wildcard suffixes a table routes (a Gateway's `*.` hostname claims nothing).
+    pub fn add_wildcards<'a>(&mut self, suffixes: impl Iterator<Item = &'a str>) {
+        for s in suffixes {
+            if !self.wildcards.contains(s) {
+                self.wildcards.insert(s.to_string());
+            }
+        }
+    }
+
+    fn count(&mut self, hosts: &[String], add: bool) {
+        for h in hosts {
+            match self.ingress.get_mut(h.as_str()) {
+                Some(n) if add => *n += 1,
+                Some(n) => {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.ingress.remove(h.as_str());
+                    }
+                }
+                None if add => {
+                    self.ingress.insert(h.clone(), 1);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// What the last build read and made: where the next one starts from.
+pub struct Previous {
+    pub world: World,
+    pub table: Arc<RouteTable>,
+    pub feed: Arc<Feed>,
+    pub claims: HostClaims,
+}
+
+/// A table updated from the previous one.
+pub struct Update {
+    pub table: RouteTable,
+    pub feed: Feed,
+    pub claims: HostClaims,
+    /// How many Ingress versions were taken out or put in.
+    pub changed: usize,
+}
+
+/// The exact host of each rule of `ing`, if its routes depend on nothing but itself and
+/// the Services it names; `None` sends the change to a full build.
+fn own_hosts(ing: &Ingress) -> Option<Vec<String>> {
+    let Some(spec) = &ing.spec else { return Some(Vec::new()) };
+    if spec.default_backend.is_some() || spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+        return None;
+    }
+    let mut hosts = Vec::new();
+    for rule in spec.rules.iter().flatten() {
+        let HostRule::Exact(host) = HostRule::parse(rule.host.as_deref()?).ok()? else { return None };
+        if rule.http.iter().flat_map(|h| &h.paths).any(|p| p.backend.service.is_none()) {
+            return None;
+        }
+        hosts.push(host);
+    }
+    Some(hosts)
+}
+
+fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+/// Whether every kind but Ingress holds the very same objects (a store hands out the same
+/// `Arc` for an object until it changes, in the same order until the store changes).
+fn same_but_ingresses(a: &World, b: &World) -> bool {
+    let (ga, gb) = (&a.gateway, &b.gateway);
+    same(&a.classes, &b.classes)
+        && same(&a.services, &b.services)
+        && same(&a.slices, &b.slices)
+        && same(&a.secrets, &b.secrets)
+        && same(&a.groups, &b.groups)
+        && same(&ga.classes, &gb.classes)
+        && same(&ga.gateways, &gb.gateways)
+        && same(&ga.routes, &gb.routes)
+        && same(&ga.grpc_routes, &gb.grpc_routes)
+        && same(&ga.grants, &gb.grants)
+        && same(&ga.namespaces, &gb.namespaces)
+        && same(&ga.backend_tls_policies, &gb.backend_tls_policies)
+        && same(&ga.config_maps, &gb.config_maps)
+}
+
+fn key(ing: &Ingress) -> (String, String) {
+    (ing.namespace().unwrap_or_default(), ing.name_any())
+}
+
+/// One side of the change: Ingress versions of ours, with their hosts.
+#[derive(Default)]
+struct Side {
+    ours: Vec<Arc<Ingress>>,
+    hosts: Vec<String>,
+}
+
+impl Side {
+    /// `None` when one of `versions` of ours depends on more than itself.
+    fn of(versions: &[Arc<Ingress>], world: &World, class: &str) -> Option<Self> {
+        let mut side = Self::default();
+        for ing in versions.iter().filter(|i| is_ours(i, &world.classes, class)) {
+            side.hosts.extend(own_hosts(ing)?);
+            side.ours.push(ing.clone());
+        }
+        Some(side)
+    }
+}
+
+/// `world` as an update of `prev`, or `None` when it takes a full build.
+pub fn update(
+    prev: &Previous,
+    world: &World,
+    settings: &Settings,
+    registry: &EndpointRegistry,
+    last_good: &mut LastGoodCerts,
+    generation: u64,
+) -> Option<Update> {
+    if !same_but_ingresses(&prev.world, world) {
+        return None;
+    }
+    let before: HashSet<*const Ingress> = prev.world.ingresses.iter().map(Arc::as_ptr).collect();
+    let after: HashSet<*const Ingress> = world.ingresses.iter().map(Arc::as_ptr).collect();
+    let removed: Vec<Arc<Ingress>> =
+        prev.world.ingresses.iter().filter(|i| !after.contains(&Arc::as_ptr(i))).cloned().collect();
+    let added: Vec<Arc<Ingress>> =
+        world.ingresses.iter().filter(|i| !before.contains(&Arc::as_ptr(i))).cloned().collect();
+    let changed = removed.len() + added.len();
+    if changed > MAX_CHANGED.min(world.ingresses.len() / 4 + 1) {
+        return None;
+    }
+    let class = settings.ingress_class.as_str();
+    let (gone, new) = (Side::of(&removed, &prev.world, class)?, Side::of(&added, world, class)?);
+
+    // Every host the change touches must be the changed Ingresses' alone: no unchanged
+    // Ingress, no other kind, no wildcard over it, no route of anyone else in the table.
+    let mut gone_count: HashMap<&str, u32> = HashMap::new();
+    for h in &gone.hosts {
+        *gone_count.entry(h).or_default() += 1;
+    }
+    let gone_ids: HashSet<String> =
+        gone.ours.iter().map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any())).collect();
+    let replaced: BTreeSet<String> = gone.hosts.iter().chain(&new.hosts).cloned().collect();
+    for h in &replaced {
+        let claimed = prev.claims.ingress.get(h.as_str()).copied().unwrap_or(0);
+        if claimed > gone_count.get(h.as_str()).copied().unwrap_or(0)
+            || prev.claims.others.contains(h)
+            || wildcard_suffix(h).is_some_and(|s| prev.claims.wildcards.contains(s))
+            || prev.table.route_ids_of_host(h).any(|id| !gone_ids.contains(id))
+        {
+            return None;
+        }
+    }
+
+    let part = part_world(&new.ours, world);
+    let t = translate_part(&part, settings, registry, last_good, generation);
+    let maybe_unused = gone.hosts.iter().flat_map(|h| prev.table.groups_of_host(h)).collect();
+    let table = prev.table.spliced(generation, &replaced, t.table, maybe_unused);
+
+    let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|i| key(i)).collect();
+    let is_changed = |k: &(String, String)| changed_keys.contains(k);
+    let mut problems: Vec<Problem> = prev
+        .feed
+        .problems
+        .iter()
+        .filter(|p| p.kind != "Ingress" || !changed_keys.contains(&(p.namespace.clone(), p.name.clone())))
+        .cloned()
+        .chain(t.problems)
+        .collect();
+    problems.sort();
+    problems.dedup();
+    let mut served: Vec<(String, String)> = prev.feed.served.iter().filter(|k| !is_changed(k)).cloned().collect();
+    let mut unserved: Vec<(String, String)> = prev.feed.unserved.iter().filter(|k| !is_changed(k)).cloned().collect();
+    for ing in &added {
+        if is_ours(ing, &world.classes, class) { served.push(key(ing)) } else { unserved.push(key(ing)) }
+    }
+    let feed = Feed {
+        problems,
+        groups: prev.feed.groups.clone(),
+        served,
+        unserved,
+        invalid_groups: prev.feed.invalid_groups.clone(),
+        gateway: prev.feed.gateway.clone(),
+    };
+    let mut claims = prev.claims.clone();
+    claims.count(&gone.hosts, false);
+    claims.count(&new.hosts, true);
+    Some(Update { table, feed, claims, changed })
+}
+
+/// The Ingresses `ours` with the classes, Services and EndpointSlices they read.
+fn part_world(ours: &[Arc<Ingress>], world: &World) -> World {
+    let mut wanted: HashSet<(&str, &str)> = HashSet::new();
+    for ing in ours {
+        let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
+        let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
+        for svc in rules.flat_map(|r| r.http.iter().flat_map(|h| &h.paths)).filter_map(|p| p.backend.service.as_ref()) {
+            wanted.insert((ns, svc.name.as_str()));
+        }
+    }
+    let wants = |ns: Option<&String>, name: Option<&String>| match (ns, name) {
+        (Some(ns), Some(name)) => wanted.contains(&(ns.as_str(), name.as_str())),
+        _ => false,
+    };
+    World {
+        ingresses: ours.to_vec(),
+        classes: world.classes.clone(),
+        services: world
+            .services
+            .iter()
+            .filter(|s| wants(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
+            .cloned()
+            .collect(),
+        slices: world
+            .slices
+            .iter()
+            .filter(|s| wants(s.metadata.namespace.as_ref(), s.labels().get(SERVICE_NAME_LABEL)))
+            .cloned()
+            .collect(),
+        ..World::default()
+    }
+}

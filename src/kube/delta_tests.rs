@@ -1,0 +1,213 @@
+//! Incremental updates against full builds: every update a sequence of random Ingress
+//! changes allows must give what a full build of the same world gives.
+
+use super::*;
+use crate::kube::controller::{Built, build};
+use crate::kube::delta::Previous;
+
+/// A deterministic sequence (xorshift), so a failure replays.
+struct Draw(u64);
+
+impl Draw {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+const NAMESPACES: [&str; 3] = ["a", "b", "c"];
+/// Hosts of other objects (a BackendGroup route, under a wildcard, a TLS Ingress).
+const TAKEN: [&str; 3] = ["bg.example.com", "x.wild.example.com", "tls.example.com"];
+/// Hosts the changing Ingresses draw from: mostly hosts of their own, some contested.
+const OWN_HOSTS: usize = 150;
+
+fn host(n: usize) -> String {
+    match n {
+        n if n < OWN_HOSTS => format!("h{n}.{}", if n % 2 == 0 { "example.com" } else { "other.net" }),
+        n => TAKEN[(n - OWN_HOSTS) % TAKEN.len()].to_string(),
+    }
+}
+
+fn every_host() -> impl Iterator<Item = String> {
+    (0..OWN_HOSTS + TAKEN.len()).map(host)
+}
+const PATHS: [&str; 3] = ["/", "/api", "/api/v2"];
+/// `missing` is a Service that does not exist.
+const SERVICES: [&str; 3] = ["web", "api", "missing"];
+
+/// Versions for the memo of Service groups, as the API server gives them.
+fn versioned<K: kube::Resource>(mut obj: K, n: usize) -> K {
+    let m = obj.meta_mut();
+    m.uid = Some(format!("uid-{}-{}", m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default()));
+    m.resource_version = Some(n.to_string());
+    obj
+}
+
+/// Services, slices and the objects no change touches: a wildcard, a TLS host, a default
+/// backend, a BackendGroup route and an Ingress of another class.
+fn base_world() -> World {
+    let mut world = World { classes: vec![quic_class(&[])], ..World::default() };
+    for (i, ns) in NAMESPACES.iter().enumerate() {
+        for (j, name) in ["web", "api"].iter().enumerate() {
+            let svc = Arc::unwrap_or_clone(service(ns, name, &[("http", 80)]));
+            world.services.push(Arc::new(versioned(svc, 1)));
+            let ip = format!("10.{i}.{j}.1");
+            let s =
+                Arc::unwrap_or_clone(slice(ns, &format!("{name}-1"), name, "IPv4", &[("http", 8080)], &[(&ip, true)]));
+            world.slices.push(Arc::new(versioned(s, 1)));
+        }
+    }
+    world.secrets = vec![tls_secret("a", "tls", "tls.example.com")];
+    world.ingresses = vec![
+        ingress("a", "wild").age(1000).rule(Some("*.wild.example.com"), "/", "Prefix", svc_backend("web", 80)).build(),
+        ingress("a", "secure")
+            .age(1000)
+            .rule(Some("tls.example.com"), "/", "Prefix", svc_backend("web", 80))
+            .tls(&["tls.example.com"], "tls")
+            .build(),
+        ingress("b", "foreign")
+            .age(1000)
+            .class(Some("other"))
+            .rule(Some("h0.example.com"), "/", "Prefix", svc_backend("web", 80))
+            .build(),
+    ];
+    world.groups = vec![backend_group(
+        "c",
+        "static",
+        BackendGroupSpec {
+            backends: vec![StaticBackend { url: "http://127.0.0.1:8001".into(), weight: 1 }],
+            routes: vec![BackendGroupRoute {
+                host: Some("bg.example.com".into()),
+                path: "/".into(),
+                path_type: PathType::Prefix,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )];
+    world
+}
+
+/// A new version of Ingress `ns/name`: one or two rules, now and then something that
+/// takes a full build (a default backend, a TLS section, another class).
+fn random_ingress(d: &mut Draw, ns: &str, name: &str) -> Arc<Ingress> {
+    let mut b = ingress(ns, name).age(d.below(50) as i64);
+    for _ in 0..=d.below(2) {
+        let h = host(d.below(OWN_HOSTS + TAKEN.len()));
+        b = b.rule(Some(&h), d.pick(&PATHS), d.pick(&["Prefix", "Exact"]), svc_backend(d.pick(&SERVICES), 80));
+    }
+    match d.below(12) {
+        0 => b = b.default_backend(svc_backend("web", 80)),
+        1 => b = b.tls(&["h0.example.com"], "tls"),
+        2 => b = b.class(Some("other")),
+        _ => {}
+    }
+    b.build()
+}
+
+/// What a table and its feed show, in an order that does not depend on how they were made.
+fn observed(b: &Built) -> serde_json::Value {
+    let mut view = b.table.debug_view();
+    view["generation"] = serde_json::Value::Null;
+    let mut certs: Vec<String> = b.table.certs.hosts().collect();
+    certs.sort_unstable();
+    view["certificates"] = serde_json::json!(certs);
+    let mut routes: Vec<String> = b.table.routes().iter().map(|r| format!("{r:?}")).collect();
+    routes.sort();
+    view["routes"] = serde_json::json!(routes);
+    let looked_up: Vec<String> = every_host()
+        .chain(["nothing.example.com".to_string()])
+        .flat_map(|h| ["/", "/api", "/api/v2/x", "/other"].map(|p| (h.clone(), p)))
+        .map(|(h, p)| format!("{h}{p} -> {:?}", b.table.lookup(Some(&h), p).map(|r| (&r.id, &r.group.id))))
+        .collect();
+    view["lookups"] = serde_json::json!(looked_up);
+    let sorted = |v: &[(String, String)]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    view["served"] = serde_json::json!(sorted(&b.feed.served));
+    view["unserved"] = serde_json::json!(sorted(&b.feed.unserved));
+    view["problems"] = serde_json::json!(b.feed.problems.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>());
+    view
+}
+
+fn previous(b: Built) -> (Previous, LastGoodCerts) {
+    let Built { table, feed, claims, world, last_good, .. } = b;
+    (Previous { world, table: Arc::new(table), feed: Arc::new(feed), claims }, last_good)
+}
+
+#[test]
+fn updates_equal_full_builds_over_random_ingress_changes() {
+    let settings = tenant_settings();
+    let registry = EndpointRegistry::default();
+    let mut d = Draw(0x9e37_79b9_7f4a_7c15);
+    let mut world = base_world();
+    let first = build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1);
+    let (mut prev, mut last_good) = previous(first);
+    let (mut updates, mut full) = (0, 0);
+    let names: Vec<String> = (0..12).map(|i| format!("i{i}")).collect();
+    for step in 0..400u64 {
+        // One to three changes: a new version of an Ingress (created if it was not
+        // there), or its deletion.
+        for _ in 0..=d.below(3) {
+            let (ns, name) = (d.pick(&NAMESPACES).to_string(), names[d.below(names.len())].clone());
+            let at = world
+                .ingresses
+                .iter()
+                .position(|i| i.namespace().as_deref() == Some(ns.as_str()) && i.name_any() == name);
+            match (at, d.below(4)) {
+                (Some(at), 0) => {
+                    world.ingresses.remove(at);
+                }
+                (Some(at), _) => world.ingresses[at] = random_ingress(&mut d, &ns, &name),
+                (None, _) => world.ingresses.push(random_ingress(&mut d, &ns, &name)),
+            }
+        }
+        let generation = step + 2;
+        let expected = build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, generation);
+        let got = build(world.clone(), &settings, &registry, last_good, Some(&prev), generation);
+        match got.incremental {
+            Some(_) => updates += 1,
+            None => full += 1,
+        }
+        assert_eq!(
+            observed(&got),
+            observed(&expected),
+            "step {step} ({:?}): the table or feed differs from a full build",
+            got.incremental
+        );
+        assert_eq!(got.claims, expected.claims, "step {step}: host claims differ");
+        assert_eq!(got.table.generation, generation);
+        (prev, last_good) = previous(got);
+    }
+    eprintln!("{updates} updates, {full} full builds");
+    assert!(updates >= 100 && full >= 50, "both ways were exercised: {updates} updates, {full} full builds");
+}
+
+#[test]
+fn a_change_to_anything_but_ingresses_takes_a_full_build() {
+    let settings = tenant_settings();
+    let registry = EndpointRegistry::default();
+    let mut world = base_world();
+    let (prev, last_good) = previous(build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1));
+    world.services.pop();
+    world
+        .ingresses
+        .push(ingress("a", "new").rule(Some("h0.example.com"), "/", "Prefix", svc_backend("web", 80)).build());
+    let got = build(world.clone(), &settings, &registry, last_good, Some(&prev), 2);
+    assert_eq!(got.incremental, None, "a Service went: every group may differ");
+    let (prev, last_good) = previous(got);
+    world
+        .ingresses
+        .push(ingress("a", "newer").rule(Some("h1.example.com"), "/", "Prefix", svc_backend("web", 80)).build());
+    let got = build(world, &settings, &registry, last_good, Some(&prev), 3);
+    assert_eq!(got.incremental, Some(1), "one new Ingress with a host of its own is an update");
+    assert!(got.table.lookup(Some("h1.example.com"), "/").is_some());
+    assert!(got.table.lookup(Some("h0.example.com"), "/").is_some(), "the other routes stay");
+}
