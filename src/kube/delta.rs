@@ -1,8 +1,8 @@
 //! Incremental route table updates. Most changes in a large cluster are a few Ingresses
 //! added, changed or deleted. When nothing but Ingresses changed, and every changed one
-//! routes only exact hosts that no unchanged object claims (no TLS section, no default
-//! backend, Service backends only), its routes depend on nothing but itself and the
-//! Services it names. Those Ingresses are then translated alone, and their hosts spliced
+//! routes only exact hosts that no unchanged object claims (no default backend, Service
+//! backends only, TLS for its own hosts only), its routes and certificates depend on
+//! nothing but itself and the Services and Secrets it names. Those Ingresses are then translated alone, and their hosts spliced
 //! into the previous table: the work grows with the change, not with the cluster. Any
 //! other change is a full build, which an update must equal (`delta_tests`).
 
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 
-use super::ownership::Claim;
+use super::ownership::{Claim, HostOwnership};
 use super::status::Feed;
 use super::translate::{LastGoodCerts, Problem, Settings, is_ours, translate_part};
 use super::world::{SERVICE_NAME_LABEL, World};
@@ -97,11 +97,20 @@ pub struct Update {
     pub changed: usize,
 }
 
-/// The exact host of each rule of `ing`, if its routes depend on nothing but itself and
-/// the Services it names; `None` sends the change to a full build.
-fn own_hosts(ing: &Ingress) -> Option<Vec<String>> {
-    let Some(spec) = &ing.spec else { return Some(Vec::new()) };
-    if spec.default_backend.is_some() || spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+/// The hosts of one Ingress version whose routes depend on nothing but itself and the
+/// Services and Secrets it names.
+#[derive(Default)]
+struct OwnHosts {
+    /// The exact host of each rule.
+    hosts: Vec<String>,
+    /// Whether it has a TLS section (every host of which is one of `hosts`).
+    tls: bool,
+}
+
+/// `ing`'s own hosts; `None` sends the change to a full build.
+fn own_hosts(ing: &Ingress) -> Option<OwnHosts> {
+    let Some(spec) = &ing.spec else { return Some(OwnHosts::default()) };
+    if spec.default_backend.is_some() {
         return None;
     }
     let mut hosts = Vec::new();
@@ -112,7 +121,17 @@ fn own_hosts(ing: &Ingress) -> Option<Vec<String>> {
         }
         hosts.push(host);
     }
-    Some(hosts)
+    let tls = spec.tls.iter().flatten().collect::<Vec<_>>();
+    for t in &tls {
+        // No hosts: the rules' hosts.
+        for h in t.hosts.iter().flatten() {
+            let HostRule::Exact(h) = HostRule::parse(h).ok()? else { return None };
+            if !hosts.contains(&h) {
+                return None;
+            }
+        }
+    }
+    Some(OwnHosts { hosts, tls: !tls.is_empty() })
 }
 
 fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
@@ -147,6 +166,8 @@ fn key(ing: &Ingress) -> (String, String) {
 struct Side {
     ours: Vec<Arc<Ingress>>,
     hosts: Vec<String>,
+    /// Whether one of them has a TLS section.
+    tls: bool,
 }
 
 impl Side {
@@ -154,7 +175,9 @@ impl Side {
     fn of(versions: &[Arc<Ingress>], world: &World, class: &str) -> Option<Self> {
         let mut side = Self::default();
         for ing in versions.iter().filter(|i| is_ours(i, &world.classes, class)) {
-            side.hosts.extend(own_hosts(ing)?);
+            let own = own_hosts(ing)?;
+            side.hosts.extend(own.hosts);
+            side.tls |= own.tls;
             side.ours.push(ing.clone());
         }
         Some(side)
@@ -185,6 +208,12 @@ pub fn update(
     }
     let class = settings.ingress_class.as_str();
     let (gone, new) = (Side::of(&removed, &prev.world, class)?, Side::of(&added, world, class)?);
+    // Certificates for the hosts: in namespace mode only an Ingress routing a host serves
+    // one for it, but a Gateway listener can too, and without ownership any Ingress can.
+    let certs = gone.tls || new.tls;
+    if certs && (settings.host_ownership == HostOwnership::None || !world.gateway.gateways.is_empty()) {
+        return None;
+    }
 
     // Every host the change touches must be the changed Ingresses' alone: no unchanged
     // Ingress, no other kind, no wildcard over it, no route of anyone else in the table.
@@ -209,7 +238,7 @@ pub fn update(
     let part = part_world(&new.ours, world);
     let t = translate_part(&part, settings, registry, last_good, generation);
     let maybe_unused = gone.hosts.iter().flat_map(|h| prev.table.groups_of_host(h)).collect();
-    let table = prev.table.spliced(generation, &replaced, t.table, maybe_unused);
+    let table = prev.table.spliced(generation, &replaced, t.table, maybe_unused, certs);
 
     let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|i| key(i)).collect();
     let is_changed = |k: &(String, String)| changed_keys.contains(k);
@@ -244,18 +273,24 @@ pub fn update(
 
 /// The Ingresses `ours` with the classes, Services and EndpointSlices they read.
 fn part_world(ours: &[Arc<Ingress>], world: &World) -> World {
+    // `(namespace, name)` of the Services and Secrets they name.
     let mut wanted: HashSet<(&str, &str)> = HashSet::new();
+    let mut secrets: HashSet<(&str, &str)> = HashSet::new();
     for ing in ours {
         let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
         let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
         for svc in rules.flat_map(|r| r.http.iter().flat_map(|h| &h.paths)).filter_map(|p| p.backend.service.as_ref()) {
             wanted.insert((ns, svc.name.as_str()));
         }
+        for name in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.as_deref()) {
+            secrets.insert((ns, name));
+        }
     }
-    let wants = |ns: Option<&String>, name: Option<&String>| match (ns, name) {
-        (Some(ns), Some(name)) => wanted.contains(&(ns.as_str(), name.as_str())),
+    let named = |set: &HashSet<(&str, &str)>, ns: Option<&String>, name: Option<&String>| match (ns, name) {
+        (Some(ns), Some(name)) => set.contains(&(ns.as_str(), name.as_str())),
         _ => false,
     };
+    let wants = |ns, name| named(&wanted, ns, name);
     World {
         ingresses: ours.to_vec(),
         classes: world.classes.clone(),
@@ -269,6 +304,12 @@ fn part_world(ours: &[Arc<Ingress>], world: &World) -> World {
             .slices
             .iter()
             .filter(|s| wants(s.metadata.namespace.as_ref(), s.labels().get(SERVICE_NAME_LABEL)))
+            .cloned()
+            .collect(),
+        secrets: world
+            .secrets
+            .iter()
+            .filter(|s| named(&secrets, s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
             .cloned()
             .collect(),
         ..World::default()

@@ -62,7 +62,8 @@ fn base_world() -> World {
             world.slices.push(Arc::new(versioned(s, 1)));
         }
     }
-    world.secrets = vec![tls_secret("a", "tls", "tls.example.com")];
+    world.secrets =
+        NAMESPACES.iter().flat_map(|ns| ["tls", "tls-2"].map(|n| tls_secret(ns, n, &format!("{n}.{ns}")))).collect();
     world.ingresses = vec![
         ingress("a", "wild").age(1000).rule(Some("*.wild.example.com"), "/", "Prefix", svc_backend("web", 80)).build(),
         ingress("a", "secure")
@@ -97,14 +98,18 @@ fn base_world() -> World {
 /// takes a full build (a default backend, a TLS section, another class).
 fn random_ingress(d: &mut Draw, ns: &str, name: &str) -> Arc<Ingress> {
     let mut b = ingress(ns, name).age(d.below(50) as i64);
-    for _ in 0..=d.below(2) {
-        let h = host(d.below(OWN_HOSTS + TAKEN.len()));
+    let first = host(d.below(OWN_HOSTS + TAKEN.len()));
+    for i in 0..=d.below(2) {
+        let h = if i == 0 { first.clone() } else { host(d.below(OWN_HOSTS + TAKEN.len())) };
         b = b.rule(Some(&h), d.pick(&PATHS), d.pick(&["Prefix", "Exact"]), svc_backend(d.pick(&SERVICES), 80));
     }
     match d.below(12) {
         0 => b = b.default_backend(svc_backend("web", 80)),
         1 => b = b.tls(&["h0.example.com"], "tls"),
         2 => b = b.class(Some("other")),
+        3 => b = b.tls(&[&first], d.pick(&["tls", "tls-2"])),
+        4 => b = b.tls(&[], "tls"),
+        5 => b = b.tls(&[&first], "missing"),
         _ => {}
     }
     b.build()
@@ -126,6 +131,16 @@ fn observed(b: &Built) -> serde_json::Value {
         .map(|(h, p)| format!("{h}{p} -> {:?}", b.table.lookup(Some(&h), p).map(|r| (&r.id, &r.group.id))))
         .collect();
     view["lookups"] = serde_json::json!(looked_up);
+    // Which certificate each host gets, as the hash of its leaf.
+    let served_certs: Vec<String> = every_host()
+        .map(|h| {
+            let leaf = b.table.certs.resolve(Some(&h)).and_then(|k| k.cert.first().map(|c| c.as_ref().to_vec()));
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&leaf, &mut hasher);
+            format!("{h}: {:x}", std::hash::Hasher::finish(&hasher))
+        })
+        .collect();
+    view["served_certs"] = serde_json::json!(served_certs);
     let sorted = |v: &[(String, String)]| {
         let mut v = v.to_vec();
         v.sort();
@@ -187,7 +202,7 @@ fn updates_equal_full_builds_over_random_ingress_changes() {
         (prev, last_good) = previous(got);
     }
     eprintln!("{updates} updates, {full} full builds");
-    assert!(updates >= 100 && full >= 50, "both ways were exercised: {updates} updates, {full} full builds");
+    assert!(updates >= 50 && full >= 50, "both ways were exercised: {updates} updates, {full} full builds");
 }
 
 #[test]

@@ -66,6 +66,17 @@ impl CertSet {
         found.or_else(|| self.default.clone())
     }
 
+    /// This set with the exact hosts `replaced` taken out and `with`'s exact hosts put in
+    /// (its wildcards and default are not taken).
+    pub fn spliced<'h>(&self, replaced: impl IntoIterator<Item = &'h str>, with: CertSet) -> CertSet {
+        let mut out = self.clone();
+        for host in replaced {
+            out.exact.remove(host);
+        }
+        out.exact.extend(with.exact);
+        out
+    }
+
     pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
         self.exact.keys().cloned().chain(self.wildcard.keys().map(|s| format!("*.{s}")))
     }

@@ -265,14 +265,17 @@ impl RouteTable {
     /// put in, as generation `generation`. `with` routes exact hosts only, all of them in
     /// `replaced`, on the default listeners: it is the translation of every object claiming
     /// those hosts. Groups `with` uses are added; the groups in `maybe_unused` (what the
-    /// replaced routes used) stay only if a route or a pin still holds them. Everything
-    /// else (scoped ports, certificates) is this table's.
+    /// replaced routes used) stay only if a route or a pin still holds them. With
+    /// `certs`, the certificates of the replaced hosts are `with`'s too (the objects
+    /// translated are the only ones with certificates for them). Everything else (scoped
+    /// ports, the default certificate) is this table's.
     pub fn spliced(
         &self,
         generation: u64,
         replaced: &BTreeSet<String>,
         with: RouteTable,
         maybe_unused: BTreeSet<String>,
+        certs: bool,
     ) -> RouteTable {
         let index = self.index.spliced(replaced.iter().map(String::as_str), with.index);
         let mut routes: Vec<Arc<RouteInfo>> = self
@@ -299,7 +302,10 @@ impl RouteTable {
             groups,
             pinned: self.pinned.clone(),
             routes,
-            certs: self.certs.clone(),
+            certs: match certs {
+                true => self.certs.spliced(replaced.iter().map(String::as_str), with.certs),
+                false => self.certs.clone(),
+            },
             scoped_certs: self.scoped_certs.clone(),
             unscoped_default: self.unscoped_default.clone(),
         }
