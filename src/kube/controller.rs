@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::delta::{self, HostClaims, Previous};
+use super::delta::{self, ByName, HostClaims, Previous};
 use super::status::{self, Feed, Publish};
 use super::translate::{LastGoodCerts, Problem, Settings, translate};
 use super::watches::{self, Board, Stores};
@@ -346,6 +346,8 @@ pub(super) struct Built {
     pub(super) build: Duration,
     /// `Some(n)`: an update of the previous table for `n` changed Ingress versions.
     pub(super) incremental: Option<usize>,
+    /// What the update looked its Ingresses' backends up in, for the next one.
+    pub(super) by_name: Option<Arc<ByName>>,
 }
 
 pub(super) fn build(
@@ -353,7 +355,7 @@ pub(super) fn build(
     settings: &Settings,
     registry: &EndpointRegistry,
     mut last_good: LastGoodCerts,
-    previous: Option<&Previous>,
+    previous: Option<&mut Previous>,
     generation: u64,
 ) -> Built {
     let started = Instant::now();
@@ -369,6 +371,7 @@ pub(super) fn build(
             last_good,
             build: started.elapsed(),
             incremental: Some(u.changed),
+            by_name: Some(u.by_name),
         };
     }
     let mut t = translate(&world, settings, registry, &mut last_good, generation);
@@ -404,6 +407,7 @@ pub(super) fn build(
         last_good,
         build: started.elapsed(),
         incremental: None,
+        by_name: None,
     }
 }
 
@@ -542,15 +546,24 @@ async fn rebuild_loop(
         let world = stores.snapshot();
         let (settings_b, registry_b) = (settings.clone(), registry.clone());
         let kept = std::mem::take(&mut last_good);
-        let prev = previous.take();
+        let mut prev = previous.take();
         let job = builder.run(move || {
-            let built = build(world, &settings_b, &registry_b, kept, prev.as_ref(), generation);
+            let built = build(world, &settings_b, &registry_b, kept, prev.as_mut(), generation);
             // The previous build's world and table go here, off the data plane's workers.
             drop(prev);
             built
         });
-        let Some(Built { table, problems, feed: new_feed, claims, world, last_good: kept, build, incremental }) =
-            job.await
+        let Some(Built {
+            table,
+            problems,
+            feed: new_feed,
+            claims,
+            world,
+            last_good: kept,
+            build,
+            incremental,
+            by_name,
+        }) = job.await
         else {
             // A panic in translation is a bug; the last table keeps serving, and the
             // next change tries again from empty certificate memory and a full build.
@@ -579,7 +592,8 @@ async fn rebuild_loop(
             None => tracing::info!(generation, routes, problems, build_ms, "route table published"),
         }
         let new_feed = Arc::new(new_feed);
-        previous = Some(Previous { world, table, feed: new_feed.clone(), claims });
+        let by_name = by_name.map(std::sync::OnceLock::from).unwrap_or_default();
+        previous = Some(Previous { world, table, feed: new_feed.clone(), claims, by_name });
         let old_feed = feed.send_replace(new_feed);
         // Freeing a large table (and the feed built with it) is work too: not on a
         // data-plane worker.

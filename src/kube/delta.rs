@@ -7,9 +7,12 @@
 //! other change is a full build, which an update must equal (`delta_tests`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::ownership::{Claim, HostOwnership};
@@ -86,6 +89,8 @@ pub struct Previous {
     pub table: Arc<RouteTable>,
     pub feed: Arc<Feed>,
     pub claims: HostClaims,
+    /// Made by the first update that needs it.
+    pub by_name: OnceLock<Arc<ByName>>,
 }
 
 /// A table updated from the previous one.
@@ -93,6 +98,7 @@ pub struct Update {
     pub table: RouteTable,
     pub feed: Feed,
     pub claims: HostClaims,
+    pub by_name: Arc<ByName>,
     /// How many Ingress versions were taken out or put in.
     pub changed: usize,
 }
@@ -132,6 +138,30 @@ fn own_hosts(ing: &Ingress) -> Option<OwnHosts> {
         }
     }
     Some(OwnHosts { hosts, tls: !tls.is_empty() })
+}
+
+/// Objects by address: both worlds hold them, so an address is not reused meanwhile.
+type PtrSet = HashSet<*const Ingress, std::hash::BuildHasherDefault<AddressHasher>>;
+
+/// Addresses are unique and already spread: a multiply is hash enough (SipHash was half
+/// of an update at 10,000 Ingresses).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
 }
 
 fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
@@ -184,9 +214,10 @@ impl Side {
     }
 }
 
-/// `world` as an update of `prev`, or `None` when it takes a full build.
+/// `world` as an update of `prev`, or `None` when it takes a full build (`prev` is then
+/// as it was; after an update, its claims are the update's).
 pub fn update(
-    prev: &Previous,
+    prev: &mut Previous,
     world: &World,
     settings: &Settings,
     registry: &EndpointRegistry,
@@ -196,8 +227,8 @@ pub fn update(
     if !same_but_ingresses(&prev.world, world) {
         return None;
     }
-    let before: HashSet<*const Ingress> = prev.world.ingresses.iter().map(Arc::as_ptr).collect();
-    let after: HashSet<*const Ingress> = world.ingresses.iter().map(Arc::as_ptr).collect();
+    let before: PtrSet = prev.world.ingresses.iter().map(Arc::as_ptr).collect();
+    let after: PtrSet = world.ingresses.iter().map(Arc::as_ptr).collect();
     let removed: Vec<Arc<Ingress>> =
         prev.world.ingresses.iter().filter(|i| !after.contains(&Arc::as_ptr(i))).cloned().collect();
     let added: Vec<Arc<Ingress>> =
@@ -235,7 +266,8 @@ pub fn update(
         }
     }
 
-    let part = part_world(&new.ours, world);
+    let by_name = prev.by_name.get_or_init(|| Arc::new(ByName::of(world))).clone();
+    let part = part_world(&new.ours, world, &by_name);
     let t = translate_part(&part, settings, registry, last_good, generation);
     let maybe_unused = gone.hosts.iter().flat_map(|h| prev.table.groups_of_host(h)).collect();
     let table = prev.table.spliced(generation, &replaced, t.table, maybe_unused, certs);
@@ -265,53 +297,65 @@ pub fn update(
         invalid_groups: prev.feed.invalid_groups.clone(),
         gateway: prev.feed.gateway.clone(),
     };
-    let mut claims = prev.claims.clone();
+    // The previous build's claims are not needed again: the next build starts from these.
+    let mut claims = std::mem::take(&mut prev.claims);
     claims.count(&gone.hosts, false);
     claims.count(&new.hosts, true);
-    Some(Update { table, feed, claims, changed })
+    Some(Update { table, feed, claims, by_name, changed })
 }
 
-/// The Ingresses `ours` with the classes, Services and EndpointSlices they read.
-fn part_world(ours: &[Arc<Ingress>], world: &World) -> World {
-    // `(namespace, name)` of the Services and Secrets they name.
-    let mut wanted: HashSet<(&str, &str)> = HashSet::new();
-    let mut secrets: HashSet<(&str, &str)> = HashSet::new();
+/// The world's Services, EndpointSlices and Secrets by `(namespace, name)` (a slice by its
+/// Service's), where an update finds what its Ingresses name. Made at the first update
+/// after a full build and kept by the updates that follow, which all see the same objects
+/// of these kinds.
+#[derive(Default)]
+pub struct ByName {
+    services: HashMap<(String, String), Arc<Service>>,
+    slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    secrets: HashMap<(String, String), Arc<Secret>>,
+}
+
+impl ByName {
+    fn of(world: &World) -> Self {
+        let key = |m: &ObjectMeta, name: Option<&String>| {
+            (m.namespace.clone().unwrap_or_default(), name.cloned().unwrap_or_default())
+        };
+        let mut by = Self::default();
+        for s in &world.services {
+            by.services.insert(key(&s.metadata, s.metadata.name.as_ref()), s.clone());
+        }
+        for s in &world.slices {
+            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
+                by.slices.entry(key(&s.metadata, Some(svc))).or_default().push(s.clone());
+            }
+        }
+        for s in &world.secrets {
+            by.secrets.insert(key(&s.metadata, s.metadata.name.as_ref()), s.clone());
+        }
+        by
+    }
+}
+
+/// The Ingresses `ours` with the classes, Services, EndpointSlices and Secrets they read.
+fn part_world(ours: &[Arc<Ingress>], world: &World, by_name: &ByName) -> World {
+    let mut part = World { ingresses: ours.to_vec(), classes: world.classes.clone(), ..World::default() };
+    let (mut services, mut secrets) = (BTreeSet::new(), BTreeSet::new());
     for ing in ours {
-        let ns = ing.metadata.namespace.as_deref().unwrap_or_default();
+        let ns = ing.namespace().unwrap_or_default();
         let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
         for svc in rules.flat_map(|r| r.http.iter().flat_map(|h| &h.paths)).filter_map(|p| p.backend.service.as_ref()) {
-            wanted.insert((ns, svc.name.as_str()));
+            services.insert((ns.clone(), svc.name.clone()));
         }
-        for name in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.as_deref()) {
-            secrets.insert((ns, name));
+        for name in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.clone()) {
+            secrets.insert((ns.clone(), name));
         }
     }
-    let named = |set: &HashSet<(&str, &str)>, ns: Option<&String>, name: Option<&String>| match (ns, name) {
-        (Some(ns), Some(name)) => set.contains(&(ns.as_str(), name.as_str())),
-        _ => false,
-    };
-    let wants = |ns, name| named(&wanted, ns, name);
-    World {
-        ingresses: ours.to_vec(),
-        classes: world.classes.clone(),
-        services: world
-            .services
-            .iter()
-            .filter(|s| wants(s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
-            .cloned()
-            .collect(),
-        slices: world
-            .slices
-            .iter()
-            .filter(|s| wants(s.metadata.namespace.as_ref(), s.labels().get(SERVICE_NAME_LABEL)))
-            .cloned()
-            .collect(),
-        secrets: world
-            .secrets
-            .iter()
-            .filter(|s| named(&secrets, s.metadata.namespace.as_ref(), s.metadata.name.as_ref()))
-            .cloned()
-            .collect(),
-        ..World::default()
+    for key in &services {
+        part.services.extend(by_name.services.get(key).cloned());
+        part.slices.extend(by_name.slices.get(key).into_iter().flatten().cloned());
     }
+    for key in &secrets {
+        part.secrets.extend(by_name.secrets.get(key).cloned());
+    }
+    part
 }

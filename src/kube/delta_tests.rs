@@ -153,8 +153,9 @@ fn observed(b: &Built) -> serde_json::Value {
 }
 
 fn previous(b: Built) -> (Previous, LastGoodCerts) {
-    let Built { table, feed, claims, world, last_good, .. } = b;
-    (Previous { world, table: Arc::new(table), feed: Arc::new(feed), claims }, last_good)
+    let Built { table, feed, claims, world, last_good, by_name, .. } = b;
+    let by_name = by_name.map(std::sync::OnceLock::from).unwrap_or_default();
+    (Previous { world, table: Arc::new(table), feed: Arc::new(feed), claims, by_name }, last_good)
 }
 
 #[test]
@@ -186,7 +187,7 @@ fn updates_equal_full_builds_over_random_ingress_changes() {
         }
         let generation = step + 2;
         let expected = build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, generation);
-        let got = build(world.clone(), &settings, &registry, last_good, Some(&prev), generation);
+        let got = build(world.clone(), &settings, &registry, last_good, Some(&mut prev), generation);
         match got.incremental {
             Some(_) => updates += 1,
             None => full += 1,
@@ -210,18 +211,18 @@ fn a_change_to_anything_but_ingresses_takes_a_full_build() {
     let settings = tenant_settings();
     let registry = EndpointRegistry::default();
     let mut world = base_world();
-    let (prev, last_good) = previous(build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1));
+    let (mut prev, last_good) = previous(build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1));
     world.services.pop();
     world
         .ingresses
         .push(ingress("a", "new").rule(Some("h0.example.com"), "/", "Prefix", svc_backend("web", 80)).build());
-    let got = build(world.clone(), &settings, &registry, last_good, Some(&prev), 2);
+    let got = build(world.clone(), &settings, &registry, last_good, Some(&mut prev), 2);
     assert_eq!(got.incremental, None, "a Service went: every group may differ");
-    let (prev, last_good) = previous(got);
+    let (mut prev, last_good) = previous(got);
     world
         .ingresses
         .push(ingress("a", "newer").rule(Some("h1.example.com"), "/", "Prefix", svc_backend("web", 80)).build());
-    let got = build(world, &settings, &registry, last_good, Some(&prev), 3);
+    let got = build(world, &settings, &registry, last_good, Some(&mut prev), 3);
     assert_eq!(got.incremental, Some(1), "one new Ingress with a host of its own is an update");
     assert!(got.table.lookup(Some("h1.example.com"), "/").is_some());
     assert!(got.table.lookup(Some("h0.example.com"), "/").is_some(), "the other routes stay");

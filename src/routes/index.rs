@@ -162,13 +162,68 @@ impl<T> PathIndex<T> {
     }
 }
 
+/// How many parts [`Shards`] splits exact hosts into.
+const SHARDS: usize = 64;
+
+/// Exact hosts → paths, in parts shared between tables: a table updated for a few hosts
+/// ([`HostIndex::spliced`]) copies the parts those hosts are in (1/64th of the hosts each),
+/// and shares the rest, with every host's paths, with the table it came from.
+#[derive(Debug, Clone)]
+struct Shards<V>(Vec<Arc<HashMap<String, V>>>);
+
+impl<V> Default for Shards<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+/// FNV-1a: cheap, and only spreads hosts over the parts (each part hashes again).
+fn shard_of(host: &str) -> usize {
+    let h = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (h % SHARDS as u64) as usize
+}
+
+impl<V> Shards<V> {
+    fn get(&self, host: &str) -> Option<&V> {
+        self.0.get(shard_of(host))?.get(host)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.0.iter().flat_map(|m| m.values())
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> + '_ {
+        self.0.iter().flat_map(|m| m.keys())
+    }
+}
+
+impl<V: Clone> Shards<V> {
+    /// The part `host` goes in, copied first if another table shares it.
+    fn part_mut(&mut self, host: &str) -> &mut HashMap<String, V> {
+        if self.0.is_empty() {
+            self.0 = (0..SHARDS).map(|_| Arc::default()).collect();
+        }
+        Arc::make_mut(&mut self.0[shard_of(host)])
+    }
+
+    fn remove(&mut self, host: &str) {
+        if self.get(host).is_some() {
+            self.part_mut(host).remove(host);
+        }
+    }
+
+    fn insert(&mut self, host: String, value: V) {
+        self.part_mut(&host).insert(host, value);
+    }
+}
+
 /// Routes indexed by host rule, then path rule (see the module's precedence list).
 ///
-/// Each host's paths are shared (`Arc`): a table updated for a few hosts
-/// ([`HostIndex::spliced`]) copies the host map, not the routes of every other host.
+/// Each host's paths are shared (`Arc`), and so are the parts of the exact-host map
+/// ([`Shards`]) a change does not touch.
 #[derive(Debug, Clone)]
 pub struct HostIndex<T> {
-    exact_hosts: HashMap<String, Arc<PathIndex<T>>>,
+    exact_hosts: Shards<Arc<PathIndex<T>>>,
     wildcard_hosts: HashMap<String, Arc<PathIndex<T>>>,
     suffix_hosts: HashMap<String, Arc<PathIndex<T>>>,
     any_host: PathIndex<T>,
@@ -177,7 +232,7 @@ pub struct HostIndex<T> {
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
         Self {
-            exact_hosts: HashMap::new(),
+            exact_hosts: Shards::default(),
             wildcard_hosts: HashMap::new(),
             suffix_hosts: HashMap::new(),
             any_host: PathIndex::default(),
@@ -202,7 +257,7 @@ impl<T: Clone> HostIndex<T> {
     ) -> Result<(), &T> {
         // Copied on write only when an older table still shares the host's paths.
         let index = match host {
-            Some(HostRule::Exact(h)) => Arc::make_mut(self.exact_hosts.entry(h.clone()).or_default()),
+            Some(HostRule::Exact(h)) => Arc::make_mut(self.exact_hosts.part_mut(h).entry(h.clone()).or_default()),
             Some(HostRule::Wildcard(s)) => Arc::make_mut(self.wildcard_hosts.entry(s.clone()).or_default()),
             Some(HostRule::Suffix(s)) => Arc::make_mut(self.suffix_hosts.entry(s.clone()).or_default()),
             None => &mut self.any_host,
@@ -218,7 +273,11 @@ impl<T: Clone> HostIndex<T> {
         for host in replaced {
             out.exact_hosts.remove(host);
         }
-        out.exact_hosts.extend(with.exact_hosts);
+        for part in with.exact_hosts.0 {
+            for (host, paths) in Arc::unwrap_or_clone(part) {
+                out.exact_hosts.insert(host, paths);
+            }
+        }
         out
     }
 }
@@ -258,9 +317,11 @@ impl<T> HostIndex<T> {
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.any_host.len()
-            + [&self.exact_hosts, &self.wildcard_hosts, &self.suffix_hosts]
-                .iter()
-                .flat_map(|m| m.values())
+            + self
+                .exact_hosts
+                .values()
+                .chain(self.wildcard_hosts.values())
+                .chain(self.suffix_hosts.values())
                 .map(|p| p.len())
                 .sum::<usize>()
     }
@@ -271,9 +332,11 @@ impl<T> HostIndex<T> {
 
     /// Every entry's target, in no particular order.
     pub fn targets(&self) -> impl Iterator<Item = &T> + '_ {
-        [&self.exact_hosts, &self.wildcard_hosts, &self.suffix_hosts]
-            .into_iter()
-            .flat_map(|m| m.values().map(AsRef::as_ref))
+        let exact = self.exact_hosts.values();
+        exact
+            .chain(self.wildcard_hosts.values())
+            .chain(self.suffix_hosts.values())
+            .map(AsRef::as_ref)
             .chain(std::iter::once(&self.any_host))
             .flat_map(PathIndex::targets)
     }

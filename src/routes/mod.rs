@@ -175,8 +175,9 @@ pub struct RouteTable {
     /// The routes of each port scope, by scope name.
     scoped: HashMap<String, HostIndex<Arc<Route>>>,
     scoped_ports: BTreeMap<u16, ScopedPort>,
-    /// The groups the routes use, and the pinned ones.
-    groups: BTreeMap<String, Arc<BackendGroup>>,
+    /// The groups the routes use, and the pinned ones; shared with the table it was
+    /// updated from while they are the same.
+    groups: Arc<BTreeMap<String, Arc<BackendGroup>>>,
     /// Groups kept whether a route uses them or not (a BackendGroup object's, for its
     /// health checks and status; every group of a standalone config).
     pinned: BTreeSet<String>,
@@ -286,12 +287,19 @@ impl RouteTable {
             .collect();
         routes.extend(with.routes);
         let mut groups = self.groups.clone();
-        groups.extend(with.groups);
+        let known = |(id, g): (&String, &Arc<BackendGroup>)| self.groups.get(id).is_some_and(|k| Arc::ptr_eq(k, g));
+        if !with.groups.iter().all(known) {
+            Arc::make_mut(&mut groups).extend(Arc::unwrap_or_clone(with.groups));
+        }
         let gone: Vec<String> = maybe_unused.into_iter().filter(|id| !self.pinned.contains(id)).collect();
         if !gone.is_empty() {
             let used = used_groups(&index, &self.scoped);
-            for id in gone.iter().filter(|id| !used.contains(id.as_str())) {
-                groups.remove(id);
+            let unused: Vec<&String> = gone.iter().filter(|id| !used.contains(id.as_str())).collect();
+            if !unused.is_empty() {
+                let groups = Arc::make_mut(&mut groups);
+                for id in unused {
+                    groups.remove(id);
+                }
             }
         }
         RouteTable {
@@ -525,7 +533,7 @@ impl RouteTableBuilder {
             index: self.index,
             scoped: self.scoped,
             scoped_ports: self.scoped_ports,
-            groups: self.groups,
+            groups: Arc::new(self.groups),
             pinned: self.pinned,
             routes: self.routes,
             certs: self.certs,
