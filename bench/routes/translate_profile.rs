@@ -1,8 +1,10 @@
 //! Route-table builds without an API server, for profiling (`perf record` on this binary):
 //! a `World` of N Ingresses, each with its own Service and one-endpoint EndpointSlice, or of
 //! N HTTPRoutes on one Gateway to one Service (the shapes bench-routes creates), translated
-//! `ROUNDS` more times after the first. Prints the time per build.
-//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20] [ingress|httproute]
+//! `ROUNDS` more times after the first. Prints the time per build. With `update`, each
+//! round adds one Ingress (to Service `s0`) and builds as the controller does: an
+//! incremental update of the previous table.
+//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20] [ingress|httproute|update]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +16,7 @@ use k8s_openapi::api::networking::v1::{
     ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use quic_ingress::kube::controller::build;
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, translate};
 use quic_ingress::kube::world::{SERVICE_NAME_LABEL, World};
 use quic_ingress::telemetry::metrics::Metrics;
@@ -148,11 +151,12 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::new("quic");
     let w = match kind.as_str() {
         "ingress" => world(n),
+        "update" => return updates(world(n), &settings, rounds),
         "httproute" => {
             settings.gateway_ports.http = Some(80);
             httproute_world(n)?
         }
-        other => anyhow::bail!("{other}: expected ingress or httproute"),
+        other => anyhow::bail!("{other}: expected ingress, httproute or update"),
     };
     let registry = EndpointRegistry::new(Arc::new(Metrics::new()?), None);
     let mut last_good = LastGoodCerts::default();
@@ -185,6 +189,46 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "translate: {n} {kind}s, CPU per build {:.1} ms (from /proc, {rounds} builds)",
+        cpu * 1000.0 / rounds as f64
+    );
+    Ok(())
+}
+
+/// `rounds` updates after a full build of `w`, each for one new Ingress.
+fn updates(mut w: World, settings: &Settings, rounds: usize) -> anyhow::Result<()> {
+    let n = w.ingresses.len();
+    let registry = EndpointRegistry::new(Arc::new(Metrics::new()?), None);
+    let started = Instant::now();
+    let (mut prev, mut last_good) =
+        build(w.clone(), settings, &registry, LastGoodCerts::default(), None, 1).into_previous();
+    println!("update: {n} Ingresses, full build {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    let cpu_before = process_cpu()?;
+    let mut times = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        let mut ing = Ingress::clone(&w.ingresses[0]);
+        ing.metadata = meta(&format!("t{r}"), n + r);
+        if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
+            rule.host = Some(format!("t{r}.example.com"));
+        }
+        w.ingresses.push(Arc::new(ing));
+        let started = Instant::now();
+        let built = build(w.clone(), settings, &registry, last_good, Some(&mut prev), r as u64 + 2);
+        times.push(started.elapsed());
+        anyhow::ensure!(
+            built.incremental == Some(1),
+            "round {r}: {:?}, not an update of one Ingress",
+            built.incremental
+        );
+        anyhow::ensure!(built.table.lookup(Some(&format!("t{r}.example.com")), "/").is_some(), "round {r}: not routed");
+        (prev, last_good) = built.into_previous();
+    }
+    let cpu = process_cpu()? - cpu_before;
+    times.sort();
+    println!(
+        "update: {n} Ingresses, {rounds} updates of one new Ingress: median {:.2} ms, min {:.2} ms, max {:.2} ms, CPU per update {:.2} ms",
+        times[rounds / 2].as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0,
+        times[rounds - 1].as_secs_f64() * 1000.0,
         cpu * 1000.0 / rounds as f64
     );
     Ok(())

@@ -928,3 +928,45 @@ async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
     .await?;
     s.finish().await
 }
+
+#[tokio::test]
+async fn two_classes_publishing_one_address_leave_each_others_ingresses_alone() -> Result<()> {
+    let env = TestEnv::shared().await?;
+    let ns = TestNamespace::new(env, "two-classes").await?;
+    install_crd(env).await?;
+    let rbac = ControllerRbac::grant(env, &ns).await?;
+    // Both publish 192.0.2.10, as two releases on the same nodes publish the node address.
+    let ours = Controller::start(env, ns.name()).await?;
+    let mut opts = ControllerOptions::new(ns.name());
+    opts.extra_args = vec!["--ingress-class".into(), "quic-other".into()];
+    let other = Controller::start_with(env, opts).await?;
+    let ingresses = ns.api::<Ingress>();
+    let addressed = |name: &'static str| {
+        let ingresses = ingresses.clone();
+        async move {
+            eventually(&format!("Ingress {name} to show the address"), TIMEOUT, || async {
+                let ing = ingresses.get(name).await?;
+                Ok((lb_ip(&ing).as_deref() == Some("192.0.2.10")).then(|| ing.metadata.resource_version.clone()))
+            })
+            .await
+        }
+    };
+    ns.create(&ingress("mine").class("quic").rule("mine.example.com", "/", "Prefix", "web", 80).build()).await?;
+    let version = addressed("mine").await?;
+    // Each Ingress of the other class is a build of the other replica, with "mine" among
+    // the Ingresses it does not serve; the second one's address means the status pass
+    // after the first build is over.
+    for name in ["theirs", "theirs-2"] {
+        ns.create(
+            &ingress(name).class("quic-other").rule(&format!("{name}.example.com"), "/", "Prefix", "web", 80).build(),
+        )
+        .await?;
+        addressed(name).await?;
+    }
+    let now = ingresses.get("mine").await?;
+    assert_eq!(lb_ip(&now).as_deref(), Some("192.0.2.10"));
+    assert_eq!(now.metadata.resource_version, version, "the other class's replica rewrote our Ingress's status");
+    drop((ours, other));
+    drop(rbac);
+    ns.cleanup().await
+}

@@ -335,22 +335,33 @@ async fn wait_for_initial_lists(board: &Board) {
 
 /// One table build: translation plus what status needs from it. Pure CPU work on owned
 /// data, so it runs on the builder thread and a large build never holds a data-plane worker.
-pub(super) struct Built {
-    pub(super) table: RouteTable,
-    pub(super) problems: Vec<Problem>,
-    pub(super) feed: Feed,
-    pub(super) claims: HostClaims,
+pub struct Built {
+    pub table: RouteTable,
+    pub problems: Vec<Problem>,
+    pub feed: Feed,
+    pub claims: HostClaims,
     /// What the build read, for the next one to start from.
-    pub(super) world: World,
-    pub(super) last_good: LastGoodCerts,
-    pub(super) build: Duration,
+    pub world: World,
+    pub last_good: LastGoodCerts,
+    pub build: Duration,
     /// `Some(n)`: an update of the previous table for `n` changed Ingress versions.
-    pub(super) incremental: Option<usize>,
+    pub incremental: Option<usize>,
     /// What the update looked its Ingresses' backends up in, for the next one.
-    pub(super) by_name: Option<Arc<ByName>>,
+    pub by_name: Option<Arc<ByName>>,
 }
 
-pub(super) fn build(
+impl Built {
+    /// Where the next build starts from, and the certificate memory it takes.
+    pub fn into_previous(self) -> (Previous, LastGoodCerts) {
+        let Built { table, feed, claims, world, last_good, by_name, .. } = self;
+        let by_name = by_name.map(std::sync::OnceLock::from).unwrap_or_default();
+        (Previous { world, table: Arc::new(table), feed: Arc::new(feed), claims, by_name }, last_good)
+    }
+}
+
+/// One build of `world`, as the controller makes it: an update of `previous` where the
+/// change allows one (`delta`), else a full translation.
+pub fn build(
     world: World,
     settings: &Settings,
     registry: &EndpointRegistry,

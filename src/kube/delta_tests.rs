@@ -153,9 +153,7 @@ fn observed(b: &Built) -> serde_json::Value {
 }
 
 fn previous(b: Built) -> (Previous, LastGoodCerts) {
-    let Built { table, feed, claims, world, last_good, by_name, .. } = b;
-    let by_name = by_name.map(std::sync::OnceLock::from).unwrap_or_default();
-    (Previous { world, table: Arc::new(table), feed: Arc::new(feed), claims, by_name }, last_good)
+    b.into_previous()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 pub mod controller;
 pub mod crd;
-mod delta;
+pub mod delta;
 pub mod endpoints;
 pub mod gateway;
 pub mod leader;

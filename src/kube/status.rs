@@ -410,9 +410,15 @@ impl Writer {
             let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": lb } } });
             self.patch_ingress_status(&ingress, &addresses, &patch).await;
         }
-        // An Ingress that moved to another class (or lost its class) keeps no address of
-        // ours; one showing another controller's addresses is left alone.
+        // An Ingress that moved to another class (or lost its class) keeps no address
+        // this process wrote; one showing another controller's addresses is left alone,
+        // even when they are ours too (two classes of quic-ingress on the same nodes
+        // publish the same node addresses, and each clearing the other's would never end).
         for (ns, name) in &feed.unserved {
+            let wrote = self.lb_written.get(&(ns.clone(), name.clone())).is_some_and(|(target, _)| !target.is_empty());
+            if !wrote {
+                continue;
+            }
             let Some(ingress) = self.sources.ingresses.get(&ObjectRef::new(name).within(ns)) else { continue };
             let current = current_lb(&ingress);
             if !current.is_empty() && current == addresses {
