@@ -4,7 +4,7 @@
 //! `ROUNDS` more times after the first. Prints the time per build. With `update`, each
 //! round adds one Ingress (to Service `s0`) and builds as the controller does: an
 //! incremental update of the previous table.
-//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20] [ingress|httproute|update]
+//!   cargo run --release --example translate-profile -- [N=10000] [ROUNDS=20] [ingress|httproute|update [TOUCHED=0]]
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -151,7 +151,10 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::new("quic");
     let w = match kind.as_str() {
         "ingress" => world(n),
-        "update" => return updates(world(n), &settings, rounds),
+        "update" => {
+            let touched = args.next().map(|a| a.parse()).transpose()?.unwrap_or(0);
+            return updates(world(n), &settings, rounds, touched);
+        }
         "httproute" => {
             settings.gateway_ports.http = Some(80);
             httproute_world(n)?
@@ -194,8 +197,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rounds` updates after a full build of `w`, each for one new Ingress.
-fn updates(mut w: World, settings: &Settings, rounds: usize) -> anyhow::Result<()> {
+/// `rounds` updates after a full build of `w`, each for one new Ingress and `touched`
+/// existing ones written again.
+fn updates(mut w: World, settings: &Settings, rounds: usize, touched: usize) -> anyhow::Result<()> {
     let n = w.ingresses.len();
     let registry = EndpointRegistry::new(Arc::new(Metrics::new()?), None);
     let started = Instant::now();
@@ -211,12 +215,17 @@ fn updates(mut w: World, settings: &Settings, rounds: usize) -> anyhow::Result<(
             rule.host = Some(format!("t{r}.example.com"));
         }
         w.ingresses.push(Arc::new(ing));
+        // As the status writer does: existing Ingresses written again (new objects, same spec).
+        for k in 0..touched {
+            let at = (r * 7919 + k * 104_729) % n;
+            w.ingresses[at] = Arc::new(Ingress::clone(&w.ingresses[at]));
+        }
         let started = Instant::now();
         let built = build(w.clone(), settings, &registry, last_good, Some(&mut prev), r as u64 + 2);
         times.push(started.elapsed());
         anyhow::ensure!(
-            built.incremental == Some(1),
-            "round {r}: {:?}, not an update of one Ingress",
+            built.incremental == Some(1 + 2 * touched),
+            "round {r}: {:?}, not an update",
             built.incremental
         );
         anyhow::ensure!(built.table.lookup(Some(&format!("t{r}.example.com")), "/").is_some(), "round {r}: not routed");
@@ -225,7 +234,7 @@ fn updates(mut w: World, settings: &Settings, rounds: usize) -> anyhow::Result<(
     let cpu = process_cpu()? - cpu_before;
     times.sort();
     println!(
-        "update: {n} Ingresses, {rounds} updates of one new Ingress: median {:.2} ms, min {:.2} ms, max {:.2} ms, CPU per update {:.2} ms",
+        "update: {n} Ingresses, {rounds} updates of one new Ingress and {touched} rewritten: median {:.2} ms, min {:.2} ms, max {:.2} ms, CPU per update {:.2} ms",
         times[rounds / 2].as_secs_f64() * 1000.0,
         times[0].as_secs_f64() * 1000.0,
         times[rounds - 1].as_secs_f64() * 1000.0,

@@ -278,6 +278,12 @@ impl RouteTable {
         maybe_unused: BTreeSet<String>,
         certs: bool,
     ) -> RouteTable {
+        // A group the replaced routes used that the routes put in use too stays; only the
+        // rest need a look at every route (a deleted Ingress, not a rewritten one).
+        let mut gone: BTreeSet<String> = maybe_unused.into_iter().filter(|id| !self.pinned.contains(id)).collect();
+        for id in with.index.targets().flat_map(|r| r.group_ids()) {
+            gone.remove(id);
+        }
         let index = self.index.spliced(replaced.iter().map(String::as_str), with.index);
         let mut routes: Vec<Arc<RouteInfo>> = self
             .routes
@@ -291,13 +297,16 @@ impl RouteTable {
         if !with.groups.iter().all(known) {
             Arc::make_mut(&mut groups).extend(Arc::unwrap_or_clone(with.groups));
         }
-        let gone: Vec<String> = maybe_unused.into_iter().filter(|id| !self.pinned.contains(id)).collect();
         if !gone.is_empty() {
-            let used = used_groups(&index, &self.scoped);
-            let unused: Vec<&String> = gone.iter().filter(|id| !used.contains(id.as_str())).collect();
-            if !unused.is_empty() {
+            let all = std::iter::once(&index).chain(self.scoped.values()).flat_map(HostIndex::targets);
+            for id in all.flat_map(|r| r.group_ids()) {
+                if gone.remove(id) && gone.is_empty() {
+                    break;
+                }
+            }
+            if !gone.is_empty() {
                 let groups = Arc::make_mut(&mut groups);
-                for id in unused {
+                for id in &gone {
                     groups.remove(id);
                 }
             }
