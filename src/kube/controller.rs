@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delta::{self, ByName, HostClaims, Previous};
 use super::status::{self, Feed, Publish};
-use super::translate::{LastGoodCerts, Problem, Settings, translate};
+use super::translate::{LastGoodCerts, Settings, translate};
 use super::watches::{self, Board, Stores};
 use super::world::World;
 use crate::proxy::{DataPlane, ListenError, ListenOptions};
@@ -337,7 +337,7 @@ async fn wait_for_initial_lists(board: &Board) {
 /// data, so it runs on the builder thread and a large build never holds a data-plane worker.
 pub struct Built {
     pub table: RouteTable,
-    pub problems: Vec<Problem>,
+    /// Its problems are `feed.problems`.
     pub feed: Feed,
     pub claims: HostClaims,
     /// What the build read, for the next one to start from.
@@ -372,10 +372,8 @@ pub fn build(
     let started = Instant::now();
     let update = previous.and_then(|p| delta::update(p, &world, settings, registry, &mut last_good, generation));
     if let Some(u) = update {
-        let problems = u.feed.problems.clone();
         return Built {
             table: u.table,
-            problems,
             feed: u.feed,
             claims: u.claims,
             world,
@@ -402,7 +400,7 @@ pub fn build(
         .collect();
     drop(serving);
     let feed = Feed {
-        problems: t.problems.clone(),
+        problems: std::mem::take(&mut t.problems),
         groups: std::mem::take(&mut t.groups),
         served,
         unserved,
@@ -411,7 +409,6 @@ pub fn build(
     };
     Built {
         table: t.table,
-        problems: t.problems,
         feed,
         claims: t.claims,
         world,
@@ -564,34 +561,25 @@ async fn rebuild_loop(
             drop(prev);
             built
         });
-        let Some(Built {
-            table,
-            problems,
-            feed: new_feed,
-            claims,
-            world,
-            last_good: kept,
-            build,
-            incremental,
-            by_name,
-        }) = job.await
-        else {
+        let Some(built) = job.await else {
             // A panic in translation is a bug; the last table keeps serving, and the
             // next change tries again from empty certificate memory and a full build.
             tracing::error!(generation, "route table build failed; the previous table stays");
             continue;
         };
+        let (build, incremental) = (built.build, built.incremental);
+        let (next, kept) = built.into_previous();
         last_good = kept;
-        for p in &problems {
+        for p in &next.feed.problems {
             tracing::info!(kind = p.kind, namespace = %p.namespace, name = %p.name, reason = p.reason, error = %p.message, "skipping part of an object");
         }
+        let table = &next.table;
         checker.sync(table.groups());
         let routes = table.route_count();
-        let problems = problems.len();
+        let problems = next.feed.problems.len();
         let metrics = registry.metrics();
         metrics.record_table(table.generation, routes, build);
         metrics.route_table_rebuilds.inc();
-        let table = Arc::new(table);
         let old_table = publisher.tables.swap(table.clone());
         // After the swap: a new port's first request finds its routes.
         publisher.scoped.sync(table.scoped_ports());
@@ -602,10 +590,8 @@ async fn rebuild_loop(
             Some(changed) => tracing::info!(generation, routes, problems, build_ms, changed, "route table updated"),
             None => tracing::info!(generation, routes, problems, build_ms, "route table published"),
         }
-        let new_feed = Arc::new(new_feed);
-        let by_name = by_name.map(std::sync::OnceLock::from).unwrap_or_default();
-        previous = Some(Previous { world, table, feed: new_feed.clone(), claims, by_name });
-        let old_feed = feed.send_replace(new_feed);
+        let old_feed = feed.send_replace(next.feed.clone());
+        previous = Some(next);
         // Freeing a large table (and the feed built with it) is work too: not on a
         // data-plane worker.
         builder.free((old_table, old_feed));
