@@ -153,6 +153,35 @@ pub struct DataPlane {
     scoped: ScopedListeners,
 }
 
+/// Tries of [`bind_pair`] with port 0: another process can hold TCP on the port UDP got.
+const PAIR_BIND_TRIES: usize = 8;
+
+/// A QUIC endpoint and a TCP listener on the same address. With port 0, TCP takes the port
+/// UDP was given, and a port whose TCP side is taken is given up for another.
+async fn bind_pair(
+    server_config: &quinn::ServerConfig,
+    address: SocketAddr,
+) -> Result<(quinn::Endpoint, SocketAddr, TcpListener), ListenError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let endpoint = quinn::Endpoint::server(server_config.clone(), address).map_err(|source| ListenError::Bind {
+            proto: "UDP",
+            addr: address,
+            source,
+        })?;
+        let local_addr =
+            endpoint.local_addr().map_err(|source| ListenError::Bind { proto: "UDP", addr: address, source })?;
+        match TcpListener::bind(local_addr).await {
+            Ok(tcp) => return Ok((endpoint, local_addr, tcp)),
+            Err(e) if address.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < PAIR_BIND_TRIES => {
+                endpoint.close(0u32.into(), b"");
+            }
+            Err(source) => return Err(ListenError::Bind { proto: "TCP", addr: local_addr, source }),
+        }
+    }
+}
+
 impl DataPlane {
     /// Binds UDP and TCP on the same address (with port 0, TCP takes UDP's port) and
     /// starts serving `tables`, recording into `metrics`.
@@ -160,18 +189,7 @@ impl DataPlane {
         let resumption = &options.resumption;
         let tls = Arc::new(TlsSetups::new(options, metrics.clone())?);
         let (server_config, acceptor) = tls.build(Arc::new(TableCerts { tables: tables.clone(), scope: None }))?;
-        let endpoint = quinn::Endpoint::server(server_config.clone(), options.address)
-            .map_err(|source| ListenError::Bind { proto: "UDP", addr: options.address, source })?;
-        let local_addr = endpoint.local_addr().map_err(|source| ListenError::Bind {
-            proto: "UDP",
-            addr: options.address,
-            source,
-        })?;
-        let tcp = TcpListener::bind(local_addr).await.map_err(|source| ListenError::Bind {
-            proto: "TCP",
-            addr: local_addr,
-            source,
-        })?;
+        let (endpoint, local_addr, tcp) = bind_pair(&server_config, options.address).await?;
 
         let alt_svc = Arc::new(tcp::alt_svc(options.alt_svc_port.unwrap_or(local_addr.port())));
         let http = match options.tcp.http_listen {
