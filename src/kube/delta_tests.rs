@@ -225,3 +225,111 @@ fn a_change_to_anything_but_ingresses_takes_a_full_build() {
     assert!(got.table.lookup(Some("h1.example.com"), "/").is_some());
     assert!(got.table.lookup(Some("h0.example.com"), "/").is_some(), "the other routes stay");
 }
+
+// === HTTPRoutes ===
+
+use super::gateway::{class as gateway_class, gw, gw_settings, https, route};
+use crate::kube::gateway::api::HTTPRoute;
+use crate::kube::gateway::model::GATEWAY_CONTROLLER_NAME;
+use crate::kube::gateway::status::{comparable, gateway_status, route_parents};
+
+/// Two Gateways: `infra/gw` (an HTTPS listener for every host, and one for
+/// `*.example.com` admitting namespace `a` only) and `infra/edge` (an HTTPS listener for
+/// `h1.other.net`); no route changes them.
+fn route_world() -> World {
+    let mut world = base_world();
+    world.secrets.push(tls_secret("infra", "cert", "gw.example.com"));
+    world.secrets.push(tls_secret("infra", "edge", "edge.example.com"));
+    world.gateway.classes = vec![gateway_class("quic", GATEWAY_CONTROLLER_NAME)];
+    let mut every = https("https", 443, None, serde_json::json!({"name": "cert"}));
+    every["allowedRoutes"] = serde_json::json!({"namespaces": {"from": "All"}});
+    let own = https("own", 443, Some("*.example.com"), serde_json::json!({"name": "cert"}));
+    let mut edge = https("edge", 443, Some("h1.other.net"), serde_json::json!({"name": "edge"}));
+    edge["allowedRoutes"] = serde_json::json!({"namespaces": {"from": "All"}});
+    world.gateway.gateways =
+        vec![gw("infra", "gw", serde_json::json!([every, own])), gw("infra", "edge", serde_json::json!([edge]))];
+    world
+}
+
+/// A new version of HTTPRoute `ns/name`: hostnames of its own or contested (an Ingress's,
+/// a wildcard, none), one of the Gateways or a missing one, a Service or a missing one.
+fn random_route(d: &mut Draw, ns: &str, name: &str) -> Arc<HTTPRoute> {
+    let mut hostnames: Vec<String> = (0..=d.below(2)).map(|_| host(d.below(OWN_HOSTS + TAKEN.len()))).collect();
+    match d.below(14) {
+        0 => hostnames.clear(),
+        1 => hostnames.push("*.example.com".into()),
+        _ => {}
+    }
+    let parent = d.pick(&["gw", "gw", "edge", "nowhere"]);
+    let mut spec = serde_json::json!({
+        "parentRefs": [{"name": parent, "namespace": "infra"}],
+        "hostnames": hostnames,
+        "rules": [{"matches": [{"path": {"type": d.pick(&["PathPrefix", "Exact"]), "value": d.pick(&PATHS)}}],
+                   "backendRefs": [{"name": d.pick(&SERVICES), "port": 80}]}],
+    });
+    if d.below(6) == 0 {
+        spec["parentRefs"].as_array_mut().unwrap().push(serde_json::json!({"name": "edge", "namespace": "infra"}));
+    }
+    route(ns, name, d.below(50) as i64, spec)
+}
+
+/// What status is written from: every Gateway's and every route's entries.
+fn statuses(b: &Built) -> serde_json::Value {
+    let t = &b.feed.gateway;
+    let gateways: Vec<_> =
+        (0..t.model.gateways.len()).map(|g| gateway_status(t, g, &[], &Default::default())).collect();
+    let routes: Vec<_> = t
+        .model
+        .routes
+        .iter()
+        .zip(&t.outcomes)
+        .map(|(r, o)| (r.key.namespace.clone(), r.key.name.clone(), route_parents(r, o, &Default::default())))
+        .collect();
+    // Without transition times, which are the time of the call.
+    comparable(&serde_json::json!({"gateways": gateways, "routes": routes}))
+}
+
+#[test]
+fn updates_equal_full_builds_over_random_http_route_changes() {
+    let mut settings = tenant_settings();
+    settings.gateway_ports = gw_settings().gateway_ports;
+    let registry = EndpointRegistry::default();
+    let mut d = Draw(0x2545_f491_4f6c_dd1d);
+    let mut world = route_world();
+    let (mut prev, mut last_good) =
+        previous(build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1));
+    let (mut updates, mut full) = (0, 0);
+    let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    for step in 0..300u64 {
+        for _ in 0..=d.below(3) {
+            let (ns, name) = (d.pick(&NAMESPACES).to_string(), names[d.below(names.len())].clone());
+            let routes = &mut world.gateway.routes;
+            let at = routes.iter().position(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.name_any() == name);
+            match (at, d.below(4)) {
+                (Some(at), 0) => {
+                    routes.remove(at);
+                }
+                (Some(at), _) => routes[at] = random_route(&mut d, &ns, &name),
+                (None, _) => routes.push(random_route(&mut d, &ns, &name)),
+            }
+        }
+        let generation = step + 2;
+        let expected = build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, generation);
+        let got = build(world.clone(), &settings, &registry, last_good, Some(&mut prev), generation);
+        match got.incremental {
+            Some(_) => updates += 1,
+            None => full += 1,
+        }
+        assert_eq!(
+            observed(&got),
+            observed(&expected),
+            "step {step} ({:?}): the table or feed differs",
+            got.incremental
+        );
+        assert_eq!(statuses(&got), statuses(&expected), "step {step} ({:?}): status differs", got.incremental);
+        assert_eq!(got.claims, expected.claims, "step {step}: host claims differ");
+        (prev, last_good) = previous(got);
+    }
+    eprintln!("{updates} updates, {full} full builds");
+    assert!(updates >= 50 && full >= 50, "both ways were exercised: {updates} updates, {full} full builds");
+}

@@ -69,22 +69,12 @@ impl GatewayState {
         (k.created.as_ref(), k.namespace.as_str(), k.name.as_str())
     }
 
-    /// Whether listener `l` of gateway `g` carries traffic.
     fn serves(&self, g: usize, l: usize) -> bool {
-        let gw = &self.model.gateways[g];
-        gw.refusal.is_none() && gw.listeners.get(l).is_some_and(|l| l.programmed().is_ok())
+        self.model.serves(g, l)
     }
 
-    /// Every `(parent, gateway, listener, host)` route `i` is served on.
     fn served_hosts(&self, i: usize) -> Vec<(usize, usize, usize, Option<String>)> {
-        let mut out = Vec::new();
-        for (p, parent) in self.model.routes[i].parents.iter().enumerate() {
-            let Ok(attachments) = &parent.attached else { continue };
-            for a in attachments.iter().filter(|a| self.serves(parent.gateway, a.listener)) {
-                out.extend(a.hosts.iter().map(|h| (p, parent.gateway, a.listener, h.clone())));
-            }
-        }
-        out
+        self.model.served_hosts(&self.model.routes[i])
     }
 
     /// The exact hosts HTTPRoutes would route, as ownership claims of their namespaces.
@@ -107,7 +97,8 @@ impl GatewayState {
     }
 
     pub(super) fn finish(self) -> GatewayTranslation {
-        GatewayTranslation { model: self.model, outcomes: self.outcomes, ports: self.ports }
+        let outcomes = self.outcomes.into_iter().map(Arc::from).collect();
+        GatewayTranslation { model: self.model, outcomes, ports: self.ports }
     }
 
     /// The port scope of gateway `g`'s routes, when it has an address of its own.

@@ -12,7 +12,13 @@ use crate::kube::gateway::{GatewayTranslation, ServedPorts};
 
 const PORT: u16 = 443;
 
-fn obj<T: serde::de::DeserializeOwned>(ns: Option<&str>, name: &str, age: i64, kind: &str, spec: Value) -> Arc<T> {
+pub(super) fn obj<T: serde::de::DeserializeOwned>(
+    ns: Option<&str>,
+    name: &str,
+    age: i64,
+    kind: &str,
+    spec: Value,
+) -> Arc<T> {
     let mut m = serde_json::to_value(meta(ns.unwrap_or(""), name, age)).unwrap();
     if ns.is_none() {
         m.as_object_mut().unwrap().remove("namespace");
@@ -21,15 +27,15 @@ fn obj<T: serde::de::DeserializeOwned>(ns: Option<&str>, name: &str, age: i64, k
     Arc::new(serde_json::from_value(v).unwrap())
 }
 
-fn class(name: &str, controller: &str) -> Arc<GatewayClass> {
+pub(super) fn class(name: &str, controller: &str) -> Arc<GatewayClass> {
     obj(None, name, 1000, "GatewayClass", json!({"controllerName": controller}))
 }
 
-fn gw(ns: &str, name: &str, listeners: Value) -> Arc<Gateway> {
+pub(super) fn gw(ns: &str, name: &str, listeners: Value) -> Arc<Gateway> {
     obj(Some(ns), name, 900, "Gateway", json!({"gatewayClassName": "quic", "listeners": listeners}))
 }
 
-fn https(name: &str, port: u16, hostname: Option<&str>, cert: Value) -> Value {
+pub(super) fn https(name: &str, port: u16, hostname: Option<&str>, cert: Value) -> Value {
     let mut l = json!({"name": name, "port": port, "protocol": "HTTPS", "tls": {"certificateRefs": [cert]}});
     if let Some(h) = hostname {
         l["hostname"] = json!(h);
@@ -37,7 +43,7 @@ fn https(name: &str, port: u16, hostname: Option<&str>, cert: Value) -> Value {
     l
 }
 
-fn route(ns: &str, name: &str, age: i64, spec: Value) -> Arc<HTTPRoute> {
+pub(super) fn route(ns: &str, name: &str, age: i64, spec: Value) -> Arc<HTTPRoute> {
     obj(Some(ns), name, age, "HTTPRoute", spec)
 }
 
@@ -67,7 +73,7 @@ fn grant(ns: &str, from_kind: &str, from_ns: &str, to_kind: &str) -> Arc<Referen
     )
 }
 
-fn gw_settings() -> Settings {
+pub(super) fn gw_settings() -> Settings {
     let mut s = Settings::new("quic");
     s.gateway_ports = ServedPorts { https: Some(PORT), http: None };
     s

@@ -66,14 +66,16 @@ impl CertSet {
         found.or_else(|| self.default.clone())
     }
 
-    /// This set with the exact hosts `replaced` taken out and `with`'s exact hosts put in
-    /// (its wildcards and default are not taken).
-    pub fn spliced<'h>(&self, replaced: impl IntoIterator<Item = &'h str>, with: CertSet) -> CertSet {
+    /// This set with the certificates of the exact hosts `replaced` taken from `with` (its
+    /// other hosts, wildcards and default are not taken).
+    pub fn spliced(&self, replaced: &std::collections::BTreeSet<String>, mut with: CertSet) -> CertSet {
         let mut out = self.clone();
         for host in replaced {
-            out.exact.remove(host);
+            match with.exact.remove(host) {
+                Some(key) => out.exact.insert(host.clone(), key),
+                None => out.exact.remove(host),
+            };
         }
-        out.exact.extend(with.exact);
         out
     }
 

@@ -320,7 +320,7 @@ impl RouteTable {
             pinned: self.pinned.clone(),
             routes,
             certs: match certs {
-                true => self.certs.spliced(replaced.iter().map(String::as_str), with.certs),
+                true => self.certs.spliced(replaced, with.certs),
                 false => self.certs.clone(),
             },
             scoped_certs: self.scoped_certs.clone(),

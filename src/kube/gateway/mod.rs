@@ -19,8 +19,8 @@ pub use model::{GATEWAY_CONTROLLER_NAME, GatewayWorld, Model, ServedPorts};
 #[derive(Debug, Default)]
 pub struct GatewayTranslation {
     pub model: Model,
-    /// Per route of `model.routes`, per parent of that route.
-    pub outcomes: Vec<Vec<ParentOutcome>>,
+    /// Per route of `model.routes`, per parent of that route (shared, as the routes are).
+    pub outcomes: Vec<std::sync::Arc<[ParentOutcome]>>,
     /// With per-Gateway addresses: the data-plane ports of the Gateways (by index into
     /// `model.gateways`) that have an address of their own (accepted, with a programmed
     /// listener and a free slot).

@@ -63,11 +63,32 @@ pub struct Model {
     pub controller_name: Arc<str>,
     pub classes: Vec<ClassImage>,
     pub gateways: Vec<GatewayImage>,
-    pub routes: Vec<RouteImage>,
+    /// Shared: an incremental update keeps the images of the routes it did not change.
+    pub routes: Vec<Arc<RouteImage>>,
     pub policies: Policies,
     /// The TLS a BackendTLSPolicy asks for on a Service port `(namespace, name, port)`
     /// some route uses.
     pub backend_tls: HashMap<(String, String, i32), BackendTls>,
+}
+
+impl Model {
+    /// Whether listener `l` of gateway `g` carries traffic.
+    pub fn serves(&self, g: usize, l: usize) -> bool {
+        let gw = &self.gateways[g];
+        gw.refusal.is_none() && gw.listeners.get(l).is_some_and(|l| l.programmed().is_ok())
+    }
+
+    /// Every `(parent, gateway, listener, host)` `route` is served on.
+    pub fn served_hosts(&self, route: &RouteImage) -> Vec<(usize, usize, usize, Option<String>)> {
+        let mut out = Vec::new();
+        for (p, parent) in route.parents.iter().enumerate() {
+            let Ok(attachments) = &parent.attached else { continue };
+            for a in attachments.iter().filter(|a| self.serves(parent.gateway, a.listener)) {
+                out.extend(a.hosts.iter().map(|h| (p, parent.gateway, a.listener, h.clone())));
+            }
+        }
+        out
+    }
 }
 
 /// Identity of an object, for status and precedence.
@@ -433,7 +454,7 @@ pub fn resolve(world: &GatewayWorld, inputs: &Inputs<'_>) -> Model {
         controller_name: controller,
         classes,
         gateways: gateway_images,
-        routes: route_images,
+        routes: route_images.into_iter().map(Arc::new).collect(),
         policies,
         backend_tls,
     }
