@@ -246,15 +246,18 @@ fn route_world() -> World {
     let own = https("own", 443, Some("*.example.com"), serde_json::json!({"name": "cert"}));
     let mut edge = https("edge", 443, Some("h1.other.net"), serde_json::json!({"name": "edge"}));
     edge["allowedRoutes"] = serde_json::json!({"namespaces": {"from": "All"}});
-    world.gateway.gateways =
-        vec![gw("infra", "gw", serde_json::json!([every, own])), gw("infra", "edge", serde_json::json!([edge]))];
+    let gateways = [gw("infra", "gw", serde_json::json!([every, own])), gw("infra", "edge", serde_json::json!([edge]))];
+    world.gateway.gateways = gateways.into_iter().map(|g| Arc::new(versioned(Arc::unwrap_or_clone(g), 1))).collect();
     world
 }
 
 /// A new version of HTTPRoute `ns/name`: hostnames of its own or contested (an Ingress's,
 /// a wildcard, none), one of the Gateways or a missing one, a Service or a missing one.
 fn random_route(d: &mut Draw, ns: &str, name: &str) -> Arc<HTTPRoute> {
-    let mut hostnames: Vec<String> = (0..=d.below(2)).map(|_| host(d.below(OWN_HOSTS + TAKEN.len()))).collect();
+    // Mostly hosts of their own (one in six of another object's).
+    let mut hostnames: Vec<String> = (0..=d.below(2))
+        .map(|_| if d.below(6) == 0 { host(OWN_HOSTS + d.below(TAKEN.len())) } else { host(d.below(OWN_HOSTS)) })
+        .collect();
     match d.below(14) {
         0 => hostnames.clear(),
         1 => hostnames.push("*.example.com".into()),
@@ -299,8 +302,9 @@ fn updates_equal_full_builds_over_random_http_route_changes() {
     let (mut prev, mut last_good) =
         previous(build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, 1));
     let (mut updates, mut full) = (0, 0);
-    let names: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
-    for step in 0..300u64 {
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let mut after_status_writes = 0;
+    for step in 0..400u64 {
         for _ in 0..=d.below(3) {
             let (ns, name) = (d.pick(&NAMESPACES).to_string(), names[d.below(names.len())].clone());
             let routes = &mut world.gateway.routes;
@@ -313,6 +317,14 @@ fn updates_equal_full_builds_over_random_http_route_changes() {
                 (None, _) => routes.push(random_route(&mut d, &ns, &name)),
             }
         }
+        // Now and then a status write on a Gateway: a new object, the same spec and generation.
+        let status_written = d.below(8) == 0;
+        if status_written {
+            let g = &mut world.gateway.gateways[d.below(2)];
+            let mut written = Arc::unwrap_or_clone(g.clone());
+            written.status = Some(Default::default());
+            *g = Arc::new(written);
+        }
         let generation = step + 2;
         let expected = build(world.clone(), &settings, &registry, LastGoodCerts::default(), None, generation);
         let got = build(world.clone(), &settings, &registry, last_good, Some(&mut prev), generation);
@@ -320,6 +332,7 @@ fn updates_equal_full_builds_over_random_http_route_changes() {
             Some(_) => updates += 1,
             None => full += 1,
         }
+        after_status_writes += usize::from(status_written && got.incremental.is_some());
         assert_eq!(
             observed(&got),
             observed(&expected),
@@ -330,6 +343,7 @@ fn updates_equal_full_builds_over_random_http_route_changes() {
         assert_eq!(got.claims, expected.claims, "step {step}: host claims differ");
         (prev, last_good) = previous(got);
     }
-    eprintln!("{updates} updates, {full} full builds");
+    eprintln!("{updates} updates ({after_status_writes} after a Gateway status write), {full} full builds");
     assert!(updates >= 50 && full >= 50, "both ways were exercised: {updates} updates, {full} full builds");
+    assert!(after_status_writes >= 5, "a Gateway's status write is no change to its routes");
 }

@@ -18,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
+use super::gateway::api::Gateway;
 use super::ownership::Claim;
 use super::status::Feed;
 use super::translate::{LastGoodCerts, Problem, Settings};
@@ -211,6 +212,21 @@ fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
+/// Whether two lists hold the same Gateways but for their status. Our status writes (the
+/// attached routes per listener, after every route change) make new objects with the same
+/// spec and generation, and a translation reads nothing else of a Gateway.
+fn same_gateways(a: &[Arc<Gateway>], b: &[Arc<Gateway>]) -> bool {
+    let same_spec = |x: &Gateway, y: &Gateway| {
+        let (m, n) = (&x.metadata, &y.metadata);
+        m.uid.is_some()
+            && m.uid == n.uid
+            && m.generation == n.generation
+            && m.creation_timestamp == n.creation_timestamp
+            && x.spec == y.spec
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || same_spec(x, y))
+}
+
 /// The one kind of the two an update can change that changed, when every other kind holds
 /// the very same objects (a store hands out the same `Arc` for an object until it changes,
 /// in the same order until the store changes); `None` when more changed.
@@ -222,7 +238,7 @@ fn changed_kind(a: &World, b: &World) -> Option<Kind> {
         && same(&a.secrets, &b.secrets)
         && same(&a.groups, &b.groups)
         && same(&ga.classes, &gb.classes)
-        && same(&ga.gateways, &gb.gateways)
+        && same_gateways(&ga.gateways, &gb.gateways)
         && same(&ga.grpc_routes, &gb.grpc_routes)
         && same(&ga.grants, &gb.grants)
         && same(&ga.namespaces, &gb.namespaces)
