@@ -112,9 +112,7 @@ pub(super) fn update(
     };
     let mut claims = std::mem::take(&mut prev.claims);
     claims.count(Kind::HttpRoute, &gone_hosts, false);
-    for (host, n) in &t.claims.http_routes {
-        claims.count(Kind::HttpRoute, &vec![host.clone(); *n as usize], true);
-    }
+    claims.add(Kind::HttpRoute, &t.claims);
     Some(Update { table, feed, claims, by_name, changed: removed.len() + added.len() })
 }
 

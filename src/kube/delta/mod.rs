@@ -106,6 +106,18 @@ impl HostClaims {
         }
     }
 
+    /// Adds the claims of kind `kind` in `part` (a part of the world's).
+    fn add(&mut self, kind: Kind, part: &HostClaims) {
+        let from = match kind {
+            Kind::Ingress => &part.ingress,
+            Kind::HttpRoute => &part.http_routes,
+        };
+        let counts = self.counts(kind);
+        for (host, n) in from {
+            *counts.entry(host.clone()).or_default() += n;
+        }
+    }
+
     /// Whether every host in `hosts` is claimed only by the objects of `kind` going away
     /// (`gone`: one host per claim of theirs): no other object of any kind, and no wildcard
     /// over it.
