@@ -14,7 +14,9 @@ use kube::config::{AuthInfo, Kubeconfig};
 
 use crate::TestEnv;
 use crate::controller::{admin_get, kubectl};
-use crate::process::{TestProcess, free_tcp_port, free_udp_tcp_port, helm_bin, log_path, quic_ingress_bin, repo_root};
+use crate::process::{
+    TestProcess, free_tcp_port_besides, free_udp_tcp_port, helm_bin, log_path, quic_ingress_bin, repo_root,
+};
 
 /// Runs helm with the test cluster's admin kubeconfig from the repository root; its stdout.
 pub fn helm(env: &TestEnv, args: &[&str]) -> Result<String> {
@@ -78,7 +80,7 @@ impl ChartController {
     /// (`POD_NAME`, `POD_NAMESPACE`), and waits until `/readyz` answers 200.
     pub async fn start(args: &[String], kubeconfig: &Path, namespace: &str, pod_name: &str) -> Result<Self> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port_besides(&[listen.port()])?));
         let mut args = args.to_vec();
         for (flag, value) in [("--listen", listen), ("--admin-listen", admin)] {
             let at = args.iter().position(|a| a == flag).with_context(|| format!("no {flag} in {args:?}"))?;
@@ -86,7 +88,7 @@ impl ChartController {
         }
         let http = match args.iter().position(|a| a == "--http-listen") {
             Some(at) if at + 1 < args.len() => {
-                let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+                let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port_besides(&[listen.port(), admin.port()])?));
                 args[at + 1] = http.to_string();
                 Some(http)
             }

@@ -19,7 +19,7 @@ use kube::{Client, Config};
 use quic_ingress::client::{ClientError, H3Client, RequestBody, TrustOptions};
 use quic_ingress::kube::crd::BackendGroup;
 
-use crate::process::{TestProcess, free_tcp_port, free_udp_tcp_port, log_path, quic_ingress_bin, repo_root};
+use crate::process::{TestProcess, free_tcp_port_besides, free_udp_tcp_port, log_path, quic_ingress_bin, repo_root};
 use crate::wait::eventually;
 use crate::{TestEnv, TestNamespace, identity};
 
@@ -209,7 +209,7 @@ impl Controller {
 
     async fn try_start(env: &TestEnv, opts: &ControllerOptions) -> anyhow::Result<Controller> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port_besides(&[listen.port()])?));
         let mut cmd = Command::new(quic_ingress_bin()?);
         cmd.args(["--log-format", "text", "controller", "--kubeconfig"])
             .arg(env.kubeconfig_for(opts.identity)?)

@@ -101,6 +101,18 @@ pub fn free_tcp_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A port on 127.0.0.1 free for TCP a moment ago and not one of `chosen` (ports picked for
+/// the same process but not bound yet, which the kernel may hand out again).
+pub fn free_tcp_port_besides(chosen: &[u16]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = free_tcp_port()?;
+        if !chosen.contains(&port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port on 127.0.0.1 besides {chosen:?}")
+}
+
 /// A port on 127.0.0.1 free for both UDP and TCP a moment ago (the controller's `--listen`
 /// takes both).
 pub fn free_udp_tcp_port() -> anyhow::Result<u16> {

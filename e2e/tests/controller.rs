@@ -873,8 +873,9 @@ async fn http3_backends_are_trusted_through_a_ca_secret() -> Result<()> {
     let cert = rcgen::generate_simple_self_signed(vec!["origin.internal".to_string()])?;
     std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem())?;
-    let origin_addr = format!("127.0.0.1:{}", quic_ingress_e2e::process::free_udp_tcp_port()?);
-    let admin = format!("127.0.0.1:{}", quic_ingress_e2e::process::free_tcp_port()?);
+    let origin_port = quic_ingress_e2e::process::free_udp_tcp_port()?;
+    let origin_addr = format!("127.0.0.1:{origin_port}");
+    let admin = format!("127.0.0.1:{}", quic_ingress_e2e::process::free_tcp_port_besides(&[origin_port])?);
     std::fs::write(
         dir.join("origin.yaml"),
         format!(
