@@ -2,7 +2,7 @@
 //! a heap profiler. N Ingresses (each with its own Service and one-endpoint EndpointSlice,
 //! all at one address: the shape bench-routes creates), or S Services of E endpoints (all
 //! addresses distinct), written as the API server returns them, go through the
-//! controller's trimming into kube's reflector stores (with the change detectors the
+//! controller's trimming into the watch caches (`kube::cache`, with the fingerprints the
 //! watches keep); `table` then translates them twice into a route table and the endpoint
 //! registry (the second build reuses the first's Service groups and frees its table, as
 //! the rebuild loop does); `served` adds the metric series one request on each route
@@ -18,10 +18,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
+use quic_ingress::kube::cache::Cache;
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, Translation, translate};
-use quic_ingress::kube::watches::{Changes, Relevant, trim};
+use quic_ingress::kube::watches::{Relevant, trim};
 use quic_ingress::kube::world::World;
 use quic_ingress::telemetry::metrics::Metrics;
 use quic_ingress::upstream::EndpointRegistry;
@@ -91,11 +91,9 @@ fn slice(service: &str, first: usize, count: usize, rv: &mut u64) -> Value {
     })
 }
 
-/// One kind's reflector store and change detector, fed as a watch feeds them.
-struct Kind<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
-    store: Store<K>,
-    writer: reflector::store::Writer<K>,
-    changes: Changes,
+/// One kind's cache, fed as a watch feeds it.
+struct Kind<K> {
+    store: Cache<K>,
 }
 
 impl<K> Kind<K>
@@ -103,16 +101,13 @@ where
     K: kube::Resource<DynamicType = ()> + Relevant + Clone + serde::de::DeserializeOwned + 'static,
 {
     fn new() -> Self {
-        let (store, writer) = reflector::store();
-        Self { store, writer, changes: Changes::default() }
+        Self { store: Cache::default() }
     }
 
     fn apply(&mut self, json: Value) -> anyhow::Result<()> {
         let mut obj: K = serde_json::from_value(json)?;
         trim(&mut obj);
-        let event = Event::Apply(obj);
-        self.changes.observe(&event);
-        self.writer.apply_watcher_event(&event);
+        self.store.observe(Event::Apply(obj));
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Kubernetes mode: the BackendGroup CRD, watches of the objects that make routes, their
 //! translation into a `RouteTable`, and status written back.
 
+pub mod cache;
 pub mod controller;
 pub mod crd;
 pub mod delta;

@@ -12,7 +12,6 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -393,7 +392,7 @@ impl Writer {
     async fn ingress_statuses(&mut self, feed: &Feed) {
         let Some(addresses) = self.sources.published.borrow().clone() else { return };
         for (ns, name) in &feed.served {
-            let Some(ingress) = self.sources.ingresses.get(&ObjectRef::new(name).within(ns)) else { continue };
+            let Some(ingress) = self.sources.ingresses.get(ns, name) else { continue };
             if current_lb(&ingress) == addresses {
                 continue;
             }
@@ -419,7 +418,7 @@ impl Writer {
             if !wrote {
                 continue;
             }
-            let Some(ingress) = self.sources.ingresses.get(&ObjectRef::new(name).within(ns)) else { continue };
+            let Some(ingress) = self.sources.ingresses.get(ns, name) else { continue };
             let current = current_lb(&ingress);
             if !current.is_empty() && current == addresses {
                 let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": null } } });

@@ -1,9 +1,9 @@
-//! The controller's watches: one reflector per kind (and per watched namespace, when the
+//! The controller's watches: one watch per kind (and per watched namespace, when the
 //! controller is scoped to some) that wakes the rebuild loop only when something
 //! translation reads has changed (not on status writes, the leader's own included), and a board of which watches work, so that one failing watch (a CRD not
 //! installed, a kind RBAC forbids) neither stops the others nor goes unnoticed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +12,13 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
+use super::cache::Cache;
 use super::crd::BackendGroup;
 use super::world::SERVICE_NAME_LABEL;
 use crate::telemetry::metrics::Metrics;
@@ -76,12 +76,12 @@ pub trait Relevant {
 /// The annotation `kubectl apply` (client side) keeps a whole copy of the object in.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Makes a watched object smaller before its reflector stores it: managedFields (a tree of
+/// Makes a watched object smaller before its cache stores it: managedFields (a tree of
 /// every field each writer set, often larger than the spec), `kubectl apply`'s copy of the
 /// object, and what [`Relevant::trim_unread`] drops. Stores hold every object of every
 /// watched kind for the life of the process, so this is most of a replica's memory at
 /// scale. Change detection sees the trimmed object, so what is trimmed must never matter.
-pub fn trim<K: Resource + Relevant>(obj: &mut K) {
+pub fn trim<K: Resource + Relevant + Clone>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     // Nothing reads who owns an object or what holds up its deletion.
@@ -91,6 +91,11 @@ pub fn trim<K: Resource + Relevant>(obj: &mut K) {
         annotations.remove(LAST_APPLIED);
     }
     obj.trim_unread();
+    // A clone holds exactly what it needs: deserialized lists keep the spare capacity they
+    // grew by (a slice's endpoints, merged above, held four times one endpoint's 350
+    // bytes), and what was trimmed leaves holes. kube's reflector stored a clone too; this
+    // is the same one copy per event.
+    *obj = obj.clone();
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
@@ -208,65 +213,6 @@ impl Relevant for Secret {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         hash_json(&(&m.uid, &self.type_, &self.data, &self.string_data), m.resource_version.as_ref())
-    }
-}
-
-type Key = (String, String);
-
-fn key_of<K: Resource>(obj: &K) -> Key {
-    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
-}
-
-/// Remembers the fingerprint of every object of one kind, to tell which watch events
-/// change something. Deletions of known objects change something; a relist changes
-/// something when the relisted set differs from what was known (the first list always
-/// does, so the first table is built).
-#[derive(Default)]
-pub struct Changes {
-    seen: HashMap<Key, u64>,
-    relisting: Option<HashMap<Key, u64>>,
-    listed: bool,
-}
-
-impl Changes {
-    /// Whether `event` changed what translation reads.
-    pub fn observe<K: Resource + Relevant>(&mut self, event: &watcher::Event<K>) -> bool {
-        self.observe_tracked(event, &|_: &K| true)
-    }
-
-    /// [`Changes::observe`] for a kind of which translation reads only the objects
-    /// `tracked` says (another controller's GatewayClass is not ours to serve): the others
-    /// come, change and go without a rebuild.
-    pub fn observe_tracked<K: Resource + Relevant>(
-        &mut self,
-        event: &watcher::Event<K>,
-        tracked: &dyn Fn(&K) -> bool,
-    ) -> bool {
-        match event {
-            watcher::Event::Apply(obj) if !tracked(obj) => self.seen.remove(&key_of(obj)).is_some(),
-            watcher::Event::Apply(obj) => {
-                let fp = obj.fingerprint();
-                self.seen.insert(key_of(obj), fp) != Some(fp)
-            }
-            watcher::Event::Delete(obj) => self.seen.remove(&key_of(obj)).is_some(),
-            watcher::Event::Init => {
-                self.relisting = Some(HashMap::new());
-                false
-            }
-            watcher::Event::InitApply(obj) => {
-                if tracked(obj) {
-                    self.relisting.get_or_insert_with(HashMap::new).insert(key_of(obj), obj.fingerprint());
-                }
-                false
-            }
-            watcher::Event::InitDone => {
-                let relisted = self.relisting.take().unwrap_or_default();
-                let changed = !self.listed || relisted != self.seen;
-                self.seen = relisted;
-                self.listed = true;
-                changed
-            }
-        }
     }
 }
 
@@ -465,27 +411,18 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The stores of one kind: one per watch (namespace), read as one.
-pub struct ScopedStore<K: Resource + 'static>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    parts: Vec<(Option<String>, Store<K>)>,
+/// The caches of one kind: one per watch (namespace), read as one.
+pub struct ScopedStore<K> {
+    parts: Vec<(Option<String>, Cache<K>)>,
 }
 
-impl<K: Resource + 'static> Clone for ScopedStore<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+impl<K> Clone for ScopedStore<K> {
     fn clone(&self) -> Self {
         Self { parts: self.parts.clone() }
     }
 }
 
-impl<K: Resource + Clone + 'static> ScopedStore<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+impl<K: Resource> ScopedStore<K> {
     /// Every object of every watch.
     pub fn state(&self) -> Vec<Arc<K>> {
         match self.parts.as_slice() {
@@ -494,12 +431,12 @@ where
         }
     }
 
-    /// The object `key` names, from the store of its namespace (or the cluster-wide one).
-    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+    /// The object `namespace`/`name`, from the cache of its namespace (or the cluster-wide one).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         self.parts
             .iter()
-            .filter(|(ns, _)| ns.is_none() || ns.as_deref() == key.namespace.as_deref())
-            .find_map(|(_, s)| s.get(key))
+            .filter(|(ns, _)| ns.as_deref().is_none_or(|ns| ns == namespace))
+            .find_map(|(_, s)| s.get(namespace, name))
     }
 }
 
@@ -563,26 +500,26 @@ impl PartsHealth {
 
 // === Watch tasks ===
 
-/// Starts a reflector for `K`; relevant changes (per [`Changes`]) wake `changed`, and the
-/// watch's health goes to `board` under `kind`. The watcher retries with backoff forever, so
-/// a lost API server is reconnected to and re-listed when it returns (the store keeps the
-/// last state it saw), and a kind not served yet (CRD missing) is picked up once it is.
+/// Starts a watch of `K` into a [`Cache`]; relevant changes (per [`Cache::apply`]) wake
+/// `changed`, and the watch's health goes to `board` under `kind`. The watcher retries with
+/// backoff forever, so a lost API server is reconnected to and re-listed when it returns
+/// (the cache keeps the last state it saw), and a kind not served yet (CRD missing) is
+/// picked up once it is.
 pub fn watch_kind<K>(
     kind: &'static str,
     api: Api<K>,
     cfg: watcher::Config,
     changed: Arc<Notify>,
     board: Board,
-) -> Store<K>
+) -> Cache<K>
 where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     watch_kind_tracked(kind, api, cfg, changed, board, |_| true)
 }
 
-/// [`watch_kind`] for a kind of which only the objects `tracked` says wake a rebuild (see
-/// [`Changes::observe_tracked`]); the store holds them all.
+/// [`watch_kind`] for a kind of which only the objects `tracked` says wake a rebuild; the
+/// cache holds them all.
 pub fn watch_kind_tracked<K>(
     kind: &'static str,
     api: Api<K>,
@@ -590,21 +527,20 @@ pub fn watch_kind_tracked<K>(
     changed: Arc<Notify>,
     board: Board,
     tracked: impl Fn(&K) -> bool + Send + 'static,
-) -> Store<K>
+) -> Cache<K>
 where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let mut store = watch_parts(kind, vec![(None, api)], cfg, changed, board, tracked);
     match store.parts.pop() {
         Some((_, one)) => one,
-        // watch_parts makes one store per API given.
-        None => reflector::store().0,
+        // watch_parts makes one cache per API given.
+        None => Cache::default(),
     }
 }
 
 /// [`watch_kind`] for a namespaced kind, over `scope`: one watch per namespace listed,
-/// merged into one store, one change detector and one health on the board.
+/// read as one store, with one health on the board.
 pub fn watch_scoped<K>(
     kind: &'static str,
     client: &kube::Client,
@@ -622,13 +558,13 @@ where
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K::DynamicType: Default,
 {
     watch_parts(kind, scope.apis(client), cfg, changed, board, |_| true)
 }
 
 /// One task for every watch of `kind`: their events are merged (each watch keeps its own
-/// reflector and its own [`Changes`], since each lists and relists on its own).
+/// cache, since each lists and relists on its own).
 fn watch_parts<K>(
     kind: &'static str,
     apis: Vec<(Option<String>, Api<K>)>,
@@ -639,20 +575,20 @@ fn watch_parts<K>(
 ) -> ScopedStore<K>
 where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     board.register(kind, true);
     let mut parts = Vec::with_capacity(apis.len());
     let mut streams = Vec::with_capacity(apis.len());
     for (i, (namespace, api)) in apis.into_iter().enumerate() {
-        let (reader, writer) = reflector::store();
-        let stream = reflector::reflector(writer, watcher(api, cfg.clone()).modify(trim::<K>))
+        let stream = watcher(api, cfg.clone())
+            .modify(trim::<K>)
             .backoff(WatchBackoff::default())
             .map(move |event| (i, event))
             .boxed();
         streams.push(stream);
-        parts.push((namespace, reader));
+        parts.push((namespace, Cache::default()));
     }
+    let caches: Vec<Cache<K>> = parts.iter().map(|(_, c)| c.clone()).collect();
     let mut health = PartsHealth::new(parts.iter().map(|(ns, _)| ns.clone()));
     let metrics = &board.metrics;
     let (events, changes_seen, errors) = (
@@ -661,7 +597,6 @@ where
         metrics.watch_errors.with_label_values(&[kind]),
     );
     tokio::spawn(async move {
-        let mut changes: Vec<Changes> = streams.iter().map(|_| Changes::default()).collect();
         let mut merged = futures::stream::select_all(streams);
         while let Some((i, event)) = merged.next().await {
             match event {
@@ -671,7 +606,7 @@ where
                     if !matches!(event, watcher::Event::Init) {
                         health.ok(i, matches!(event, watcher::Event::InitDone));
                     }
-                    if changes.get_mut(i).is_some_and(|c| c.observe_tracked(&event, &tracked)) {
+                    if caches.get(i).is_some_and(|c| c.apply(event, &tracked)) {
                         changes_seen.inc();
                         changed.notify_one();
                     }
@@ -692,7 +627,7 @@ where
 /// The six kinds translation reads.
 pub struct Stores {
     pub ingresses: ScopedStore<Ingress>,
-    pub classes: Store<IngressClass>,
+    pub classes: Cache<IngressClass>,
     pub services: ScopedStore<Service>,
     pub slices: ScopedStore<EndpointSlice>,
     pub secrets: ScopedStore<Secret>,
@@ -788,43 +723,43 @@ mod tests {
         i
     }
 
-    fn listed(changes: &mut Changes, objs: Vec<Ingress>) -> bool {
-        let mut changed = changes.observe(&Event::<Ingress>::Init);
+    fn listed(cache: &Cache<Ingress>, objs: Vec<Ingress>) -> bool {
+        let mut changed = cache.observe(Event::Init);
         for o in objs {
-            changed |= changes.observe(&Event::InitApply(o));
+            changed |= cache.observe(Event::InitApply(o));
         }
-        changed | changes.observe(&Event::<Ingress>::InitDone)
+        changed | cache.observe(Event::InitDone)
     }
 
     #[test]
     fn status_writes_change_nothing_and_spec_or_annotation_changes_do() {
-        let mut c = Changes::default();
-        assert!(listed(&mut c, vec![ingress("a", 1)]), "the first list builds the first table");
-        assert!(!c.observe(&Event::Apply(with_lb_status(ingress("a", 1), "192.0.2.10", "2"))), "status write");
-        assert!(c.observe(&Event::Apply(ingress("a", 2))), "spec change (generation)");
+        let c = Cache::default();
+        assert!(listed(&c, vec![ingress("a", 1)]), "the first list builds the first table");
+        assert!(!c.observe(Event::Apply(with_lb_status(ingress("a", 1), "192.0.2.10", "2"))), "status write");
+        assert!(c.observe(Event::Apply(ingress("a", 2))), "spec change (generation)");
         let mut annotated = ingress("a", 2);
         annotated.metadata.annotations = Some([("kubernetes.io/ingress.class".into(), "other".into())].into());
-        assert!(c.observe(&Event::Apply(annotated.clone())), "class annotation");
-        assert!(!c.observe(&Event::Apply(annotated)), "the same again");
-        assert!(c.observe(&Event::Apply(ingress("b", 1))), "a new object");
-        assert!(c.observe(&Event::Delete(ingress("b", 1))), "a deletion");
-        assert!(!c.observe(&Event::Delete(ingress("never-seen", 1))), "deleting what was never known");
+        assert!(c.observe(Event::Apply(annotated.clone())), "class annotation");
+        assert!(!c.observe(Event::Apply(annotated)), "the same again");
+        assert!(c.observe(Event::Apply(ingress("b", 1))), "a new object");
+        assert!(c.observe(Event::Delete(ingress("b", 1))), "a deletion");
+        assert!(!c.observe(Event::Delete(ingress("never-seen", 1))), "deleting what was never known");
     }
 
     #[test]
     fn a_relist_changes_something_only_when_the_set_differs() {
-        let mut c = Changes::default();
+        let c = Cache::default();
         let mut a = ingress("a", 1);
         a.metadata.annotations = Some([("k".into(), "v".into())].into());
-        assert!(listed(&mut c, vec![a.clone(), ingress("b", 1)]));
+        assert!(listed(&c, vec![a.clone(), ingress("b", 1)]));
         // After a watch expired: the same objects, newer resourceVersions and status.
-        assert!(!listed(&mut c, vec![with_lb_status(a.clone(), "192.0.2.10", "9"), ingress("b", 1)]));
-        assert!(listed(&mut c, vec![a.clone()]), "b was deleted while the watch was down");
-        assert!(listed(&mut c, vec![a, ingress("c", 1)]), "c was created while the watch was down");
+        assert!(!listed(&c, vec![with_lb_status(a.clone(), "192.0.2.10", "9"), ingress("b", 1)]));
+        assert!(listed(&c, vec![a.clone()]), "b was deleted while the watch was down");
+        assert!(listed(&c, vec![a, ingress("c", 1)]), "c was created while the watch was down");
         // Re-created under the same name: a new uid, a new object.
         let mut again = ingress("c", 1);
         again.metadata.uid = Some("uid-c-2".into());
-        assert!(c.observe(&Event::Apply(again)));
+        assert!(c.observe(Event::Apply(again)));
     }
 
     #[test]
@@ -1115,7 +1050,7 @@ mod tests {
     #[test]
     fn a_scoped_store_reads_every_namespace_as_one() {
         let part = |ns: &str, names: &[&str]| {
-            let (reader, mut writer) = reflector::store::<Secret>();
+            let cache = Cache::default();
             for name in names {
                 let secret = Secret {
                     metadata: ObjectMeta {
@@ -1125,15 +1060,15 @@ mod tests {
                     },
                     ..Secret::default()
                 };
-                writer.apply_watcher_event(&Event::Apply(secret));
+                cache.observe(Event::Apply(secret));
             }
-            (Some(ns.to_string()), reader)
+            (Some(ns.to_string()), cache)
         };
         let store = ScopedStore { parts: vec![part("team-a", &["a1", "a2"]), part("team-b", &["b1"])] };
         let mut names: Vec<String> = store.state().iter().map(|s| s.name_any()).collect();
         names.sort();
         assert_eq!(names, ["a1", "a2", "b1"]);
-        assert!(store.get(&ObjectRef::new("b1").within("team-b")).is_some());
-        assert!(store.get(&ObjectRef::new("b1").within("team-a")).is_none(), "looked up in its own namespace");
+        assert!(store.get("team-b", "b1").is_some());
+        assert!(store.get("team-a", "b1").is_none(), "looked up in its own namespace");
     }
 }

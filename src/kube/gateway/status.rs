@@ -8,7 +8,6 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
@@ -426,14 +425,14 @@ impl Writer {
     ) {
         let controller = &*t.model.controller_name;
         for class in &t.model.classes {
-            let Some(obj) = stores.classes.get(&ObjectRef::new(&class.key.name)) else { continue };
+            let Some(obj) = stores.classes.get("", &class.key.name) else { continue };
             let prev = obj.status.clone().unwrap_or_default();
             let status = class_status(&class.key, class.refusal.as_ref(), &prev.conditions);
             let api: Api<GatewayClass> = Api::all(client.clone());
             self.patch(&api, "GatewayClass", obj.as_ref(), &prev, &status).await;
         }
         for (g, gw) in t.model.gateways.iter().enumerate() {
-            let Some(obj) = stores.gateways.get(&ObjectRef::new(&gw.key.name).within(&gw.key.namespace)) else {
+            let Some(obj) = stores.gateways.get(&gw.key.namespace, &gw.key.name) else {
                 continue;
             };
             let prev = obj.status.clone().unwrap_or_default();
@@ -447,8 +446,8 @@ impl Writer {
             let kind = route.object.kind();
             let (name, ns) = (&route.key.name, &route.key.namespace);
             let prev = match kind {
-                RouteKind::Http => stores.routes.get(&ObjectRef::new(name).within(ns)).map(|o| o.status.clone()),
-                RouteKind::Grpc => stores.grpc_routes.get(&ObjectRef::new(name).within(ns)).map(|o| o.status.clone()),
+                RouteKind::Http => stores.routes.get(ns, name).map(|o| o.status.clone()),
+                RouteKind::Grpc => stores.grpc_routes.get(ns, name).map(|o| o.status.clone()),
             };
             let Some(prev) = prev.map(Option::unwrap_or_default) else { continue };
             let key = (kind, route.key.namespace.clone(), route.key.name.clone());
@@ -472,7 +471,7 @@ impl Writer {
         let mut policies: HashMap<(String, String), Vec<PolicyAncestorStatus>> = HashMap::new();
         for policy in &t.model.policies.images {
             let (ns, name) = (&policy.key.namespace, &policy.key.name);
-            let Some(obj) = stores.backend_tls_policies.get(&ObjectRef::new(name).within(ns)) else { continue };
+            let Some(obj) = stores.backend_tls_policies.get(ns, name) else { continue };
             let prev = obj.status.clone().unwrap_or_default();
             policies.insert((ns.clone(), name.clone()), policy_ancestors(policy, &t.model.gateways, &prev));
         }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Api;
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::api::{BackendTLSPolicy, GRPCRoute, Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use super::model::GatewayWorld;
+use crate::kube::cache::Cache;
 use crate::kube::watches::{
     Board, Relevant, Scope, ScopedStore, hash_json, watch_kind, watch_kind_tracked, watch_scoped,
 };
@@ -100,15 +100,15 @@ fn ours(controller_name: &str) -> impl Fn(&GatewayClass) -> bool + Send + 'stati
     move |class| class.spec.controller_name == name
 }
 
-/// The reflector stores of the Gateway API kinds.
+/// The caches of the Gateway API kinds.
 #[derive(Clone)]
 pub struct GatewayStores {
-    pub classes: Store<GatewayClass>,
+    pub classes: Cache<GatewayClass>,
     pub gateways: ScopedStore<Gateway>,
     pub routes: ScopedStore<HTTPRoute>,
     pub grpc_routes: ScopedStore<GRPCRoute>,
     pub grants: ScopedStore<ReferenceGrant>,
-    pub namespaces: Store<Namespace>,
+    pub namespaces: Cache<Namespace>,
     pub backend_tls_policies: ScopedStore<BackendTLSPolicy>,
     /// For BackendTLSPolicy CA bundles (`ca.crt`).
     pub config_maps: ScopedStore<ConfigMap>,
@@ -219,7 +219,6 @@ mod tests {
     fn another_controllers_gateway_classes_come_and_go_without_a_rebuild() {
         use crate::kube::gateway::GATEWAY_CONTROLLER_NAME;
         use crate::kube::gateway::api::GatewayClassSpec;
-        use crate::kube::watches::Changes;
         use kube::runtime::watcher::Event;
         let class = |name: &str, controller: &str, generation: i64| {
             let mut c =
@@ -229,8 +228,8 @@ mod tests {
             c
         };
         let tracked = ours(GATEWAY_CONTROLLER_NAME);
-        let mut c = Changes::default();
-        let mut observe = |e: Event<GatewayClass>| c.observe_tracked(&e, &tracked);
+        let c = Cache::default();
+        let observe = |e: Event<GatewayClass>| c.apply(e, &tracked);
         observe(Event::Init);
         observe(Event::InitApply(class("theirs", "example.com/other", 1)));
         observe(Event::InitApply(class("quic", GATEWAY_CONTROLLER_NAME, 1)));
