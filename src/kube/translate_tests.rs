@@ -1069,3 +1069,18 @@ fn a_tls_secret_is_parsed_again_only_when_its_version_changes() {
 
 #[path = "delta_tests.rs"]
 mod delta;
+
+#[test]
+fn group_inputs_match_the_same_versions_in_any_slice_order_and_nothing_else() {
+    let svc = versioned(&service("shop", "api", &[("http", 80)]), "1");
+    let a = versioned(&slice("shop", "api-a", "api", "IPv4", &[("http", 8080)], &[("10.0.0.1", true)]), "1");
+    let b = versioned(&slice("shop", "api-b", "api", "IPv4", &[("http", 8080)], &[("10.0.0.2", true)]), "1");
+    let inputs = GroupInputs::of((&*svc, &[&*a, &*b])).unwrap();
+    assert!(inputs.matches((&*svc, &[&*b, &*a])), "slices come in store order");
+    assert!(!inputs.matches((&*svc, &[&*a])), "a slice went");
+    let b2 = versioned(&b, "2");
+    assert!(!inputs.matches((&*svc, &[&*a, &*b2])), "a slice changed");
+    assert!(!inputs.matches((&*versioned(&svc, "2"), &[&*a, &*b])), "the Service changed");
+    let unversioned = service("shop", "api", &[("http", 80)]);
+    assert_eq!(GroupInputs::of((&*unversioned, &[])), None, "objects built by hand are never remembered");
+}
