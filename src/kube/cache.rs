@@ -69,6 +69,11 @@ fn hash_of(hasher: &std::hash::RandomState, names: (&str, &str)) -> u64 {
     hasher.hash_one(names)
 }
 
+/// Whether an entry holds the object named `key`.
+fn named<K: Resource>(key: (&str, &str)) -> impl Fn(&Entry<K>) -> bool {
+    move |e| names(e.obj.as_ref()) == key
+}
+
 /// Puts `entry` in `table` in place of the one of the same names; returns that one.
 fn put<K: Resource>(
     hasher: &std::hash::RandomState,
@@ -77,7 +82,7 @@ fn put<K: Resource>(
 ) -> Option<Entry<K>> {
     let key = names(entry.obj.as_ref());
     let hash = hash_of(hasher, key);
-    match table.find_mut(hash, |e| names(e.obj.as_ref()) == key) {
+    match table.find_mut(hash, named(key)) {
         Some(slot) => Some(std::mem::replace(slot, entry)),
         None => {
             table.insert_unique(hash, entry, |e| hash_of(hasher, names(e.obj.as_ref())));
@@ -92,7 +97,7 @@ fn take<K: Resource>(
     key: (&str, &str),
 ) -> Option<Entry<K>> {
     let hash = hash_of(hasher, key);
-    table.find_entry(hash, |e| names(e.obj.as_ref()) == key).ok().map(|found| found.remove().0)
+    table.find_entry(hash, named(key)).ok().map(|found| found.remove().0)
 }
 
 /// Whether two listings hold the same tracked objects with the same fingerprints.
@@ -105,8 +110,7 @@ fn same_tracked<K: Resource>(
     tracked(a) == tracked(b)
         && a.iter().filter(|e| e.fingerprint.is_some()).all(|e| {
             let key = names(e.obj.as_ref());
-            b.find(hash_of(hasher, key), |o| names(o.obj.as_ref()) == key)
-                .is_some_and(|o| o.fingerprint == e.fingerprint)
+            b.find(hash_of(hasher, key), named(key)).is_some_and(|o| o.fingerprint == e.fingerprint)
         })
 }
 
@@ -167,16 +171,7 @@ impl<K: Resource> Cache<K> {
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let objects = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let key = (namespace, name);
-        objects.live.find(hash_of(&objects.hasher, key), |e| names(e.obj.as_ref()) == key).map(|e| e.obj.clone())
-    }
-
-    /// How many objects are held.
-    pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(PoisonError::into_inner).live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        objects.live.find(hash_of(&objects.hasher, key), named(key)).map(|e| e.obj.clone())
     }
 }
 
@@ -204,12 +199,12 @@ mod tests {
         cache.observe(Event::Apply(secret("a", "x", b"1")));
         cache.observe(Event::Apply(secret("b", "x", b"2")));
         cache.observe(Event::Apply(secret("a", "x", b"3")));
-        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.state().len(), 2);
         assert_eq!(data(&cache, "a", "x"), Some(b"3".to_vec()));
         assert_eq!(data(&cache, "b", "x"), Some(b"2".to_vec()));
         assert_eq!(data(&cache, "c", "x"), None);
         assert!(cache.observe(Event::Delete(secret("a", "x", b""))));
-        assert_eq!((cache.len(), data(&cache, "a", "x")), (1, None));
+        assert_eq!((cache.state().len(), data(&cache, "a", "x")), (1, None));
     }
 
     #[test]
@@ -217,7 +212,7 @@ mod tests {
         let cache = Cache::default();
         cache.observe(Event::Init);
         cache.observe(Event::InitApply(secret("a", "x", b"1")));
-        assert!(cache.is_empty(), "nothing is served before the first list is done");
+        assert!(cache.state().is_empty(), "nothing is served before the first list is done");
         assert!(cache.observe(Event::InitDone));
         cache.observe(Event::Init);
         cache.observe(Event::InitApply(secret("a", "y", b"2")));
