@@ -19,9 +19,10 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher::Event;
-use quic_ingress::kube::cache::Cache;
+use quic_ingress::kube::cache::{Cache, Named};
+use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, Translation, translate};
-use quic_ingress::kube::watches::{Relevant, trim};
+use quic_ingress::kube::watches::{Keep, Relevant};
 use quic_ingress::kube::world::World;
 use quic_ingress::telemetry::metrics::Metrics;
 use quic_ingress::upstream::EndpointRegistry;
@@ -91,23 +92,24 @@ fn slice(service: &str, first: usize, count: usize, rv: &mut u64) -> Value {
     })
 }
 
-/// One kind's cache, fed as a watch feeds it.
-struct Kind<K> {
-    store: Cache<K>,
+/// One kind's cache, fed as a watch feeds it: objects of kind `K` kept as `S`.
+struct Kind<K, S = K> {
+    store: Cache<S>,
+    kind: std::marker::PhantomData<K>,
 }
 
-impl<K> Kind<K>
+impl<K, S> Kind<K, S>
 where
-    K: kube::Resource<DynamicType = ()> + Relevant + Clone + serde::de::DeserializeOwned + 'static,
+    K: serde::de::DeserializeOwned,
+    S: Keep<K> + Named + Relevant,
 {
     fn new() -> Self {
-        Self { store: Cache::default() }
+        Self { store: Cache::default(), kind: std::marker::PhantomData }
     }
 
     fn apply(&mut self, json: Value) -> anyhow::Result<()> {
-        let mut obj: K = serde_json::from_value(json)?;
-        trim(&mut obj);
-        self.store.observe(Event::Apply(obj));
+        let obj: K = serde_json::from_value(json)?;
+        self.store.observe(Event::Apply(S::keep(obj)));
         Ok(())
     }
 }
@@ -133,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     println!("empty: RSS {:.1} MiB", rss_mib());
 
     let (mut ingresses, mut services, mut slices) =
-        (Kind::<Ingress>::new(), Kind::<Service>::new(), Kind::<EndpointSlice>::new());
+        (Kind::<Ingress>::new(), Kind::<Service, ServiceRecord>::new(), Kind::<EndpointSlice, SliceRecord>::new());
     let mut rv = 1_000_000;
     let objects = match shape {
         "ingresses" => {

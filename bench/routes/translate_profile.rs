@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use quic_ingress::kube::controller::build;
+use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, translate};
 use quic_ingress::kube::world::{SERVICE_NAME_LABEL, World};
 use quic_ingress::telemetry::metrics::Metrics;
@@ -45,17 +46,17 @@ fn world(n: usize) -> World {
     let mut w = World::default();
     for i in 0..n {
         let svc = format!("s{i}");
-        w.services.push(Arc::new(Service {
+        w.services.push(Arc::new(ServiceRecord::from(Service {
             metadata: meta(&svc, i),
             spec: Some(ServiceSpec {
                 ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, ..ServicePort::default() }]),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
-        }));
+        })));
         let mut m = meta(&format!("{svc}-1"), i);
         m.labels = Some([(SERVICE_NAME_LABEL.to_string(), svc.clone())].into());
-        w.slices.push(Arc::new(EndpointSlice {
+        w.slices.push(Arc::new(SliceRecord::from(EndpointSlice {
             metadata: m,
             address_type: "IPv4".into(),
             endpoints: vec![Endpoint {
@@ -68,7 +69,7 @@ fn world(n: usize) -> World {
                 ..Endpoint::default()
             }],
             ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
-        }));
+        })));
         w.ingresses.push(Arc::new(Ingress {
             metadata: meta(&format!("i{i}"), i),
             spec: Some(IngressSpec {

@@ -59,10 +59,20 @@ struct Entry<K> {
     fingerprint: Option<u64>,
 }
 
-/// The names an object is found by: its namespace ("" when cluster-scoped) and name.
-fn names<K: Resource>(obj: &K) -> (&str, &str) {
-    let meta = obj.meta();
-    (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+/// The names a cached object is found by: its namespace ("" when cluster-scoped) and name.
+pub trait Named {
+    fn names(&self) -> (&str, &str);
+}
+
+impl<K: Resource> Named for K {
+    fn names(&self) -> (&str, &str) {
+        let meta = self.meta();
+        (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+    }
+}
+
+fn names<K: Named>(obj: &K) -> (&str, &str) {
+    obj.names()
 }
 
 fn hash_of(hasher: &std::hash::RandomState, names: (&str, &str)) -> u64 {
@@ -70,12 +80,12 @@ fn hash_of(hasher: &std::hash::RandomState, names: (&str, &str)) -> u64 {
 }
 
 /// Whether an entry holds the object named `key`.
-fn named<K: Resource>(key: (&str, &str)) -> impl Fn(&Entry<K>) -> bool {
+fn named<K: Named>(key: (&str, &str)) -> impl Fn(&Entry<K>) -> bool {
     move |e| names(e.obj.as_ref()) == key
 }
 
 /// Puts `entry` in `table` in place of the one of the same names; returns that one.
-fn put<K: Resource>(
+fn put<K: Named>(
     hasher: &std::hash::RandomState,
     table: &mut HashTable<Entry<K>>,
     entry: Entry<K>,
@@ -91,7 +101,7 @@ fn put<K: Resource>(
     }
 }
 
-fn take<K: Resource>(
+fn take<K: Named>(
     hasher: &std::hash::RandomState,
     table: &mut HashTable<Entry<K>>,
     key: (&str, &str),
@@ -101,11 +111,7 @@ fn take<K: Resource>(
 }
 
 /// Whether two listings hold the same tracked objects with the same fingerprints.
-fn same_tracked<K: Resource>(
-    hasher: &std::hash::RandomState,
-    a: &HashTable<Entry<K>>,
-    b: &HashTable<Entry<K>>,
-) -> bool {
+fn same_tracked<K: Named>(hasher: &std::hash::RandomState, a: &HashTable<Entry<K>>, b: &HashTable<Entry<K>>) -> bool {
     let tracked = |t: &HashTable<Entry<K>>| t.iter().filter(|e| e.fingerprint.is_some()).count();
     tracked(a) == tracked(b)
         && a.iter().filter(|e| e.fingerprint.is_some()).all(|e| {
@@ -114,7 +120,7 @@ fn same_tracked<K: Resource>(
         })
 }
 
-impl<K: Resource + Relevant> Cache<K> {
+impl<K: Named + Relevant> Cache<K> {
     /// Applies one watch event; returns whether it changed what translation reads
     /// (every object tracked).
     pub fn observe(&self, event: Event<K>) -> bool {
@@ -160,7 +166,7 @@ impl<K: Resource + Relevant> Cache<K> {
     }
 }
 
-impl<K: Resource> Cache<K> {
+impl<K: Named> Cache<K> {
     /// Every object.
     pub fn state(&self) -> Vec<Arc<K>> {
         let objects = self.inner.read().unwrap_or_else(PoisonError::into_inner);

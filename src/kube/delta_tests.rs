@@ -41,10 +41,8 @@ const PATHS: [&str; 3] = ["/", "/api", "/api/v2"];
 const SERVICES: [&str; 3] = ["web", "api", "missing"];
 
 /// Versions for the memo of Service groups, as the API server gives them.
-fn versioned<K: kube::Resource>(mut obj: K, n: usize) -> K {
-    let m = obj.meta_mut();
-    m.uid = Some(format!("uid-{}-{}", m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default()));
-    m.resource_version = Some(n.to_string());
+fn versioned<K: SetVersion>(mut obj: K, n: usize) -> K {
+    obj.set_version(&|ns, name| format!("uid-{ns}-{name}"), &n.to_string());
     obj
 }
 

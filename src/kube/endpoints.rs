@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::ServicePort;
+
+use super::records::{ServiceRecord, SliceRecord};
 
 /// How an Ingress or BackendGroup names a Service port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,9 +24,8 @@ impl std::fmt::Display for PortRef {
 }
 
 /// The Service port `port` refers to.
-pub fn service_port<'a>(service: &'a Service, port: &PortRef) -> Option<&'a ServicePort> {
-    let ports = service.spec.as_ref()?.ports.as_ref()?;
-    ports.iter().find(|p| match port {
+pub fn service_port<'a>(service: &'a ServiceRecord, port: &PortRef) -> Option<&'a ServicePort> {
+    service.ports.iter().find(|p| match port {
         PortRef::Number(n) => p.port == *n,
         PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
     })
@@ -34,38 +34,14 @@ pub fn service_port<'a>(service: &'a Service, port: &PortRef) -> Option<&'a Serv
 /// Ready endpoint addresses (`ip:port`, IPv6 in brackets) for a Service port, across all
 /// the Service's slices, deduplicated and sorted (so tables built from the same objects are
 /// equal). The slice port is matched by the Service port's name, as EndpointSlices do.
-pub fn ready_addresses(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<String> {
+pub fn ready_addresses(slices: &[&SliceRecord], port: &ServicePort) -> Vec<String> {
     let want_name = port.name.as_deref().unwrap_or("");
     let mut out = BTreeSet::new();
     for slice in slices {
-        let ipv6 = match slice.address_type.as_str() {
-            "IPv4" => false,
-            "IPv6" => true,
-            _ => continue, // FQDN slices are not routable addresses
-        };
-        let Some(target) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == want_name && p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-            .and_then(|p| p.port)
-        else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let cond = ep.conditions.as_ref();
-            // A nil condition means "unknown", which the API says to treat as ready.
-            let ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
-            if !(ready && serving) {
-                continue;
-            }
-            for addr in &ep.addresses {
-                out.insert(if ipv6 { format!("[{addr}]:{target}") } else { format!("{addr}:{target}") });
-            }
-        }
+        let Some(target) = slice.port(want_name).and_then(|p| u16::try_from(p).ok()) else { continue };
+        out.extend(slice.ready_on(target));
     }
-    out.into_iter().collect()
+    out.into_iter().map(|a| a.to_string()).collect()
 }
 
 /// Whether a Service port asks for HTTP/2 cleartext or TLS via `appProtocol`.

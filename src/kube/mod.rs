@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod leader;
 pub mod ownership;
 pub mod policy;
+pub mod records;
 pub mod status;
 pub mod ticket_keys;
 pub mod translate;

@@ -15,6 +15,7 @@ use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_po
 use super::gateway::{GatewayTranslation, ServedPorts};
 use super::ownership::{Claim, Grants, HostOwnership, Owners};
 use super::policy::BackendPolicy;
+use super::records::{ServiceRecord, SliceRecord};
 use super::world::{Indexed, World};
 use crate::routes::CertSet;
 use crate::routes::{self, HostRule, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, wildcard_suffix};
@@ -152,10 +153,6 @@ struct GoodCert {
     key: Arc<CertifiedKey>,
 }
 
-fn object_version(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<(&str, &str)> {
-    Some((m.uid.as_deref()?, m.resource_version.as_deref()?))
-}
-
 /// The uid and resourceVersion of a Service and of each of its EndpointSlices, as a count
 /// and a sum of hashes: a group compiled from the same versions is the same group. Objects
 /// without versions (built by hand, in tests) are never remembered. A sum of 64-bit hashes
@@ -169,16 +166,15 @@ struct GroupInputs {
     versions: u64,
 }
 
-type ServiceAndSlices<'a> =
-    (&'a k8s_openapi::api::core::v1::Service, &'a [&'a k8s_openapi::api::discovery::v1::EndpointSlice]);
+type ServiceAndSlices<'a> = (&'a ServiceRecord, &'a [&'a SliceRecord]);
 
 impl GroupInputs {
     fn of((service, slices): ServiceAndSlices<'_>) -> Option<Self> {
-        let metas = std::iter::once(&service.metadata).chain(slices.iter().map(|s| &s.metadata));
+        let metas = std::iter::once(&service.meta).chain(slices.iter().map(|s| &s.meta));
         let mut versions = 0u64;
         for m in metas {
             let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&object_version(m)?, &mut h);
+            std::hash::Hash::hash(&m.version()?, &mut h);
             versions = versions.wrapping_add(std::hash::Hasher::finish(&h));
         }
         Some(GroupInputs { objects: 1 + slices.len(), versions })
@@ -963,7 +959,8 @@ fn secret_cert_memo(
     key: &(String, String),
     secret: &k8s_openapi::api::core::v1::Secret,
 ) -> Result<Arc<CertifiedKey>, String> {
-    let version = object_version(&secret.metadata);
+    let m = &secret.metadata;
+    let version = m.uid.as_deref().zip(m.resource_version.as_deref());
     if let Some(good) = last_good
         .get(key)
         .filter(|g| version.is_some() && g.version.as_ref().map(|(u, r)| (u.as_str(), r.as_str())) == version)

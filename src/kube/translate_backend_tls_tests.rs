@@ -92,7 +92,7 @@ fn a_service_with_a_valid_policy_is_dialled_over_tls_with_its_ca_and_hostname() 
 fn well_known_system_roots_and_h3_app_protocol_are_honoured() {
     let mut w = btls_world();
     let mut svc = (*w.services[0]).clone();
-    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].app_protocol = Some("quic-ingress.dev/h3".into());
+    svc.ports[0].app_protocol = Some("quic-ingress.dev/h3".into());
     w.services[0] = Arc::new(svc);
     let system = json!({"wellKnownCACertificates": "System", "hostname": "web.internal"});
     w.gateway.backend_tls_policies = vec![policy("a", "web-tls", 10, "web", None, system)];

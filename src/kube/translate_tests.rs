@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
 use crate::kube::crd::{BackendGroupRoute, BackendGroupSpec, BackendProtocol, PathType, StaticBackend, Strategy};
+use crate::kube::records::{ServiceRecord, SetVersion, SliceRecord};
 use crate::kube::world::SERVICE_NAME_LABEL;
 
 fn meta(ns: &str, name: &str, age_secs: i64) -> ObjectMeta {
@@ -110,8 +111,8 @@ impl IngressB {
     }
 }
 
-fn service(ns: &str, name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
-    Arc::new(Service {
+fn service(ns: &str, name: &str, ports: &[(&str, i32)]) -> Arc<ServiceRecord> {
+    Arc::new(ServiceRecord::from(Service {
         metadata: meta(ns, name, 100),
         spec: Some(ServiceSpec {
             ports: Some(
@@ -123,7 +124,7 @@ fn service(ns: &str, name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
             ..Default::default()
         }),
         status: None,
-    })
+    }))
 }
 
 /// An EndpointSlice for `svc` with `(address, ready)` endpoints on named target ports.
@@ -134,10 +135,10 @@ fn slice(
     family: &str,
     ports: &[(&str, i32)],
     eps: &[(&str, bool)],
-) -> Arc<EndpointSlice> {
+) -> Arc<SliceRecord> {
     let mut m = meta(ns, name, 100);
     m.labels = Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into());
-    Arc::new(EndpointSlice {
+    Arc::new(SliceRecord::from(EndpointSlice {
         metadata: m,
         address_type: family.into(),
         ports: Some(
@@ -154,7 +155,7 @@ fn slice(
                 ..Default::default()
             })
             .collect(),
-    })
+    }))
 }
 
 fn tls_secret(ns: &str, name: &str, host: &str) -> Arc<Secret> {
@@ -997,11 +998,9 @@ fn backend_group_routes_carry_matches_filters_and_mirrors_of_their_namespace() {
 mod gateway;
 
 /// Sets the uid and resourceVersion the API server would give `obj`.
-fn versioned<K: kube::Resource + Clone>(obj: &Arc<K>, rv: &str) -> Arc<K> {
+fn versioned<K: SetVersion + Clone>(obj: &Arc<K>, rv: &str) -> Arc<K> {
     let mut o = (**obj).clone();
-    let name = o.meta().name.clone().unwrap_or_default();
-    o.meta_mut().uid = Some(format!("uid-{name}"));
-    o.meta_mut().resource_version = Some(rv.into());
+    o.set_version(&|_, name| format!("uid-{name}"), rv);
     Arc::new(o)
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -18,9 +18,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
-use super::cache::Cache;
+use super::cache::{Cache, Named};
 use super::crd::BackendGroup;
-use super::world::SERVICE_NAME_LABEL;
+use super::records::{ServiceRecord, SliceRecord};
 use crate::telemetry::metrics::Metrics;
 
 /// A watch that has listed once counts as failing while its errors are this recent: kube's
@@ -92,14 +92,13 @@ pub fn trim<K: Resource + Relevant + Clone>(obj: &mut K) {
     }
     obj.trim_unread();
     // A clone holds exactly what it needs: deserialized lists keep the spare capacity they
-    // grew by (a slice's endpoints, merged above, held four times one endpoint's 350
-    // bytes), and what was trimmed leaves holes. kube's reflector stored a clone too; this
+    // grew by, and what was trimmed leaves holes. kube's reflector stored a clone too; this
     // is the same one copy per event.
     *obj = obj.clone();
 }
 
 /// Hashes the JSON form of `value` without building it in memory.
-pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&String>) -> u64 {
+pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&str>) -> u64 {
     struct Sink(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -113,7 +112,7 @@ pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&Strin
     let mut sink = Sink(std::collections::hash_map::DefaultHasher::new());
     if serde_json::to_writer(&mut sink, value).is_err() {
         // Cannot happen for API types; if it did, every new version counts as a change.
-        sink.0.write(resource_version.map(String::as_bytes).unwrap_or_default());
+        sink.0.write(resource_version.map(str::as_bytes).unwrap_or_default());
     }
     sink.0.finish()
 }
@@ -124,7 +123,7 @@ impl Relevant for Ingress {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_deref())
     }
 
     /// Annotations, the spec and the status are read; labels are not.
@@ -138,7 +137,7 @@ impl Relevant for IngressClass {
     /// and small, so the spec itself is compared.
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
-        hash_json(&(&m.uid, &m.annotations, &self.spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, &m.annotations, &self.spec), m.resource_version.as_deref())
     }
 }
 
@@ -147,72 +146,51 @@ impl Relevant for BackendGroup {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_deref())
     }
 }
 
-impl Relevant for Service {
-    /// Ports and appProtocol live in the spec; the load-balancer status does not matter.
-    fn fingerprint(&self) -> u64 {
-        let m = &self.metadata;
-        hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
-    }
+/// What a cache keeps of a watched object of kind `K`: the object itself, trimmed (see
+/// [`trim`]), or a lean record of it (`records.rs`).
+pub trait Keep<K> {
+    fn keep(obj: K) -> Self;
+}
 
-    /// Translation reads a Service's ports and nothing else of its spec (`endpoints.rs`,
-    /// the Gateway API backends); the published Service's address is read by a watch of
-    /// its own (`status.rs`). The rest (cluster IPs, IP families, selector, policies, and
-    /// the labels and annotations) is a dozen allocations per Service in every store.
-    fn trim_unread(&mut self) {
-        self.status = None;
-        self.metadata.labels = None;
-        self.metadata.annotations = None;
-        if let Some(spec) = self.spec.as_mut() {
-            *spec = ServiceSpec { ports: spec.ports.take(), ..ServiceSpec::default() };
-        }
+impl<K: Resource + Relevant + Clone> Keep<K> for K {
+    fn keep(mut obj: K) -> K {
+        trim(&mut obj);
+        obj
     }
 }
 
-impl Relevant for EndpointSlice {
-    fn fingerprint(&self) -> u64 {
-        let m = &self.metadata;
-        let service = m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
-        hash_json(&(&m.uid, service, &self.address_type, &self.endpoints, &self.ports), m.resource_version.as_ref())
+impl Keep<Service> for ServiceRecord {
+    fn keep(obj: Service) -> Self {
+        obj.into()
     }
+}
 
-    /// Endpoints are read for their addresses and conditions only (`endpoints.rs`); the
-    /// pod reference, node, zone and hints of every endpoint are the bulk of a large slice.
-    /// What is left of an endpoint is still about 380 bytes around one address, so the
-    /// endpoints with the same conditions become one endpoint with all their addresses (in
-    /// their order): a slice keeps one value per set of conditions, not one per pod.
-    fn trim_unread(&mut self) {
-        let mut merged: Vec<k8s_openapi::api::discovery::v1::Endpoint> = Vec::new();
-        for mut e in std::mem::take(&mut self.endpoints) {
-            match merged.iter_mut().find(|m| m.conditions == e.conditions) {
-                Some(same) => same.addresses.append(&mut e.addresses),
-                None => {
-                    e.target_ref = None;
-                    e.node_name = None;
-                    e.zone = None;
-                    e.hints = None;
-                    e.deprecated_topology = None;
-                    e.hostname = None;
-                    merged.push(e);
-                }
-            }
-        }
-        self.endpoints = merged;
-        // Of the labels, only the one naming the Service is read (`world.rs`).
-        if let Some(labels) = self.metadata.labels.as_mut() {
-            labels.retain(|k, _| k == SERVICE_NAME_LABEL);
-        }
-        self.metadata.annotations = None;
+impl Keep<EndpointSlice> for SliceRecord {
+    fn keep(obj: EndpointSlice) -> Self {
+        obj.into()
+    }
+}
+
+/// The event with its object kept as the cache keeps it.
+fn kept<K, S: Keep<K>>(event: watcher::Event<K>) -> watcher::Event<S> {
+    use watcher::Event::*;
+    match event {
+        Apply(obj) => Apply(S::keep(obj)),
+        Delete(obj) => Delete(S::keep(obj)),
+        Init => Init,
+        InitApply(obj) => InitApply(S::keep(obj)),
+        InitDone => InitDone,
     }
 }
 
 impl Relevant for Secret {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
-        hash_json(&(&m.uid, &self.type_, &self.data, &self.string_data), m.resource_version.as_ref())
+        hash_json(&(&m.uid, &self.type_, &self.data, &self.string_data), m.resource_version.as_deref())
     }
 }
 
@@ -422,7 +400,7 @@ impl<K> Clone for ScopedStore<K> {
     }
 }
 
-impl<K: Resource> ScopedStore<K> {
+impl<K: Named> ScopedStore<K> {
     /// Every object of every watch.
     pub fn state(&self) -> Vec<Arc<K>> {
         match self.parts.as_slice() {
@@ -531,7 +509,7 @@ pub fn watch_kind_tracked<K>(
 where
     K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut store = watch_parts(kind, vec![(None, api)], cfg, changed, board, tracked);
+    let mut store = watch_parts::<K, K>(kind, vec![(None, api)], cfg, changed, board, tracked);
     match store.parts.pop() {
         Some((_, one)) => one,
         // watch_parts makes one cache per API given.
@@ -539,56 +517,80 @@ where
     }
 }
 
+/// A namespaced kind the API serves, as the watches of [`watch_scoped`] need it.
+pub trait NamespacedKind:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> NamespacedKind for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// [`watch_kind`] for a namespaced kind, over `scope`: one watch per namespace listed,
 /// read as one store, with one health on the board.
-pub fn watch_scoped<K>(
+pub fn watch_scoped<K: NamespacedKind + Relevant>(
     kind: &'static str,
     client: &kube::Client,
     scope: &Scope,
     cfg: watcher::Config,
     changed: Arc<Notify>,
     board: Board,
-) -> ScopedStore<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Relevant
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default,
-{
-    watch_parts(kind, scope.apis(client), cfg, changed, board, |_| true)
+) -> ScopedStore<K> {
+    watch_scoped_as::<K, K>(kind, client, scope, cfg, changed, board)
+}
+
+/// [`watch_scoped`] for a kind whose cache keeps `S`, a lean record of each object.
+pub fn watch_scoped_as<K: NamespacedKind, S: Keep<K> + Named + Relevant + Send + Sync + 'static>(
+    kind: &'static str,
+    client: &kube::Client,
+    scope: &Scope,
+    cfg: watcher::Config,
+    changed: Arc<Notify>,
+    board: Board,
+) -> ScopedStore<S> {
+    watch_parts(kind, scope.apis(client), cfg, changed, board, |_: &S| true)
 }
 
 /// One task for every watch of `kind`: their events are merged (each watch keeps its own
 /// cache, since each lists and relists on its own).
-fn watch_parts<K>(
+fn watch_parts<K, S>(
     kind: &'static str,
     apis: Vec<(Option<String>, Api<K>)>,
     cfg: watcher::Config,
     changed: Arc<Notify>,
     board: Board,
-    tracked: impl Fn(&K) -> bool + Send + 'static,
-) -> ScopedStore<K>
+    tracked: impl Fn(&S) -> bool + Send + 'static,
+) -> ScopedStore<S>
 where
-    K: Resource + Relevant + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    S: Keep<K> + Named + Relevant + Send + Sync + 'static,
 {
     board.register(kind, true);
     let mut parts = Vec::with_capacity(apis.len());
     let mut streams = Vec::with_capacity(apis.len());
     for (i, (namespace, api)) in apis.into_iter().enumerate() {
         let stream = watcher(api, cfg.clone())
-            .modify(trim::<K>)
             .backoff(WatchBackoff::default())
-            .map(move |event| (i, event))
+            .map(move |event| (i, event.map(kept::<K, S>)))
             .boxed();
         streams.push(stream);
         parts.push((namespace, Cache::default()));
     }
-    let caches: Vec<Cache<K>> = parts.iter().map(|(_, c)| c.clone()).collect();
+    let caches: Vec<Cache<S>> = parts.iter().map(|(_, c)| c.clone()).collect();
     let mut health = PartsHealth::new(parts.iter().map(|(ns, _)| ns.clone()));
     let metrics = &board.metrics;
     let (events, changes_seen, errors) = (
@@ -628,8 +630,8 @@ where
 pub struct Stores {
     pub ingresses: ScopedStore<Ingress>,
     pub classes: Cache<IngressClass>,
-    pub services: ScopedStore<Service>,
-    pub slices: ScopedStore<EndpointSlice>,
+    pub services: ScopedStore<ServiceRecord>,
+    pub slices: ScopedStore<SliceRecord>,
     pub secrets: ScopedStore<Secret>,
     pub groups: ScopedStore<BackendGroup>,
     pub gateway: super::gateway::watches::GatewayStores,
@@ -650,8 +652,15 @@ impl Stores {
             ingresses: watch_scoped("Ingress", client, scope, cfg.clone(), c.clone(), b.clone()),
             // IngressClasses are cluster-scoped whatever the scope.
             classes: watch_kind("IngressClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
-            services: watch_scoped("Service", client, scope, cfg.clone(), c.clone(), b.clone()),
-            slices: watch_scoped("EndpointSlice", client, scope, cfg.clone(), c.clone(), b.clone()),
+            services: watch_scoped_as::<Service, _>("Service", client, scope, cfg.clone(), c.clone(), b.clone()),
+            slices: watch_scoped_as::<EndpointSlice, _>(
+                "EndpointSlice",
+                client,
+                scope,
+                cfg.clone(),
+                c.clone(),
+                b.clone(),
+            ),
             // Only TLS Secrets matter; the field selector keeps the rest out of memory
             // (it filters what is sent, not what RBAC allows: the scope does that).
             secrets: watch_scoped(
@@ -790,7 +799,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_services_and_slices_are_compared_by_their_data() {
+    fn secrets_are_compared_by_their_data() {
         let secret = |data: &[u8], rv: &str| Secret {
             metadata: ObjectMeta { name: Some("s".into()), resource_version: Some(rv.into()), ..ObjectMeta::default() },
             type_: Some("kubernetes.io/tls".into()),
@@ -799,24 +808,6 @@ mod tests {
         };
         assert_eq!(secret(b"x", "1").fingerprint(), secret(b"x", "2").fingerprint());
         assert_ne!(secret(b"x", "1").fingerprint(), secret(b"y", "1").fingerprint());
-
-        use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
-        let svc = Service { spec: Some(ServiceSpec::default()), ..Service::default() };
-        let with_status = Service { status: Some(ServiceStatus::default()), ..svc.clone() };
-        assert_eq!(svc.fingerprint(), with_status.fingerprint());
-
-        use k8s_openapi::api::discovery::v1::Endpoint;
-        let slice = |addr: &str, label: &str| EndpointSlice {
-            metadata: ObjectMeta {
-                labels: Some([(SERVICE_NAME_LABEL.into(), label.into()), ("other".into(), addr.into())].into()),
-                ..ObjectMeta::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: vec![Endpoint { addresses: vec![addr.into()], ..Endpoint::default() }],
-            ports: None,
-        };
-        assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.2", "web").fingerprint());
-        assert_ne!(slice("10.0.0.1", "web").fingerprint(), slice("10.0.0.1", "api").fingerprint());
     }
 
     #[test]
@@ -848,114 +839,6 @@ mod tests {
             (trimmed.spec, trimmed.metadata.generation, trimmed.metadata.uid),
             (i.spec, i.metadata.generation, i.metadata.uid)
         );
-
-        use k8s_openapi::api::core::v1::ObjectReference;
-        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-        let endpoint = Endpoint {
-            addresses: vec!["10.0.0.1".into()],
-            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                name: Some("web-7d4b9".into()),
-                ..ObjectReference::default()
-            }),
-            node_name: Some("node-1".into()),
-            zone: Some("zone-a".into()),
-            ..Endpoint::default()
-        };
-        let mut slice =
-            EndpointSlice { address_type: "IPv4".into(), endpoints: vec![endpoint], ..EndpointSlice::default() };
-        trim(&mut slice);
-        let e = &slice.endpoints[0];
-        assert_eq!((e.target_ref.as_ref(), e.node_name.as_ref(), e.zone.as_ref()), (None, None, None));
-        assert_eq!(e.addresses, ["10.0.0.1"]);
-        assert_eq!(e.conditions.as_ref().and_then(|c| c.ready), Some(true), "readiness is read");
-    }
-
-    #[test]
-    fn stored_services_keep_their_ports_and_slices_the_label_naming_their_service() {
-        use k8s_openapi::api::core::v1::ServicePort;
-        let port = ServicePort {
-            name: Some("http".into()),
-            port: 80,
-            app_protocol: Some("h2c".into()),
-            ..ServicePort::default()
-        };
-        let mut svc = Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                uid: Some("uid-web".into()),
-                labels: Some([("app".to_string(), "web".to_string())].into()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(ServiceSpec {
-                ports: Some(vec![port.clone()]),
-                cluster_ip: Some("10.96.0.7".into()),
-                selector: Some([("app".to_string(), "web".to_string())].into()),
-                type_: Some("ClusterIP".into()),
-                ..ServiceSpec::default()
-            }),
-            ..Service::default()
-        };
-        trim(&mut svc);
-        assert_eq!(svc.spec, Some(ServiceSpec { ports: Some(vec![port]), ..ServiceSpec::default() }));
-        assert_eq!((svc.metadata.labels, svc.metadata.uid.as_deref()), (None, Some("uid-web")));
-
-        let mut slice = EndpointSlice {
-            metadata: ObjectMeta {
-                labels: Some(
-                    [
-                        (SERVICE_NAME_LABEL.to_string(), "web".to_string()),
-                        ("endpointslice.kubernetes.io/managed-by".to_string(), "endpointslice-controller".to_string()),
-                    ]
-                    .into(),
-                ),
-                ..ObjectMeta::default()
-            },
-            ..EndpointSlice::default()
-        };
-        trim(&mut slice);
-        assert_eq!(slice.labels().keys().collect::<Vec<_>>(), [SERVICE_NAME_LABEL]);
-    }
-
-    #[test]
-    fn endpoints_with_the_same_conditions_are_stored_as_one_and_give_the_same_addresses() {
-        use crate::kube::endpoints::ready_addresses;
-        use k8s_openapi::api::core::v1::ServicePort;
-        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-        let endpoint = |ip: &str, ready: Option<bool>| Endpoint {
-            addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions { ready, serving: ready, terminating: Some(false) }),
-            node_name: Some("node-1".into()),
-            ..Endpoint::default()
-        };
-        let slice = EndpointSlice {
-            address_type: "IPv4".into(),
-            endpoints: vec![
-                endpoint("10.0.0.3", Some(true)),
-                endpoint("10.0.0.1", Some(false)),
-                endpoint("10.0.0.2", Some(true)),
-                Endpoint { addresses: vec!["10.0.0.4".into()], ..Endpoint::default() },
-                endpoint("10.0.0.5", Some(false)),
-            ],
-            ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
-            ..EndpointSlice::default()
-        };
-        let mut trimmed = slice.clone();
-        trim(&mut trimmed);
-        let addresses: Vec<&[String]> = trimmed.endpoints.iter().map(|e| e.addresses.as_slice()).collect();
-        assert_eq!(
-            addresses,
-            [
-                &["10.0.0.3".to_string(), "10.0.0.2".into()][..],
-                &["10.0.0.1".into(), "10.0.0.5".into()],
-                &["10.0.0.4".into()]
-            ]
-        );
-        assert!(trimmed.endpoints.iter().all(|e| e.node_name.is_none()));
-        let port = ServicePort { name: Some("http".into()), port: 80, ..ServicePort::default() };
-        assert_eq!(ready_addresses(&[&trimmed], &port), ready_addresses(&[&slice], &port));
-        assert_eq!(ready_addresses(&[&trimmed], &port), ["10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080"]);
     }
 
     fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {

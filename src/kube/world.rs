@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::ResourceExt;
 
+use super::cache::Named;
 use super::crd::BackendGroup;
+use super::records::{ServiceRecord, SliceRecord};
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -19,8 +19,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct World {
     pub ingresses: Vec<Arc<Ingress>>,
     pub classes: Vec<Arc<IngressClass>>,
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub services: Vec<Arc<ServiceRecord>>,
+    pub slices: Vec<Arc<SliceRecord>>,
     pub secrets: Vec<Arc<Secret>>,
     pub groups: Vec<Arc<BackendGroup>>,
     /// Gateway API objects (and Namespaces, for listener selectors).
@@ -29,23 +29,22 @@ pub struct World {
 
 /// `World` indexed by namespace and name.
 pub struct Indexed<'a> {
-    pub services: HashMap<(&'a str, &'a str), &'a Service>,
-    pub slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    pub services: HashMap<(&'a str, &'a str), &'a ServiceRecord>,
+    /// A Service's slices, by the Service's namespace and name.
+    pub slices: HashMap<(&'a str, &'a str), Vec<&'a SliceRecord>>,
     pub secrets: HashMap<(&'a str, &'a str), &'a Secret>,
     pub groups: HashMap<(&'a str, &'a str), &'a BackendGroup>,
 }
 
-fn key<K: kube::Resource>(obj: &K) -> (&str, &str) {
-    (obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
+fn key<K: Named>(obj: &K) -> (&str, &str) {
+    obj.names()
 }
 
 impl World {
     pub fn index(&self) -> Indexed<'_> {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for s in &self.slices {
-            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
-                slices.entry((s.metadata.namespace.as_deref().unwrap_or(""), svc.as_str())).or_default().push(s);
-            }
+        let mut slices: HashMap<(&str, &str), Vec<&SliceRecord>> = HashMap::new();
+        for s in self.slices.iter().filter(|s| !s.service.is_empty()) {
+            slices.entry((s.meta.namespace(), &s.service)).or_default().push(s);
         }
         Indexed {
             services: self.services.iter().map(|s| (key(s.as_ref()), s.as_ref())).collect(),

@@ -13,16 +13,15 @@ mod ingresses;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
 
 use super::gateway::api::Gateway;
 use super::ownership::Claim;
+use super::records::{ServiceRecord, SliceRecord};
 use super::status::Feed;
 use super::translate::{LastGoodCerts, Problem, Settings};
-use super::world::{SERVICE_NAME_LABEL, World};
+use super::world::World;
 use crate::routes::{HostRule, RouteTable, wildcard_suffix};
 use crate::upstream::EndpointRegistry;
 
@@ -293,8 +292,8 @@ fn patched_problems(
 /// of these kinds.
 #[derive(Default)]
 pub struct ByName {
-    services: HashMap<(String, String), Arc<Service>>,
-    slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>>,
+    services: HashMap<(String, String), Arc<ServiceRecord>>,
+    slices: HashMap<(String, String), Vec<Arc<SliceRecord>>>,
     secrets: HashMap<(String, String), Arc<Secret>>,
 }
 
@@ -304,13 +303,12 @@ impl ByName {
             (m.namespace.clone().unwrap_or_default(), name.cloned().unwrap_or_default())
         };
         let mut by = Self::default();
+        let named = |ns: &str, name: &str| (ns.to_string(), name.to_string());
         for s in &world.services {
-            by.services.insert(key(&s.metadata, s.metadata.name.as_ref()), s.clone());
+            by.services.insert(named(s.meta.namespace(), s.meta.name()), s.clone());
         }
-        for s in &world.slices {
-            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
-                by.slices.entry(key(&s.metadata, Some(svc))).or_default().push(s.clone());
-            }
+        for s in world.slices.iter().filter(|s| !s.service.is_empty()) {
+            by.slices.entry(named(s.meta.namespace(), &s.service)).or_default().push(s.clone());
         }
         for s in &world.secrets {
             by.secrets.insert(key(&s.metadata, s.metadata.name.as_ref()), s.clone());

@@ -9,10 +9,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::api::{self, BackendTLSPolicy};
 use super::model::{ObjectKey, Refusal};
+use crate::kube::records::ServiceRecord;
 use crate::upstream::UpstreamTls;
 use crate::upstream::san::SubjectAltName;
 
@@ -142,9 +143,9 @@ impl Policies {
     }
 
     /// What connections to `port` of `svc` must do, when a policy applies to it.
-    pub fn backend_tls(&self, ns: &str, svc: &Service, port: i32) -> Option<BackendTls> {
-        let name = svc.metadata.name.as_deref().unwrap_or("");
-        let sp = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).and_then(|ps| ps.iter().find(|p| p.port == port))?;
+    pub fn backend_tls(&self, ns: &str, svc: &ServiceRecord, port: i32) -> Option<BackendTls> {
+        let name = svc.meta.name();
+        let sp = svc.ports.iter().find(|p| p.port == port)?;
         let i = self.for_port(ns, name, sp.name.as_deref())?;
         let img = &self.images[i];
         Some(match &img.tls {

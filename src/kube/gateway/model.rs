@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
@@ -21,6 +21,7 @@ use super::api::{
 };
 use super::backend_tls::{BackendTls, Policies};
 use super::grpc::{self, BackendProtocol};
+use crate::kube::records::ServiceRecord;
 
 /// `spec.controllerName` of GatewayClasses this controller serves by default (the domain
 /// of our API group, `quic-ingress.dev`); `--gateway-controller-name` sets another, so two
@@ -386,7 +387,7 @@ pub struct Timeouts {
 
 /// What [`resolve`] reads besides the Gateway API objects.
 pub struct Inputs<'a> {
-    pub services: &'a HashMap<(&'a str, &'a str), &'a Service>,
+    pub services: &'a HashMap<(&'a str, &'a str), &'a ServiceRecord>,
     pub secrets: &'a HashMap<(&'a str, &'a str), &'a Secret>,
     pub ports: ServedPorts,
     /// `--namespace`: only objects there are watched (empty: every namespace).
@@ -484,12 +485,7 @@ fn apply_policies(
         for target in targets {
             let Backend::Service { namespace, name, port, .. } = target else { continue };
             let Some(svc) = inputs.services.get(&(namespace.as_str(), name.as_str())) else { continue };
-            let port_name = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .and_then(|ps| ps.iter().find(|p| p.port == *port))
-                .and_then(|p| p.name.clone());
+            let port_name = svc.ports.iter().find(|p| p.port == *port).and_then(|p| p.name.clone());
             let hits: Vec<usize> = policies.targeting(namespace, name, port_name.as_deref()).collect();
             for i in hits {
                 policies.images[i].ancestors.extend(gateways.iter().copied());
@@ -1038,8 +1034,7 @@ fn backend(
     let watched = inputs.watched(ns);
     match inputs.services.get(&(ns, b.name.as_str())) {
         Some(svc) if watched => {
-            let has_port =
-                svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|p| p.port == port));
+            let has_port = svc.ports.iter().any(|p| p.port == port);
             if has_port {
                 let protocol = grpc::backend_protocol(from.kind);
                 Backend::Service { namespace: ns.to_string(), name: b.name.clone(), port, protocol }

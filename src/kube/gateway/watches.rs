@@ -22,7 +22,7 @@ impl Relevant for GatewayClass {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_deref())
     }
 }
 
@@ -30,7 +30,7 @@ impl Relevant for Gateway {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_deref())
     }
 }
 
@@ -38,7 +38,7 @@ impl Relevant for HTTPRoute {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_deref())
     }
 }
 
@@ -46,7 +46,7 @@ impl Relevant for GRPCRoute {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_deref())
     }
 }
 
@@ -54,7 +54,7 @@ impl Relevant for ReferenceGrant {
     /// No status subresource: the spec is the object.
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
-        hash_json(&(&m.uid, &self.spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, &self.spec), m.resource_version.as_deref())
     }
 }
 
@@ -62,7 +62,7 @@ impl Relevant for BackendTLSPolicy {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_ref())
+        hash_json(&(&m.uid, m.generation, spec), m.resource_version.as_deref())
     }
 }
 
@@ -71,7 +71,7 @@ impl Relevant for ConfigMap {
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
         let ca = self.data.as_ref().and_then(|d| d.get(super::backend_tls::CA_KEY));
-        hash_json(&(&m.uid, ca), m.resource_version.as_ref())
+        hash_json(&(&m.uid, ca), m.resource_version.as_deref())
     }
 
     /// Every ConfigMap of the watched namespaces is stored, so all but the CA bundle is
@@ -90,7 +90,7 @@ impl Relevant for Namespace {
     /// Only labels matter (listener selectors); phase and status changes do not.
     fn fingerprint(&self) -> u64 {
         let m = &self.metadata;
-        hash_json(&(&m.uid, &m.labels), m.resource_version.as_ref())
+        hash_json(&(&m.uid, &m.labels), m.resource_version.as_deref())
     }
 }
 

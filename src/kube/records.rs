@@ -1,0 +1,325 @@
+//! The lean forms the caches keep of Services and EndpointSlices: what translation reads
+//! of them and nothing else. Every Service and slice in scope is held for the life of the
+//! process, and the k8s-openapi structs are mostly room for fields never read: 840 bytes
+//! of inline struct per Service, 448 per slice, plus the slice's label map (a 544-byte
+//! tree node for the one label read) and an endpoint value per set of conditions. At
+//! 10,000 Services with a slice each that was over half of what the caches held.
+
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use super::cache::Named;
+use super::watches::{Relevant, hash_json};
+use super::world::SERVICE_NAME_LABEL;
+
+/// The names and version of a stored object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    namespace: Box<str>,
+    name: Box<str>,
+    /// `None` for objects built by hand (tests): such objects are never memoised.
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+}
+
+impl Meta {
+    fn of(m: ObjectMeta) -> Self {
+        let boxed = |s: Option<String>| s.map(String::into_boxed_str);
+        Self {
+            namespace: boxed(m.namespace).unwrap_or_default(),
+            name: boxed(m.name).unwrap_or_default(),
+            uid: boxed(m.uid),
+            resource_version: boxed(m.resource_version),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `(uid, resourceVersion)`, when the object has both.
+    pub fn version(&self) -> Option<(&str, &str)> {
+        Some((self.uid.as_deref()?, self.resource_version.as_deref()?))
+    }
+}
+
+/// A Service: its names and ports. The rest of its spec (cluster IPs, selector, type,
+/// policies), its labels, annotations and status are not read; the published Service's
+/// address is read by a watch of its own (`status.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceRecord {
+    pub meta: Meta,
+    pub ports: Vec<ServicePort>,
+}
+
+impl From<Service> for ServiceRecord {
+    fn from(s: Service) -> Self {
+        let mut ports = s.spec.and_then(|spec| spec.ports).unwrap_or_default();
+        ports.shrink_to_fit();
+        Self { meta: Meta::of(s.metadata), ports }
+    }
+}
+
+impl Named for ServiceRecord {
+    fn names(&self) -> (&str, &str) {
+        (&self.meta.namespace, &self.meta.name)
+    }
+}
+
+impl Named for SliceRecord {
+    fn names(&self) -> (&str, &str) {
+        (&self.meta.namespace, &self.meta.name)
+    }
+}
+
+impl Relevant for ServiceRecord {
+    /// A status write or a label change leaves the record as it was.
+    fn fingerprint(&self) -> u64 {
+        hash_json(&(&self.meta.uid, &self.ports), self.meta.resource_version.as_deref())
+    }
+}
+
+/// A slice port endpoints serve TCP on; the slice's other ports (UDP, SCTP, or without a
+/// number) are never routed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlicePort {
+    /// "" for the Service's one unnamed port.
+    pub name: Box<str>,
+    pub port: i32,
+}
+
+/// An EndpointSlice: the Service it is for, its TCP ports and the addresses of its ready
+/// endpoints. An endpoint that is not ready and serving is never routed to, so it is not
+/// kept: its changes wake no build. Pod references, nodes, zones and hints are dropped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SliceRecord {
+    pub meta: Meta,
+    /// The `kubernetes.io/service-name` label; "" when it has none (read by nothing).
+    pub service: Box<str>,
+    pub ports: Vec<SlicePort>,
+    /// Ready and serving endpoint addresses, in the slice's order. Empty for an FQDN slice
+    /// (not routable addresses).
+    pub ready: Vec<IpAddr>,
+}
+
+impl SliceRecord {
+    /// The endpoint port of the Service port named `name` ("" for an unnamed port), as
+    /// EndpointSlices name their ports.
+    pub fn port(&self, name: &str) -> Option<i32> {
+        self.ports.iter().find(|p| &*p.name == name).map(|p| p.port)
+    }
+
+    /// `ip:port` of each ready endpoint on `port` (IPv6 in brackets).
+    pub fn ready_on(&self, port: u16) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.ready.iter().map(move |ip| SocketAddr::new(*ip, port))
+    }
+}
+
+impl From<EndpointSlice> for SliceRecord {
+    fn from(s: EndpointSlice) -> Self {
+        let service = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned().unwrap_or_default();
+        let routable = matches!(s.address_type.as_str(), "IPv4" | "IPv6");
+        let mut ready: Vec<IpAddr> = Vec::new();
+        if routable {
+            for ep in &s.endpoints {
+                let cond = ep.conditions.as_ref();
+                // A nil condition means "unknown", which the API says to treat as ready.
+                let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
+                if is_ready && serving {
+                    // The API server validates the addresses of IP slices; one that does not
+                    // parse could not be connected to either.
+                    ready.extend(ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()));
+                }
+            }
+        }
+        ready.shrink_to_fit();
+        let mut ports: Vec<SlicePort> = s
+            .ports
+            .into_iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| Some(SlicePort { name: p.name.unwrap_or_default().into_boxed_str(), port: p.port? }))
+            .collect();
+        ports.shrink_to_fit();
+        Self { meta: Meta::of(s.metadata), service: service.into_boxed_str(), ports, ready }
+    }
+}
+
+impl Relevant for SliceRecord {
+    fn fingerprint(&self) -> u64 {
+        let Self { meta, service, ports, ready } = self;
+        hash_json(&(&meta.uid, service, ports, ready), meta.resource_version.as_deref())
+    }
+}
+
+/// Tests give objects of any kind a version: a uid made from their (namespace, name) and
+/// a resourceVersion.
+#[cfg(test)]
+pub(crate) trait SetVersion {
+    fn set_version(&mut self, uid: &dyn Fn(&str, &str) -> String, resource_version: &str);
+}
+
+#[cfg(test)]
+impl<K: kube::Resource> SetVersion for K {
+    fn set_version(&mut self, uid: &dyn Fn(&str, &str) -> String, resource_version: &str) {
+        let m = self.meta_mut();
+        m.uid = Some(uid(m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")));
+        m.resource_version = Some(resource_version.into());
+    }
+}
+
+#[cfg(test)]
+impl Meta {
+    fn set_version(&mut self, uid: &dyn Fn(&str, &str) -> String, resource_version: &str) {
+        self.uid = Some(uid(&self.namespace, &self.name).into());
+        self.resource_version = Some(resource_version.into());
+    }
+}
+
+#[cfg(test)]
+impl SetVersion for ServiceRecord {
+    fn set_version(&mut self, uid: &dyn Fn(&str, &str) -> String, resource_version: &str) {
+        self.meta.set_version(uid, resource_version);
+    }
+}
+
+#[cfg(test)]
+impl SetVersion for SliceRecord {
+    fn set_version(&mut self, uid: &dyn Fn(&str, &str) -> String, resource_version: &str) {
+        self.meta.set_version(uid, resource_version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServiceSpec, ServiceStatus};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+
+    fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some("7".into()),
+            labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn endpoint(ip: &str, ready: Option<bool>, serving: Option<bool>) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions { ready, serving, terminating: None }),
+            node_name: Some("node-1".into()),
+            ..Endpoint::default()
+        }
+    }
+
+    fn slice(family: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
+            metadata: meta("web-1", &[(SERVICE_NAME_LABEL, "web"), ("app", "web")]),
+            address_type: family.into(),
+            endpoints,
+            ports: Some(vec![
+                EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() },
+                EndpointPort {
+                    name: Some("dns".into()),
+                    port: Some(53),
+                    protocol: Some("UDP".into()),
+                    ..EndpointPort::default()
+                },
+                EndpointPort { name: Some("none".into()), port: None, ..EndpointPort::default() },
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_service_keeps_its_names_version_and_ports_and_not_its_status() {
+        let port =
+            ServicePort { name: Some("http".into()), port: 80, app_protocol: Some("h2c".into()), ..Default::default() };
+        let svc = Service {
+            metadata: meta("web", &[("app", "web")]),
+            spec: Some(ServiceSpec {
+                ports: Some(vec![port.clone()]),
+                cluster_ip: Some("10.96.0.7".into()),
+                type_: Some("ClusterIP".into()),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        let record = ServiceRecord::from(svc.clone());
+        assert_eq!((record.meta.namespace(), record.meta.name()), ("shop", "web"));
+        assert_eq!(record.meta.version(), Some(("uid-web", "7")));
+        assert_eq!(record.ports, [port]);
+        let written = Service { status: Some(ServiceStatus::default()), ..svc.clone() };
+        let mut relabelled = written.clone();
+        relabelled.metadata.resource_version = Some("8".into());
+        relabelled.metadata.labels = None;
+        assert_eq!(record.fingerprint(), ServiceRecord::from(relabelled).fingerprint(), "status and labels");
+        let mut moved = svc;
+        if let Some(p) = moved.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            p[0].port = 81;
+        }
+        assert_ne!(record.fingerprint(), ServiceRecord::from(moved).fingerprint());
+    }
+
+    #[test]
+    fn a_slice_keeps_its_service_its_tcp_ports_and_its_ready_serving_addresses_in_order() {
+        let record = SliceRecord::from(slice(
+            "IPv4",
+            vec![
+                endpoint("10.0.0.3", Some(true), Some(true)),
+                endpoint("10.0.0.1", Some(false), Some(false)),
+                endpoint("10.0.0.2", None, None),
+                endpoint("10.0.0.4", Some(true), Some(false)),
+                endpoint("not-an-ip", Some(true), None),
+            ],
+        ));
+        assert_eq!(&*record.service, "web");
+        assert_eq!(record.ports, [SlicePort { name: "http".into(), port: 8080 }], "UDP and unnumbered ports dropped");
+        assert_eq!((record.port("http"), record.port("dns"), record.port("")), (Some(8080), None, None));
+        let ready: Vec<String> = record.ready_on(8080).map(|a| a.to_string()).collect();
+        assert_eq!(ready, ["10.0.0.3:8080", "10.0.0.2:8080"], "unknown conditions count as ready");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed_and_fqdn_slices_route_nowhere() {
+        let v6 = SliceRecord::from(slice("IPv6", vec![endpoint("fd00::1", Some(true), Some(true))]));
+        assert_eq!(v6.ready_on(443).map(|a| a.to_string()).collect::<Vec<_>>(), ["[fd00::1]:443"]);
+        let fqdn = SliceRecord::from(slice("FQDN", vec![endpoint("db.example.com", Some(true), Some(true))]));
+        assert!(fqdn.ready.is_empty());
+    }
+
+    #[test]
+    fn a_slice_changes_only_when_what_is_routed_to_does() {
+        let base = slice("IPv4", vec![endpoint("10.0.0.1", Some(true), Some(true))]);
+        let fingerprint = |s: &EndpointSlice| SliceRecord::from(s.clone()).fingerprint();
+        let mut unready_added = base.clone();
+        unready_added.endpoints.push(endpoint("10.0.0.9", Some(false), Some(false)));
+        unready_added.metadata.resource_version = Some("8".into());
+        assert_eq!(fingerprint(&base), fingerprint(&unready_added), "an endpoint not ready is not routed to");
+        let mut other_label = base.clone();
+        if let Some(l) = other_label.metadata.labels.as_mut() {
+            l.insert("app".into(), "other".into());
+        }
+        assert_eq!(fingerprint(&base), fingerprint(&other_label));
+        let mut moved = base.clone();
+        moved.endpoints[0].addresses = vec!["10.0.0.2".into()];
+        assert_ne!(fingerprint(&base), fingerprint(&moved));
+        let mut renamed = base.clone();
+        if let Some(l) = renamed.metadata.labels.as_mut() {
+            l.insert(SERVICE_NAME_LABEL.into(), "api".into());
+        }
+        assert_ne!(fingerprint(&base), fingerprint(&renamed));
+    }
+}
