@@ -219,6 +219,12 @@ async fn rss_mib(c: &Controller) -> Result<f64> {
     Ok(c.rss_kib()? as f64 / 1024.0)
 }
 
+/// The part of the RSS mapped from files (the binary's touched code and read-only data):
+/// clean, shared and reclaimable, unlike the rest, which the process alone holds.
+fn file_mib(c: &Controller) -> Result<f64> {
+    Ok(c.file_rss_kib()? as f64 / 1024.0)
+}
+
 /// Waits until the served table's groups hold `want` endpoints in all (`/debug/routes`);
 /// how long that took.
 async fn wait_for_endpoints(c: &Controller, want: usize) -> Result<Duration> {
@@ -402,7 +408,9 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
     let shadow = Controller::start_with(env, shadow_opts).await?;
     let (rss0, shadow0) = (rss_mib(&c).await?, rss_mib(&shadow).await?);
     report.say(format!(
-        "Ingress: RSS with 0 Ingresses {rss0:.1} MiB (replica of another class watching the same objects: {shadow0:.1} MiB)"
+        "Ingress: RSS with 0 Ingresses {rss0:.1} MiB, of which {:.1} MiB mapped from the binary \
+         (replica of another class watching the same objects: {shadow0:.1} MiB)",
+        file_mib(&c)?
     ));
     let mut b = IngressBench {
         ns: &ns,
@@ -436,8 +444,9 @@ async fn ingress_phase(env: &TestEnv, host: &'static TestHost, s: &Settings, rep
             let (rss, shadow_rss) = (rss_mib(&c).await?, rss_mib(&shadow).await?);
             let per = (rss - rss0) * 1024.0 / step as f64;
             report.say(format!(
-                "Ingress: RSS at {step}: {rss:.1} MiB ({per:.2} KiB per Ingress over the empty replica); \
+                "Ingress: RSS at {step}: {rss:.1} MiB ({per:.2} KiB per Ingress over the empty replica, {:.1} MiB mapped from the binary); \
                  caches alone (replica of another class) {shadow_rss:.1} MiB, {:.2} KiB per Ingress; table and served state {:.1} MiB",
+                file_mib(&c)?,
                 (shadow_rss - shadow0) * 1024.0 / step as f64,
                 (rss - rss0) - (shadow_rss - shadow0),
             ));

@@ -285,12 +285,23 @@ impl Controller {
 
     /// Resident memory of the controller process, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// The part of the resident memory mapped from files, in KiB (`RssFile`): the pages of
+    /// the binary's code and read-only data it has touched. They are clean page cache,
+    /// shared with every process mapping the same file and dropped under memory pressure.
+    pub fn file_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("RssFile")
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS in /proc/{}/status", self.pid()))
+            .ok_or_else(|| anyhow!("no {field} in /proc/{}/status", self.pid()))
     }
 
     /// CPU time the controller process has used so far (user + system, in seconds), from
