@@ -10,6 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use libfuzzer_sys::fuzz_target;
 use quic_ingress::kube::crd::BackendGroup;
+use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, translate};
 use quic_ingress::kube::world::World;
 use quic_ingress::upstream::EndpointRegistry;
@@ -34,8 +35,10 @@ fuzz_target!(|data: &[u8]| {
     let world = World {
         ingresses: arcs(objects.ingresses),
         classes: arcs(objects.classes),
-        services: arcs(objects.services),
-        slices: arcs(objects.slices),
+        // The caches keep Services and slices as records; the fuzzer feeds the objects the
+        // API server would send through the same conversion.
+        services: objects.services.into_iter().map(|s| Arc::new(ServiceRecord::from(s))).collect(),
+        slices: objects.slices.into_iter().map(|s| Arc::new(SliceRecord::from(s))).collect(),
         secrets: arcs(objects.secrets),
         groups: arcs(objects.groups),
         gateway: Default::default(),
