@@ -18,7 +18,7 @@ command -v nginx >/dev/null || scripts/ensure-packages.sh nginx
 MEASURE="python3 bench/measure.py"
 
 # Ports of their own (196xx), so this can run beside the other benches' leftovers.
-BACKEND=19601 NGINX_PROXY=19602 QI=19603 QI_ADMIN=19604 CADDY=19605
+BACKEND=19601 NGINX_PROXY=19602 QI=19603 QI_ADMIN=19604 CADDY=19605 QI1=19606 QI1_ADMIN=19607
 
 # nginx workers run as an unprivileged user: they must reach the files.
 chmod 755 "$work"
@@ -74,6 +74,10 @@ backend_groups: [{id: g, backends: [{url: "http://127.0.0.1:$BACKEND"}]}]
 YAML
 # The access log is off (warn), as it is for the peers; QI_LOG=info turns it on.
 RUST_LOG=${QI_LOG:-warn} "$BIN" serve --config "$work/qi.yaml" >"$work/qi.log" 2>&1 & qi=$!; pids+=($qi)
+# The same proxy on one runtime thread (--worker-threads 1): on 2 cores shared with the
+# client and the backend, the second thread costs more in hand-offs than it brings.
+sed -e "s/:$QI\"/:$QI1\"/" -e "s/:$QI_ADMIN\"/:$QI1_ADMIN\"/" "$work/qi.yaml" > "$work/qi1.yaml"
+RUST_LOG=${QI_LOG:-warn} "$BIN" --worker-threads 1 serve --config "$work/qi1.yaml" >"$work/qi1.log" 2>&1 & qi1=$!; pids+=($qi1)
 
 caddy_globals > "$work/Caddyfile"
 cat >> "$work/Caddyfile" <<CADDY
@@ -93,6 +97,7 @@ wait_ready() { # URL [oha flags]
 wait_ready "http://127.0.0.1:$BACKEND/1k"
 wait_ready "https://127.0.0.1:$NGINX_PROXY/1k"
 wait_ready "https://127.0.0.1:$QI/1k" --http-version 3
+wait_ready "https://127.0.0.1:$QI1/1k" --http-version 3
 wait_ready "https://127.0.0.1:$CADDY/1k" --http-version 3
 
 # PROFILE=DIR: each quic-ingress load also runs under `perf record` (DIR/NAME.perf.data);
@@ -116,14 +121,15 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; cad
 case "$MODE" in
   cpu)
     load quic-ingress-h3 $qi "https://127.0.0.1:$QI/1k" --http-version 3
+    load quic-ingress-h3-1w $qi1 "https://127.0.0.1:$QI1/1k" --http-version 3
     load caddy-h3 $caddy "https://127.0.0.1:$CADDY/1k" --http-version 3
     load quic-ingress-h1 $qi "https://127.0.0.1:$QI/1k" --http-version 1.1
     load nginx-h1 $nginx_proxy "https://127.0.0.1:$NGINX_PROXY/1k" --http-version 1.1
     load quic-ingress-h2 $qi "https://127.0.0.1:$QI/1k" --http-version 2
     load nginx-h2 $nginx_proxy "https://127.0.0.1:$NGINX_PROXY/1k" --http-version 2
     echo "1 KiB responses, oha -z $DURATION -c $CONNS, nginx backend, loopback"
-    $MEASURE report cpu "$work"/{quic-ingress-h3,caddy-h3,quic-ingress-h1,nginx-h1,quic-ingress-h2,nginx-h2}.json \
-      quic-ingress-h3/caddy-h3 quic-ingress-h1/nginx-h1 quic-ingress-h2/nginx-h2
+    $MEASURE report cpu "$work"/{quic-ingress-h3,quic-ingress-h3-1w,caddy-h3,quic-ingress-h1,nginx-h1,quic-ingress-h2,nginx-h2}.json \
+      quic-ingress-h3/caddy-h3 quic-ingress-h3-1w/caddy-h3 quic-ingress-h1/nginx-h1 quic-ingress-h2/nginx-h2
     ;;
   bulk)
     for size in 1m 100m; do

@@ -45,6 +45,22 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
 }
 
 #[test]
+fn worker_threads_must_be_a_positive_count() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/standalone.yaml");
+    let out = Command::new(BIN).args(["--worker-threads", "1", "check-config", example]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for bad in ["0", "two"] {
+        let out = Command::new(BIN).args(["--worker-threads", bad, "check-config", example]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--worker-threads {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--worker-threads"), "{err}");
+    }
+    let out =
+        Command::new(BIN).args(["check-config", example]).env("QUIC_INGRESS_WORKER_THREADS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "QUIC_INGRESS_WORKER_THREADS=0 is refused too");
+}
+
+#[test]
 fn serve_refuses_an_invalid_config_with_exit_2() {
     let bad =
         write("serve-bad.yaml", "server: {address: \"127.0.0.1:8443\"}\nroutes: [{id: r, backend_group: nope}]\n");
