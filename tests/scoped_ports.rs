@@ -221,3 +221,28 @@ async fn a_scoped_port_presents_its_scopes_certificate_and_no_other_scopes() {
     assert_eq!(h3(pb.tls).await, (200, "b".into()));
     assert!(plane.shutdown(Duration::from_secs(5)).await, "drained");
 }
+
+/// A scoped port another socket holds when the table comes is not given up: the data plane
+/// binds it once it is free, with no new table, and serves its scope there; the scope's
+/// other port serves from the start.
+#[tokio::test]
+async fn a_scoped_port_busy_at_publish_is_bound_once_it_is_free() {
+    let (a, d) = (Backend::start("a").await, Backend::start("default").await);
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Started { plane, registry, certs } = start().await;
+    let pa = Ports::new();
+    // Someone else has the TLS port's UDP side (as a client's ephemeral port may).
+    let squatter = std::net::UdpSocket::bind(SocketAddr::from((LOCALHOST, pa.tls))).unwrap();
+    plane.publish(table(&registry, &certs, &d, &[("gw-a", pa, &a)], 1));
+    assert_eq!(plane.scoped_listeners().ports(), vec![pa.plain], "only the free port is open");
+    assert_eq!(http1(pa.plain).await.1, "a", "the free port serves its scope meanwhile");
+
+    drop(squatter);
+    wait_until("the freed port to be bound", Duration::from_secs(10), || async {
+        plane.scoped_listeners().ports().contains(&pa.tls)
+    })
+    .await;
+    assert_eq!(h3(pa.tls).await, (200, "a".into()), "HTTP/3 on the port once it was free");
+    assert_eq!(https1(pa.tls).await.1, "a", "and HTTPS over TCP");
+    assert!(plane.shutdown(Duration::from_secs(5)).await, "drained, the retry included");
+}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow, bail, ensure};
 
 /// The `quic-ingress` binary to run (set by `make test-e2e`).
 pub const QUIC_INGRESS_BIN_VAR: &str = "QUIC_INGRESS_BIN";
@@ -124,6 +124,35 @@ pub fn free_udp_tcp_port() -> anyhow::Result<u16> {
         }
     }
     bail!("no port on 127.0.0.1 is free for both UDP and TCP")
+}
+
+/// `len` consecutive ports on 127.0.0.1, each free for both UDP and TCP a moment ago, below
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): no socket bound to port 0
+/// and no outgoing connection of another test can take one of them before the process the
+/// range is for binds it, as it could with ports picked with `bind(0)`.
+pub fn free_port_range(len: u16) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (ephemeral_low.saturating_sub(12_000).max(1024), ephemeral_low.saturating_sub(len));
+    ensure!(low < high, "no room for {len} ports below the ephemeral range at {ephemeral_low}");
+    // A start of its own per process and attempt, so tests running side by side spread out.
+    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| u64::from(d.subsec_nanos()));
+    let seed = u64::from(std::process::id()).wrapping_mul(7919) ^ nanos;
+    let span = u64::from(high - low);
+    for attempt in 0..50u64 {
+        let offset = seed.wrapping_add(attempt.wrapping_mul(409)) % span;
+        let first = low + u16::try_from(offset)?;
+        let range = first..=first + len - 1;
+        let free = range
+            .clone()
+            .all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return Ok(range);
+        }
+    }
+    bail!("no {len} consecutive ports free below the ephemeral range at {ephemeral_low}")
 }
 
 /// Makes the child get SIGKILL when the thread that spawns it ends, so nothing outlives a

@@ -107,8 +107,9 @@ async fn per_gateway_addresses_give_each_gateway_a_service_and_its_own_routes() 
     .await?;
     // The published Service, whose type and selector the Gateways' Services copy.
     ns.create(&service("edge").port("https", 443).selector("app", "edge").build()).await?;
-    // A range of its own per run (tests run in parallel), the controller's loopback address.
-    let first = quic_ingress_e2e::process::free_udp_tcp_port()?.min(65000);
+    // A range of its own, free now and below the ephemeral ports (which the other tests'
+    // sockets and connections take), on the controller's loopback address.
+    let range = quic_ingress_e2e::process::free_port_range(10)?;
     let mut opts = ControllerOptions::new(ns.name());
     opts.publish_address = None;
     opts.extra_args = [
@@ -117,7 +118,7 @@ async fn per_gateway_addresses_give_each_gateway_a_service_and_its_own_routes() 
         "--gateway-addresses",
         "per-gateway",
         "--gateway-port-range",
-        &format!("{first}-{}", first + 9),
+        &format!("{}-{}", range.start(), range.end()),
     ]
     .iter()
     .map(ToString::to_string)
@@ -205,7 +206,8 @@ async fn per_gateway_addresses_give_each_gateway_a_service_and_its_own_routes() 
             }
             Err(anyhow!("answered {} from {got:?}", resp.status))
         })
-        .await?;
+        .await
+        .with_context(|| format!("port {data_port}; the controller's log ends:\n{}", c.log_tail(40)))?;
         assert_eq!(answer, backend);
     }
 

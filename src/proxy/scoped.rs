@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,32 +45,88 @@ pub struct ScopedListeners(Arc<Inner>);
 
 struct Inner {
     setup: Setup,
-    open: Mutex<BTreeMap<u16, Open>>,
+    state: Mutex<State>,
 }
+
+/// The ports listened on, the ports the last table wants, and whether a retry of the
+/// ports that could not be bound is pending.
+#[derive(Default)]
+struct State {
+    open: BTreeMap<u16, Open>,
+    wanted: BTreeMap<u16, ScopedPort>,
+    retrying: bool,
+}
+
+/// The first wait before binding a port that was busy again, doubled up to
+/// [`RETRY_MAX`] while it stays busy: a port held for a moment (by a process that is
+/// going, or by another socket's ephemeral port) comes up without waiting for the next
+/// table, and one held for good costs a warning every half minute.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl ScopedListeners {
     pub(super) fn new(setup: Setup) -> Self {
-        Self(Arc::new(Inner { setup, open: Mutex::new(BTreeMap::new()) }))
+        Self(Arc::new(Inner { setup, state: Mutex::new(State::default()) }))
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<u16, Open>> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A map of handles, never left half-changed by a panic.
-        self.0.open.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The scoped ports listened on now.
     pub fn ports(&self) -> Vec<u16> {
-        self.open().keys().copied().collect()
+        self.state().open.keys().copied().collect()
     }
 
     /// Listens on exactly the ports of `wanted`: closes the others (gracefully), opens the
-    /// new ones. A port that cannot be bound is logged and tried again on the next call.
+    /// new ones. A port that cannot be bound is logged and tried again, with a growing
+    /// wait, until it is bound or no table wants it.
     pub fn sync(&self, wanted: &BTreeMap<u16, ScopedPort>) {
+        let mut state = self.state();
+        state.wanted = wanted.clone();
+        if self.reconcile(&mut state) > 0 && !state.retrying {
+            state.retrying = self.retry_later();
+        }
+    }
+
+    /// Retries the ports that could not be bound, on the runtime `sync` was called on,
+    /// until none is left; false when there is no runtime to do it on.
+    fn retry_later(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let this = self.clone();
+        let shutdown = self.0.setup.shutdown.clone();
+        self.0.setup.tracker.spawn_on(
+            async move {
+                let mut wait = RETRY_FIRST;
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    let mut state = this.state();
+                    if this.reconcile(&mut state) == 0 {
+                        state.retrying = false;
+                        return;
+                    }
+                    wait = (wait * 2).min(RETRY_MAX);
+                }
+            },
+            &runtime,
+        );
+        true
+    }
+
+    /// Brings the open ports in line with `state.wanted`; the number that could not be
+    /// bound.
+    fn reconcile(&self, state: &mut State) -> usize {
         let setup = &self.0.setup;
         if setup.shutdown.is_cancelled() {
-            return;
+            return 0;
         }
-        let mut open = self.open();
+        let State { open, wanted, .. } = state;
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.kind);
             if !keep {
@@ -78,7 +135,8 @@ impl ScopedListeners {
             }
             keep
         });
-        for (port, kind) in wanted {
+        let mut failed = 0;
+        for (port, kind) in wanted.iter() {
             if open.contains_key(port) {
                 continue;
             }
@@ -87,14 +145,18 @@ impl ScopedListeners {
                     tracing::info!(port, scope = %kind.scope, tls = kind.tls, "listening on a scoped port");
                     open.insert(*port, o);
                 }
-                Err(e) => tracing::warn!(port, scope = %kind.scope, error = %e, "cannot listen on a scoped port"),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(port, scope = %kind.scope, error = %e, "cannot listen on a scoped port; trying again later");
+                }
             }
         }
+        failed
     }
 
     /// The QUIC endpoints, for the shutdown's last step.
     pub(super) fn endpoints(&self) -> Vec<quinn::Endpoint> {
-        self.open().values().filter_map(|o| o.endpoint.clone()).collect()
+        self.state().open.values().filter_map(|o| o.endpoint.clone()).collect()
     }
 }
 
