@@ -20,7 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher::Event;
 use quic_ingress::kube::cache::{Cache, Named};
-use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
+use quic_ingress::kube::records::{IngressRecord, ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, Translation, translate};
 use quic_ingress::kube::watches::{Keep, Relevant};
 use quic_ingress::kube::world::World;
@@ -134,8 +134,11 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(matches!(phase, "stores" | "table" | "served"), usage);
     println!("empty: RSS {:.1} MiB", rss_mib());
 
-    let (mut ingresses, mut services, mut slices) =
-        (Kind::<Ingress>::new(), Kind::<Service, ServiceRecord>::new(), Kind::<EndpointSlice, SliceRecord>::new());
+    let (mut ingresses, mut services, mut slices) = (
+        Kind::<Ingress, IngressRecord>::new(),
+        Kind::<Service, ServiceRecord>::new(),
+        Kind::<EndpointSlice, SliceRecord>::new(),
+    );
     let mut rv = 1_000_000;
     let objects = match shape {
         "ingresses" => {

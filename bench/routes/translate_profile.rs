@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use quic_ingress::kube::controller::build;
-use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
+use quic_ingress::kube::records::{IngressRecord, ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, translate};
 use quic_ingress::kube::world::{SERVICE_NAME_LABEL, World};
 use quic_ingress::telemetry::metrics::Metrics;
@@ -70,7 +70,7 @@ fn world(n: usize) -> World {
             }],
             ports: Some(vec![EndpointPort { name: Some("http".into()), port: Some(8080), ..EndpointPort::default() }]),
         })));
-        w.ingresses.push(Arc::new(Ingress {
+        w.ingresses.push(Arc::new(IngressRecord::from(Ingress {
             metadata: meta(&format!("i{i}"), i),
             spec: Some(IngressSpec {
                 ingress_class_name: Some("quic".into()),
@@ -93,7 +93,7 @@ fn world(n: usize) -> World {
                 ..IngressSpec::default()
             }),
             ..Ingress::default()
-        }));
+        })));
     }
     w
 }
@@ -210,16 +210,16 @@ fn updates(mut w: World, settings: &Settings, rounds: usize, touched: usize) -> 
     let cpu_before = process_cpu()?;
     let mut times = Vec::with_capacity(rounds);
     for r in 0..rounds {
-        let mut ing = Ingress::clone(&w.ingresses[0]);
-        ing.metadata = meta(&format!("t{r}"), n + r);
+        let mut ing =
+            Ingress { metadata: meta(&format!("t{r}"), n + r), spec: w.ingresses[0].spec.clone(), status: None };
         if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
             rule.host = Some(format!("t{r}.example.com"));
         }
-        w.ingresses.push(Arc::new(ing));
+        w.ingresses.push(Arc::new(ing.into()));
         // As the status writer does: existing Ingresses written again (new objects, same spec).
         for k in 0..touched {
             let at = (r * 7919 + k * 104_729) % n;
-            w.ingresses[at] = Arc::new(Ingress::clone(&w.ingresses[at]));
+            w.ingresses[at] = Arc::new(IngressRecord::clone(&w.ingresses[at]));
         }
         let started = Instant::now();
         let built = build(w.clone(), settings, &registry, last_good, Some(&mut prev), r as u64 + 2);

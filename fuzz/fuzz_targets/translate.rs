@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use libfuzzer_sys::fuzz_target;
 use quic_ingress::kube::crd::BackendGroup;
-use quic_ingress::kube::records::{ServiceRecord, SliceRecord};
+use quic_ingress::kube::records::{IngressRecord, ServiceRecord, SliceRecord};
 use quic_ingress::kube::translate::{LastGoodCerts, Settings, translate};
 use quic_ingress::kube::world::World;
 use quic_ingress::upstream::EndpointRegistry;
@@ -33,10 +33,10 @@ fn arcs<T>(v: Vec<T>) -> Vec<Arc<T>> {
 fuzz_target!(|data: &[u8]| {
     let Ok(objects) = serde_json::from_slice::<Objects>(data) else { return };
     let world = World {
-        ingresses: arcs(objects.ingresses),
+        // The caches keep Ingresses, Services and slices as records; the fuzzer feeds the
+        // objects the API server would send through the same conversion.
+        ingresses: objects.ingresses.into_iter().map(|i| Arc::new(IngressRecord::from(i))).collect(),
         classes: arcs(objects.classes),
-        // The caches keep Services and slices as records; the fuzzer feeds the objects the
-        // API server would send through the same conversion.
         services: objects.services.into_iter().map(|s| Arc::new(ServiceRecord::from(s))).collect(),
         slices: objects.slices.into_iter().map(|s| Arc::new(SliceRecord::from(s))).collect(),
         secrets: arcs(objects.secrets),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::Reporter;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -391,12 +391,8 @@ pub fn build(
     let unserved = world
         .ingresses
         .iter()
-        .filter(|i| {
-            let m = &i.metadata;
-            let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
-            !serving.contains(&(m.namespace.as_deref().unwrap_or_default(), name))
-        })
-        .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
+        .filter(|i| !serving.contains(&(i.meta.namespace(), i.meta.name())))
+        .map(|i| (i.meta.namespace().to_string(), i.meta.name().to_string()))
         .collect();
     drop(serving);
     let feed = Feed {

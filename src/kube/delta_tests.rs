@@ -94,7 +94,7 @@ fn base_world() -> World {
 
 /// A new version of Ingress `ns/name`: one or two rules, now and then something that
 /// takes a full build (a default backend, a TLS section, another class).
-fn random_ingress(d: &mut Draw, ns: &str, name: &str) -> Arc<Ingress> {
+fn random_ingress(d: &mut Draw, ns: &str, name: &str) -> Arc<IngressRecord> {
     let mut b = ingress(ns, name).age(d.below(50) as i64);
     let first = host(d.below(OWN_HOSTS + TAKEN.len()));
     for i in 0..=d.below(2) {
@@ -169,10 +169,7 @@ fn updates_equal_full_builds_over_random_ingress_changes() {
         // there), or its deletion.
         for _ in 0..=d.below(3) {
             let (ns, name) = (d.pick(&NAMESPACES).to_string(), names[d.below(names.len())].clone());
-            let at = world
-                .ingresses
-                .iter()
-                .position(|i| i.namespace().as_deref() == Some(ns.as_str()) && i.name_any() == name);
+            let at = world.ingresses.iter().position(|i| i.meta.namespace() == ns && i.meta.name() == name);
             match (at, d.below(4)) {
                 (Some(at), 0) => {
                     world.ingresses.remove(at);

@@ -91,14 +91,9 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn new(kind: &'static str, obj: &impl kube::Resource, host: HostRule) -> Self {
-        let meta = obj.meta();
-        let order = (
-            meta.creation_timestamp.clone(),
-            meta.namespace.clone().unwrap_or_default(),
-            meta.name.clone().unwrap_or_default(),
-            kind,
-        );
+    pub fn new(kind: &'static str, obj: &impl super::records::Identity, host: HostRule) -> Self {
+        let (namespace, name) = obj.identity();
+        let order = (obj.created().cloned(), namespace.to_string(), name.to_string(), kind);
         Self { order, host }
     }
 

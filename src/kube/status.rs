@@ -13,10 +13,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use super::crd::{BackendGroup as BackendGroupCr, BackendGroupStatus, BackendStatus};
+use super::records::IngressRecord;
 use super::translate::{GroupStatusSource, Problem, RefusedGroup};
 use super::watches::{Board, WatchBackoff};
 use crate::upstream::Transition;
@@ -61,7 +62,7 @@ pub struct Sources {
     /// [`follow_published`].
     pub published: watch::Receiver<Option<Vec<String>>>,
     /// The Ingress reflector's store, for their current `status.loadBalancer`.
-    pub ingresses: super::watches::ScopedStore<Ingress>,
+    pub ingresses: super::watches::ScopedStore<IngressRecord>,
     /// The Gateway API stores, for the status objects show now.
     pub gateway: super::gateway::watches::GatewayStores,
     /// With per-Gateway addresses: each Gateway's (its Service's), kept current by
@@ -433,10 +434,10 @@ impl Writer {
 
     /// Writes `status.loadBalancer` of `ingress` (as the store shows it) to `target`, unless
     /// that very write was made and the store has not caught up with it yet.
-    async fn patch_ingress_status(&mut self, ingress: &Ingress, target: &[String], patch: &serde_json::Value) {
-        let (ns, name) = (ingress.namespace().unwrap_or_default(), ingress.name_any());
+    async fn patch_ingress_status(&mut self, ingress: &IngressRecord, target: &[String], patch: &serde_json::Value) {
+        let (ns, name) = (ingress.meta.namespace().to_string(), ingress.meta.name().to_string());
         let key = (ns.clone(), name.clone());
-        let seen = (target.to_vec(), ingress.resource_version());
+        let seen = (target.to_vec(), ingress.meta.version().map(|(_, rv)| rv.to_string()));
         if self.lb_written.get(&key) == Some(&seen) {
             return;
         }
@@ -537,14 +538,8 @@ pub fn service_addresses(svc: &Service) -> Option<Vec<String>> {
 }
 
 /// The `status.loadBalancer` addresses an Ingress shows now.
-pub fn current_lb(ingress: &Ingress) -> Vec<String> {
-    ingress
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| v.iter().filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone())).collect())
-        .unwrap_or_default()
+pub fn current_lb(ingress: &IngressRecord) -> Vec<String> {
+    ingress.load_balancer.iter().map(|a| a.to_string()).collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use k8s_openapi::api::networking::v1::{IngressBackend, IngressClass};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
@@ -15,7 +15,7 @@ use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_po
 use super::gateway::{GatewayTranslation, ServedPorts};
 use super::ownership::{Claim, Grants, HostOwnership, Owners};
 use super::policy::BackendPolicy;
-use super::records::{ServiceRecord, SliceRecord};
+use super::records::{Identity, IngressRecord, ServiceRecord, SliceRecord};
 use super::world::{Indexed, World};
 use crate::routes::CertSet;
 use crate::routes::{self, HostRule, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, wildcard_suffix};
@@ -221,13 +221,9 @@ impl GroupMemo {
 }
 
 /// Whether `ingress` belongs to this controller.
-pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>], class: &str) -> bool {
+pub fn is_ours(ingress: &IngressRecord, classes: &[Arc<IngressClass>], class: &str) -> bool {
     let spec_class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
-    class_is_ours(
-        spec_class.or_else(|| ingress.annotations().get(LEGACY_CLASS_ANNOTATION).map(String::as_str)),
-        classes,
-        class,
-    )
+    class_is_ours(spec_class.or_else(|| ingress.annotation(LEGACY_CLASS_ANNOTATION)), classes, class)
 }
 
 /// Whether an object of class `named` (`None`: no class given) is this controller's.
@@ -298,7 +294,7 @@ fn translate_in(
     let grants = Grants::from_class(our_class(&world.classes, class));
 
     // Oldest first: the first object to claim a host and path keeps it.
-    let mut ingresses: Vec<&Ingress> =
+    let mut ingresses: Vec<&IngressRecord> =
         world.ingresses.iter().map(AsRef::as_ref).filter(|i| is_ours(i, &world.classes, class)).collect();
     // Keys borrowed, not cloned: a sort compares each object about log2(n) times.
     ingresses.sort_by(|a, b| precedence(*a).cmp(&precedence(*b)));
@@ -338,8 +334,7 @@ fn translate_in(
     // whichever API declares it (README "Gateway API": precedence).
     let mut next_route = 0;
     for ing in &ingresses {
-        let (created, ns, name) = precedence(*ing);
-        let order = (created, ns.unwrap_or_default(), name);
+        let order = precedence(*ing);
         while next_route < gw.route_count() && gw.order(next_route) < order {
             t.gateway_route(&mut gw, next_route);
             next_route += 1;
@@ -386,7 +381,8 @@ fn translate_in(
             })
         })
         .collect();
-    let served_ingresses = ingresses.iter().map(|i| (i.namespace().unwrap_or_default(), i.name_any())).collect();
+    let served_ingresses =
+        ingresses.iter().map(|i| (i.meta.namespace().to_string(), i.meta.name().to_string())).collect();
     // A part of the world uses few groups: what the rest of it uses stays remembered.
     if whole {
         t.memo.finish();
@@ -403,16 +399,13 @@ fn translate_in(
 
 /// Which of two objects keeps a contested host and path: the older, then by namespace and
 /// name (`name_any`), so every replica decides the same.
-fn precedence<K: kube::Resource>(
-    obj: &K,
-) -> (Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, Option<&str>, &str) {
-    let m = obj.meta();
-    let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
-    (m.creation_timestamp.as_ref(), m.namespace.as_deref(), name)
+fn precedence(obj: &impl Identity) -> (Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, &str, &str) {
+    let (namespace, name) = obj.identity();
+    (obj.created(), namespace, name)
 }
 
 /// Every host an object of ours declares, for ownership.
-fn claims(ingresses: &[&Ingress], groups: &[&BackendGroupCr]) -> Vec<Claim> {
+fn claims(ingresses: &[&IngressRecord], groups: &[&BackendGroupCr]) -> Vec<Claim> {
     let mut claims = Vec::new();
     for ing in ingresses {
         for host in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.as_deref()) {
@@ -457,22 +450,22 @@ struct Translator<'a> {
 }
 
 impl Translator<'_> {
-    fn problem(&mut self, kind: &'static str, obj: &impl kube::Resource, reason: &'static str, message: String) {
+    fn problem(&mut self, kind: &'static str, obj: &impl Identity, reason: &'static str, message: String) {
+        let (namespace, name) = obj.identity();
         self.problems.push(Problem {
             kind,
-            namespace: obj.meta().namespace.clone().unwrap_or_default(),
-            name: obj.meta().name.clone().unwrap_or_default(),
-            uid: obj.meta().uid.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: obj.uid().map(str::to_string),
             reason,
             message,
         });
     }
 
     /// Whether `obj`'s namespace may route `host`; tells the object why not.
-    fn host_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, host: Option<&HostRule>) -> bool {
+    fn host_allowed(&mut self, kind: &'static str, obj: &impl Identity, host: Option<&HostRule>) -> bool {
         let Some(host) = host else { return self.catch_all_allowed(kind, obj, "a rule without a host") };
-        let (ns, name) =
-            (obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default());
+        let (ns, name) = obj.identity();
         let Some(owner) = self.owners.and_then(|o| o.refusal(kind, ns, name, host)) else { return true };
         let message = format!(
             "host {host} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
@@ -484,9 +477,9 @@ impl Translator<'_> {
     /// Host-less rules, default backends and host-less BackendGroup routes serve every
     /// host's unrouted paths, so in namespace mode only the namespaces the admin lists
     /// (or the one namespace a controller watches) may declare them.
-    fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl kube::Resource, what: &str) -> bool {
-        let ns = obj.meta().namespace.clone().unwrap_or_default();
-        if self.owners.is_none() || self.settings.serves_one_tenant(&ns) || self.grants.catch_all(&ns) {
+    fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl Identity, what: &str) -> bool {
+        let ns = obj.identity().0;
+        if self.owners.is_none() || self.settings.serves_one_tenant(ns) || self.grants.catch_all(ns) {
             return true;
         }
         let message = format!(
@@ -498,9 +491,10 @@ impl Translator<'_> {
     }
 
     /// A problem that also goes into a BackendGroup's `Accepted` condition.
-    fn refuse(&mut self, kind: &'static str, obj: &impl kube::Resource, reason: &'static str, message: String) {
+    fn refuse(&mut self, kind: &'static str, obj: &impl Identity, reason: &'static str, message: String) {
         if kind == "BackendGroup" {
-            let key = (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default());
+            let (ns, name) = obj.identity();
+            let key = (ns.to_string(), name.to_string());
             let list = self.group_route_problems.entry(key).or_default();
             if !list.iter().any(|(r, m)| *r == reason && *m == message) {
                 list.push((reason, message.clone()));
@@ -509,10 +503,10 @@ impl Translator<'_> {
         self.problem(kind, obj, reason, message);
     }
 
-    fn ingress_rules(&mut self, ing: &Ingress) {
+    fn ingress_rules(&mut self, ing: &IngressRecord) {
         let Some(spec) = &ing.spec else { return };
-        let ns = ing.namespace().unwrap_or_default();
-        let id = format!("{ns}/{}", ing.name_any());
+        let ns = ing.meta.namespace().to_string();
+        let id = format!("{ns}/{}", ing.meta.name());
         let has_tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
         for rule in spec.rules.iter().flatten() {
             let host = match rule.host.as_deref().map(HostRule::parse).transpose() {
@@ -527,7 +521,7 @@ impl Translator<'_> {
             }
             // Only TLS sections read them (`ingress_tls`).
             if let Some(h) = host.as_ref().filter(|_| has_tls) {
-                self.accepted_hosts.entry((ns.clone(), ing.name_any())).or_default().insert(h.clone());
+                self.accepted_hosts.entry((ns.clone(), ing.meta.name().to_string())).or_default().insert(h.clone());
             }
             for p in rule.http.iter().flat_map(|h| &h.paths) {
                 let path_type = match p.path_type.as_str() {
@@ -550,13 +544,13 @@ impl Translator<'_> {
         }
     }
 
-    fn ingress_default_backend(&mut self, ing: &Ingress) {
+    fn ingress_default_backend(&mut self, ing: &IngressRecord) {
         let Some(backend) = ing.spec.as_ref().and_then(|s| s.default_backend.as_ref()) else { return };
         if !self.catch_all_allowed("Ingress", ing, "a default backend") {
             return;
         }
         let Some(group) = self.ingress_backend(ing, backend) else { return };
-        let id = format!("{}/{}#default", ing.namespace().unwrap_or_default(), ing.name_any());
+        let id = format!("{}/{}#default", ing.meta.namespace(), ing.meta.name());
         let root = PathRule::Prefix(String::new());
         if let Err(conflict) = self.builder.add_route(&id, None, root, group) {
             self.problem("Ingress", ing, "DefaultBackendConflict", format!("{conflict} (the oldest object wins)"));
@@ -629,8 +623,8 @@ impl Translator<'_> {
     }
 
     /// The group an Ingress backend points at, compiled once per translation.
-    fn ingress_backend(&mut self, ing: &Ingress, backend: &IngressBackend) -> Option<Arc<BackendGroup>> {
-        let ns = ing.namespace().unwrap_or_default();
+    fn ingress_backend(&mut self, ing: &IngressRecord, backend: &IngressBackend) -> Option<Arc<BackendGroup>> {
+        let ns = ing.meta.namespace().to_string();
         if let Some(svc) = &backend.service {
             let port = match svc.port.as_ref().map(|p| (p.number, p.name.clone())) {
                 Some((Some(n), _)) => PortRef::Number(n),
@@ -681,7 +675,13 @@ impl Translator<'_> {
     }
 
     /// A plain Service backend: round robin over its ready endpoints.
-    fn service_group(&mut self, ing: &Ingress, ns: &str, name: &str, port: &PortRef) -> Option<Arc<BackendGroup>> {
+    fn service_group(
+        &mut self,
+        ing: &IngressRecord,
+        ns: &str,
+        name: &str,
+        port: &PortRef,
+    ) -> Option<Arc<BackendGroup>> {
         match self.service_group_of(ns, name, port) {
             Ok(group) => Some(group),
             Err((reason, message)) => {
@@ -879,14 +879,14 @@ impl Translator<'_> {
         })
     }
 
-    fn ingress_tls(&mut self, ing: &Ingress, last_good: &mut HashMap<(String, String), GoodCert>) {
+    fn ingress_tls(&mut self, ing: &IngressRecord, last_good: &mut HashMap<(String, String), GoodCert>) {
         if ing.spec.as_ref().and_then(|s| s.tls.as_ref()).is_none_or(Vec::is_empty) {
             return;
         }
-        let ns = ing.namespace().unwrap_or_default();
+        let ns = ing.meta.namespace().to_string();
         let rule_hosts: Vec<String> =
             ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
-        let accepted = self.accepted_hosts.get(&(ns.clone(), ing.name_any())).cloned().unwrap_or_default();
+        let accepted = self.accepted_hosts.get(&(ns.clone(), ing.meta.name().to_string())).cloned().unwrap_or_default();
         for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
             let Some(secret_name) = tls.secret_name.as_deref() else { continue };
             let cache_key = (ns.clone(), secret_name.to_string());

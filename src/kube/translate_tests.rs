@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
 use crate::kube::crd::{BackendGroupRoute, BackendGroupSpec, BackendProtocol, PathType, StaticBackend, Strategy};
-use crate::kube::records::{ServiceRecord, SetVersion, SliceRecord};
+use crate::kube::records::{IngressRecord, ServiceRecord, SetVersion, SliceRecord};
 use crate::kube::world::SERVICE_NAME_LABEL;
 
 fn meta(ns: &str, name: &str, age_secs: i64) -> ObjectMeta {
@@ -106,8 +106,9 @@ impl IngressB {
         });
         self
     }
-    fn build(self) -> Arc<Ingress> {
-        Arc::new(self.0)
+    /// The record the watch keeps of the Ingress.
+    fn build(self) -> Arc<IngressRecord> {
+        Arc::new(IngressRecord::from(self.0))
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 
 use super::cache::{Cache, Named};
 use super::crd::BackendGroup;
-use super::records::{ServiceRecord, SliceRecord};
+use super::records::{IngressRecord, ServiceRecord, SliceRecord};
 use crate::telemetry::metrics::Metrics;
 
 /// A watch that has listed once counts as failing while its errors are this recent: kube's
@@ -117,21 +117,6 @@ pub(crate) fn hash_json<T: Serialize>(value: &T, resource_version: Option<&str>)
     sink.0.finish()
 }
 
-impl Relevant for Ingress {
-    /// The spec bumps `generation`; the class annotation (and any annotation filters will
-    /// read) does not. The uid tells a re-created object (oldest wins a conflict).
-    fn fingerprint(&self) -> u64 {
-        let m = &self.metadata;
-        let spec = m.generation.is_none().then_some(&self.spec);
-        hash_json(&(&m.uid, m.generation, &m.annotations, spec), m.resource_version.as_deref())
-    }
-
-    /// Annotations, the spec and the status are read; labels are not.
-    fn trim_unread(&mut self) {
-        self.metadata.labels = None;
-    }
-}
-
 impl Relevant for IngressClass {
     /// The default-class annotation matters and does not bump `generation`. Classes are few
     /// and small, so the spec itself is compared.
@@ -160,6 +145,12 @@ impl<K: Resource + Relevant + Clone> Keep<K> for K {
     fn keep(mut obj: K) -> K {
         trim(&mut obj);
         obj
+    }
+}
+
+impl Keep<Ingress> for IngressRecord {
+    fn keep(obj: Ingress) -> Self {
+        obj.into()
     }
 }
 
@@ -628,7 +619,7 @@ where
 
 /// The six kinds translation reads.
 pub struct Stores {
-    pub ingresses: ScopedStore<Ingress>,
+    pub ingresses: ScopedStore<IngressRecord>,
     pub classes: Cache<IngressClass>,
     pub services: ScopedStore<ServiceRecord>,
     pub slices: ScopedStore<SliceRecord>,
@@ -649,7 +640,7 @@ impl Stores {
         let cfg = watcher::Config::default();
         let (c, b) = (&changed, board);
         Self {
-            ingresses: watch_scoped("Ingress", client, scope, cfg.clone(), c.clone(), b.clone()),
+            ingresses: watch_scoped_as::<Ingress, _>("Ingress", client, scope, cfg.clone(), c.clone(), b.clone()),
             // IngressClasses are cluster-scoped whatever the scope.
             classes: watch_kind("IngressClass", Api::all(client.clone()), cfg.clone(), c.clone(), b.clone()),
             services: watch_scoped_as::<Service, _>("Service", client, scope, cfg.clone(), c.clone(), b.clone()),
@@ -732,27 +723,32 @@ mod tests {
         i
     }
 
-    fn listed(cache: &Cache<Ingress>, objs: Vec<Ingress>) -> bool {
-        let mut changed = cache.observe(Event::Init);
+    /// `event` seen by a cache of Ingresses, as the watch keeps them.
+    fn observe(cache: &Cache<IngressRecord>, event: Event<Ingress>) -> bool {
+        cache.observe(kept(event))
+    }
+
+    fn listed(cache: &Cache<IngressRecord>, objs: Vec<Ingress>) -> bool {
+        let mut changed = observe(cache, Event::Init);
         for o in objs {
-            changed |= cache.observe(Event::InitApply(o));
+            changed |= observe(cache, Event::InitApply(o));
         }
-        changed | cache.observe(Event::InitDone)
+        changed | observe(cache, Event::InitDone)
     }
 
     #[test]
     fn status_writes_change_nothing_and_spec_or_annotation_changes_do() {
         let c = Cache::default();
         assert!(listed(&c, vec![ingress("a", 1)]), "the first list builds the first table");
-        assert!(!c.observe(Event::Apply(with_lb_status(ingress("a", 1), "192.0.2.10", "2"))), "status write");
-        assert!(c.observe(Event::Apply(ingress("a", 2))), "spec change (generation)");
+        assert!(!observe(&c, Event::Apply(with_lb_status(ingress("a", 1), "192.0.2.10", "2"))), "status write");
+        assert!(observe(&c, Event::Apply(ingress("a", 2))), "spec change (generation)");
         let mut annotated = ingress("a", 2);
         annotated.metadata.annotations = Some([("kubernetes.io/ingress.class".into(), "other".into())].into());
-        assert!(c.observe(Event::Apply(annotated.clone())), "class annotation");
-        assert!(!c.observe(Event::Apply(annotated)), "the same again");
-        assert!(c.observe(Event::Apply(ingress("b", 1))), "a new object");
-        assert!(c.observe(Event::Delete(ingress("b", 1))), "a deletion");
-        assert!(!c.observe(Event::Delete(ingress("never-seen", 1))), "deleting what was never known");
+        assert!(observe(&c, Event::Apply(annotated.clone())), "class annotation");
+        assert!(!observe(&c, Event::Apply(annotated)), "the same again");
+        assert!(observe(&c, Event::Apply(ingress("b", 1))), "a new object");
+        assert!(observe(&c, Event::Delete(ingress("b", 1))), "a deletion");
+        assert!(!observe(&c, Event::Delete(ingress("never-seen", 1))), "deleting what was never known");
     }
 
     #[test]
@@ -768,7 +764,7 @@ mod tests {
         // Re-created under the same name: a new uid, a new object.
         let mut again = ingress("c", 1);
         again.metadata.uid = Some("uid-c-2".into());
-        assert!(c.observe(Event::Apply(again)));
+        assert!(observe(&c, Event::Apply(again)));
     }
 
     #[test]
@@ -794,8 +790,9 @@ mod tests {
         a.metadata.generation = None;
         let mut b = a.clone();
         b.spec = Some(IngressSpec { ingress_class_name: Some("quic".into()), ..IngressSpec::default() });
-        assert_ne!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint(), with_lb_status(a.clone(), "192.0.2.1", "7").fingerprint());
+        let print = |i: Ingress| IngressRecord::from(i).fingerprint();
+        assert_ne!(print(a.clone()), print(b));
+        assert_eq!(print(a.clone()), print(with_lb_status(a, "192.0.2.1", "7")));
     }
 
     #[test]
@@ -813,32 +810,37 @@ mod tests {
     #[test]
     fn stored_objects_lose_managed_fields_and_the_last_applied_copy_but_keep_what_is_read() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-        let mut i = with_lb_status(ingress("a", 3), "192.0.2.10", "7");
-        i.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        let managed = Some(vec![ManagedFieldsEntry {
             manager: Some("kubectl".into()),
             fields_v1: Some(FieldsV1(serde_json::json!({"f:spec": {"f:rules": {}}}))),
             ..ManagedFieldsEntry::default()
         }]);
-        i.metadata.annotations = Some(
+        let annotations = Some(
             [
                 (LAST_APPLIED.to_string(), "{\"apiVersion\":\"networking.k8s.io/v1\"}".to_string()),
                 ("kubernetes.io/ingress.class".to_string(), "quic".to_string()),
             ]
             .into(),
         );
-        let mut trimmed = i.clone();
-        trim(&mut trimmed);
-        assert_eq!(trimmed.metadata.managed_fields, None);
-        assert_eq!(
-            trimmed.annotations().keys().collect::<Vec<_>>(),
-            ["kubernetes.io/ingress.class"],
-            "the class annotation is read"
-        );
-        assert_eq!(trimmed.status, i.status, "the status writer compares the address written");
-        assert_eq!(
-            (trimmed.spec, trimmed.metadata.generation, trimmed.metadata.uid),
-            (i.spec, i.metadata.generation, i.metadata.uid)
-        );
+        // Kept whole (trimmed), as Secrets and BackendGroups are.
+        let mut secret = Secret::default();
+        secret.metadata.managed_fields = managed.clone();
+        secret.metadata.annotations = annotations.clone();
+        trim(&mut secret);
+        assert_eq!(secret.metadata.managed_fields, None);
+        assert_eq!(secret.annotations().keys().collect::<Vec<_>>(), ["kubernetes.io/ingress.class"]);
+
+        // Kept as a record, as Ingresses are.
+        let mut i = with_lb_status(ingress("a", 3), "192.0.2.10", "7");
+        i.metadata.managed_fields = managed;
+        i.metadata.annotations = annotations;
+        i.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        let kept = IngressRecord::keep(i.clone());
+        assert_eq!(kept.annotation(LAST_APPLIED), None);
+        assert_eq!(kept.annotation("kubernetes.io/ingress.class"), Some("quic"), "the class annotation is read");
+        assert_eq!(&*kept.load_balancer, ["192.0.2.10".into()], "the status writer compares the address written");
+        assert_eq!(kept.meta.version(), Some(("uid-a", "7")));
+        assert_eq!((kept.spec, kept.generation), (i.spec, i.metadata.generation));
     }
 
     fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::api::networking::v1::IngressClass;
 
 use super::cache::Named;
 use super::crd::BackendGroup;
-use super::records::{ServiceRecord, SliceRecord};
+use super::records::{IngressRecord, ServiceRecord, SliceRecord};
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -17,7 +17,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Everything the controller watches.
 #[derive(Default, Clone)]
 pub struct World {
-    pub ingresses: Vec<Arc<Ingress>>,
+    pub ingresses: Vec<Arc<IngressRecord>>,
     pub classes: Vec<Arc<IngressClass>>,
     pub services: Vec<Arc<ServiceRecord>>,
     pub slices: Vec<Arc<SliceRecord>>,

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use super::{Context, Kind, PtrSet, Update, by_name, changes, key, patched_problems};
+use super::{Context, Kind, PtrSet, Update, by_name, changes, names_of, patched_problems};
 use crate::kube::delta::{ByName, Previous};
 use crate::kube::gateway::api::{BackendObjectRef, HTTPRoute, HTTPRouteFilter};
 use crate::kube::gateway::model::{Model, RouteImage, RouteObject};
@@ -101,7 +101,7 @@ pub(super) fn update(
         backend_tls: Default::default(),
     };
 
-    let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|r| key(&r.metadata)).collect();
+    let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|r| names_of(r.as_ref())).collect();
     let feed = Feed {
         problems: patched_problems(&prev.feed.problems, "HTTPRoute", &changed_keys, t.problems),
         groups: prev.feed.groups.clone(),
@@ -163,7 +163,7 @@ fn part_world(added: &[Arc<HTTPRoute>], world: &World, by_name: &ByName) -> Worl
         filters.iter().filter_map(|f| f.request_mirror.as_ref()).map(|m| m.backend_ref.clone()).collect()
     };
     for route in added {
-        let ns = key(&route.metadata).0;
+        let ns = names_of(route.as_ref()).0;
         for rule in &route.spec.rules {
             for b in &rule.backend_refs {
                 services.insert(named(&ns, &b.target));
@@ -173,7 +173,7 @@ fn part_world(added: &[Arc<HTTPRoute>], world: &World, by_name: &ByName) -> Worl
         }
     }
     for gateway in &g.gateways {
-        let ns = key(&gateway.metadata).0;
+        let ns = names_of(gateway.as_ref()).0;
         let refs = gateway.spec.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| &t.certificate_refs);
         secrets.extend(refs.map(|r| (r.namespace.clone().unwrap_or_else(|| ns.clone()), r.name.clone())));
     }

@@ -4,10 +4,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::Ingress;
-
-use super::{Context, Kind, Previous, Update, by_name, changes, key, patched_problems};
+use super::{Context, Kind, Previous, Update, by_name, changes, names_of, patched_problems};
 use crate::kube::ownership::HostOwnership;
+use crate::kube::records::IngressRecord;
 use crate::kube::status::Feed;
 use crate::kube::translate::{LastGoodCerts, is_ours, translate_part};
 use crate::kube::world::World;
@@ -24,7 +23,7 @@ struct OwnHosts {
 }
 
 /// `ing`'s own hosts; `None` sends the change to a full build.
-fn own_hosts(ing: &Ingress) -> Option<OwnHosts> {
+fn own_hosts(ing: &IngressRecord) -> Option<OwnHosts> {
     let Some(spec) = &ing.spec else { return Some(OwnHosts::default()) };
     if spec.default_backend.is_some() {
         return None;
@@ -53,7 +52,7 @@ fn own_hosts(ing: &Ingress) -> Option<OwnHosts> {
 /// One side of the change: Ingress versions of ours, with their hosts.
 #[derive(Default)]
 struct Side {
-    ours: Vec<Arc<Ingress>>,
+    ours: Vec<Arc<IngressRecord>>,
     hosts: Vec<String>,
     /// Whether one of them has a TLS section.
     tls: bool,
@@ -61,7 +60,7 @@ struct Side {
 
 impl Side {
     /// `None` when one of `versions` of ours depends on more than itself.
-    fn of(versions: &[Arc<Ingress>], world: &World, class: &str) -> Option<Self> {
+    fn of(versions: &[Arc<IngressRecord>], world: &World, class: &str) -> Option<Self> {
         let mut side = Self::default();
         for ing in versions.iter().filter(|i| is_ours(i, &world.classes, class)) {
             let own = own_hosts(ing)?;
@@ -93,7 +92,7 @@ pub(super) fn update(
     // Every host the change touches must be the changed Ingresses' alone: no unchanged
     // Ingress, no other kind, no wildcard over it, no route of anyone else in the table.
     let gone_ids: HashSet<String> =
-        gone.ours.iter().map(|i| key(&i.metadata)).map(|(ns, n)| format!("{ns}/{n}")).collect();
+        gone.ours.iter().map(|i| names_of(i.as_ref())).map(|(ns, n)| format!("{ns}/{n}")).collect();
     let replaced: BTreeSet<String> = gone.hosts.iter().chain(&new.hosts).cloned().collect();
     if !prev.claims.only_by(Kind::Ingress, &replaced, &gone.hosts)
         || replaced.iter().any(|h| prev.table.route_ids_of_host(h).any(|id| !gone_ids.contains(id)))
@@ -107,16 +106,16 @@ pub(super) fn update(
     let maybe_unused = gone.hosts.iter().flat_map(|h| prev.table.groups_of_host(h)).collect();
     let table = prev.table.spliced(cx.generation, &replaced, t.table, maybe_unused, certs);
 
-    let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|i| key(&i.metadata)).collect();
+    let changed_keys: HashSet<(String, String)> = removed.iter().chain(&added).map(|i| names_of(i.as_ref())).collect();
     let is_changed = |k: &(String, String)| changed_keys.contains(k);
     let problems = patched_problems(&prev.feed.problems, "Ingress", &changed_keys, t.problems);
     let mut served: Vec<(String, String)> = prev.feed.served.iter().filter(|k| !is_changed(k)).cloned().collect();
     let mut unserved: Vec<(String, String)> = prev.feed.unserved.iter().filter(|k| !is_changed(k)).cloned().collect();
     for ing in &added {
         if is_ours(ing, &world.classes, class) {
-            served.push(key(&ing.metadata))
+            served.push(names_of(ing.as_ref()))
         } else {
-            unserved.push(key(&ing.metadata))
+            unserved.push(names_of(ing.as_ref()))
         }
     }
     let feed = Feed {
@@ -135,11 +134,11 @@ pub(super) fn update(
 }
 
 /// The Ingresses `ours` with the classes, Services, EndpointSlices and Secrets they read.
-fn part_world(ours: &[Arc<Ingress>], world: &World, by_name: &super::ByName) -> World {
+fn part_world(ours: &[Arc<IngressRecord>], world: &World, by_name: &super::ByName) -> World {
     let mut part = World { ingresses: ours.to_vec(), classes: world.classes.clone(), ..World::default() };
     let (mut services, mut secrets) = (BTreeSet::new(), BTreeSet::new());
     for ing in ours {
-        let ns = key(&ing.metadata).0;
+        let ns = names_of(ing.as_ref()).0;
         let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
         for svc in rules.flat_map(|r| r.http.iter().flat_map(|h| &h.paths)).filter_map(|p| p.backend.service.as_ref()) {
             services.insert((ns.clone(), svc.name.clone()));

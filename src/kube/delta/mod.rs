@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::gateway::api::Gateway;
 use super::ownership::Claim;
-use super::records::{ServiceRecord, SliceRecord};
+use super::records::{Identity, ServiceRecord, SliceRecord};
 use super::status::Feed;
 use super::translate::{LastGoodCerts, Problem, Settings};
 use super::world::World;
@@ -263,9 +263,9 @@ fn changed_kind(a: &World, b: &World) -> Option<Kind> {
 }
 
 /// `(namespace, name)`, the name as `name_any` gives it.
-fn key(meta: &ObjectMeta) -> (String, String) {
-    let name = meta.name.as_ref().or(meta.generate_name.as_ref());
-    (meta.namespace.clone().unwrap_or_default(), name.cloned().unwrap_or_default())
+fn names_of(obj: &impl Identity) -> (String, String) {
+    let (namespace, name) = obj.identity();
+    (namespace.to_string(), name.to_string())
 }
 
 /// `problems` without those of the `kind` objects `changed`, with `new` ones added.
