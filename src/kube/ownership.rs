@@ -92,7 +92,7 @@ pub struct Claim {
 
 impl Claim {
     pub fn new(kind: &'static str, obj: &impl super::records::Identity, host: HostRule) -> Self {
-        let (namespace, name) = obj.identity();
+        let (namespace, name) = obj.names();
         let order = (obj.created().cloned(), namespace.to_string(), name.to_string(), kind);
         Self { order, host }
     }

@@ -1,6 +1,7 @@
 //! The lean forms the caches keep of Ingresses, Services and EndpointSlices: what
-//! translation and status read of them and nothing else. Every Service and slice in scope is held for the life of the
-//! process, and the k8s-openapi structs are mostly room for fields never read: 840 bytes
+//! translation and status read of them and nothing else. Every object in scope is held for
+//! the life of the process, and the k8s-openapi structs are mostly room for fields never
+//! read: 840 bytes
 //! of inline struct per Service, 448 per slice, plus the slice's label map (a 544-byte
 //! tree node for the one label read) and an endpoint value per set of conditions. At
 //! 10,000 Services with a slice each that was over half of what the caches held. An
@@ -54,21 +55,13 @@ impl Meta {
 }
 
 /// What translation, ownership and status need to name an object and order it: its
-/// names, uid and creation time. Every API object has them; so do the records.
-pub trait Identity {
-    /// `(namespace, name)`; an object with only a `generateName` goes by that.
-    fn identity(&self) -> (&str, &str);
+/// names ([`Named`]), uid and creation time. Every API object has them; so do the records.
+pub trait Identity: Named {
     fn uid(&self) -> Option<&str>;
     fn created(&self) -> Option<&Time>;
 }
 
 impl<K: kube::Resource> Identity for K {
-    fn identity(&self) -> (&str, &str) {
-        let m = self.meta();
-        let name = m.name.as_deref().or(m.generate_name.as_deref()).unwrap_or_default();
-        (m.namespace.as_deref().unwrap_or_default(), name)
-    }
-
     fn uid(&self) -> Option<&str> {
         self.meta().uid.as_deref()
     }
@@ -137,10 +130,6 @@ impl Named for IngressRecord {
 }
 
 impl Identity for IngressRecord {
-    fn identity(&self) -> (&str, &str) {
-        (&self.meta.namespace, &self.meta.name)
-    }
-
     fn uid(&self) -> Option<&str> {
         self.meta.uid.as_deref()
     }

@@ -400,7 +400,7 @@ fn translate_in(
 /// Which of two objects keeps a contested host and path: the older, then by namespace and
 /// name (`name_any`), so every replica decides the same.
 fn precedence(obj: &impl Identity) -> (Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, &str, &str) {
-    let (namespace, name) = obj.identity();
+    let (namespace, name) = obj.names();
     (obj.created(), namespace, name)
 }
 
@@ -451,7 +451,7 @@ struct Translator<'a> {
 
 impl Translator<'_> {
     fn problem(&mut self, kind: &'static str, obj: &impl Identity, reason: &'static str, message: String) {
-        let (namespace, name) = obj.identity();
+        let (namespace, name) = obj.names();
         self.problems.push(Problem {
             kind,
             namespace: namespace.to_string(),
@@ -465,7 +465,7 @@ impl Translator<'_> {
     /// Whether `obj`'s namespace may route `host`; tells the object why not.
     fn host_allowed(&mut self, kind: &'static str, obj: &impl Identity, host: Option<&HostRule>) -> bool {
         let Some(host) = host else { return self.catch_all_allowed(kind, obj, "a rule without a host") };
-        let (ns, name) = obj.identity();
+        let (ns, name) = obj.names();
         let Some(owner) = self.owners.and_then(|o| o.refusal(kind, ns, name, host)) else { return true };
         let message = format!(
             "host {host} belongs to namespace {owner} (its oldest claim); rules for it from namespace {ns} are refused"
@@ -478,7 +478,7 @@ impl Translator<'_> {
     /// host's unrouted paths, so in namespace mode only the namespaces the admin lists
     /// (or the one namespace a controller watches) may declare them.
     fn catch_all_allowed(&mut self, kind: &'static str, obj: &impl Identity, what: &str) -> bool {
-        let ns = obj.identity().0;
+        let ns = obj.names().0;
         if self.owners.is_none() || self.settings.serves_one_tenant(ns) || self.grants.catch_all(ns) {
             return true;
         }
@@ -493,7 +493,7 @@ impl Translator<'_> {
     /// A problem that also goes into a BackendGroup's `Accepted` condition.
     fn refuse(&mut self, kind: &'static str, obj: &impl Identity, reason: &'static str, message: String) {
         if kind == "BackendGroup" {
-            let (ns, name) = obj.identity();
+            let (ns, name) = obj.names();
             let key = (ns.to_string(), name.to_string());
             let list = self.group_route_problems.entry(key).or_default();
             if !list.iter().any(|(r, m)| *r == reason && *m == message) {

@@ -264,7 +264,7 @@ fn changed_kind(a: &World, b: &World) -> Option<Kind> {
 
 /// `(namespace, name)`, the name as `name_any` gives it.
 fn names_of(obj: &impl Identity) -> (String, String) {
-    let (namespace, name) = obj.identity();
+    let (namespace, name) = obj.names();
     (namespace.to_string(), name.to_string())
 }
 
