@@ -6,6 +6,9 @@ CACHE ?= $(HOME)/.cache/quic-ingress
 # Build output lives outside the clone so fresh clones (CI) reuse it.
 export CARGO_TARGET_DIR ?= $(CACHE)/cargo-target
 export CARGO_TERM_COLOR ?= never
+# Incremental state is for edit-compile loops in a shell (./target); for these builds it
+# only grows the cache (5.9 GiB of 24 on 2026-12-03).
+export CARGO_INCREMENTAL ?= 0
 VENV := $(CACHE)/venv
 PYTHON := $(VENV)/bin/python3
 export QUIC_INGRESS_PYTHON := $(PYTHON)
@@ -23,11 +26,12 @@ export QUIC_INGRESS_PYTHON := $(PYTHON)
 JAEGER_BIN := $(CACHE)/bin/jaeger-$(shell cat tools/jaeger/go.mod tools/jaeger/go.sum | sha256sum | cut -c1-12)
 export QUIC_INGRESS_JAEGER := $(JAEGER_BIN)
 
-bench: $(if $(wildcard bench/perf.mk),bench-cpu bench-bulk bench-h3) $(if $(wildcard bench/routes.mk),bench-routes) \
+bench: cache-trim $(if $(wildcard bench/perf.mk),bench-cpu bench-bulk bench-h3) $(if $(wildcard bench/routes.mk),bench-routes) \
   $(if $(wildcard bench/idle.mk),bench-idle)
 	@echo "make bench: every benchmark ran"
 
-.PHONY: help run build release test lint bench test-unit test-integration deps python-deps system-deps jaeger jaeger-path
+.PHONY: help run build release test lint bench test-unit test-integration deps python-deps system-deps jaeger jaeger-path \
+  cache-trim
 
 help:
 	@echo "make run   - build, start three demo backends and the proxy on 127.0.0.1:8443"
@@ -42,6 +46,11 @@ release:
 
 run: release
 	scripts/run-demo.sh "$(CARGO_TARGET_DIR)/release/quic-ingress" examples/standalone.yaml
+
+# Bounds the cache before a long run: stale artifacts go, then whole build directories if
+# the cache is over its cap or the disk short of space (see the script's header).
+cache-trim:
+	@scripts/cache-trim.sh "$(CACHE)"
 
 ## Test dependencies: Debian packages and a Python venv with the third-party HTTP/3 client.
 deps: system-deps python-deps
@@ -80,6 +89,6 @@ test-unit:
 test-integration: deps build jaeger
 	cargo test -p quic-ingress --test '*'
 
-test: deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e) \
+test: cache-trim deps lint test-unit test-integration test-browser fuzz-smoke $(if $(wildcard e2e/testenv.mk),test-e2e) \
   $(if $(wildcard e2e/node.mk),test-node) $(if $(wildcard e2e/conformance.mk),test-conformance)
 	@echo "make test: all suites passed"
