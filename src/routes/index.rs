@@ -149,10 +149,14 @@ impl<T> PathIndex<T> {
         }
     }
 
-    fn targets(&self) -> impl Iterator<Item = &T> + '_ {
+    fn candidates(&self) -> impl Iterator<Item = &Candidate<T>> + '_ {
         let slots =
             self.exact.values().chain(self.regexes.iter().map(|(_, s)| s)).chain(self.prefixes.iter().map(|(_, s)| s));
-        slots.flat_map(|s| s.0.iter().map(|c| &c.target))
+        slots.flat_map(|s| s.0.iter())
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &T> + '_ {
+        self.candidates().map(|c| &c.target)
     }
 
     fn len(&self) -> usize {
@@ -194,6 +198,10 @@ impl<V> Shards<V> {
 
     fn keys(&self) -> impl Iterator<Item = &String> + '_ {
         self.0.iter().flat_map(|m| m.keys())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &V)> + '_ {
+        self.0.iter().flat_map(|m| m.iter())
     }
 }
 
@@ -339,6 +347,16 @@ impl<T> HostIndex<T> {
             .map(AsRef::as_ref)
             .chain(std::iter::once(&self.any_host))
             .flat_map(PathIndex::targets)
+    }
+
+    /// Every entry with its host rule (`None`: any host), in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (Option<HostRule>, &Candidate<T>)> + '_ {
+        let exact = self.exact_hosts.iter().map(|(h, p)| (HostRule::Exact(h.clone()), p));
+        let wildcard = self.wildcard_hosts.iter().map(|(s, p)| (HostRule::Wildcard(s.clone()), p));
+        let suffix = self.suffix_hosts.iter().map(|(s, p)| (HostRule::Suffix(s.clone()), p));
+        let hosted =
+            exact.chain(wildcard).chain(suffix).flat_map(|(h, p)| p.candidates().map(move |c| (Some(h.clone()), c)));
+        hosted.chain(self.any_host.candidates().map(|c| (None, c)))
     }
 
     /// The targets of exact host `host`'s entries.
