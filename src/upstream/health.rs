@@ -116,7 +116,7 @@ impl HealthChecker {
         for group in groups {
             let Some(check) = &group.health_check else { continue };
             for (ep, _) in group.members() {
-                wanted.entry(Arc::as_ptr(ep) as usize).or_insert_with(|| (ep.clone(), check.clone()));
+                wanted.entry(Arc::as_ptr(ep) as usize).or_insert_with(|| (ep.clone(), HealthCheck::clone(check)));
             }
         }
         self.tasks.retain(|key, (_, check, task)| {

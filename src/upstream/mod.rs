@@ -198,8 +198,9 @@ pub struct BackendGroup {
     pub id: String,
     pub strategy: Strategy,
     pub timeouts: Timeouts,
-    /// Active checks for the members, if any.
-    pub health_check: Option<HealthCheck>,
+    /// Active checks for the members, if any. Boxed: most groups (every Service's) have
+    /// none, and inline it was a fifth of each group (64 of 312 bytes).
+    pub health_check: Option<Box<HealthCheck>>,
     /// Passive checks from real traffic, if enabled.
     pub passive: Option<PassiveCheck>,
     /// Shared by this group's requests: retries allowed as a share of traffic.
@@ -234,7 +235,7 @@ impl BackendGroup {
     }
 
     pub fn with_health_check(mut self, check: Option<HealthCheck>) -> Self {
-        self.health_check = check;
+        self.health_check = check.map(Box::new);
         self
     }
 
