@@ -211,11 +211,12 @@ fn updates(mut w: World, settings: &Settings, rounds: usize, touched: usize) -> 
     let mut times = Vec::with_capacity(rounds);
     for r in 0..rounds {
         let mut ing =
-            Ingress { metadata: meta(&format!("t{r}"), n + r), spec: w.ingresses[0].spec.clone(), status: None };
-        if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.as_mut()).and_then(|r| r.first_mut()) {
-            rule.host = Some(format!("t{r}.example.com"));
+            IngressRecord::from(Ingress { metadata: meta(&format!("t{r}"), n + r), spec: None, status: None });
+        ing.spec = w.ingresses[0].spec.clone();
+        if let Some(rule) = ing.spec.as_mut().and_then(|s| s.rules.first_mut()) {
+            rule.host = Some(format!("t{r}.example.com").into());
         }
-        w.ingresses.push(Arc::new(ing.into()));
+        w.ingresses.push(Arc::new(ing));
         // As the status writer does: existing Ingresses written again (new objects, same spec).
         for k in 0..touched {
             let at = (r * 7919 + k * 104_729) % n;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{IngressBackend, IngressClass};
+use k8s_openapi::api::networking::v1::IngressClass;
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
@@ -15,7 +15,7 @@ use super::endpoints::{PortRef, app_protocol_scheme, ready_addresses, service_po
 use super::gateway::{GatewayTranslation, ServedPorts};
 use super::ownership::{Claim, Grants, HostOwnership, Owners};
 use super::policy::BackendPolicy;
-use super::records::{Identity, IngressRecord, ServiceRecord, SliceRecord};
+use super::records::{BackendPort, Identity, IngressBackendRecord, IngressRecord, ServiceRecord, SliceRecord};
 use super::world::{Indexed, World};
 use crate::routes::CertSet;
 use crate::routes::{self, HostRule, PathRule, PathType, RouteEntry, RouteTable, RouteTableBuilder, wildcard_suffix};
@@ -222,7 +222,7 @@ impl GroupMemo {
 
 /// Whether `ingress` belongs to this controller.
 pub fn is_ours(ingress: &IngressRecord, classes: &[Arc<IngressClass>], class: &str) -> bool {
-    let spec_class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
+    let spec_class = ingress.spec.as_ref().and_then(|s| s.class_name.as_deref());
     class_is_ours(spec_class.or_else(|| ingress.annotation(LEGACY_CLASS_ANNOTATION)), classes, class)
 }
 
@@ -408,7 +408,7 @@ fn precedence(obj: &impl Identity) -> (Option<&k8s_openapi::apimachinery::pkg::a
 fn claims(ingresses: &[&IngressRecord], groups: &[&BackendGroupCr]) -> Vec<Claim> {
     let mut claims = Vec::new();
     for ing in ingresses {
-        for host in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.as_deref()) {
+        for host in ing.spec.iter().flat_map(|s| s.rules.iter()).filter_map(|r| r.host.as_deref()) {
             if let Ok(rule) = HostRule::parse(host) {
                 claims.push(Claim::new("Ingress", *ing, rule));
             }
@@ -507,8 +507,8 @@ impl Translator<'_> {
         let Some(spec) = &ing.spec else { return };
         let ns = ing.meta.namespace().to_string();
         let id = format!("{ns}/{}", ing.meta.name());
-        let has_tls = spec.tls.as_ref().is_some_and(|t| !t.is_empty());
-        for rule in spec.rules.iter().flatten() {
+        let has_tls = !spec.tls.is_empty();
+        for rule in &spec.rules {
             let host = match rule.host.as_deref().map(HostRule::parse).transpose() {
                 Ok(h) => h,
                 Err(e) => {
@@ -523,12 +523,9 @@ impl Translator<'_> {
             if let Some(h) = host.as_ref().filter(|_| has_tls) {
                 self.accepted_hosts.entry((ns.clone(), ing.meta.name().to_string())).or_default().insert(h.clone());
             }
-            for p in rule.http.iter().flat_map(|h| &h.paths) {
-                let path_type = match p.path_type.as_str() {
-                    "Exact" => PathType::Exact,
-                    // ImplementationSpecific is treated as Prefix.
-                    _ => PathType::Prefix,
-                };
+            for p in &rule.paths {
+                // ImplementationSpecific is treated as Prefix.
+                let path_type = if p.exact { PathType::Exact } else { PathType::Prefix };
                 let path = match PathRule::new(p.path.as_deref().unwrap_or("/"), path_type) {
                     Ok(path) => path,
                     Err(e) => {
@@ -623,36 +620,31 @@ impl Translator<'_> {
     }
 
     /// The group an Ingress backend points at, compiled once per translation.
-    fn ingress_backend(&mut self, ing: &IngressRecord, backend: &IngressBackend) -> Option<Arc<BackendGroup>> {
+    fn ingress_backend(&mut self, ing: &IngressRecord, backend: &IngressBackendRecord) -> Option<Arc<BackendGroup>> {
         let ns = ing.meta.namespace().to_string();
-        if let Some(svc) = &backend.service {
-            let port = match svc.port.as_ref().map(|p| (p.number, p.name.clone())) {
-                Some((Some(n), _)) => PortRef::Number(n),
-                Some((None, Some(name))) => PortRef::Name(name),
-                _ => {
-                    self.problem("Ingress", ing, "InvalidBackend", format!("service {} has no port", svc.name));
+        if let IngressBackendRecord::Service { name, port } = backend {
+            let port = match port {
+                Some(BackendPort::Number(n)) => PortRef::Number(*n),
+                Some(BackendPort::Name(p)) => PortRef::Name(p.to_string()),
+                None => {
+                    self.problem("Ingress", ing, "InvalidBackend", format!("service {name} has no port"));
                     return None;
                 }
             };
-            return self.service_group(ing, &ns, &svc.name, &port);
+            return self.service_group(ing, &ns, name, &port);
         }
-        if let Some(res) = &backend.resource {
-            if res.api_group.as_deref() != Some("quic-ingress.dev") || res.kind != "BackendGroup" {
+        if let IngressBackendRecord::Resource { api_group, kind, name } = backend {
+            if api_group.as_deref() != Some("quic-ingress.dev") || &**kind != "BackendGroup" {
                 self.problem(
                     "Ingress",
                     ing,
                     "UnsupportedBackend",
-                    format!("resource backend {}/{} is not a quic-ingress.dev BackendGroup", res.kind, res.name),
+                    format!("resource backend {kind}/{name} is not a quic-ingress.dev BackendGroup"),
                 );
                 return None;
             }
-            let Some(bg) = self.idx.groups.get(&(ns.as_str(), res.name.as_str())).copied() else {
-                self.problem(
-                    "Ingress",
-                    ing,
-                    "BackendGroupNotFound",
-                    format!("BackendGroup {ns}/{} not found", res.name),
-                );
+            let Some(bg) = self.idx.groups.get(&(ns.as_str(), &**name)).copied() else {
+                self.problem("Ingress", ing, "BackendGroupNotFound", format!("BackendGroup {ns}/{name} not found"));
                 return None;
             };
             if bg_of_other_class(bg, &self.settings.ingress_class) {
@@ -661,8 +653,7 @@ impl Translator<'_> {
                     ing,
                     "BackendGroupOfOtherClass",
                     format!(
-                        "BackendGroup {ns}/{} belongs to IngressClass {}",
-                        res.name,
+                        "BackendGroup {ns}/{name} belongs to IngressClass {}",
                         bg.spec.ingress_class_name.as_deref().unwrap_or_default()
                     ),
                 );
@@ -880,14 +871,18 @@ impl Translator<'_> {
     }
 
     fn ingress_tls(&mut self, ing: &IngressRecord, last_good: &mut HashMap<(String, String), GoodCert>) {
-        if ing.spec.as_ref().and_then(|s| s.tls.as_ref()).is_none_or(Vec::is_empty) {
+        if ing.spec.as_ref().is_none_or(|s| s.tls.is_empty()) {
             return;
         }
         let ns = ing.meta.namespace().to_string();
-        let rule_hosts: Vec<String> =
-            ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.clone()).collect();
+        let rule_hosts: Vec<String> = ing
+            .spec
+            .iter()
+            .flat_map(|s| s.rules.iter())
+            .filter_map(|r| r.host.as_deref().map(str::to_string))
+            .collect();
         let accepted = self.accepted_hosts.get(&(ns.clone(), ing.meta.name().to_string())).cloned().unwrap_or_default();
-        for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+        for tls in ing.spec.iter().flat_map(|s| s.tls.iter()) {
             let Some(secret_name) = tls.secret_name.as_deref() else { continue };
             let cache_key = (ns.clone(), secret_name.to_string());
             let key = match self
@@ -909,7 +904,10 @@ impl Translator<'_> {
                 }
             };
             let Some(key) = key else { continue };
-            let hosts = tls.hosts.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| rule_hosts.clone());
+            let hosts = match tls.hosts.is_empty() {
+                true => rule_hosts.clone(),
+                false => tls.hosts.iter().map(|h| h.to_string()).collect(),
+            };
             for host in hosts {
                 let rule = match HostRule::parse(&host) {
                     Ok(rule) => rule,

@@ -840,7 +840,7 @@ mod tests {
         assert_eq!(kept.annotation("kubernetes.io/ingress.class"), Some("quic"), "the class annotation is read");
         assert_eq!(&*kept.load_balancer, ["192.0.2.10".into()], "the status writer compares the address written");
         assert_eq!(kept.meta.version(), Some(("uid-a", "7")));
-        assert_eq!((kept.spec, kept.generation), (i.spec, i.metadata.generation));
+        assert_eq!((kept.spec, kept.generation), (i.spec.map(Into::into), i.metadata.generation));
     }
 
     fn status(feeds_table: bool, listed: bool, error: Option<Instant>) -> WatchStatus {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Context, Kind, Previous, Update, by_name, changes, names_of, patched_problems};
 use crate::kube::ownership::HostOwnership;
-use crate::kube::records::IngressRecord;
+use crate::kube::records::{IngressBackendRecord, IngressRecord, IngressSpecRecord};
 use crate::kube::status::Feed;
 use crate::kube::translate::{LastGoodCerts, is_ours, translate_part};
 use crate::kube::world::World;
@@ -29,24 +29,23 @@ fn own_hosts(ing: &IngressRecord) -> Option<OwnHosts> {
         return None;
     }
     let mut hosts = Vec::new();
-    for rule in spec.rules.iter().flatten() {
+    for rule in &spec.rules {
         let HostRule::Exact(host) = HostRule::parse(rule.host.as_deref()?).ok()? else { return None };
-        if rule.http.iter().flat_map(|h| &h.paths).any(|p| p.backend.service.is_none()) {
+        if rule.paths.iter().any(|p| !matches!(p.backend, IngressBackendRecord::Service { .. })) {
             return None;
         }
         hosts.push(host);
     }
-    let tls = spec.tls.iter().flatten().collect::<Vec<_>>();
-    for t in &tls {
+    for t in &spec.tls {
         // No hosts: the rules' hosts.
-        for h in t.hosts.iter().flatten() {
+        for h in &t.hosts {
             let HostRule::Exact(h) = HostRule::parse(h).ok()? else { return None };
             if !hosts.contains(&h) {
                 return None;
             }
         }
     }
-    Some(OwnHosts { hosts, tls: !tls.is_empty() })
+    Some(OwnHosts { hosts, tls: !spec.tls.is_empty() })
 }
 
 /// One side of the change: Ingress versions of ours, with their hosts.
@@ -139,12 +138,11 @@ fn part_world(ours: &[Arc<IngressRecord>], world: &World, by_name: &super::ByNam
     let (mut services, mut secrets) = (BTreeSet::new(), BTreeSet::new());
     for ing in ours {
         let ns = names_of(ing.as_ref()).0;
-        let rules = ing.spec.iter().flat_map(|s| s.rules.iter().flatten());
-        for svc in rules.flat_map(|r| r.http.iter().flat_map(|h| &h.paths)).filter_map(|p| p.backend.service.as_ref()) {
-            services.insert((ns.clone(), svc.name.clone()));
+        for svc in ing.spec.iter().flat_map(IngressSpecRecord::rule_services) {
+            services.insert((ns.clone(), svc.to_string()));
         }
-        for name in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.clone()) {
-            secrets.insert((ns.clone(), name));
+        for name in ing.spec.iter().flat_map(|s| s.tls.iter()).filter_map(|t| t.secret_name.as_deref()) {
+            secrets.insert((ns.clone(), name.to_string()));
         }
     }
     by_name.add_to(&mut part, &services, &secrets);
