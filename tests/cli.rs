@@ -7,9 +7,7 @@ use std::process::Command;
 
 use common::*;
 
-fn write(name: &str, yaml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("qi-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn write(dir: &TempDir, name: &str, yaml: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, yaml).unwrap();
     p
@@ -17,12 +15,14 @@ fn write(name: &str, yaml: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_config_accepts_the_example_and_names_bad_fields() {
+    let dir = TempDir::new("cli");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/standalone.yaml");
     let out = Command::new(BIN).args(["check-config", example]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 routes, 2 backend groups)"));
 
     let bad = write(
+        &dir,
         "bad.yaml",
         "server: {address: \"127.0.0.1:8443\"}\nroutes:\n  - {id: r, path: /, backend_group: missing}\nbackend_groups:\n  - id: g\n    backends: [{url: \"http://127.0.0.1:1\"}]\n    health_check: {interval: 0s}\n",
     );
@@ -33,7 +33,7 @@ fn check_config_accepts_the_example_and_names_bad_fields() {
     assert!(err.contains("routes[0].backend_group: unknown backend group \"missing\""), "{err}");
     assert!(err.contains("backend_groups[0].health_check.interval"), "{err}");
 
-    let typo = write("typo.yaml", "server: {adress: \"127.0.0.1:8443\"}\n");
+    let typo = write(&dir, "typo.yaml", "server: {adress: \"127.0.0.1:8443\"}\n");
     let out = Command::new(BIN).args(["check-config"]).arg(&typo).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `adress`"));
@@ -62,8 +62,12 @@ fn worker_threads_must_be_a_positive_count() {
 
 #[test]
 fn serve_refuses_an_invalid_config_with_exit_2() {
-    let bad =
-        write("serve-bad.yaml", "server: {address: \"127.0.0.1:8443\"}\nroutes: [{id: r, backend_group: nope}]\n");
+    let dir = TempDir::new("cli");
+    let bad = write(
+        &dir,
+        "serve-bad.yaml",
+        "server: {address: \"127.0.0.1:8443\"}\nroutes: [{id: r, backend_group: nope}]\n",
+    );
     let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].backend_group"));
@@ -120,8 +124,10 @@ async fn get_early_data_resumes_and_reports_0rtt() {
 
 #[test]
 fn a_relative_ca_file_is_found_next_to_the_config_file() {
+    let dir = TempDir::new("cli");
     let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".to_string()]).unwrap();
     let config = write(
+        &dir,
         "relative-ca.yaml",
         "server: {address: \"127.0.0.1:8443\"}\nroutes:\n  - {id: r, path: /, backend_group: g}\nbackend_groups:\n  - id: g\n    backends: [{url: \"h3://127.0.0.1:9443\"}]\n    tls: {ca_file: relative-ca.pem}\n",
     );

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BIN, Backend, DelayRelay, Proxy, aioquic, catch_all, h3_get, h3_send, metric};
+use common::{BIN, Backend, DelayRelay, Proxy, TempDir, aioquic, catch_all, h3_get, h3_send, metric};
 use quic_ingress::client::{H3Connector, RequestBody, TrustOptions};
 
 fn one_route(backend: &Backend) -> String {
@@ -243,8 +243,6 @@ fn random_key() -> Vec<u8> {
     key
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("qi-early-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+fn tempdir(name: &str) -> TempDir {
+    TempDir::new(&format!("early-{name}"))
 }

@@ -6,20 +6,16 @@
 mod common;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Backend, Proc, Proxy, catch_all, h3_get, h3_send, log_file};
+use common::{Backend, Proc, Proxy, TempDir, catch_all, h3_get, h3_send, log_file};
 use quic_ingress::client::RequestBody;
 
 /// A self-signed certificate for `name`, written as cert.pem and key.pem under a new dir.
-fn certificate(name: &str) -> PathBuf {
-    // One directory per call: tests run in parallel and may use the same name.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("qi-h3up-{}-{n}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("cert dir");
+fn certificate(name: &str) -> TempDir {
+    let dir = TempDir::new(&format!("h3up-{name}"));
     let cert = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("certificate");
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("write cert");
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).expect("write key");

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Proxy, catch_all, h3_status_from, https1_status_from, metric, quic_connect};
+use common::{Backend, Proxy, TempDir, catch_all, h3_status_from, https1_status_from, metric, quic_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -412,10 +412,8 @@ fn key_file(dir: &std::path::Path, name: &str, keys: &[[u8; 32]]) -> std::path::
     path
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("qi-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(name)
 }
 
 /// A UDP relay for one client: its datagrams go to `first` until `first` sends a Retry,

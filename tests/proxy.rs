@@ -405,8 +405,7 @@ async fn alt_svc_defaults_to_the_listen_port_and_h2c_backends_work() {
 #[tokio::test]
 async fn https_backends_with_a_ca_bundle() {
     // A second proxy is a real HTTPS backend (ALPN h2) with its own certificate.
-    let dir = std::env::temp_dir().join(format!("qi-https-backend-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("https-backend");
     let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".to_string()]).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,41 @@ impl Backend {
 }
 
 /// A `quic-ingress serve` process with its config file.
+/// A directory of one test's files in the system temp dir, removed with what it holds
+/// when dropped (tests that pass leave nothing behind).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        // Tests run in parallel and may use the same label.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("qi-{label}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct Proxy {
     pub addr: SocketAddr,
     /// The proxy's log (JSON lines).
@@ -187,6 +222,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub proc: Proc,
+    /// Holds the config file.
+    _dir: TempDir,
 }
 
 impl Proxy {
@@ -214,8 +251,7 @@ impl Proxy {
         let yaml = format!(
             "server:\n  address: \"{addr}\"\n  drain_timeout: 10s\n{server_extra}telemetry:\n  admin_address: \"{admin}\"\n{telemetry_extra}{body}"
         );
-        let dir = std::env::temp_dir().join(format!("qi-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("config dir");
+        let dir = TempDir::new("test");
         let config_path = dir.join("config.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let child = Command::new(BIN)
@@ -226,7 +262,8 @@ impl Proxy {
             .spawn()
             .expect("spawn proxy");
         let log = log_path(&format!("proxy-{port}"));
-        let mut proxy = Self { addr, log, admin, config_path, proc: Proc { child, name: format!("proxy {port}") } };
+        let proc = Proc { child, name: format!("proxy {port}") };
+        let mut proxy = Self { addr, log, admin, config_path, proc, _dir: dir };
         let start = Instant::now();
         loop {
             if http_get(admin, "/readyz").await.is_some_and(|(s, _)| s == 200) {
