@@ -23,8 +23,9 @@ use super::request_match::{ListenerScope, RequestMatch, RequestView, TieBreak};
 /// One entry competing for a host and path.
 #[derive(Debug, Clone)]
 pub struct Candidate<T> {
-    /// What else the request must carry; `None` takes any request.
-    pub matcher: Option<RequestMatch>,
+    /// What else the request must carry; `None` takes any request. Boxed: Ingress routes
+    /// never have one, and inline it was 72 of a candidate's 128 bytes.
+    pub matcher: Option<Box<RequestMatch>>,
     pub scope: ListenerScope,
     pub tie_break: TieBreak,
     pub target: T,
@@ -42,7 +43,7 @@ impl<T> Candidate<T> {
 
     /// Sort key: higher rank first, then lower tie-break.
     fn precedes(&self, other: &Self) -> bool {
-        let rank = |c: &Self| c.matcher.as_ref().map_or((false, 0, 0), RequestMatch::rank);
+        let rank = |c: &Self| c.matcher.as_deref().map_or((false, 0, 0), RequestMatch::rank);
         match rank(self).cmp(&rank(other)) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
@@ -479,7 +480,7 @@ mod tests {
         for q in query {
             m = m.with_query(q, ValueMatch::exact("1")).unwrap();
         }
-        Candidate { matcher: (!m.is_empty()).then_some(m), ..Candidate::any(name) }
+        Candidate { matcher: (!m.is_empty()).then(|| Box::new(m)), ..Candidate::any(name) }
     }
 
     fn ask(idx: &HostIndex<&'static str>, method: &Method, headers: &[&str], pq: &str) -> Option<&'static str> {

@@ -282,7 +282,9 @@ impl RouteTable {
         let mut routes: Vec<RouteInfo> = std::iter::once((None, &self.index))
             .chain(scoped)
             .flat_map(|(scope, index)| {
-                index.entries().map(move |(host, c)| RouteInfo::of(host.as_ref(), c.matcher.as_ref(), &c.target, scope))
+                index
+                    .entries()
+                    .map(move |(host, c)| RouteInfo::of(host.as_ref(), c.matcher.as_deref(), &c.target, scope))
             })
             .collect();
         routes.sort_unstable_by(|a, b| (&a.scoped, &a.host, &a.path, &a.id).cmp(&(&b.scoped, &b.host, &b.path, &b.id)));
@@ -529,7 +531,7 @@ impl RouteTableBuilder {
         let route = Arc::new(Route { id, filters, group, backends, path: path.clone(), timeouts, response_filters });
         // Only routes with a match have one to copy; a conflict names it.
         let conflict_matcher = matcher.clone();
-        let candidate = Candidate { matcher, scope, tie_break, target: route };
+        let candidate = Candidate { matcher: matcher.map(Box::new), scope, tie_break, target: route };
         let index = match scoped {
             None => &mut self.index,
             Some(name) => self.scoped.entry(name).or_default(),
