@@ -42,9 +42,20 @@ install() { # $1: extra controller arguments
     --set-json "controller.extraArgs=$1" --wait --timeout 3m >/dev/null
 }
 
+# The suite deletes its namespaces when it ends but does not wait for them to go, and the
+# next run cannot create its Gateways in a namespace still terminating (a CI run failed so
+# on 2026-12-04, the HTTP/3 run starting 2 s after the TCP one).
+wait_for_suite_namespaces() {
+  local ns
+  for ns in $("$KUBECTL" get namespaces -o name | grep '^namespace/gateway-conformance-' || true); do
+    "$KUBECTL" wait --for=delete "$ns" --timeout 180s >/dev/null
+  done
+}
+
 mkdir -p "$REPORT_DIR"
 rc=0
 for protocol in $PROTOCOLS; do
+  wait_for_suite_namespaces
   case $protocol in
     tcp) install '[]' ;;
     # HTTP/3 has no plaintext form: the suite's HTTP listeners are reached over QUIC on the
