@@ -47,7 +47,7 @@ install() { # $1: extra controller arguments
 # on 2026-12-04, the HTTP/3 run starting 2 s after the TCP one).
 wait_for_suite_namespaces() {
   local deadline=$(($(date +%s) + 180))
-  while "$KUBECTL" get namespaces -o name | grep -q '^namespace/gateway-conformance-'; do
+  while "$KUBECTL" get namespaces -o name | grep '^namespace/gateway-conformance-' >/dev/null; do
     if (($(date +%s) > deadline)); then
       log "the suite's namespaces of the last run are still there after 180 s"
       return 1
