@@ -62,11 +62,11 @@ impl<T> Slot<T> {
     }
 
     /// Inserts in order; an entry with the same match on an overlapping listener scope
-    /// is a conflict, and the entry already there keeps its place.
-    fn insert(&mut self, candidate: Candidate<T>) -> Result<(), &T> {
+    /// is a conflict, and the entry already there keeps its place (and is returned).
+    fn insert(&mut self, candidate: Candidate<T>) -> Result<(), &Candidate<T>> {
         if let Some(i) = self.0.iter().position(|c| c.matcher == candidate.matcher && c.scope.overlaps(candidate.scope))
         {
-            return Err(&self.0[i].target);
+            return Err(&self.0[i]);
         }
         // After every entry that precedes or ties with it: insertion order breaks ties.
         let at = self.0.iter().position(|c| candidate.precedes(c)).unwrap_or(self.0.len());
@@ -119,7 +119,7 @@ impl<T> PathIndex<T> {
 
     /// Inserts unless the same rule with the same match is already taken; returns the
     /// holder on conflict.
-    fn insert(&mut self, rule: PathRule, candidate: Candidate<T>) -> Result<(), &T> {
+    fn insert(&mut self, rule: PathRule, candidate: Candidate<T>) -> Result<(), &Candidate<T>> {
         match rule {
             PathRule::Exact(p) => self.exact.entry(p).or_default().insert(candidate),
             PathRule::Regex(r) => {
@@ -253,17 +253,17 @@ impl<T: Clone> HostIndex<T> {
     /// Adds a rule taking any request; on conflict (same host rule and path rule) returns
     /// the existing target.
     pub fn insert(&mut self, host: Option<&HostRule>, path: PathRule, target: T) -> Result<(), &T> {
-        self.insert_candidate(host, path, Candidate::any(target))
+        self.insert_candidate(host, path, Candidate::any(target)).map_err(|existing| &existing.target)
     }
 
     /// Adds an entry; on conflict (same host rule, path rule and match, on overlapping
-    /// listeners) returns the existing target.
+    /// listeners) returns the existing entry, whose match is the same as the new one's.
     pub fn insert_candidate(
         &mut self,
         host: Option<&HostRule>,
         path: PathRule,
         candidate: Candidate<T>,
-    ) -> Result<(), &T> {
+    ) -> Result<(), &Candidate<T>> {
         // Copied on write only when an older table still shares the host's paths.
         let index = match host {
             Some(HostRule::Exact(h)) => Arc::make_mut(self.exact_hosts.part_mut(h).entry(h.clone()).or_default()),
@@ -548,7 +548,9 @@ mod tests {
         add(&mut idx, "/", Prefix, Candidate { tie_break: same, ..entry("added-later", None, &["x-d"], &[]) });
         assert_eq!(ask(&idx, &Method::GET, &["x-c", "x-d"], "/"), Some("second-rule"));
         // The same match again conflicts, whatever its tie-break.
-        let err = idx.insert_candidate(None, PathRule::new("/", Prefix).unwrap(), entry("dup", None, &["x-a"], &[]));
+        let err = idx
+            .insert_candidate(None, PathRule::new("/", Prefix).unwrap(), entry("dup", None, &["x-a"], &[]))
+            .map_err(|c| &c.target);
         assert_eq!(err, Err(&"older"));
     }
 
@@ -557,7 +559,9 @@ mod tests {
         let mut idx = HostIndex::default();
         add(&mut idx, "/", Prefix, Candidate { scope: ListenerScope::Tls, ..Candidate::any("https") });
         add(&mut idx, "/", Prefix, Candidate { scope: ListenerScope::Plain, ..Candidate::any("http") });
-        let conflict = idx.insert_candidate(None, PathRule::new("/", Prefix).unwrap(), Candidate::any("both"));
+        let conflict = idx
+            .insert_candidate(None, PathRule::new("/", Prefix).unwrap(), Candidate::any("both"))
+            .map_err(|c| &c.target);
         assert_eq!(conflict, Err(&"https"), "both listeners overlap the ones taken");
         let headers = HeaderMap::new();
         let view = |listener| RequestView {

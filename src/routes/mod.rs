@@ -529,21 +529,17 @@ impl RouteTableBuilder {
         };
         let response_filters = filters.iter().any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)));
         let route = Arc::new(Route { id, filters, group, backends, path: path.clone(), timeouts, response_filters });
-        // Only routes with a match have one to copy; a conflict names it.
-        let conflict_matcher = matcher.clone();
         let candidate = Candidate { matcher: matcher.map(Box::new), scope, tie_break, target: route };
         let index = match scoped {
             None => &mut self.index,
             Some(name) => self.scoped.entry(name).or_default(),
         };
-        match index.insert_candidate(host.as_ref(), path.clone(), candidate) {
-            Ok(()) => Ok(()),
-            Err(existing) => Err(RouteConflict {
-                host: host.as_ref().map(ToString::to_string),
-                path: path_text(&path, conflict_matcher.as_ref()),
-                existing: existing.id.clone(),
-            }),
-        }
+        // The entry holding the place has the same path rule and match as this one.
+        index.insert_candidate(host.as_ref(), path, candidate).map_err(|existing| RouteConflict {
+            host: host.as_ref().map(ToString::to_string),
+            path: path_text(&existing.target.path, existing.matcher.as_deref()),
+            existing: existing.target.id.clone(),
+        })
     }
 
     pub fn build(mut self, generation: u64) -> RouteTable {

@@ -352,12 +352,12 @@ impl<T> NameIndex<T> {
 
     /// Adds `value`, in place of one of the same names.
     fn insert(&mut self, value: T) {
-        let (names, hasher) = (self.names, &self.hasher);
-        let key = names(&value);
-        let hash = std::hash::BuildHasher::hash_one(hasher, key);
-        match self.table.find_mut(hash, |v| names(v) == key) {
+        let names = self.names;
+        let hash = self.hash(names(&value));
+        match self.table.find_mut(hash, |v| names(v) == names(&value)) {
             Some(slot) => *slot = value,
             None => {
+                let hasher = &self.hasher;
                 self.table.insert_unique(hash, value, |v| std::hash::BuildHasher::hash_one(hasher, names(v)));
             }
         }
