@@ -188,10 +188,13 @@ impl GroupInputs {
 }
 
 /// Service groups by id, each with the build that last used it: a build reuses what the
-/// previous one made from the same inputs, and what no build used is forgotten.
+/// previous one made from the same inputs, and what no build used is forgotten. Found by
+/// the group's own id (a table, not a map): a key copied beside every group was 56 bytes
+/// of each at 10,000 Services.
 #[derive(Default)]
 struct GroupMemo {
-    groups: HashMap<String, MemoGroup>,
+    hasher: std::hash::RandomState,
+    groups: hashbrown::HashTable<MemoGroup>,
     build: u64,
 }
 
@@ -203,19 +206,34 @@ struct MemoGroup {
 
 impl GroupMemo {
     fn reuse(&mut self, id: &str, objects: ServiceAndSlices<'_>) -> Option<Arc<BackendGroup>> {
-        let memo = self.groups.get_mut(id).filter(|m| m.inputs.matches(objects))?;
+        let hash = self.hash(id);
+        let memo = self.groups.find_mut(hash, |m| m.group.id == id).filter(|m| m.inputs.matches(objects))?;
         memo.used = self.build;
         Some(memo.group.clone())
     }
 
-    fn keep(&mut self, id: &str, inputs: GroupInputs, group: &Arc<BackendGroup>) {
-        self.groups.insert(id.to_string(), MemoGroup { inputs, group: group.clone(), used: self.build });
+    /// Remembers `group`, found again by its id, in place of an older group of that id.
+    fn keep(&mut self, inputs: GroupInputs, group: &Arc<BackendGroup>) {
+        let memo = MemoGroup { inputs, group: group.clone(), used: self.build };
+        let hash = self.hash(&group.id);
+        let hasher = &self.hasher;
+        let rehash = |m: &MemoGroup| std::hash::BuildHasher::hash_one(hasher, m.group.id.as_str());
+        match self.groups.entry(hash, |m| m.group.id == group.id, rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = memo,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(memo);
+            }
+        }
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, id)
     }
 
     /// Forgets the groups no route of this build used.
     fn finish(&mut self) {
         let build = self.build;
-        self.groups.retain(|_, m| m.used == build);
+        self.groups.retain(|m| m.used == build);
         self.build += 1;
     }
 }
@@ -728,7 +746,7 @@ impl Translator<'_> {
             Err(e) => Err(("ServiceNotFound", e)),
         };
         if let (Ok(g), Some(inputs)) = (&built, inputs) {
-            self.memo.keep(&id, inputs, g);
+            self.memo.keep(inputs, g);
         }
         self.record_group(id, built)
     }

@@ -605,7 +605,7 @@ fn timeouts_and_passive_settings_of_a_backend_group_reach_the_group() {
     let group = |name: &str| t.groups.iter().find(|g| g.name == name).map(|g| g.group.clone()).unwrap();
     let tuned = group("tuned");
     assert_eq!(
-        tuned.timeouts,
+        *tuned.timeouts,
         crate::upstream::Timeouts {
             connect: Duration::from_millis(300),
             response_headers: Duration::from_secs(2),
@@ -614,8 +614,8 @@ fn timeouts_and_passive_settings_of_a_backend_group_reach_the_group() {
         }
     );
     assert_eq!(
-        tuned.passive,
-        Some(crate::upstream::PassiveCheck {
+        tuned.passive.as_deref(),
+        Some(&crate::upstream::PassiveCheck {
             max_failures: 3,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(2)

@@ -73,14 +73,15 @@ use crate::upstream::BackendGroup;
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
-    pub filters: Vec<Filter>,
+    pub filters: Box<[Filter]>,
     /// The group serving the route when it has one; with a weighted split, the first
     /// resolved group (whose per-group limits the request obeys before a group is drawn).
     /// A route with no resolved group has an empty one here and answers 500.
     pub group: Arc<BackendGroup>,
     pub backends: WeightedBackends,
     pub path: PathRule,
-    pub timeouts: RouteTimeouts,
+    /// Shared by the routes without timeouts of their own (every Ingress route).
+    pub timeouts: Arc<RouteTimeouts>,
     /// Whether any filter works on the response (so the response phase can skip the rest).
     pub response_filters: bool,
 }
@@ -94,6 +95,8 @@ pub struct RouteTimeouts {
     /// Per attempt, until the response headers (instead of the group's `response_headers`).
     pub backend_request: Option<Duration>,
 }
+
+static NO_ROUTE_TIMEOUTS: std::sync::LazyLock<Arc<RouteTimeouts>> = std::sync::LazyLock::new(Default::default);
 
 /// One route as a source declares it; see the module documentation.
 #[derive(Debug)]
@@ -528,6 +531,8 @@ impl RouteTableBuilder {
             )),
         };
         let response_filters = filters.iter().any(|f| matches!(f, Filter::ResponseHeaders(_) | Filter::Cors(_)));
+        let timeouts = crate::upstream::shared_or_new(timeouts, &NO_ROUTE_TIMEOUTS);
+        let filters = filters.into_boxed_slice();
         let route = Arc::new(Route { id, filters, group, backends, path: path.clone(), timeouts, response_filters });
         let candidate = Candidate { matcher: matcher.map(Box::new), scope, tie_break, target: route };
         let index = match scoped {

@@ -23,9 +23,18 @@ const MAX_SCHEDULE: u64 = 8192;
 /// A strategy with its precomputed state for one group's members.
 #[derive(Debug)]
 pub enum Balancer {
-    RoundRobin { schedule: Vec<usize>, next: AtomicUsize },
-    LeastConnections { next: AtomicUsize },
-    Random { cumulative: Vec<u64> },
+    /// Member indices in the order they take requests (`u32`: members of a group number far
+    /// fewer, and a schedule is kept for every group).
+    RoundRobin {
+        schedule: Box<[u32]>,
+        next: AtomicUsize,
+    },
+    LeastConnections {
+        next: AtomicUsize,
+    },
+    Random {
+        cumulative: Box<[u64]>,
+    },
 }
 
 impl Balancer {
@@ -33,7 +42,9 @@ impl Balancer {
     pub fn new(strategy: Strategy, weights: &[u32]) -> Self {
         match strategy {
             Strategy::RoundRobin => {
-                Self::RoundRobin { schedule: smooth_weighted_schedule(weights), next: AtomicUsize::new(0) }
+                // A group never has 2^32 members (a schedule entry that did not fit is left out).
+                let schedule = smooth_weighted_schedule(weights).into_iter().filter_map(|i| u32::try_from(i).ok());
+                Self::RoundRobin { schedule: schedule.collect(), next: AtomicUsize::new(0) }
             }
             Strategy::LeastConnections => Self::LeastConnections { next: AtomicUsize::new(0) },
             Strategy::Random => Self::Random {
@@ -65,7 +76,7 @@ impl Balancer {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 // Skipping an unusable member moves on along the schedule, so the remaining
                 // members keep their relative weights.
-                (0..schedule.len()).map(|k| schedule[(start + k) % schedule.len()]).find(|&i| usable(i))
+                (0..schedule.len()).map(|k| schedule[(start + k) % schedule.len()] as usize).find(|&i| usable(i))
             }
             Self::LeastConnections { next } => {
                 let n = weights.len();

@@ -197,12 +197,14 @@ pub struct UpstreamTls {
 pub struct BackendGroup {
     pub id: String,
     pub strategy: Strategy,
-    pub timeouts: Timeouts,
+    /// Shared with every group that has the same timeouts as the defaults (see
+    /// [`shared_or_new`]): nearly all of them, and inline they were a quarter of a group.
+    pub timeouts: Arc<Timeouts>,
     /// Active checks for the members, if any. Boxed: most groups (every Service's) have
     /// none, and inline it was a fifth of each group (64 of 312 bytes).
     pub health_check: Option<Box<HealthCheck>>,
-    /// Passive checks from real traffic, if enabled.
-    pub passive: Option<PassiveCheck>,
+    /// Passive checks from real traffic, if enabled; shared like `timeouts`.
+    pub passive: Option<Arc<PassiveCheck>>,
     /// Shared by this group's requests: retries allowed as a share of traffic.
     pub retry_budget: RetryBudget,
     /// This group's request-body size limit, over the server-wide one.
@@ -210,10 +212,19 @@ pub struct BackendGroup {
     /// The most members (in percent, rounded down, but always at least one) that passive
     /// checks may hold out of rotation at once; see [`BackendGroup::in_panic`].
     pub max_ejection_percent: u32,
-    members: Vec<Arc<Endpoint>>,
-    weights: Vec<u32>,
+    members: Box<[Arc<Endpoint>]>,
+    weights: Box<[u32]>,
     balancer: Balancer,
 }
+
+/// `value` in an `Arc`: a clone of `shared` when equal to it, so the many groups with the
+/// default settings hold one allocation between them instead of a copy each.
+pub(crate) fn shared_or_new<T: PartialEq>(value: T, shared: &Arc<T>) -> Arc<T> {
+    if value == **shared { shared.clone() } else { Arc::new(value) }
+}
+
+static DEFAULT_TIMEOUTS: std::sync::LazyLock<Arc<Timeouts>> = std::sync::LazyLock::new(Default::default);
+static DEFAULT_PASSIVE: std::sync::LazyLock<Arc<PassiveCheck>> = std::sync::LazyLock::new(Default::default);
 
 impl BackendGroup {
     pub fn new(id: String, strategy: Strategy, timeouts: Timeouts, members: Vec<(Arc<Endpoint>, u32)>) -> Self {
@@ -222,14 +233,14 @@ impl BackendGroup {
         Self {
             id,
             strategy,
-            timeouts,
+            timeouts: shared_or_new(timeouts, &DEFAULT_TIMEOUTS),
             health_check: None,
-            passive: Some(PassiveCheck::default()),
+            passive: Some(DEFAULT_PASSIVE.clone()),
             retry_budget: Default::default(),
             max_request_body_bytes: None,
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
-            members,
-            weights,
+            members: members.into(),
+            weights: weights.into(),
             balancer,
         }
     }
@@ -240,7 +251,7 @@ impl BackendGroup {
     }
 
     pub fn with_passive(mut self, passive: Option<PassiveCheck>) -> Self {
-        self.passive = passive;
+        self.passive = passive.map(|p| shared_or_new(p, &DEFAULT_PASSIVE));
         self
     }
 
@@ -318,7 +329,7 @@ impl BackendGroup {
                 let e = &self.members[i];
                 !exclude.iter().any(|x| Arc::ptr_eq(x, e))
                     && ((panic && e.is_passively_ejected())
-                        || e.available(self.passive.as_ref(), self.health_check.is_none()))
+                        || e.available(self.passive.as_deref(), self.health_check.is_none()))
             },
             |i| self.members[i].in_flight(),
         )?;

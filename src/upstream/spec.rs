@@ -362,9 +362,9 @@ mod tests {
         let spec = listed(&[("http://127.0.0.1:1", 1)]);
         assert_eq!(fields(&spec), vec![]);
         let group = spec.compile(&EndpointRegistry::default()).unwrap();
-        assert_eq!(group.passive, Some(PassiveCheck::default()));
+        assert_eq!(group.passive.as_deref(), Some(&PassiveCheck::default()));
         assert!(group.health_check.is_none());
-        assert_eq!(group.timeouts, Timeouts::default());
+        assert_eq!(*group.timeouts, Timeouts::default());
     }
 
     #[test]

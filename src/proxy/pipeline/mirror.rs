@@ -44,7 +44,7 @@ pub fn send(ctx: &RequestContext, mirror: &Arc<Mirror>, req: &Request<ProxyBody>
     copy.headers_mut().remove(http::header::CONTENT_LENGTH);
     copy.headers_mut().remove(http::header::TRANSFER_ENCODING);
     let copy = upstream_request(copy, &endpoint, ctx);
-    let timeouts = group.timeouts;
+    let timeouts = *group.timeouts;
     tokio::spawn(async move {
         let _permit = permit;
         let Some(_slot) = endpoint.acquire(&timeouts).await else { return };
